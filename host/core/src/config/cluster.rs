@@ -1,0 +1,539 @@
+//! `cluster.yaml`: the replicated state of the whole cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, HostPort, Timestamp, parse_yaml};
+use crate::limits::{ALERTS_MAX, CHECKS_MAX, CLUSTER_YAML_BYTES_MAX, PEERS_MAX, PLUGINS_MAX};
+use crate::{Fingerprint, NodeId};
+
+const FILE: &str = "cluster.yaml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Grows by one with every committed change. `0` means "always
+    /// superseded": a node holding version 0 takes any peer's copy.
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<NodeId>,
+    #[serde(default)]
+    pub settings: Settings,
+    pub peers: Vec<Peer>,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    #[serde(default)]
+    pub alerts: Vec<Alert>,
+    #[serde(default)]
+    pub plugins: Vec<PluginEntry>,
+}
+
+/// Cluster-wide timers and thresholds. Defaults match the seed (1 s, 4 s,
+/// 2 min, 2); tests shorten them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    #[serde(with = "humantime_serde")]
+    pub dead_after: Duration,
+    #[serde(with = "humantime_serde")]
+    pub master_cooldown: Duration,
+    /// Consecutive probe rounds a new verdict must hold before it commits.
+    pub hysteresis: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(1),
+            dead_after: Duration::from_secs(4),
+            master_cooldown: Duration::from_secs(120),
+            hysteresis: 2,
+        }
+    }
+}
+
+impl Settings {
+    pub const HEARTBEAT_MIN: Duration = Duration::from_millis(10);
+    pub const HEARTBEAT_MAX: Duration = Duration::from_secs(60);
+    pub const MASTER_COOLDOWN_MAX: Duration = Duration::from_secs(24 * 3600);
+    pub const HYSTERESIS_MAX: u32 = 100;
+
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.heartbeat < Self::HEARTBEAT_MIN || self.heartbeat > Self::HEARTBEAT_MAX {
+            problems.push(format!(
+                "settings.heartbeat: {} is outside {}..{}",
+                humantime::format_duration(self.heartbeat),
+                humantime::format_duration(Self::HEARTBEAT_MIN),
+                humantime::format_duration(Self::HEARTBEAT_MAX),
+            ));
+        }
+        if self.dead_after < self.heartbeat * 3 {
+            problems.push(format!(
+                "settings.dead_after: {} must be at least 3 × heartbeat ({})",
+                humantime::format_duration(self.dead_after),
+                humantime::format_duration(self.heartbeat * 3),
+            ));
+        }
+        if self.master_cooldown > Self::MASTER_COOLDOWN_MAX {
+            problems.push(format!(
+                "settings.master_cooldown: {} is longer than {}",
+                humantime::format_duration(self.master_cooldown),
+                humantime::format_duration(Self::MASTER_COOLDOWN_MAX),
+            ));
+        }
+        if self.hysteresis == 0 || self.hysteresis > Self::HYSTERESIS_MAX {
+            problems.push(format!(
+                "settings.hysteresis: {} is outside 1..={}",
+                self.hysteresis,
+                Self::HYSTERESIS_MAX
+            ));
+        }
+        problems
+    }
+}
+
+/// A member of the cluster. Its certificate rides here, so every member
+/// trusts exactly the members listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub node_id: NodeId,
+    pub advertise: String,
+    pub fingerprint: Fingerprint,
+    pub cert_pem: String,
+}
+
+/// A check. The type-specific options live in `settings` (validated by the
+/// probe or plugin that runs the type).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Check {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub target: String,
+    #[serde(with = "humantime_serde", default = "Check::default_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "Check::default_timeout")]
+    pub timeout: Duration,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppress_alert_ids: Vec<String>,
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl Check {
+    pub const INTERVAL_MIN: Duration = Duration::from_secs(1);
+
+    fn default_interval() -> Duration {
+        Duration::from_secs(30)
+    }
+
+    fn default_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// An alert: a sink plugin plus its configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    pub id: String,
+    pub name: String,
+    /// The sink plugin's name (`discord`, `email`, `webhook`, or an added one).
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_template: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    Check,
+    Sink,
+}
+
+/// Per-call sandbox limits of a plugin; unset fields take the host defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// A WebAssembly plugin, pinned by the SHA-256 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginEntry {
+    pub name: String,
+    pub kind: PluginKind,
+    pub sha256: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default_limits")]
+    pub limits: PluginLimits,
+}
+
+fn is_default_limits(limits: &PluginLimits) -> bool {
+    *limits == PluginLimits::default()
+}
+
+impl ClusterConfig {
+    /// A fresh one-member cluster, as `qu init` writes it.
+    pub fn bootstrap(peer: Peer, at: Timestamp) -> Self {
+        Self {
+            version: 1,
+            updated_at: Some(at),
+            updated_by: Some(peer.node_id),
+            settings: Settings::default(),
+            peers: vec![peer],
+            checks: Vec::new(),
+            alerts: Vec::new(),
+            plugins: Vec::new(),
+        }
+    }
+
+    /// Parses and validates `cluster.yaml`, reporting every problem at once.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = parse_yaml(FILE, text, CLUSTER_YAML_BYTES_MAX)?;
+        let problems = config.validate();
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::new(FILE, problems)) }
+    }
+
+    /// The canonical text. Every node writes exactly these bytes for the same
+    /// value, which is what makes "byte-identical on every node" checkable.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("cluster config always serialises")
+    }
+
+    pub fn peer(&self, node_id: &NodeId) -> Option<&Peer> {
+        self.peers.iter().find(|p| &p.node_id == node_id)
+    }
+
+    /// Members needed for a majority.
+    pub fn quorum_size(&self) -> usize {
+        self.peers.len() / 2 + 1
+    }
+
+    /// Every problem in the file, each prefixed with where it is.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = self.settings.validate();
+        self.validate_peers(&mut problems);
+        let alert_ids = self.validate_alerts(&mut problems);
+        self.validate_checks(&alert_ids, &mut problems);
+        self.validate_plugins(&mut problems);
+        problems
+    }
+
+    fn validate_peers(&self, problems: &mut Vec<String>) {
+        if self.peers.is_empty() {
+            problems.push("peers: the list is empty; a cluster has at least one member".into());
+        }
+        if self.peers.len() > PEERS_MAX {
+            problems.push(format!("peers: {} members, more than the {PEERS_MAX} supported", self.peers.len()));
+        }
+        let mut ids = BTreeSet::new();
+        let mut fingerprints = BTreeSet::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            if !ids.insert(peer.node_id) {
+                problems.push(format!("peers[{i}].node_id: {} is listed twice", peer.node_id));
+            }
+            if !fingerprints.insert(&peer.fingerprint) {
+                problems.push(format!("peers[{i}].fingerprint: {} is listed twice", peer.fingerprint));
+            }
+            if let Err(e) = peer.advertise.parse::<HostPort>() {
+                problems.push(format!("peers[{i}].advertise: {e}"));
+            }
+            if !peer.cert_pem.trim_start().starts_with("-----BEGIN CERTIFICATE-----") {
+                problems.push(format!("peers[{i}].cert_pem: not a PEM certificate"));
+            }
+        }
+    }
+
+    fn validate_alerts(&self, problems: &mut Vec<String>) -> BTreeSet<&str> {
+        if self.alerts.len() > ALERTS_MAX {
+            problems.push(format!("alerts: {} alerts, more than the {ALERTS_MAX} supported", self.alerts.len()));
+        }
+        let mut ids = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        for (i, alert) in self.alerts.iter().enumerate() {
+            check_token(&format!("alerts[{i}].id"), &alert.id, problems);
+            check_name(&format!("alerts[{i}].name"), &alert.name, problems);
+            check_token(&format!("alerts[{i}].type"), &alert.kind, problems);
+            if !ids.insert(alert.id.as_str()) {
+                problems.push(format!("alerts[{i}].id: `{}` is used twice", alert.id));
+            }
+            if !names.insert(alert.name.as_str()) {
+                problems.push(format!("alerts[{i}].name: `{}` is used twice", alert.name));
+            }
+        }
+        ids
+    }
+
+    fn validate_checks(&self, alert_ids: &BTreeSet<&str>, problems: &mut Vec<String>) {
+        if self.checks.len() > CHECKS_MAX {
+            problems.push(format!("checks: {} checks, more than the {CHECKS_MAX} supported", self.checks.len()));
+        }
+        let mut ids = BTreeSet::new();
+        let mut names = BTreeSet::new();
+        for (i, check) in self.checks.iter().enumerate() {
+            let at = format!("checks[{i}]");
+            check_token(&format!("{at}.id"), &check.id, problems);
+            check_name(&format!("{at}.name"), &check.name, problems);
+            check_token(&format!("{at}.type"), &check.kind, problems);
+            if !ids.insert(check.id.as_str()) {
+                problems.push(format!("{at}.id: `{}` is used twice", check.id));
+            }
+            if !names.insert(check.name.as_str()) {
+                problems.push(format!("{at}.name: `{}` is used twice", check.name));
+            }
+            if check.target.trim().is_empty() {
+                problems.push(format!("{at}.target: empty"));
+            }
+            if check.interval < Check::INTERVAL_MIN {
+                problems.push(format!(
+                    "{at}.interval: {} is shorter than 1s",
+                    humantime::format_duration(check.interval)
+                ));
+            }
+            if check.timeout.is_zero() || check.timeout >= check.interval {
+                problems.push(format!(
+                    "{at}.timeout: {} must be above zero and shorter than the interval ({})",
+                    humantime::format_duration(check.timeout),
+                    humantime::format_duration(check.interval)
+                ));
+            }
+            for (field, list) in [("alert_ids", &check.alert_ids), ("suppress_alert_ids", &check.suppress_alert_ids)] {
+                for id in list {
+                    if !alert_ids.contains(id.as_str()) {
+                        problems.push(format!("{at}.{field}: no alert has id `{id}`"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn validate_plugins(&self, problems: &mut Vec<String>) {
+        if self.plugins.len() > PLUGINS_MAX {
+            problems.push(format!("plugins: {} plugins, more than the {PLUGINS_MAX} supported", self.plugins.len()));
+        }
+        let mut names = BTreeSet::new();
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            check_token(&format!("plugins[{i}].name"), &plugin.name, problems);
+            if !names.insert(plugin.name.as_str()) {
+                problems.push(format!("plugins[{i}].name: `{}` is used twice", plugin.name));
+            }
+            let hex_ok = plugin.sha256.len() == 64
+                && plugin.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hex_ok {
+                problems.push(format!("plugins[{i}].sha256: expected 64 lowercase hex digits"));
+            }
+        }
+    }
+}
+
+/// Ids, type and plugin names: short, lowercase, safe in file names and URLs.
+fn check_token(at: &str, value: &str, problems: &mut Vec<String>) {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        problems.push(format!("{at}: `{value}` must be 1-64 characters of a-z, 0-9, `-`, `_`, `.`"));
+    }
+}
+
+/// Names operators type: printable, no surrounding space, bounded.
+fn check_name(at: &str, value: &str, problems: &mut Vec<String>) {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value.trim() == value
+        && !value.chars().any(|c| c.is_control() || c.is_whitespace());
+    if !ok {
+        problems.push(format!("{at}: `{value}` must be 1-128 printable characters without spaces"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    fn peer(n: u8) -> Peer {
+        Peer {
+            node_id: NodeId::from_bytes([n; 16]),
+            advertise: format!("node{n}.example.com:9901"),
+            fingerprint: Fingerprint::from_sha256(&[n; 32]),
+            cert_pem: CERT.to_string(),
+        }
+    }
+
+    fn sample() -> ClusterConfig {
+        let mut config = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(1_790_000_000_000));
+        config.peers.push(peer(2));
+        config.alerts.push(Alert {
+            id: "a1".into(),
+            name: "oncall".into(),
+            kind: "webhook".into(),
+            config: [("url".to_string(), "https://hooks.example.com/x".to_string())].into(),
+            default: true,
+            disabled: false,
+            subject_template: Some("{{ check.name }} is {{ verb }}".into()),
+            body_template: None,
+        });
+        config.checks.push(Check {
+            id: "c1".into(),
+            name: "homepage".into(),
+            kind: "http".into(),
+            target: "https://example.com/".into(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            settings: [("expect".to_string(), "2xx".to_string())].into(),
+            alert_ids: vec!["a1".into()],
+            suppress_alert_ids: vec![],
+            disabled: false,
+        });
+        config.plugins.push(PluginEntry {
+            name: "dns".into(),
+            kind: PluginKind::Check,
+            sha256: "ab".repeat(32),
+            size: 1234,
+            allow: vec!["1.1.1.1:53".into()],
+            limits: PluginLimits { memory_mib: Some(32), timeout: None },
+        });
+        config
+    }
+
+    #[test]
+    fn round_trips_byte_identically() {
+        let config = sample();
+        let text = config.to_yaml();
+        let parsed = ClusterConfig::parse(&text).unwrap();
+        assert_eq!(parsed, config);
+        assert_eq!(parsed.to_yaml(), text);
+    }
+
+    #[test]
+    fn defaults_fill_missing_optional_parts() {
+        let p = peer(1);
+        let text = format!(
+            "version: 0\npeers:\n- node_id: {}\n  advertise: a:1\n  fingerprint: {}\n  cert_pem: |\n    -----BEGIN CERTIFICATE-----\n    x\n    -----END CERTIFICATE-----\n",
+            p.node_id, p.fingerprint
+        );
+        let config = ClusterConfig::parse(&text).unwrap();
+        assert_eq!(config.version, 0, "version 0 is accepted");
+        assert_eq!(config.settings, Settings::default());
+        assert!(config.checks.is_empty() && config.alerts.is_empty() && config.plugins.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_named_at_every_level() {
+        let text = sample().to_yaml();
+        for (needle, extra) in [
+            ("version: 1\n", "version: 1\nfuture_top: 1\n"),
+            ("settings:\n", "settings:\n  future_setting: 1\n"),
+            ("  timeout: 10s\n", "  timeout: 10s\n  future_check_field: x\n"),
+        ] {
+            let edited = text.replacen(needle, extra, 1);
+            assert_ne!(edited, text, "fixture did not contain {needle:?}");
+            let err = ClusterConfig::parse(&edited).unwrap_err();
+            assert_eq!(err.file, "cluster.yaml");
+            let field = extra.lines().last().unwrap().trim().split(':').next().unwrap();
+            assert!(err.to_string().contains(&format!("unknown field `{field}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn every_validation_problem_is_reported() {
+        let mut config = sample();
+        config.settings.dead_after = Duration::from_millis(1500);
+        config.settings.hysteresis = 0;
+        config.peers[1].node_id = config.peers[0].node_id;
+        config.peers[1].advertise = "nope".into();
+        config.checks[0].interval = Duration::from_millis(500);
+        config.checks[0].alert_ids = vec!["missing".into()];
+        config.checks.push(config.checks[0].clone());
+        config.plugins[0].sha256 = "xyz".into();
+        let problems = config.validate();
+        let expect = [
+            "settings.dead_after",
+            "settings.hysteresis",
+            "peers[1].node_id",
+            "peers[1].advertise",
+            "checks[0].interval",
+            "checks[0].timeout",
+            "checks[0].alert_ids: no alert has id `missing`",
+            "checks[1].id: `c1` is used twice",
+            "checks[1].name: `homepage` is used twice",
+            "plugins[0].sha256",
+        ];
+        for needle in expect {
+            assert!(problems.iter().any(|p| p.contains(needle)), "missing {needle} in {problems:#?}");
+        }
+        let err = ClusterConfig::parse(&config.to_yaml()).unwrap_err();
+        assert_eq!(err.problems, problems);
+    }
+
+    #[test]
+    fn empty_and_garbage_files_are_clear_errors() {
+        assert!(ClusterConfig::parse("").unwrap_err().to_string().contains("empty"));
+        assert!(ClusterConfig::parse("version: [").is_err());
+        assert!(ClusterConfig::parse("- a\n- b\n").is_err());
+    }
+
+    #[test]
+    fn quorum_is_a_strict_majority() {
+        let mut config = sample();
+        assert_eq!(config.quorum_size(), 2);
+        config.peers.truncate(1);
+        assert_eq!(config.quorum_size(), 1);
+        for n in 3..=5 {
+            config.peers.push(peer(n));
+        }
+        assert_eq!(config.peers.len(), 4);
+        assert_eq!(config.quorum_size(), 3);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        #[test]
+        fn parsing_never_panics(text in ".{0,400}") {
+            let _ = ClusterConfig::parse(&text);
+            let _ = super::super::NodeConfig::parse(&text);
+        }
+
+        #[test]
+        fn parsing_mutated_valid_files_never_panics(cut in 0usize..2000, byte in proptest::num::u8::ANY) {
+            let mut bytes = sample().to_yaml().into_bytes();
+            let at = cut % bytes.len();
+            bytes[at] = byte;
+            if let Ok(text) = String::from_utf8(bytes) {
+                let _ = ClusterConfig::parse(&text);
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `node.yaml`: this node's identity and addresses. Never replicated.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, HostPort, parse_yaml};
+use crate::NodeId;
+use crate::limits::{CLUSTER_SECRET_CHARS_MIN, NODE_YAML_BYTES_MAX};
+
+pub const DEFAULT_BIND: &str = "0.0.0.0";
+pub const DEFAULT_PORT: u16 = 9901;
+const FILE: &str = "node.yaml";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id; also the CN of `keys/cert.pem`.
+    pub node_id: NodeId,
+    /// Address the peer listener binds.
+    pub bind: IpAddr,
+    /// Port the peer listener binds.
+    pub port: u16,
+    /// `HOST:PORT` other members dial to reach this node.
+    pub advertise: String,
+    /// Shared secret proven (never sent) when a node joins.
+    pub cluster_secret: String,
+}
+
+/// Values from the environment (`QUPTIME_ADVERTISE`, ...) that win over the
+/// file. The daemon reads the environment; this type keeps the rule pure.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeOverrides {
+    pub advertise: Option<String>,
+    pub bind: Option<String>,
+    pub port: Option<String>,
+    pub cluster_secret: Option<String>,
+}
+
+impl NodeConfig {
+    /// Parses and validates `node.yaml`.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = parse_yaml(FILE, text, NODE_YAML_BYTES_MAX)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Serialises to YAML (a fixed field order, so files diff cleanly).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("node config always serialises")
+    }
+
+    /// Applies environment overrides (env > file) and validates the result.
+    pub fn with_overrides(mut self, env: &NodeOverrides) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        if let Some(advertise) = &env.advertise {
+            self.advertise = advertise.clone();
+        }
+        if let Some(bind) = &env.bind {
+            match bind.parse() {
+                Ok(ip) => self.bind = ip,
+                Err(_) => problems.push(format!("QUPTIME_BIND_ADDR: `{bind}` is not an IP address")),
+            }
+        }
+        if let Some(port) = &env.port {
+            match port.parse() {
+                Ok(port) => self.port = port,
+                Err(_) => problems.push(format!("QUPTIME_BIND_PORT: `{port}` is not a port number")),
+            }
+        }
+        if let Some(secret) = &env.cluster_secret {
+            self.cluster_secret = secret.clone();
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::new("environment", problems));
+        }
+        self.check()?;
+        Ok(self)
+    }
+
+    /// Every problem at once.
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.port == 0 {
+            problems.push("port: 0 is not a fixed port; pick one such as 9901".to_string());
+        }
+        if let Err(e) = self.advertise.parse::<HostPort>() {
+            problems.push(format!("advertise: {e}"));
+        }
+        if let Some(problem) = secret_problem(&self.cluster_secret) {
+            problems.push(format!("cluster_secret: {problem}"));
+        }
+        problems
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let problems = self.validate();
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::new(FILE, problems)) }
+    }
+}
+
+/// Why a cluster secret is unacceptable, if it is.
+pub fn secret_problem(secret: &str) -> Option<String> {
+    if secret.chars().count() < CLUSTER_SECRET_CHARS_MIN {
+        return Some(format!(
+            "too short ({} characters; use at least {CLUSTER_SECRET_CHARS_MIN}, or let `qu init` generate one)",
+            secret.chars().count()
+        ));
+    }
+    if secret.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Some("must not contain spaces or control characters".to_string());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> NodeConfig {
+        NodeConfig {
+            node_id: "7a1e0c3e-1111-4222-8333-444455556666".parse().unwrap(),
+            bind: "0.0.0.0".parse().unwrap(),
+            port: 9901,
+            advertise: "alpha.example.com:9901".into(),
+            cluster_secret: "s3cret-s3cret-s3cret".into(),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let node = sample();
+        assert_eq!(NodeConfig::parse(&node.to_yaml()).unwrap(), node);
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = format!("{}colour: blue\n", sample().to_yaml());
+        let err = NodeConfig::parse(&text).unwrap_err();
+        assert_eq!(err.file, "node.yaml");
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let mut node = sample();
+        node.port = 0;
+        node.advertise = "nohost".into();
+        node.cluster_secret = "short".into();
+        let problems = node.validate();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+    }
+
+    #[test]
+    fn env_wins_over_file() {
+        let env = NodeOverrides {
+            advertise: Some("beta:9902".into()),
+            bind: Some("127.0.0.1".into()),
+            port: Some("9902".into()),
+            cluster_secret: Some("another-secret-value".into()),
+        };
+        let node = sample().with_overrides(&env).unwrap();
+        assert_eq!(node.advertise, "beta:9902");
+        assert_eq!(node.port, 9902);
+        assert_eq!(node.bind.to_string(), "127.0.0.1");
+        assert_eq!(node.cluster_secret, "another-secret-value");
+        let bad = NodeOverrides { port: Some("x".into()), ..Default::default() };
+        assert!(sample().with_overrides(&bad).unwrap_err().to_string().contains("QUPTIME_BIND_PORT"));
+    }
+}

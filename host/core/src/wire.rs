@@ -1,0 +1,49 @@
+//! Messages between nodes over the mTLS transport.
+//!
+//! The sender of every message is the TLS identity of its connection, never
+//! a field in the body. An untrusted peer (one whose key is not in
+//! `cluster.yaml`) may send only the join handshake requests.
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+
+/// Requests a node answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Join handshake, step 1: who are you? Open to untrusted peers, so the
+    /// operator can confirm the node id and fingerprint before anything else.
+    Identify,
+    /// Join handshake, step 2: the inviter's proof of the cluster secret,
+    /// bound to this TLS session (see [`crate::join`]). Open to untrusted
+    /// peers.
+    JoinHello { proof: Vec<u8> },
+    /// Liveness probe between members.
+    Ping,
+}
+
+impl PeerRequest {
+    /// Whether a peer that is not a member may send this request.
+    pub fn is_join_handshake(&self) -> bool {
+        matches!(self, PeerRequest::Identify | PeerRequest::JoinHello { .. })
+    }
+}
+
+/// Answers to [`PeerRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    Identity { node_id: NodeId, advertise: String, version: String },
+    /// The joiner's proof of the cluster secret for the same session.
+    JoinHelloOk { proof: Vec<u8> },
+    Pong { node_id: NodeId, term: u64, config_version: u64 },
+    /// A request that was understood and refused, with a sentence saying why.
+    Refused { reason: String },
+}
+
+/// One-way messages between members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerNotice {
+    /// "I am here", sent by a member to another; carries nothing a receiver
+    /// trusts beyond the connection's TLS identity.
+    Hello { term: u64, config_version: u64 },
+}

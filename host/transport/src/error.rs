@@ -1,0 +1,31 @@
+//! Transport errors: what failed, with the peer named where we know it.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("TLS handshake with {addr}: {reason}")]
+    Handshake { addr: String, reason: String },
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("undecodable message: {0}")]
+    Decode(String),
+    #[error("no answer within {}", humanize(*.0))]
+    Timeout(Duration),
+    #[error("connection closed")]
+    Closed,
+    #[error("refused by peer: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("TLS setup: {0}")]
+    Setup(String),
+}
+
+fn humanize(d: Duration) -> String {
+    if d.as_millis() % 1000 == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}

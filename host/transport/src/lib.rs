@@ -1,0 +1,29 @@
+//! Peer transport: TCP + TLS 1.3 with mutual authentication pinned by SPKI
+//! fingerprint, length-prefixed frames with a hard size limit, and
+//! request/response plus one-way messages over one connection.
+//!
+//! The only crate that names rustls. Invariants:
+//! - every message's sender is the TLS identity of its connection, looked up
+//!   in the [`TrustStore`] when the message arrives (so a revoked key stops
+//!   counting at once);
+//! - an untrusted peer reaches only requests its [`Protocol`] opens to it;
+//! - a frame longer than `FRAME_BYTES_MAX` closes the connection before any
+//!   buffer of that size is allocated.
+
+mod conn;
+mod error;
+pub mod frame;
+pub mod identity;
+mod tls;
+mod trust;
+
+pub use conn::{Caller, Connection, Endpoint, Expect, Handler, Protocol};
+pub use error::TransportError;
+pub use identity::{GeneratedIdentity, IdentityError, TlsIdentity};
+pub use trust::TrustStore;
+
+/// ALPN protocol id of qu's peer protocol.
+pub const ALPN: &[u8] = b"qu/1";
+
+#[cfg(test)]
+mod tests;
