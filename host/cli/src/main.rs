@@ -1,1 +1,165 @@
-fn main(){}
+//! `qu`: the command-line interface and daemon entry point. Parses
+//! arguments, calls the daemon (or the daemon library for `init`/`serve`),
+//! renders results. No business logic lives here.
+
+mod demo;
+mod render;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use qu_daemon::Paths;
+use qu_daemon::control::{self, ControlRequest, ControlResponse};
+use qu_daemon::init::{InitOptions, init};
+
+/// How long the CLI waits for the daemon's answer.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(
+    name = "qu",
+    version,
+    about = "qu (quptime): a quorum-based uptime monitor",
+    long_about = "qu watches HTTP, TCP and ICMP endpoints from several cooperating nodes. A check is DOWN only \
+                  when a majority of nodes agree; one elected master sends the alerts; all cluster state lives \
+                  in one replicated cluster.yaml.\n\nFiles live in $QUPTIME_DIR (default /etc/quptime as root, \
+                  ~/.config/quptime otherwise); the daemon's control socket is $QUPTIME_SOCKET."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create this node's identity, node.yaml and a one-member cluster.yaml.
+    Init(InitArgs),
+    /// Run the daemon in the foreground (logs to stderr; SIGTERM stops it cleanly).
+    Serve,
+    /// Show this node's view of the cluster: term, master, quorum, peers, checks.
+    Status {
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the version of this binary.
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a local demo cluster on loopback in a temporary directory.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// HOST:PORT other nodes dial to reach this one, e.g. alpha.example.com:9901.
+    #[arg(long, env = "QUPTIME_ADVERTISE")]
+    advertise: String,
+    /// Address the peer listener binds [default: 0.0.0.0].
+    #[arg(long, env = "QUPTIME_BIND_ADDR")]
+    bind: Option<IpAddr>,
+    /// Port the peer listener binds [default: the advertised port].
+    #[arg(long, env = "QUPTIME_BIND_PORT")]
+    port: Option<u16>,
+    /// The cluster secret of an existing cluster. Omit on the first node to generate one.
+    #[arg(long, env = "QUPTIME_CLUSTER_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let message = format!("{error:#}").replace('\n', " ");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Init(args) => run_init(args),
+        Command::Serve => run_serve(),
+        Command::Status { json } => run_status(json),
+        Command::Version { json } => {
+            if json {
+                println!("{}", serde_json::json!({ "version": qu_daemon::VERSION }));
+            } else {
+                println!("qu {}", qu_daemon::VERSION);
+            }
+            Ok(())
+        }
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+fn paths() -> anyhow::Result<Paths> {
+    Paths::from_env().map_err(anyhow::Error::msg)
+}
+
+fn run_init(args: InitArgs) -> anyhow::Result<()> {
+    let paths = paths()?;
+    let options = InitOptions { advertise: args.advertise, bind: args.bind, port: args.port, secret: args.secret };
+    let report = init(&paths.data, options)?;
+    if args.json {
+        println!("{}", render::init_json(&report, paths.data.root()));
+    } else {
+        print!("{}", render::init_text(&report, paths.data.root()));
+    }
+    Ok(())
+}
+
+fn run_serve() -> anyhow::Result<()> {
+    init_logging();
+    let paths = paths()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
+    runtime.block_on(qu_daemon::serve::serve(&paths)).map_err(anyhow::Error::msg)
+}
+
+fn run_status(json: bool) -> anyhow::Result<()> {
+    let paths = paths()?;
+    match call(&paths.socket, ControlRequest::Status)? {
+        ControlResponse::Status(view) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", render::status_text(&view));
+            }
+            Ok(())
+        }
+        ControlResponse::Error { message } => bail!(message),
+    }
+}
+
+pub(crate) fn call(socket: &std::path::Path, request: ControlRequest) -> anyhow::Result<ControlResponse> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start runtime")?;
+    Ok(runtime.block_on(control::call(socket, &request, CONTROL_TIMEOUT))?)
+}
+
+/// Logs to stderr for journald: `RUST_LOG` filters (default `info`); no
+/// colours unless stderr is a terminal.
+pub(crate) fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+pub(crate) fn data_dir_display(path: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}

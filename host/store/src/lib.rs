@@ -1,1 +1,228 @@
-//! placeholder
+//! Durable storage: the data directory's layout, atomic fsynced writes, and
+//! permissions.
+//!
+//! The only crate that writes files. Invariants:
+//! - a file is replaced by writing a temp file beside it, fsyncing it,
+//!   renaming it over the old one and fsyncing the directory, so a crash
+//!   leaves either the old or the new content, never a mix;
+//! - secrets (`node.yaml`, `keys/private.pem`, `cluster.yaml`) are created
+//!   0600 and the data directory 0700, whatever the umask;
+//! - temp files left by a crash are ignored by readers and removed at start.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Mode of files holding secrets or replicated state.
+pub const SECRET_FILE_MODE: u32 = 0o600;
+/// Mode of public files (the certificate).
+pub const PUBLIC_FILE_MODE: u32 = 0o644;
+/// Mode of the data directory and its subdirectories.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+const TEMP_MARKER: &str = ".tmp-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: not found")]
+    NotFound { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl StoreError {
+    fn io(path: &Path, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::NotFound {
+            StoreError::NotFound { path: path.to_path_buf() }
+        } else {
+            StoreError::Io { path: path.to_path_buf(), source }
+        }
+    }
+
+    /// Whether the disk said it is full (ENOSPC) or over quota.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. }
+            if source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+            || source.raw_os_error() == Some(rustix::io::Errno::DQUOT.raw_os_error()))
+    }
+}
+
+/// The data directory (`$QUPTIME_DIR`) and the files in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn node_yaml(&self) -> PathBuf {
+        self.root.join("node.yaml")
+    }
+    pub fn cluster_yaml(&self) -> PathBuf {
+        self.root.join("cluster.yaml")
+    }
+    /// Persisted consensus state (term and vote).
+    pub fn state_yaml(&self) -> PathBuf {
+        self.root.join("state.yaml")
+    }
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+    pub fn private_key(&self) -> PathBuf {
+        self.keys_dir().join("private.pem")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.keys_dir().join("cert.pem")
+    }
+
+    /// Creates the directory and `keys/` with mode 0700 (tightening existing
+    /// ones), so nothing inside is ever exposed by a loose umask.
+    pub fn create(&self) -> Result<(), StoreError> {
+        create_private_dir(&self.root)?;
+        create_private_dir(&self.keys_dir())
+    }
+
+    /// Removes temp files a crash left behind in the directory and `keys/`.
+    pub fn remove_stale_temps(&self) -> Result<usize, StoreError> {
+        Ok(remove_stale_temps(&self.root)? + remove_stale_temps(&self.keys_dir())?)
+    }
+}
+
+/// Creates `dir` (and parents) and sets it to 0700.
+pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE)).map_err(|e| StoreError::io(dir, e))
+}
+
+/// Reads a whole text file.
+pub fn read_text(path: &Path) -> Result<String, StoreError> {
+    fs::read_to_string(path).map_err(|e| StoreError::io(path, e))
+}
+
+/// Permission bits of a file.
+pub fn mode_of(path: &Path) -> Result<u32, StoreError> {
+    Ok(fs::metadata(path).map_err(|e| StoreError::io(path, e))?.permissions().mode() & 0o7777)
+}
+
+/// Replaces `path` with `bytes` atomically and durably, with exactly `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| StoreError::io(path, io::Error::other("no file name")))?;
+    let temp = dir.join(format!(
+        ".{}{TEMP_MARKER}{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = write_then_rename(&temp, path, dir, bytes, mode);
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+fn write_then_rename(temp: &Path, path: &Path, dir: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(temp)
+        .map_err(|e| StoreError::io(temp, e))?;
+    // The umask may have dropped bits from `mode`; set it exactly.
+    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| StoreError::io(temp, e))?;
+    file.write_all(bytes).map_err(|e| StoreError::io(temp, e))?;
+    file.sync_all().map_err(|e| StoreError::io(temp, e))?;
+    drop(file);
+    fs::rename(temp, path).map_err(|e| StoreError::io(path, e))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
+}
+
+/// Writes a new file, refusing to replace an existing one (`qu init`).
+pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    if path.exists() {
+        return Err(StoreError::io(path, io::Error::from(io::ErrorKind::AlreadyExists)));
+    }
+    write_atomic(path, bytes, mode)
+}
+
+fn remove_stale_temps(dir: &Path) -> Result<usize, StoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(StoreError::io(dir, e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(TEMP_MARKER) {
+            fs::remove_file(entry.path()).map_err(|e| StoreError::io(&entry.path(), e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_content_with_exact_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.yaml");
+        write_atomic(&path, b"one", SECRET_FILE_MODE).unwrap();
+        write_atomic(&path, b"two", SECRET_FILE_MODE).unwrap();
+        assert_eq!(read_text(&path).unwrap(), "two");
+        assert_eq!(mode_of(&path).unwrap(), 0o600);
+        write_atomic(&path, b"three", PUBLIC_FILE_MODE).unwrap();
+        assert_eq!(mode_of(&path).unwrap(), 0o644);
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(leftovers.len(), 1, "no temp file left: {leftovers:?}");
+    }
+
+    #[test]
+    fn write_new_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.yaml");
+        write_new(&path, b"a", SECRET_FILE_MODE).unwrap();
+        assert!(write_new(&path, b"b", SECRET_FILE_MODE).is_err());
+        assert_eq!(read_text(&path).unwrap(), "a");
+    }
+
+    #[test]
+    fn data_dir_is_private_and_stale_temps_are_cleaned() {
+        let parent = tempfile::tempdir().unwrap();
+        let data = DataDir::new(parent.path().join("qu"));
+        data.create().unwrap();
+        assert_eq!(mode_of(data.root()).unwrap(), 0o700);
+        assert_eq!(mode_of(&data.keys_dir()).unwrap(), 0o700);
+        fs::write(data.root().join(".cluster.yaml.tmp-1-0"), "partial").unwrap();
+        fs::write(data.keys_dir().join(".private.pem.tmp-1-0"), "partial").unwrap();
+        fs::write(data.root().join("keep.txt"), "x").unwrap();
+        assert_eq!(data.remove_stale_temps().unwrap(), 2);
+        assert!(data.root().join("keep.txt").exists());
+    }
+
+    #[test]
+    fn missing_files_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(read_text(&dir.path().join("nope")), Err(StoreError::NotFound { .. })));
+    }
+
+    #[test]
+    fn a_write_into_a_missing_directory_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_atomic(&dir.path().join("gone/cluster.yaml"), b"x", SECRET_FILE_MODE).unwrap_err();
+        assert!(err.to_string().contains("gone"), "{err}");
+    }
+}

@@ -1,0 +1,172 @@
+//! The control socket: a Unix stream socket, mode 0600 in a 0700 directory,
+//! carrying one JSON request line and one JSON response line per connection.
+//! Requests from any uid other than the daemon's own (or root) are refused.
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::status::StatusView;
+
+/// Largest request or response line, in bytes.
+pub const CONTROL_LINE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ControlResponse {
+    Status(StatusView),
+    Error { message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no qu daemon answers on {path} ({source}); start it with `qu serve` or `systemctl start quptime`")]
+    Unreachable { path: String, source: io::Error },
+    #[error("control socket {path}: {reason}")]
+    Protocol { path: String, reason: String },
+    #[error("the daemon did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Sends one request to the daemon at `path` and returns its answer.
+pub async fn call(path: &Path, request: &ControlRequest, timeout: Duration) -> Result<ControlResponse, ControlError> {
+    let label = path.display().to_string();
+    let exchange = async {
+        let mut stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ControlError::Unreachable { path: label.clone(), source })?;
+        let protocol = |reason: String| ControlError::Protocol { path: label.clone(), reason };
+        let mut line = serde_json::to_vec(request).map_err(|e| protocol(e.to_string()))?;
+        line.push(b'\n');
+        stream.write_all(&line).await.map_err(|e| protocol(e.to_string()))?;
+        let mut reply = String::new();
+        BufReader::new(stream)
+            .take(CONTROL_LINE_BYTES_MAX)
+            .read_line(&mut reply)
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        if reply.is_empty() {
+            return Err(protocol("the daemon closed the connection without answering".into()));
+        }
+        serde_json::from_str(&reply).map_err(|e| protocol(format!("unreadable answer: {e}")))
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| ControlError::Timeout(timeout))?
+}
+
+/// Binds the control socket: parent directory created 0700, a stale socket
+/// of ours replaced, a live one or someone else's refused, and the socket
+/// created 0600 (umask set for the bind, so it is never briefly wider).
+pub fn bind(path: &Path) -> Result<UnixListener, String> {
+    let shown = path.display();
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    prepare_parent(parent)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if !meta.file_type().is_socket() {
+                return Err(format!("control socket {shown} exists and is not a socket; move it away"));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(format!("another qu daemon is already serving {shown}; stop it first"));
+            }
+            let me = rustix::process::geteuid().as_raw();
+            if meta.uid() != me {
+                return Err(format!(
+                    "stale control socket {shown} belongs to uid {}, not this daemon's uid {me}; remove it by hand",
+                    meta.uid()
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| format!("remove stale control socket {shown}: {e}"))?;
+            tracing::info!(path = %shown, "replaced a stale control socket");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("control socket {shown}: {e}")),
+    }
+    let previous = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+    let listener = UnixListener::bind(path);
+    rustix::process::umask(previous);
+    let listener = listener.map_err(|e| format!("bind control socket {shown}: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod control socket {shown}: {e}"))?;
+    Ok(listener)
+}
+
+/// Creates the socket's directory 0700. An existing directory of ours named
+/// `quptime` (the default layout) is tightened to 0700; any other existing
+/// directory is left as it is (it may be shared, like /tmp), and the
+/// socket's own 0600 mode and the uid check protect it.
+fn prepare_parent(parent: &Path) -> Result<(), String> {
+    let shown = parent.display();
+    if !parent.exists() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("create {shown}: {e}"))?;
+        return std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("chmod {shown}: {e}"));
+    }
+    let meta = std::fs::metadata(parent).map_err(|e| format!("{shown}: {e}"))?;
+    let ours = meta.uid() == rustix::process::geteuid().as_raw();
+    if ours && parent.file_name().is_some_and(|n| n == "quptime") && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("chmod {shown}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Whether a client with `uid` may use the socket: the daemon's own uid, or
+/// root (who could read the socket anyway).
+pub fn uid_allowed(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
+/// Reads one request from an accepted stream, after the uid check.
+pub(crate) async fn read_request(stream: &mut UnixStream) -> Result<ControlRequest, ControlResponse> {
+    let uid = stream
+        .peer_cred()
+        .map_err(|e| ControlResponse::Error { message: format!("cannot read peer credentials: {e}") })?
+        .uid();
+    if !uid_allowed(uid) {
+        tracing::warn!(uid, "refused a control request from another user");
+        return Err(ControlResponse::Error {
+            message: format!(
+                "permission denied: uid {uid} may not control this daemon (run qu as uid {} or root)",
+                rustix::process::geteuid().as_raw()
+            ),
+        });
+    }
+    let mut line = String::new();
+    let mut reader = BufReader::new(&mut *stream).take(CONTROL_LINE_BYTES_MAX);
+    reader
+        .read_line(&mut line)
+        .await
+        .map_err(|e| ControlResponse::Error { message: format!("read request: {e}") })?;
+    serde_json::from_str(&line).map_err(|e| ControlResponse::Error {
+        message: format!("unreadable request (is this qu the same version as the daemon?): {e}"),
+    })
+}
+
+pub(crate) async fn write_response(stream: &mut UnixStream, response: &ControlResponse) {
+    let mut line = serde_json::to_vec(response).expect("responses always serialise");
+    line.push(b'\n');
+    if let Err(error) = stream.write_all(&line).await {
+        tracing::debug!(%error, "control client went away before the answer");
+    }
+}
+
+/// Removes the socket file if it is still the one this daemon bound.
+pub(crate) fn remove_socket(path: &PathBuf) {
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+        && meta.uid() == rustix::process::geteuid().as_raw()
+    {
+        let _ = std::fs::remove_file(path);
+    }
+}

@@ -1,0 +1,145 @@
+//! Loading a node at start: every file read, parsed, validated and
+//! cross-checked, or one clear error saying which file and what to do.
+
+use qu_core::config::{ClusterConfig, ConfigError, NodeConfig, NodeOverrides};
+use qu_core::consensus::Durable;
+use qu_core::{Fingerprint, NodeId};
+use qu_store::{DataDir, StoreError};
+use qu_transport::TlsIdentity;
+
+/// Everything a node needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct LoadedNode {
+    pub data: DataDir,
+    pub node: NodeConfig,
+    pub identity: TlsIdentity,
+    pub cluster: ClusterConfig,
+    pub durable: Durable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path} not found: run `qu init --advertise HOST:PORT` first (or set QUPTIME_DIR)")]
+    NotInitialised { path: String },
+    #[error("{path} not found: the node's files are incomplete; restore it from your backup")]
+    Missing { path: String },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+impl LoadedNode {
+    /// Reads a node's files; `env` holds `QUPTIME_*` overrides of node.yaml.
+    pub fn load(data: &DataDir, env: &NodeOverrides) -> Result<Self, LoadError> {
+        let removed = data.remove_stale_temps().map_err(LoadError::Store)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed temp files left by an interrupted write");
+        }
+        let node_text = qu_store::read_text(&data.node_yaml()).map_err(|e| match e {
+            StoreError::NotFound { path } => LoadError::NotInitialised { path: path.display().to_string() },
+            other => LoadError::Store(other),
+        })?;
+        let node = NodeConfig::parse(&node_text)?.with_overrides(env)?;
+        let identity = load_identity(data)?;
+        let cluster_path = data.cluster_yaml();
+        let cluster = ClusterConfig::parse(&read(&cluster_path)?)?;
+        let durable = load_durable(data)?;
+        let loaded = Self { data: data.clone(), node, identity, cluster, durable };
+        loaded.cross_check()?;
+        loaded.warn_about_loose_modes();
+        Ok(loaded)
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node.node_id
+    }
+
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.identity.fingerprint
+    }
+
+    /// The files must describe one node: the certificate's CN is the node
+    /// id, and if cluster.yaml lists this node, with this key.
+    fn cross_check(&self) -> Result<(), LoadError> {
+        let cert_path = self.data.cert().display().to_string();
+        let cert_pem = qu_store::read_text(&self.data.cert()).map_err(LoadError::Store)?;
+        let cn = qu_transport::identity::common_name_of_cert_pem(&cert_pem)
+            .map_err(|e| LoadError::Invalid { path: cert_path.clone(), reason: e.to_string() })?;
+        if cn != self.node.node_id.to_string() {
+            return Err(LoadError::Invalid {
+                path: cert_path,
+                reason: format!("issued to {cn}, but node.yaml says this node is {}", self.node.node_id),
+            });
+        }
+        let cluster_path = self.data.cluster_yaml().display().to_string();
+        for (i, peer) in self.cluster.peers.iter().enumerate() {
+            let actual = qu_transport::identity::fingerprint_of_cert_pem(&peer.cert_pem)
+                .map_err(|e| LoadError::Invalid { path: cluster_path.clone(), reason: format!("peers[{i}].cert_pem: {e}") })?;
+            if actual != peer.fingerprint {
+                return Err(LoadError::Invalid {
+                    path: cluster_path,
+                    reason: format!("peers[{i}].fingerprint {} does not match its cert_pem ({actual})", peer.fingerprint),
+                });
+            }
+            if peer.node_id == self.node.node_id && peer.fingerprint != self.identity.fingerprint {
+                return Err(LoadError::Invalid {
+                    path: cluster_path,
+                    reason: format!(
+                        "lists this node ({}) with key {}, but keys/private.pem is {}",
+                        peer.node_id, peer.fingerprint, self.identity.fingerprint
+                    ),
+                });
+            }
+        }
+        if self.cluster.peer(&self.node.node_id).is_none() {
+            tracing::warn!(
+                node = %self.node.node_id,
+                "this node is not a member in cluster.yaml; it will answer only the join handshake until a member adds it"
+            );
+        }
+        Ok(())
+    }
+
+    fn warn_about_loose_modes(&self) {
+        for path in [self.data.node_yaml(), self.data.private_key(), self.data.cluster_yaml()] {
+            if let Ok(mode) = qu_store::mode_of(&path)
+                && mode & 0o077 != 0
+            {
+                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "file holding secrets is readable by others; chmod 600 it");
+            }
+        }
+    }
+}
+
+fn read(path: &std::path::Path) -> Result<String, LoadError> {
+    qu_store::read_text(path).map_err(|e| match e {
+        StoreError::NotFound { path } => LoadError::Missing { path: path.display().to_string() },
+        other => LoadError::Store(other),
+    })
+}
+
+fn load_identity(data: &DataDir) -> Result<TlsIdentity, LoadError> {
+    let key = read(&data.private_key())?;
+    let cert = read(&data.cert())?;
+    TlsIdentity::from_pem(&cert, &key).map_err(|e| LoadError::Invalid {
+        path: data.keys_dir().display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The term and vote. A missing file is a node that never voted; a corrupt
+/// one is refused, because guessing could vote twice in one term.
+fn load_durable(data: &DataDir) -> Result<Durable, LoadError> {
+    let path = data.state_yaml();
+    match qu_store::read_text(&path) {
+        Ok(text) => serde_yaml::from_str(&text).map_err(|e| LoadError::Invalid {
+            path: path.display().to_string(),
+            reason: format!("{e}; this file holds the node's term and vote: restore it from backup"),
+        }),
+        Err(StoreError::NotFound { .. }) => Ok(Durable::default()),
+        Err(other) => Err(LoadError::Store(other)),
+    }
+}

@@ -1,0 +1,43 @@
+//! What `qu status` shows, as data: built by the daemon, rendered by the CLI.
+
+use qu_core::NodeId;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub node_id: NodeId,
+    pub term: u64,
+    pub master: Option<NodeId>,
+    pub quorum: bool,
+    pub quorum_size: usize,
+    pub config_version: u64,
+    pub peers: Vec<PeerView>,
+    pub checks: Vec<CheckView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub node_id: NodeId,
+    pub advertise: String,
+    pub live: bool,
+    /// RFC 3339 time the peer was last heard from; `None` for this node and
+    /// for peers never heard since start.
+    pub last_seen: Option<String>,
+    pub this_node: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckView {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub target: String,
+    /// `up`, `down` or `unknown`.
+    pub state: String,
+    pub ok: u32,
+    pub total: u32,
+    pub disabled: bool,
+    pub alerts: Vec<String>,
+    pub detail: String,
+}
