@@ -1,1 +1,16 @@
+//! End-to-end tests: the built `qu` binary, real processes, real TLS on
+//! loopback. One test binary; each module covers one part:
+//!
+//! - `init`    — `qu init`: files, modes, secrets, refusals.
+//! - `serve`   — `qu serve` + `qu status`: startup, refusals, signals, restarts.
+//! - `control` — the control socket: modes, stale sockets, other uids.
+//! - `peers`   — the peer listener as a stranger sees it: only the join handshake.
+//! - `inproc`  — the daemon library run in-process on port 0.
+//! - `demo`    — the README's main-job command.
 
+mod control;
+mod demo;
+mod init;
+mod inproc;
+mod peers;
+mod serve;

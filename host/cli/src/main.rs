@@ -109,7 +109,12 @@ fn paths() -> anyhow::Result<Paths> {
 
 fn run_init(args: InitArgs) -> anyhow::Result<()> {
     let paths = paths()?;
-    let options = InitOptions { advertise: args.advertise, bind: args.bind, port: args.port, secret: args.secret };
+    let options = InitOptions {
+        advertise: args.advertise,
+        bind: args.bind,
+        port: args.port,
+        secret: args.secret,
+    };
     let report = init(&paths.data, options)?;
     if args.json {
         println!("{}", render::init_json(&report, paths.data.root()));
@@ -122,8 +127,13 @@ fn run_init(args: InitArgs) -> anyhow::Result<()> {
 fn run_serve() -> anyhow::Result<()> {
     init_logging();
     let paths = paths()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
-    runtime.block_on(qu_daemon::serve::serve(&paths)).map_err(anyhow::Error::msg)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start runtime")?;
+    runtime
+        .block_on(qu_daemon::serve::serve(&paths))
+        .map_err(anyhow::Error::msg)
 }
 
 fn run_status(json: bool) -> anyhow::Result<()> {
@@ -141,8 +151,14 @@ fn run_status(json: bool) -> anyhow::Result<()> {
     }
 }
 
-pub(crate) fn call(socket: &std::path::Path, request: ControlRequest) -> anyhow::Result<ControlResponse> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start runtime")?;
+pub(crate) fn call(
+    socket: &std::path::Path,
+    request: ControlRequest,
+) -> anyhow::Result<ControlResponse> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start runtime")?;
     Ok(runtime.block_on(control::call(socket, &request, CONTROL_TIMEOUT))?)
 }
 

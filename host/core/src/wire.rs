@@ -32,10 +32,18 @@ impl PeerRequest {
 /// Answers to [`PeerRequest`]s.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
-    Identity { node_id: NodeId, advertise: String, version: String },
+    Identity {
+        node_id: NodeId,
+        advertise: String,
+        version: String,
+    },
     /// The joiner's proof of the cluster secret for the same session.
     JoinHelloOk { proof: Vec<u8> },
-    Pong { node_id: NodeId, term: u64, config_version: u64 },
+    Pong {
+        node_id: NodeId,
+        term: u64,
+        config_version: u64,
+    },
     /// A request that was understood and refused, with a sentence saying why.
     Refused { reason: String },
 }

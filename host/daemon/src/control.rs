@@ -31,7 +31,9 @@ pub enum ControlResponse {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("no qu daemon answers on {path} ({source}); start it with `qu serve` or `systemctl start quptime`")]
+    #[error(
+        "no qu daemon answers on {path} ({source}); start it with `qu serve` or `systemctl start quptime`"
+    )]
     Unreachable { path: String, source: io::Error },
     #[error("control socket {path}: {reason}")]
     Protocol { path: String, reason: String },
@@ -40,16 +42,30 @@ pub enum ControlError {
 }
 
 /// Sends one request to the daemon at `path` and returns its answer.
-pub async fn call(path: &Path, request: &ControlRequest, timeout: Duration) -> Result<ControlResponse, ControlError> {
+pub async fn call(
+    path: &Path,
+    request: &ControlRequest,
+    timeout: Duration,
+) -> Result<ControlResponse, ControlError> {
     let label = path.display().to_string();
     let exchange = async {
-        let mut stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ControlError::Unreachable { path: label.clone(), source })?;
-        let protocol = |reason: String| ControlError::Protocol { path: label.clone(), reason };
+        let mut stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ControlError::Unreachable {
+                    path: label.clone(),
+                    source,
+                })?;
+        let protocol = |reason: String| ControlError::Protocol {
+            path: label.clone(),
+            reason,
+        };
         let mut line = serde_json::to_vec(request).map_err(|e| protocol(e.to_string()))?;
         line.push(b'\n');
-        stream.write_all(&line).await.map_err(|e| protocol(e.to_string()))?;
+        stream
+            .write_all(&line)
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
         let mut reply = String::new();
         BufReader::new(stream)
             .take(CONTROL_LINE_BYTES_MAX)
@@ -57,11 +73,15 @@ pub async fn call(path: &Path, request: &ControlRequest, timeout: Duration) -> R
             .await
             .map_err(|e| protocol(e.to_string()))?;
         if reply.is_empty() {
-            return Err(protocol("the daemon closed the connection without answering".into()));
+            return Err(protocol(
+                "the daemon closed the connection without answering".into(),
+            ));
         }
         serde_json::from_str(&reply).map_err(|e| protocol(format!("unreadable answer: {e}")))
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| ControlError::Timeout(timeout))?
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| ControlError::Timeout(timeout))?
 }
 
 /// Binds the control socket: parent directory created 0700, a stale socket
@@ -69,15 +89,22 @@ pub async fn call(path: &Path, request: &ControlRequest, timeout: Duration) -> R
 /// created 0600 (umask set for the bind, so it is never briefly wider).
 pub fn bind(path: &Path) -> Result<UnixListener, String> {
     let shown = path.display();
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     prepare_parent(parent)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !meta.file_type().is_socket() {
-                return Err(format!("control socket {shown} exists and is not a socket; move it away"));
+                return Err(format!(
+                    "control socket {shown} exists and is not a socket; move it away"
+                ));
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(format!("another qu daemon is already serving {shown}; stop it first"));
+                return Err(format!(
+                    "another qu daemon is already serving {shown}; stop it first"
+                ));
             }
             let me = rustix::process::geteuid().as_raw();
             if meta.uid() != me {
@@ -86,7 +113,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
                     meta.uid()
                 ));
             }
-            std::fs::remove_file(path).map_err(|e| format!("remove stale control socket {shown}: {e}"))?;
+            std::fs::remove_file(path)
+                .map_err(|e| format!("remove stale control socket {shown}: {e}"))?;
             tracing::info!(path = %shown, "replaced a stale control socket");
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -128,10 +156,14 @@ pub fn uid_allowed(uid: u32) -> bool {
 }
 
 /// Reads one request from an accepted stream, after the uid check.
-pub(crate) async fn read_request(stream: &mut UnixStream) -> Result<ControlRequest, ControlResponse> {
+pub(crate) async fn read_request(
+    stream: &mut UnixStream,
+) -> Result<ControlRequest, ControlResponse> {
     let uid = stream
         .peer_cred()
-        .map_err(|e| ControlResponse::Error { message: format!("cannot read peer credentials: {e}") })?
+        .map_err(|e| ControlResponse::Error {
+            message: format!("cannot read peer credentials: {e}"),
+        })?
         .uid();
     if !uid_allowed(uid) {
         tracing::warn!(uid, "refused a control request from another user");
@@ -147,7 +179,9 @@ pub(crate) async fn read_request(stream: &mut UnixStream) -> Result<ControlReque
     reader
         .read_line(&mut line)
         .await
-        .map_err(|e| ControlResponse::Error { message: format!("read request: {e}") })?;
+        .map_err(|e| ControlResponse::Error {
+            message: format!("read request: {e}"),
+        })?;
     serde_json::from_str(&line).map_err(|e| ControlResponse::Error {
         message: format!("unreadable request (is this qu the same version as the daemon?): {e}"),
     })

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use qu_core::config::{ClusterConfig, DEFAULT_BIND, HostPort, NodeConfig, Peer, Timestamp, secret_problem};
+use qu_core::config::{
+    ClusterConfig, DEFAULT_BIND, HostPort, NodeConfig, Peer, Timestamp, secret_problem,
+};
 use qu_core::{Fingerprint, NodeId};
 use qu_store::{DataDir, PUBLIC_FILE_MODE, SECRET_FILE_MODE, StoreError};
 use rand::RngCore;
@@ -35,7 +37,11 @@ pub enum InitError {
     #[error(
         "{path} already exists: this node is initialised (node id {node_id}); qu init never overwrites an identity. To start over, move {dir} away first"
     )]
-    AlreadyInitialised { path: String, node_id: String, dir: String },
+    AlreadyInitialised {
+        path: String,
+        node_id: String,
+        dir: String,
+    },
     #[error(
         "{path} exists but node.yaml does not: restore node.yaml from your backup, or remove the leftover files in {dir} to create a new identity"
     )]
@@ -50,7 +56,10 @@ pub enum InitError {
 const SECRET_BYTES: usize = 32;
 
 pub fn init(data: &DataDir, options: InitOptions) -> Result<InitReport, InitError> {
-    let advertise: HostPort = options.advertise.parse().map_err(|e| InitError::Invalid(format!("--advertise {e}")))?;
+    let advertise: HostPort = options
+        .advertise
+        .parse()
+        .map_err(|e| InitError::Invalid(format!("--advertise {e}")))?;
     if let Some(secret) = &options.secret
         && let Some(problem) = secret_problem(secret)
     {
@@ -68,7 +77,9 @@ pub fn init(data: &DataDir, options: InitOptions) -> Result<InitReport, InitErro
     };
     let node = NodeConfig {
         node_id,
-        bind: options.bind.unwrap_or_else(|| DEFAULT_BIND.parse().expect("default bind parses")),
+        bind: options
+            .bind
+            .unwrap_or_else(|| DEFAULT_BIND.parse().expect("default bind parses")),
         port: options.port.unwrap_or(advertise.port),
         advertise: advertise.to_string(),
         cluster_secret: secret,
@@ -88,10 +99,22 @@ pub fn init(data: &DataDir, options: InitOptions) -> Result<InitReport, InitErro
 
     // node.yaml goes last: its presence is what marks a finished init.
     data.create()?;
-    qu_store::write_atomic(&data.private_key(), identity.key_pem.as_bytes(), SECRET_FILE_MODE)?;
+    qu_store::write_atomic(
+        &data.private_key(),
+        identity.key_pem.as_bytes(),
+        SECRET_FILE_MODE,
+    )?;
     qu_store::write_atomic(&data.cert(), identity.cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
-    qu_store::write_atomic(&data.cluster_yaml(), cluster.to_yaml().as_bytes(), SECRET_FILE_MODE)?;
-    qu_store::write_new(&data.node_yaml(), node.to_yaml().as_bytes(), SECRET_FILE_MODE)?;
+    qu_store::write_atomic(
+        &data.cluster_yaml(),
+        cluster.to_yaml().as_bytes(),
+        SECRET_FILE_MODE,
+    )?;
+    qu_store::write_new(
+        &data.node_yaml(),
+        node.to_yaml().as_bytes(),
+        SECRET_FILE_MODE,
+    )?;
 
     Ok(InitReport {
         node_id,
@@ -112,11 +135,18 @@ fn refuse_existing(data: &DataDir) -> Result<(), InitError> {
             .and_then(|text| NodeConfig::parse(&text).ok())
             .map(|node| node.node_id.to_string())
             .unwrap_or_else(|| "unreadable".into());
-        return Err(InitError::AlreadyInitialised { path: node_yaml.display().to_string(), node_id, dir });
+        return Err(InitError::AlreadyInitialised {
+            path: node_yaml.display().to_string(),
+            node_id,
+            dir,
+        });
     }
     for leftover in [data.private_key(), data.cert(), data.state_yaml()] {
         if leftover.exists() {
-            return Err(InitError::Leftovers { path: leftover.display().to_string(), dir });
+            return Err(InitError::Leftovers {
+                path: leftover.display().to_string(),
+                dir,
+            });
         }
     }
     Ok(())

@@ -17,7 +17,11 @@ impl Paths {
     /// `$XDG_CONFIG_HOME/quptime` (or `~/.config/quptime`) and
     /// `$XDG_RUNTIME_DIR/quptime/quptime.sock` for other users.
     pub fn from_env() -> Result<Self, String> {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |name: &str| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let root = rustix::process::geteuid().is_root();
         let data = match var("QUPTIME_DIR") {
             Some(dir) => dir,
@@ -25,7 +29,9 @@ impl Paths {
             None => match (var("XDG_CONFIG_HOME"), var("HOME")) {
                 (Some(config), _) => config.join("quptime"),
                 (None, Some(home)) => home.join(".config").join("quptime"),
-                (None, None) => return Err("cannot find a data directory: set QUPTIME_DIR (or HOME)".into()),
+                (None, None) => {
+                    return Err("cannot find a data directory: set QUPTIME_DIR (or HOME)".into());
+                }
             },
         };
         let socket = match var("QUPTIME_SOCKET") {
@@ -36,6 +42,9 @@ impl Paths {
                 None => data.join("quptime.sock"),
             },
         };
-        Ok(Self { data: DataDir::new(data), socket })
+        Ok(Self {
+            data: DataDir::new(data),
+            socket,
+        })
     }
 }

@@ -55,7 +55,11 @@ pub struct Caller {
 
 /// Receives what the other side of a connection sends.
 pub trait Handler<P: Protocol>: Send + Sync + 'static {
-    fn on_request(&self, from: Caller, request: P::Request) -> impl Future<Output = P::Response> + Send;
+    fn on_request(
+        &self,
+        from: Caller,
+        request: P::Request,
+    ) -> impl Future<Output = P::Response> + Send;
     fn on_notice(&self, from: Caller, notice: P::Notice) -> impl Future<Output = ()> + Send;
 }
 
@@ -76,7 +80,8 @@ enum Envelope<Q, S, N> {
     Notice { body: N },
 }
 
-type Pending<P> = Mutex<HashMap<u64, oneshot::Sender<Result<<P as Protocol>::Response, TransportError>>>>;
+type Pending<P> =
+    Mutex<HashMap<u64, oneshot::Sender<Result<<P as Protocol>::Response, TransportError>>>>;
 
 struct Shared<P: Protocol> {
     outbound: mpsc::Sender<Vec<u8>>,
@@ -101,7 +106,12 @@ impl<P: Protocol> Shared<P> {
 
     fn close(&self) {
         self.closed.send_replace(true);
-        let drained: Vec<_> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let drained: Vec<_> = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
         for (_, waiter) in drained {
             let _ = waiter.send(Err(TransportError::Closed));
         }
@@ -111,15 +121,25 @@ impl<P: Protocol> Shared<P> {
         *self.closed.borrow()
     }
 
-    async fn send_frame(&self, envelope: &Envelope<P::Request, P::Response, P::Notice>) -> Result<(), TransportError>
+    async fn send_frame(
+        &self,
+        envelope: &Envelope<P::Request, P::Response, P::Notice>,
+    ) -> Result<(), TransportError>
     where
         Envelope<P::Request, P::Response, P::Notice>: Serialize,
     {
-        let bytes = postcard::to_allocvec(envelope).map_err(|e| TransportError::Decode(e.to_string()))?;
+        let bytes =
+            postcard::to_allocvec(envelope).map_err(|e| TransportError::Decode(e.to_string()))?;
         if bytes.len() > FRAME_BYTES_MAX {
-            return Err(TransportError::FrameTooLarge { len: bytes.len(), max: FRAME_BYTES_MAX });
+            return Err(TransportError::FrameTooLarge {
+                len: bytes.len(),
+                max: FRAME_BYTES_MAX,
+            });
         }
-        self.outbound.send(bytes).await.map_err(|_| TransportError::Closed)
+        self.outbound
+            .send(bytes)
+            .await
+            .map_err(|_| TransportError::Closed)
     }
 }
 
@@ -130,7 +150,9 @@ pub struct Connection<P: Protocol> {
 
 impl<P: Protocol> Clone for Connection<P> {
     fn clone(&self) -> Self {
-        Self { shared: self.shared.clone() }
+        Self {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -145,13 +167,25 @@ impl<P: Protocol> std::fmt::Debug for Connection<P> {
 
 impl<P: Protocol> Connection<P> {
     /// Sends a request and waits at most `timeout` for its answer.
-    pub async fn request(&self, body: P::Request, timeout: Duration) -> Result<P::Response, TransportError> {
+    pub async fn request(
+        &self,
+        body: P::Request,
+        timeout: Duration,
+    ) -> Result<P::Response, TransportError> {
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        shared.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        shared
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
         let forget = || {
-            shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
         };
         if shared.is_closed() {
             forget();
@@ -230,7 +264,9 @@ pub struct Endpoint<P: Protocol> {
 
 impl<P: Protocol> std::fmt::Debug for Endpoint<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint").field("fingerprint", &self.identity.fingerprint).finish()
+        f.debug_struct("Endpoint")
+            .field("fingerprint", &self.identity.fingerprint)
+            .finish()
     }
 }
 
@@ -290,35 +326,61 @@ impl<P: Protocol> Endpoint<P> {
             let tls = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| TransportError::Handshake { addr: addr.to_string(), reason: e.to_string() })?;
+                .map_err(|e| TransportError::Handshake {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
             Ok::<_, TransportError>((TlsStream::from(tls), remote_addr))
         };
         let (tls, remote_addr) = tokio::time::timeout(self.handshake_timeout, handshake)
             .await
-            .map_err(|_| TransportError::Handshake { addr: addr.to_string(), reason: "timed out".into() })??;
+            .map_err(|_| TransportError::Handshake {
+                addr: addr.to_string(),
+                reason: "timed out".into(),
+            })??;
         self.start(tls, remote_addr, addr, handler)
     }
 
     /// Completes the server side of the handshake on an accepted stream.
-    pub async fn accept<H: Handler<P>>(&self, tcp: TcpStream, handler: Arc<H>) -> Result<Connection<P>, TransportError> {
+    pub async fn accept<H: Handler<P>>(
+        &self,
+        tcp: TcpStream,
+        handler: Arc<H>,
+    ) -> Result<Connection<P>, TransportError> {
         let remote_addr = tcp.peer_addr()?;
         tcp.set_nodelay(true)?;
         let acceptor = TlsAcceptor::from(self.server.clone());
         let label = remote_addr.to_string();
         let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp))
             .await
-            .map_err(|_| TransportError::Handshake { addr: label.clone(), reason: "timed out".into() })?
-            .map_err(|e| TransportError::Handshake { addr: label.clone(), reason: e.to_string() })?;
+            .map_err(|_| TransportError::Handshake {
+                addr: label.clone(),
+                reason: "timed out".into(),
+            })?
+            .map_err(|e| TransportError::Handshake {
+                addr: label.clone(),
+                reason: e.to_string(),
+            })?;
         self.start(TlsStream::from(tls), remote_addr, &label, handler)
     }
 
     async fn dial_tcp(&self, addr: &str) -> Result<TcpStream, TransportError> {
-        let connect_err = |source| TransportError::Connect { addr: addr.to_string(), source };
-        let targets: Vec<SocketAddr> = tokio::net::lookup_host(addr).await.map_err(connect_err)?.collect();
+        let connect_err = |source| TransportError::Connect {
+            addr: addr.to_string(),
+            source,
+        };
+        let targets: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+            .await
+            .map_err(connect_err)?
+            .collect();
         let mut last = None;
         for target in targets {
             let attempt = async {
-                let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                let socket = if target.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
                 if let Some(ip) = self.source_ip.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
                     socket.bind(SocketAddr::new(ip, 0))?;
                 }
@@ -329,7 +391,9 @@ impl<P: Protocol> Endpoint<P> {
                 Err(e) => last = Some(e),
             }
         }
-        Err(connect_err(last.unwrap_or_else(|| std::io::Error::other("the name resolved to no address"))))
+        Err(connect_err(last.unwrap_or_else(|| {
+            std::io::Error::other("the name resolved to no address")
+        })))
     }
 
     fn start<H: Handler<P>>(
@@ -339,7 +403,10 @@ impl<P: Protocol> Endpoint<P> {
         label: &str,
         handler: Arc<H>,
     ) -> Result<Connection<P>, TransportError> {
-        let handshake_err = |reason: String| TransportError::Handshake { addr: label.to_string(), reason };
+        let handshake_err = |reason: String| TransportError::Handshake {
+            addr: label.to_string(),
+            reason,
+        };
         let (fingerprint, exporter) = match &tls {
             TlsStream::Client(s) => session_facts(s.get_ref().1),
             TlsStream::Server(s) => session_facts(s.get_ref().1),
@@ -429,7 +496,9 @@ async fn read_loop<P: Protocol, R: AsyncRead + Unpin, H: Handler<P>>(
                 break;
             }
         };
-        let envelope: Envelope<P::Request, P::Response, P::Notice> = match postcard::from_bytes(&bytes) {
+        let envelope: Envelope<P::Request, P::Response, P::Notice> = match postcard::from_bytes(
+            &bytes,
+        ) {
             Ok(envelope) => envelope,
             Err(error) => {
                 tracing::warn!(peer = %shared.remote_addr, %error, "undecodable message; closing connection");
@@ -438,7 +507,9 @@ async fn read_loop<P: Protocol, R: AsyncRead + Unpin, H: Handler<P>>(
         };
         match envelope {
             Envelope::Response { id, body } => complete(&shared, id, Ok(body)),
-            Envelope::Refused { id, reason } => complete(&shared, id, Err(TransportError::Refused(reason))),
+            Envelope::Refused { id, reason } => {
+                complete(&shared, id, Err(TransportError::Refused(reason)))
+            }
             Envelope::Request { id, body } => {
                 let caller = shared.caller();
                 if caller.node_id.is_none() && !P::open_to_untrusted(&body) {
@@ -447,12 +518,18 @@ async fn read_loop<P: Protocol, R: AsyncRead + Unpin, H: Handler<P>>(
                         caller.fingerprint
                     );
                     tracing::debug!(peer = %shared.remote_addr, %reason, "refused request");
-                    if shared.send_frame(&Envelope::Refused { id, reason }).await.is_err() {
+                    if shared
+                        .send_frame(&Envelope::Refused { id, reason })
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     continue;
                 }
-                let Ok(permit) = in_flight.clone().acquire_owned().await else { break };
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
                 let (shared, handler) = (shared.clone(), handler.clone());
                 tokio::spawn(async move {
                     let body = handler.on_request(caller, body).await;
@@ -474,7 +551,11 @@ async fn read_loop<P: Protocol, R: AsyncRead + Unpin, H: Handler<P>>(
 }
 
 fn complete<P: Protocol>(shared: &Shared<P>, id: u64, result: Result<P::Response, TransportError>) {
-    let waiter = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    let waiter = shared
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
     if let Some(waiter) = waiter {
         let _ = waiter.send(result);
     }

@@ -30,7 +30,9 @@ impl FromStr for HostPort {
                 .rsplit_once(':')
                 .ok_or_else(|| format!("`{s}`: expected HOST:PORT, e.g. delta.example.com:9901"))?;
             if host.contains(':') {
-                return Err(format!("`{s}`: write IPv6 addresses in brackets, e.g. [::1]:9901"));
+                return Err(format!(
+                    "`{s}`: write IPv6 addresses in brackets, e.g. [::1]:9901"
+                ));
             }
             (host, port)
         };
@@ -47,9 +49,14 @@ impl FromStr for HostPort {
             .parse()
             .map_err(|_| format!("`{s}`: `{port}` is not a port number (1-65535)"))?;
         if port == 0 {
-            return Err(format!("`{s}`: port 0 cannot be advertised; pick a fixed port"));
+            return Err(format!(
+                "`{s}`: port 0 cannot be advertised; pick a fixed port"
+            ));
         }
-        Ok(Self { host: host.to_string(), port })
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
     }
 }
 
@@ -74,12 +81,24 @@ mod tests {
         let hp: HostPort = "[::1]:9901".parse().unwrap();
         assert_eq!(hp.host, "::1");
         assert_eq!(hp.to_string(), "[::1]:9901");
-        assert_eq!("10.0.0.4:1".parse::<HostPort>().unwrap().to_string(), "10.0.0.4:1");
+        assert_eq!(
+            "10.0.0.4:1".parse::<HostPort>().unwrap().to_string(),
+            "10.0.0.4:1"
+        );
     }
 
     #[test]
     fn refuses_what_cannot_be_dialled() {
-        for bad in ["delta", ":9901", "delta:0", "delta:70000", "::1:9901", "[::1]", "[zz]:1", "a b:1"] {
+        for bad in [
+            "delta",
+            ":9901",
+            "delta:0",
+            "delta:70000",
+            "::1:9901",
+            "[::1]",
+            "[zz]:1",
+            "a b:1",
+        ] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad} accepted");
         }
     }

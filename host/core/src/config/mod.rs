@@ -29,7 +29,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(file: &str, problems: Vec<String>) -> Self {
-        Self { file: file.to_string(), problems }
+        Self {
+            file: file.to_string(),
+            problems,
+        }
     }
 }
 
@@ -50,7 +53,10 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(
     if text.len() > bytes_max {
         return Err(ConfigError::new(
             file,
-            vec![format!("file is {} bytes, larger than the {bytes_max}-byte limit", text.len())],
+            vec![format!(
+                "file is {} bytes, larger than the {bytes_max}-byte limit",
+                text.len()
+            )],
         ));
     }
     if text.trim().is_empty() {

@@ -1,0 +1,28 @@
+//! The README's main-job command, `qu demo`.
+
+use std::process::Command;
+
+use qu_tests::qu_bin;
+
+#[test]
+fn demo_runs_a_node_shows_its_status_and_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(qu_bin())
+        .args(["demo", "--for", "2s", "--every", "1s"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("$ qu status"), "{stdout}");
+    assert!(stdout.contains("quorum     true (need 1)"), "{stdout}");
+    assert!(stdout.contains("demo finished"), "{stdout}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the demo removes its directory: {left:?}");
+}
