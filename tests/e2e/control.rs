@@ -26,11 +26,7 @@ fn a_stale_socket_of_ours_is_replaced_and_a_live_one_is_refused() {
     drop(std::os::unix::net::UnixListener::bind(&node.socket).unwrap());
     assert!(node.socket.exists());
     node.serve();
-    assert!(
-        node.log_text().contains("replaced a stale control socket"),
-        "{}",
-        node.log_text()
-    );
+    assert!(node.log_text().contains("replaced a stale control socket"), "{}", node.log_text());
 
     // A second daemon on the same socket (another data dir) must not steal it.
     let mut second = Node::new("second");
@@ -38,11 +34,7 @@ fn a_stale_socket_of_ours_is_replaced_and_a_live_one_is_refused() {
     second.socket = node.socket.clone();
     second.spawn_serve();
     assert!(!second.wait_exit(Duration::from_secs(20)).success());
-    assert!(
-        second.log_text().contains("already serving"),
-        "{}",
-        second.log_text()
-    );
+    assert!(second.log_text().contains("already serving"), "{}", second.log_text());
     node.qu_ok(&["status"]);
     assert!(node.terminate().success());
 }
@@ -55,11 +47,7 @@ fn a_path_that_is_not_a_socket_is_left_alone() {
     std::fs::write(&node.socket, "precious").unwrap();
     node.spawn_serve();
     assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    assert!(
-        node.log_text().contains("is not a socket"),
-        "{}",
-        node.log_text()
-    );
+    assert!(node.log_text().contains("is not a socket"), "{}", node.log_text());
     assert_eq!(std::fs::read_to_string(&node.socket).unwrap(), "precious");
 }
 
@@ -78,19 +66,13 @@ fn status_as_nobody(bin: &Path, node: &Node) -> std::process::Output {
 
 #[test]
 fn requests_from_another_uid_are_refused_even_through_loose_modes() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test switches to uid 65534 and needs root (CI runs as root)"
-    );
+    assert!(rustix::process::geteuid().is_root(), "this test switches to uid 65534 and needs root (CI runs as root)");
     let mut node = Node::new("uids");
     node.init(free_port(), &[]);
     node.serve();
 
     // The binary must sit where uid 65534 can run it.
-    let shelf = tempfile::Builder::new()
-        .prefix("qu-bin-")
-        .tempdir()
-        .unwrap();
+    let shelf = tempfile::Builder::new().prefix("qu-bin-").tempdir().unwrap();
     std::fs::set_permissions(shelf.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let bin = shelf.path().join("qu");
     std::fs::copy(qu_bin(), &bin).unwrap();
@@ -100,21 +82,13 @@ fn requests_from_another_uid_are_refused_even_through_loose_modes() {
     let out = status_as_nobody(&bin, &node);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("no qu daemon answers") && err.contains("ermission denied"),
-        "{err}"
-    );
+    assert!(err.contains("no qu daemon answers") && err.contains("ermission denied"), "{err}");
 
     // An operator loosens every mode by mistake: the uid check still refuses.
     let mut dir = node.socket.parent().unwrap().to_path_buf();
     loop {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        if dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .starts_with("qu-e2e-")
-        {
+        if dir.file_name().unwrap().to_string_lossy().starts_with("qu-e2e-") {
             break;
         }
         dir = dir.parent().unwrap().to_path_buf();
@@ -124,10 +98,7 @@ fn requests_from_another_uid_are_refused_even_through_loose_modes() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("permission denied: uid 65534"), "{err}");
-    assert!(
-        node.log_text()
-            .contains("refused a control request from another user")
-    );
+    assert!(node.log_text().contains("refused a control request from another user"));
 
     // Root is still answered.
     node.qu_ok(&["status"]);

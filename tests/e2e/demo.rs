@@ -15,11 +15,7 @@ fn demo_runs_a_node_shows_its_status_and_cleans_up() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("$ qu status"), "{stdout}");
     assert!(stdout.contains("quorum     true (need 1)"), "{stdout}");
     assert!(stdout.contains("demo finished"), "{stdout}");

@@ -9,9 +9,7 @@ use qu_core::config::{ClusterConfig, NodeConfig};
 use qu_core::join::{JoinRole, JoinSession, join_proof, verify_join_proof};
 use qu_core::wire::{PeerNotice, PeerRequest, PeerResponse};
 use qu_tests::{Node, free_port};
-use qu_transport::{
-    Caller, Endpoint, Expect, Handler, Protocol, TlsIdentity, TransportError, TrustStore,
-};
+use qu_transport::{Caller, Endpoint, Expect, Handler, Protocol, TlsIdentity, TransportError, TrustStore};
 
 struct Stranger;
 
@@ -28,9 +26,7 @@ struct Deaf;
 
 impl Handler<Stranger> for Deaf {
     async fn on_request(&self, _: Caller, _: PeerRequest) -> PeerResponse {
-        PeerResponse::Refused {
-            reason: "test client answers nothing".into(),
-        }
+        PeerResponse::Refused { reason: "test client answers nothing".into() }
     }
     async fn on_notice(&self, _: Caller, _: PeerNotice) {}
 }
@@ -43,10 +39,8 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
     let port = free_port();
     node.init(port, &[]);
     node.serve();
-    let node_yaml =
-        NodeConfig::parse(&std::fs::read_to_string(node.file("node.yaml")).unwrap()).unwrap();
-    let cluster =
-        ClusterConfig::parse(&std::fs::read_to_string(node.file("cluster.yaml")).unwrap()).unwrap();
+    let node_yaml = NodeConfig::parse(&std::fs::read_to_string(node.file("node.yaml")).unwrap()).unwrap();
+    let cluster = ClusterConfig::parse(&std::fs::read_to_string(node.file("cluster.yaml")).unwrap()).unwrap();
     let target_key = cluster.peers[0].fingerprint.clone();
 
     let stranger_id = NodeId::from_bytes(*b"stranger-node-id");
@@ -54,10 +48,7 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
     let identity = TlsIdentity::from_pem(&generated.cert_pem, &generated.key_pem).unwrap();
     let endpoint = Endpoint::<Stranger>::new(identity, TrustStore::default()).unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let conn = endpoint
-        .connect(&addr, Expect::Pinned(target_key.clone()), Arc::new(Deaf))
-        .await
-        .unwrap();
+    let conn = endpoint.connect(&addr, Expect::Pinned(target_key.clone()), Arc::new(Deaf)).await.unwrap();
 
     // Everything but the handshake is refused, with the reason.
     match conn.request(PeerRequest::Ping, T).await {
@@ -68,31 +59,16 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
     }
     // The handshake's first step names the node for the operator to confirm.
     match conn.request(PeerRequest::Identify, T).await.unwrap() {
-        PeerResponse::Identity {
-            node_id, advertise, ..
-        } => {
+        PeerResponse::Identity { node_id, advertise, .. } => {
             assert_eq!(node_id, node_yaml.node_id);
             assert_eq!(advertise, addr);
         }
         other => panic!("unexpected {other:?}"),
     }
-    let session = JoinSession {
-        exporter: conn.exporter(),
-        inviter: endpoint.fingerprint(),
-        joiner: &target_key,
-    };
+    let session = JoinSession { exporter: conn.exporter(), inviter: endpoint.fingerprint(), joiner: &target_key };
     // A wrong secret is refused clearly.
     let wrong = join_proof("not-the-cluster-secret", JoinRole::Inviter, &session);
-    match conn
-        .request(
-            PeerRequest::JoinHello {
-                proof: wrong.to_vec(),
-            },
-            T,
-        )
-        .await
-        .unwrap()
-    {
+    match conn.request(PeerRequest::JoinHello { proof: wrong.to_vec() }, T).await.unwrap() {
         PeerResponse::Refused { reason } => {
             assert!(reason.contains("cluster secret mismatch"), "{reason}")
         }
@@ -100,61 +76,26 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
     }
     // The right one is answered with the joiner's proof for this session.
     let right = join_proof(&node_yaml.cluster_secret, JoinRole::Inviter, &session);
-    match conn
-        .request(
-            PeerRequest::JoinHello {
-                proof: right.to_vec(),
-            },
-            T,
-        )
-        .await
-        .unwrap()
-    {
+    match conn.request(PeerRequest::JoinHello { proof: right.to_vec() }, T).await.unwrap() {
         PeerResponse::JoinHelloOk { proof } => {
-            assert!(verify_join_proof(
-                &node_yaml.cluster_secret,
-                JoinRole::Joiner,
-                &session,
-                &proof
-            ));
+            assert!(verify_join_proof(&node_yaml.cluster_secret, JoinRole::Joiner, &session, &proof));
         }
         other => panic!("unexpected {other:?}"),
     }
     // A proof made for another TLS session (a relay) does not verify.
-    let relayed = JoinSession {
-        exporter: &[0; 32],
-        ..session.clone()
-    };
+    let relayed = JoinSession { exporter: &[0; 32], ..session.clone() };
     let relayed_proof = join_proof(&node_yaml.cluster_secret, JoinRole::Inviter, &relayed);
     assert!(matches!(
-        conn.request(
-            PeerRequest::JoinHello {
-                proof: relayed_proof.to_vec()
-            },
-            T
-        )
-        .await
-        .unwrap(),
+        conn.request(PeerRequest::JoinHello { proof: relayed_proof.to_vec() }, T).await.unwrap(),
         PeerResponse::Refused { .. }
     ));
-    assert!(
-        node.log_text()
-            .contains("join refused: wrong cluster secret")
-    );
+    assert!(node.log_text().contains("join refused: wrong cluster secret"));
 
     // Dialling the node while pinning another key fails the handshake.
-    let wrong_pin =
-        ClusterConfig::parse(&std::fs::read_to_string(node.file("cluster.yaml")).unwrap()).unwrap();
+    let wrong_pin = ClusterConfig::parse(&std::fs::read_to_string(node.file("cluster.yaml")).unwrap()).unwrap();
     let mut other_key = wrong_pin.peers[0].fingerprint.to_string();
     other_key.replace_range(7..8, if &other_key[7..8] == "0" { "1" } else { "0" });
-    let err = endpoint
-        .connect(
-            &addr,
-            Expect::Pinned(other_key.parse().unwrap()),
-            Arc::new(Deaf),
-        )
-        .await
-        .unwrap_err();
+    let err = endpoint.connect(&addr, Expect::Pinned(other_key.parse().unwrap()), Arc::new(Deaf)).await.unwrap_err();
     assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
     node.qu_ok(&["status"]);
 }

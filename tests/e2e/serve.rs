@@ -22,45 +22,26 @@ fn a_single_node_serves_a_correct_status_and_stops_cleanly_on_sigterm() {
     let json = node.status_json();
     let id = json["node_id"].as_str().unwrap().to_string();
     // Header lines, in the order CLI.md fixes.
-    let keys: Vec<&str> = text
-        .lines()
-        .take(5)
-        .map(|l| l.split_whitespace().next().unwrap())
-        .collect();
+    let keys: Vec<&str> = text.lines().take(5).map(|l| l.split_whitespace().next().unwrap()).collect();
     assert_eq!(keys, ["node", "term", "master", "quorum", "config"]);
     assert_eq!(text_field(&text, "node"), id);
     assert_eq!(text_field(&text, "term"), "1");
-    assert_eq!(
-        text_field(&text, "master"),
-        id,
-        "a sole member is its own master"
-    );
+    assert_eq!(text_field(&text, "master"), id, "a sole member is its own master");
     assert_eq!(text_field(&text, "quorum"), "true (need 1)");
     assert_eq!(text_field(&text, "config ver"), "1");
-    let peers_at = text
-        .lines()
-        .position(|l| l == "PEERS")
-        .expect("PEERS table");
+    let peers_at = text.lines().position(|l| l == "PEERS").expect("PEERS table");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[peers_at + 1].split_whitespace().collect::<Vec<_>>(),
         ["NODE_ID", "ADVERTISE", "LIVE", "LAST_SEEN"]
     );
     let row: Vec<&str> = lines[peers_at + 2].split_whitespace().collect();
-    assert_eq!(
-        row,
-        ["*", id.as_str(), &format!("127.0.0.1:{port}"), "true", "-"]
-    );
+    assert_eq!(row, ["*", id.as_str(), &format!("127.0.0.1:{port}"), "true", "-"]);
     assert_eq!(lines[peers_at + 3], "(* = this node)");
-    let checks_at = text
-        .lines()
-        .position(|l| l == "CHECKS")
-        .expect("CHECKS table");
+    let checks_at = text.lines().position(|l| l == "CHECKS").expect("CHECKS table");
     assert_eq!(
         lines[checks_at + 1].split_whitespace().collect::<Vec<_>>(),
-        [
-            "ID", "NAME", "TYPE", "STATE", "OK/TOTAL", "ALERTS", "DETAIL"
-        ]
+        ["ID", "NAME", "TYPE", "STATE", "OK/TOTAL", "ALERTS", "DETAIL"]
     );
 
     assert_eq!(json["term"], 1);
@@ -69,10 +50,7 @@ fn a_single_node_serves_a_correct_status_and_stops_cleanly_on_sigterm() {
     assert_eq!(json["quorum_size"], 1);
     assert_eq!(json["config_version"], 1);
     assert_eq!(json["peers"][0]["node_id"], id.as_str());
-    assert_eq!(
-        json["peers"][0]["advertise"],
-        format!("127.0.0.1:{port}").as_str()
-    );
+    assert_eq!(json["peers"][0]["advertise"], format!("127.0.0.1:{port}").as_str());
     assert_eq!(json["peers"][0]["live"], true);
     assert!(json["peers"][0]["last_seen"].is_null());
     assert_eq!(json["checks"], serde_json::json!([]));
@@ -81,25 +59,13 @@ fn a_single_node_serves_a_correct_status_and_stops_cleanly_on_sigterm() {
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("peer listener is up");
 
     let status = node.terminate();
-    assert!(
-        status.success(),
-        "SIGTERM is a clean stop (exit 0), got {status}"
-    );
-    assert!(
-        !node.socket.exists(),
-        "the control socket is removed on exit"
-    );
+    assert!(status.success(), "SIGTERM is a clean stop (exit 0), got {status}");
+    assert!(!node.socket.exists(), "the control socket is removed on exit");
     let log = node.log_text();
-    assert!(
-        log.contains("SIGTERM received") && log.contains("stopped"),
-        "{log}"
-    );
+    assert!(log.contains("SIGTERM received") && log.contains("stopped"), "{log}");
 
     let err = node.qu_err(&["status"]);
-    assert!(
-        err.contains("no qu daemon answers") && err.contains("qu serve"),
-        "{err}"
-    );
+    assert!(err.contains("no qu daemon answers") && err.contains("qu serve"), "{err}");
 }
 
 #[test]
@@ -111,11 +77,7 @@ fn sigint_also_stops_cleanly_and_each_start_is_a_new_term() {
     node.signal(rustix::process::Signal::INT);
     assert!(node.wait_exit(Duration::from_secs(20)).success());
     node.serve();
-    assert_eq!(
-        node.status_json()["term"],
-        2,
-        "the term and vote are persisted and grow"
-    );
+    assert_eq!(node.status_json()["term"], 2, "the term and vote are persisted and grow");
     assert!(node.terminate().success());
 }
 
@@ -126,10 +88,7 @@ fn serve_refuses_without_node_yaml() {
     let status = node.wait_exit(Duration::from_secs(20));
     assert!(!status.success());
     let log = node.log_text();
-    assert!(
-        log.contains("error: ") && log.contains("run `qu init"),
-        "{log}"
-    );
+    assert!(log.contains("error: ") && log.contains("run qu init first"), "{log}");
 }
 
 #[test]
@@ -138,23 +97,12 @@ fn serve_refuses_a_cluster_yaml_with_unknown_fields_naming_field_and_file() {
     node.init(free_port(), &[]);
     let path = node.file("cluster.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(
-        &path,
-        text.replace("settings:\n", "settings:\n  from_the_future: 3\n"),
-    )
-    .unwrap();
+    std::fs::write(&path, text.replace("settings:\n", "settings:\n  from_the_future: 3\n")).unwrap();
     node.spawn_serve();
     assert!(!node.wait_exit(Duration::from_secs(20)).success());
     let log = node.log_text();
-    let error_line = log
-        .lines()
-        .find(|l| l.starts_with("error: "))
-        .unwrap_or_else(|| panic!("{log}"));
-    assert!(
-        error_line.contains("cluster.yaml")
-            && error_line.contains("unknown field `from_the_future`"),
-        "{log}"
-    );
+    let error_line = log.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{log}"));
+    assert!(error_line.contains("cluster.yaml") && error_line.contains("unknown field `from_the_future`"), "{log}");
 }
 
 #[test]
@@ -163,19 +111,14 @@ fn serve_reports_every_problem_of_a_bad_cluster_yaml_on_one_line() {
     node.init(free_port(), &[]);
     let path = node.file("cluster.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let text = text
-        .replace("dead_after: 4s", "dead_after: 1s")
-        .replace("hysteresis: 2", "hysteresis: 0");
+    let text = text.replace("dead_after: 4s", "dead_after: 1s").replace("hysteresis: 2", "hysteresis: 0");
     std::fs::write(&path, text).unwrap();
     node.spawn_serve();
     assert!(!node.wait_exit(Duration::from_secs(20)).success());
     let log = node.log_text();
     let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "one line: {log}");
-    assert!(
-        errors[0].contains("settings.dead_after") && errors[0].contains("settings.hysteresis"),
-        "{log}"
-    );
+    assert!(errors[0].contains("settings.dead_after") && errors[0].contains("settings.hysteresis"), "{log}");
 }
 
 #[test]
@@ -185,28 +128,15 @@ fn serve_refuses_invalid_yaml_and_mismatched_keys() {
     std::fs::write(node.file("cluster.yaml"), "version: [1\n").unwrap();
     node.spawn_serve();
     assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    assert!(
-        node.log_text().contains("error: cluster.yaml"),
-        "{}",
-        node.log_text()
-    );
+    assert!(node.log_text().contains("error: cluster.yaml"), "{}", node.log_text());
 
     let other = Node::new("other");
     other.init(free_port(), &[]);
     std::fs::copy(other.file("cluster.yaml"), node.file("cluster.yaml")).unwrap();
-    std::fs::copy(
-        other.file("keys/private.pem"),
-        node.file("keys/private.pem"),
-    )
-    .unwrap();
+    std::fs::copy(other.file("keys/private.pem"), node.file("keys/private.pem")).unwrap();
     node.spawn_serve();
     assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    assert!(
-        node.log_text()
-            .contains("does not belong to the certificate"),
-        "{}",
-        node.log_text()
-    );
+    assert!(node.log_text().contains("does not belong to the certificate"), "{}", node.log_text());
 }
 
 #[test]
@@ -218,10 +148,7 @@ fn serve_refuses_a_port_in_use() {
     node.spawn_serve();
     assert!(!node.wait_exit(Duration::from_secs(20)).success());
     let log = node.log_text();
-    assert!(
-        log.contains("error: ") && log.contains("already in use"),
-        "{log}"
-    );
+    assert!(log.contains("error: ") && log.contains("already in use"), "{log}");
 }
 
 #[test]
@@ -232,10 +159,7 @@ fn serve_refuses_a_corrupt_state_file() {
     node.spawn_serve();
     assert!(!node.wait_exit(Duration::from_secs(20)).success());
     let log = node.log_text();
-    assert!(
-        log.contains("state.yaml") && log.contains("term and vote"),
-        "{log}"
-    );
+    assert!(log.contains("state.yaml") && log.contains("term and vote"), "{log}");
 }
 
 #[test]
@@ -243,25 +167,16 @@ fn environment_overrides_node_yaml_when_serving() {
     let mut node = Node::new("envserve");
     node.init(free_port(), &[]);
     let port = free_port();
-    node.env("QUPTIME_BIND_PORT", &port.to_string())
-        .env("QUPTIME_ADVERTISE", &format!("127.0.0.1:{port}"));
+    node.env("QUPTIME_BIND_PORT", &port.to_string()).env("QUPTIME_ADVERTISE", &format!("127.0.0.1:{port}"));
     node.serve();
-    std::net::TcpStream::connect(("127.0.0.1", port))
-        .expect("listening on the port from the environment");
-    assert!(
-        node.log_text()
-            .contains(&format!("advertise=127.0.0.1:{port}"))
-    );
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("listening on the port from the environment");
+    assert!(node.log_text().contains(&format!("advertise=127.0.0.1:{port}")));
     assert!(node.terminate().success());
 
     node.env("QUPTIME_BIND_PORT", "not-a-port");
     node.spawn_serve();
     assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    assert!(
-        node.log_text().contains("QUPTIME_BIND_PORT"),
-        "{}",
-        node.log_text()
-    );
+    assert!(node.log_text().contains("QUPTIME_BIND_PORT"), "{}", node.log_text());
 }
 
 #[test]

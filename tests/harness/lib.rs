@@ -18,27 +18,16 @@ pub fn qu_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/e2e-HASH -> target/<profile>/qu
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     let qu = profile_dir.join("qu");
-    assert!(
-        qu.exists(),
-        "{} not found: build it first with `cargo build -p qu-cli` (or set QU_BIN)",
-        qu.display()
-    );
+    assert!(qu.exists(), "{} not found: build it first with `cargo build -p qu-cli` (or set QU_BIN)", qu.display());
     qu
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough on a
 /// machine where tests are the only ones picking ports at random).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `condition` every 20 ms until it holds or `within` passes.
@@ -48,10 +37,7 @@ pub fn eventually<T>(within: Duration, what: &str, mut condition: impl FnMut() -
         if let Some(value) = condition() {
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for: {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -70,10 +56,7 @@ pub struct Node {
 impl Node {
     /// A node in its own new temporary directory.
     pub fn new(name: &str) -> Self {
-        let root = tempfile::Builder::new()
-            .prefix("qu-e2e-")
-            .tempdir()
-            .unwrap();
+        let root = tempfile::Builder::new().prefix("qu-e2e-").tempdir().unwrap();
         let mut node = Self::in_dir(root.path(), name);
         node._root = Some(root);
         node
@@ -132,28 +115,16 @@ impl Node {
     /// Runs `qu ARGS`, asserting success; returns stdout.
     pub fn qu_ok(&self, args: &[&str]) -> String {
         let output = self.qu(args);
-        assert!(
-            output.status.success(),
-            "qu {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "qu {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     }
 
     /// Runs `qu ARGS`, asserting failure; returns stderr.
     pub fn qu_err(&self, args: &[&str]) -> String {
         let output = self.qu(args);
-        assert!(
-            !output.status.success(),
-            "qu {} unexpectedly succeeded",
-            args.join(" ")
-        );
+        assert!(!output.status.success(), "qu {} unexpectedly succeeded", args.join(" "));
         let stderr = String::from_utf8(output.stderr).unwrap();
-        assert!(
-            stderr.starts_with("error: "),
-            "errors start with `error: `: {stderr}"
-        );
+        assert!(stderr.starts_with("error: "), "errors start with `error: `: {stderr}");
         stderr
     }
 
@@ -168,18 +139,8 @@ impl Node {
     /// Starts `qu serve` in the background, logging to `self.log`.
     pub fn spawn_serve(&mut self) {
         assert!(self.child.is_none(), "{} is already serving", self.name);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = self
-            .command()
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn qu serve");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = self.command().arg("serve").stdout(Stdio::null()).stderr(log).spawn().expect("spawn qu serve");
         self.child = Some(child);
     }
 
@@ -191,21 +152,13 @@ impl Node {
 
     pub fn wait_answering(&mut self) {
         let socket = self.socket.clone();
-        eventually(
-            Duration::from_secs(20),
-            &format!("{} answers on its socket", self.name),
-            || {
-                if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                    panic!(
-                        "{} exited with {status} before answering; log:\n{}",
-                        self.name,
-                        self.log_text()
-                    );
-                }
-                let output = self.command().args(["status", "--json"]).output().unwrap();
-                (output.status.success() && socket.exists()).then_some(())
-            },
-        );
+        eventually(Duration::from_secs(20), &format!("{} answers on its socket", self.name), || {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("{} exited with {status} before answering; log:\n{}", self.name, self.log_text());
+            }
+            let output = self.command().args(["status", "--json"]).output().unwrap();
+            (output.status.success() && socket.exists()).then_some(())
+        });
     }
 
     /// Waits for `qu serve` to exit on its own (e.g. a startup refusal).
@@ -247,12 +200,7 @@ impl Drop for Node {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            eprintln!(
-                "----- log of {} ({}) -----\n{}",
-                self.name,
-                self.log.display(),
-                self.log_text()
-            );
+            eprintln!("----- log of {} ({}) -----\n{}", self.name, self.log.display(), self.log_text());
         }
     }
 }

@@ -63,10 +63,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     let interrupted = install_interrupt_flag()?;
-    println!(
-        "qu demo: starting a local node on loopback in {}",
-        root.display()
-    );
+    println!("qu demo: starting a local node on loopback in {}", root.display());
     let node = start_node(root, "node1")?;
     wait_until_answering(&node)?;
     println!("node is up; its status follows (Ctrl-C stops the demo)\n");
@@ -80,10 +77,7 @@ fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             if args.duration.is_some_and(|d| started.elapsed() >= d) {
-                println!(
-                    "demo finished after {}",
-                    humantime::format_duration(args.duration.unwrap_or_default())
-                );
+                println!("demo finished after {}", humantime::format_duration(args.duration.unwrap_or_default()));
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -109,10 +103,7 @@ fn start_node(root: &Path, name: &str) -> anyhow::Result<DemoNode> {
         .arg("serve")
         .env("QUPTIME_DIR", &dir)
         .env("QUPTIME_SOCKET", &socket)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -156,16 +147,11 @@ fn free_port() -> anyhow::Result<u16> {
 fn install_interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let set = flag.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     std::thread::spawn(move || {
         runtime.block_on(async {
             use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
                 return;
             };
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }

@@ -79,11 +79,27 @@ fn main() -> ExitCode {
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let message = format!("{error:#}").replace('\n', " ");
+            let message = one_line(&error);
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the
+/// message already carries (our errors embed their sources).
+fn one_line(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message.replace('\n', " ")
 }
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -109,12 +125,7 @@ fn paths() -> anyhow::Result<Paths> {
 
 fn run_init(args: InitArgs) -> anyhow::Result<()> {
     let paths = paths()?;
-    let options = InitOptions {
-        advertise: args.advertise,
-        bind: args.bind,
-        port: args.port,
-        secret: args.secret,
-    };
+    let options = InitOptions { advertise: args.advertise, bind: args.bind, port: args.port, secret: args.secret };
     let report = init(&paths.data, options)?;
     if args.json {
         println!("{}", render::init_json(&report, paths.data.root()));
@@ -127,13 +138,8 @@ fn run_init(args: InitArgs) -> anyhow::Result<()> {
 fn run_serve() -> anyhow::Result<()> {
     init_logging();
     let paths = paths()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("start runtime")?;
-    runtime
-        .block_on(qu_daemon::serve::serve(&paths))
-        .map_err(anyhow::Error::msg)
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("start runtime")?;
+    runtime.block_on(qu_daemon::serve::serve(&paths)).map_err(anyhow::Error::msg)
 }
 
 fn run_status(json: bool) -> anyhow::Result<()> {
@@ -151,14 +157,8 @@ fn run_status(json: bool) -> anyhow::Result<()> {
     }
 }
 
-pub(crate) fn call(
-    socket: &std::path::Path,
-    request: ControlRequest,
-) -> anyhow::Result<ControlResponse> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start runtime")?;
+pub(crate) fn call(socket: &std::path::Path, request: ControlRequest) -> anyhow::Result<ControlResponse> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start runtime")?;
     Ok(runtime.block_on(control::call(socket, &request, CONTROL_TIMEOUT))?)
 }
 

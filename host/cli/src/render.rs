@@ -9,30 +9,16 @@ use qu_daemon::status::StatusView;
 pub fn init_text(report: &InitReport, dir: &Path) -> String {
     let mut out = String::new();
     let dir = crate::data_dir_display(dir);
-    let _ = writeln!(
-        out,
-        "initialised node {} in {}",
-        report.node_id,
-        dir.display()
-    );
+    let _ = writeln!(out, "initialised node {} in {}", report.node_id, dir.display());
     let _ = writeln!(out, "fingerprint  {}", report.fingerprint);
-    let _ = writeln!(
-        out,
-        "advertise    {} (listening on {}:{})",
-        report.advertise, report.bind, report.port
-    );
+    let _ = writeln!(out, "advertise    {} (listening on {}:{})", report.advertise, report.bind, report.port);
     match &report.generated_secret {
         Some(secret) => {
-            let _ = writeln!(
-                out,
-                "\ncluster secret (shown once; also stored in node.yaml, keep a copy somewhere safe):"
-            );
+            let _ =
+                writeln!(out, "\ncluster secret (shown once; also stored in node.yaml, keep a copy somewhere safe):");
             let _ = writeln!(out, "  {secret}");
             let _ = writeln!(out, "\nTo add another node, run on the new host:");
-            let _ = writeln!(
-                out,
-                "  qu init --advertise HOST:PORT --secret '{secret}' && qu serve"
-            );
+            let _ = writeln!(out, "  qu init --advertise HOST:PORT --secret '{secret}' && qu serve");
             let _ = writeln!(out, "then, on this node: qu node add HOST:PORT");
         }
         None => {
@@ -43,10 +29,7 @@ pub fn init_text(report: &InitReport, dir: &Path) -> String {
             );
         }
     }
-    let _ = writeln!(
-        out,
-        "Start this node with: qu serve   (or: systemctl start quptime)"
-    );
+    let _ = writeln!(out, "Start this node with: qu serve   (or: systemctl start quptime)");
     out
 }
 
@@ -75,11 +58,7 @@ pub fn status_text(view: &StatusView) -> String {
             let _ = writeln!(out, "master     (none — no quorum or election in progress)");
         }
     }
-    let _ = writeln!(
-        out,
-        "quorum     {} (need {})",
-        view.quorum, view.quorum_size
-    );
+    let _ = writeln!(out, "quorum     {} (need {})", view.quorum, view.quorum_size);
     let _ = writeln!(out, "config ver {}", view.config_version);
     let _ = writeln!(out);
     let _ = writeln!(out, "PEERS");
@@ -97,15 +76,9 @@ pub fn status_text(view: &StatusView) -> String {
     let _ = writeln!(out, "(* = this node)");
     let _ = writeln!(out);
     let _ = writeln!(out, "CHECKS");
-    let mut checks = vec![row([
-        "ID", "NAME", "TYPE", "STATE", "OK/TOTAL", "ALERTS", "DETAIL",
-    ])];
+    let mut checks = vec![row(["ID", "NAME", "TYPE", "STATE", "OK/TOTAL", "ALERTS", "DETAIL"])];
     for check in &view.checks {
-        let alerts = if check.alerts.is_empty() {
-            "-".to_string()
-        } else {
-            check.alerts.join(",")
-        };
+        let alerts = if check.alerts.is_empty() { "-".to_string() } else { check.alerts.join(",") };
         checks.push(row([
             &check.id,
             &check.name,
@@ -128,13 +101,7 @@ fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .filter_map(|r| r.get(i))
-                .map(|c| c.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
+        .map(|i| rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
     for row in rows {

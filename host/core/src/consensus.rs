@@ -36,10 +36,7 @@ pub fn elect_sole_member(durable: &Durable, members: &[NodeId], me: NodeId) -> O
     if members != [me] {
         return None;
     }
-    let next = Durable {
-        term: durable.term + 1,
-        voted_for: Some(me),
-    };
+    let next = Durable { term: durable.term + 1, voted_for: Some(me) };
     assert!(next.term > durable.term, "terms only grow");
     Some(next)
 }
@@ -52,18 +49,9 @@ mod tests {
     fn sole_member_elects_itself_in_a_new_term() {
         let me = NodeId::from_bytes([1; 16]);
         let other = NodeId::from_bytes([2; 16]);
-        let durable = Durable {
-            term: 4,
-            voted_for: Some(other),
-        };
+        let durable = Durable { term: 4, voted_for: Some(other) };
         let next = elect_sole_member(&durable, &[me], me).unwrap();
-        assert_eq!(
-            next,
-            Durable {
-                term: 5,
-                voted_for: Some(me)
-            }
-        );
+        assert_eq!(next, Durable { term: 5, voted_for: Some(me) });
         assert_eq!(elect_sole_member(&durable, &[me, other], me), None);
         assert_eq!(elect_sole_member(&durable, &[other], me), None);
     }

@@ -110,11 +110,7 @@ impl FromStr for Fingerprint {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || IdError::BadFingerprint(s.to_string());
         let hex = s.strip_prefix(Self::PREFIX).ok_or_else(bad)?;
-        if hex.len() != 64
-            || !hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
             return Err(bad());
         }
         Ok(Self(s.to_string()))
@@ -155,11 +151,7 @@ mod tests {
         assert!(a < b);
         assert!(a.to_string() < b.to_string());
         assert_eq!(a.to_string().parse::<NodeId>().unwrap(), a);
-        assert!(
-            "00000000-0000-0000-0000-000000000000"
-                .parse::<NodeId>()
-                .is_err()
-        );
+        assert!("00000000-0000-0000-0000-000000000000".parse::<NodeId>().is_err());
         assert!("not-a-uuid".parse::<NodeId>().is_err());
     }
 
@@ -169,16 +161,8 @@ mod tests {
         assert_eq!(fp.as_str().len(), 7 + 64);
         assert_eq!(fp.as_str().parse::<Fingerprint>().unwrap(), fp);
         assert!("sha256:AB".parse::<Fingerprint>().is_err());
-        assert!(
-            format!("sha1:{}", "a".repeat(64))
-                .parse::<Fingerprint>()
-                .is_err()
-        );
-        assert!(
-            format!("sha256:{}", "A".repeat(64))
-                .parse::<Fingerprint>()
-                .is_err()
-        );
+        assert!(format!("sha1:{}", "a".repeat(64)).parse::<Fingerprint>().is_err());
+        assert!(format!("sha256:{}", "A".repeat(64)).parse::<Fingerprint>().is_err());
         assert_eq!(fp.short(), "sha256:abababababababab");
     }
 }

@@ -43,8 +43,7 @@ pub struct JoinSession<'a> {
 }
 
 fn mac(secret: &str, role: JoinRole, session: &JoinSession<'_>) -> Hmac<Sha256> {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
     mac.update(role.tag());
     mac.update(&[0]);
     mac.update(session.exporter);
@@ -60,12 +59,7 @@ pub fn join_proof(secret: &str, role: JoinRole, session: &JoinSession<'_>) -> [u
 }
 
 /// Checks a proof received from the other side, in constant time.
-pub fn verify_join_proof(
-    secret: &str,
-    role: JoinRole,
-    session: &JoinSession<'_>,
-    proof: &[u8],
-) -> bool {
+pub fn verify_join_proof(secret: &str, role: JoinRole, session: &JoinSession<'_>, proof: &[u8]) -> bool {
     mac(secret, role, session).verify_slice(proof).is_ok()
 }
 
@@ -75,54 +69,15 @@ mod tests {
 
     #[test]
     fn proofs_bind_secret_role_and_session() {
-        let (a, b) = (
-            Fingerprint::from_sha256(&[1; 32]),
-            Fingerprint::from_sha256(&[2; 32]),
-        );
-        let session = JoinSession {
-            exporter: &[7; 32],
-            inviter: &a,
-            joiner: &b,
-        };
+        let (a, b) = (Fingerprint::from_sha256(&[1; 32]), Fingerprint::from_sha256(&[2; 32]));
+        let session = JoinSession { exporter: &[7; 32], inviter: &a, joiner: &b };
         let proof = join_proof("correct horse battery", JoinRole::Inviter, &session);
-        assert!(verify_join_proof(
-            "correct horse battery",
-            JoinRole::Inviter,
-            &session,
-            &proof
-        ));
-        assert!(!verify_join_proof(
-            "wrong secret value!!",
-            JoinRole::Inviter,
-            &session,
-            &proof
-        ));
-        assert!(!verify_join_proof(
-            "correct horse battery",
-            JoinRole::Joiner,
-            &session,
-            &proof
-        ));
-        let relayed = JoinSession {
-            exporter: &[8; 32],
-            ..session.clone()
-        };
-        assert!(!verify_join_proof(
-            "correct horse battery",
-            JoinRole::Inviter,
-            &relayed,
-            &proof
-        ));
-        let swapped = JoinSession {
-            inviter: &b,
-            joiner: &a,
-            ..session
-        };
-        assert!(!verify_join_proof(
-            "correct horse battery",
-            JoinRole::Inviter,
-            &swapped,
-            &proof
-        ));
+        assert!(verify_join_proof("correct horse battery", JoinRole::Inviter, &session, &proof));
+        assert!(!verify_join_proof("wrong secret value!!", JoinRole::Inviter, &session, &proof));
+        assert!(!verify_join_proof("correct horse battery", JoinRole::Joiner, &session, &proof));
+        let relayed = JoinSession { exporter: &[8; 32], ..session.clone() };
+        assert!(!verify_join_proof("correct horse battery", JoinRole::Inviter, &relayed, &proof));
+        let swapped = JoinSession { inviter: &b, joiner: &a, ..session };
+        assert!(!verify_join_proof("correct horse battery", JoinRole::Inviter, &swapped, &proof));
     }
 }

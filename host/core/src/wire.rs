@@ -38,14 +38,18 @@ pub enum PeerResponse {
         version: String,
     },
     /// The joiner's proof of the cluster secret for the same session.
-    JoinHelloOk { proof: Vec<u8> },
+    JoinHelloOk {
+        proof: Vec<u8>,
+    },
     Pong {
         node_id: NodeId,
         term: u64,
         config_version: u64,
     },
     /// A request that was understood and refused, with a sentence saying why.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 /// One-way messages between members.

@@ -15,6 +15,8 @@ use crate::status::StatusView;
 
 /// Largest request or response line, in bytes.
 pub const CONTROL_LINE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Bytes read from a refused client before answering it.
+const REFUSED_DRAIN_BYTES_MAX: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -31,9 +33,7 @@ pub enum ControlResponse {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error(
-        "no qu daemon answers on {path} ({source}); start it with `qu serve` or `systemctl start quptime`"
-    )]
+    #[error("no qu daemon answers on {path} ({source}); start it with `qu serve` or `systemctl start quptime`")]
     Unreachable { path: String, source: io::Error },
     #[error("control socket {path}: {reason}")]
     Protocol { path: String, reason: String },
@@ -42,30 +42,16 @@ pub enum ControlError {
 }
 
 /// Sends one request to the daemon at `path` and returns its answer.
-pub async fn call(
-    path: &Path,
-    request: &ControlRequest,
-    timeout: Duration,
-) -> Result<ControlResponse, ControlError> {
+pub async fn call(path: &Path, request: &ControlRequest, timeout: Duration) -> Result<ControlResponse, ControlError> {
     let label = path.display().to_string();
     let exchange = async {
-        let mut stream =
-            UnixStream::connect(path)
-                .await
-                .map_err(|source| ControlError::Unreachable {
-                    path: label.clone(),
-                    source,
-                })?;
-        let protocol = |reason: String| ControlError::Protocol {
-            path: label.clone(),
-            reason,
-        };
+        let mut stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ControlError::Unreachable { path: label.clone(), source })?;
+        let protocol = |reason: String| ControlError::Protocol { path: label.clone(), reason };
         let mut line = serde_json::to_vec(request).map_err(|e| protocol(e.to_string()))?;
         line.push(b'\n');
-        stream
-            .write_all(&line)
-            .await
-            .map_err(|e| protocol(e.to_string()))?;
+        stream.write_all(&line).await.map_err(|e| protocol(e.to_string()))?;
         let mut reply = String::new();
         BufReader::new(stream)
             .take(CONTROL_LINE_BYTES_MAX)
@@ -73,15 +59,11 @@ pub async fn call(
             .await
             .map_err(|e| protocol(e.to_string()))?;
         if reply.is_empty() {
-            return Err(protocol(
-                "the daemon closed the connection without answering".into(),
-            ));
+            return Err(protocol("the daemon closed the connection without answering".into()));
         }
         serde_json::from_str(&reply).map_err(|e| protocol(format!("unreadable answer: {e}")))
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| ControlError::Timeout(timeout))?
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| ControlError::Timeout(timeout))?
 }
 
 /// Binds the control socket: parent directory created 0700, a stale socket
@@ -89,22 +71,15 @@ pub async fn call(
 /// created 0600 (umask set for the bind, so it is never briefly wider).
 pub fn bind(path: &Path) -> Result<UnixListener, String> {
     let shown = path.display();
-    let parent = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     prepare_parent(parent)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !meta.file_type().is_socket() {
-                return Err(format!(
-                    "control socket {shown} exists and is not a socket; move it away"
-                ));
+                return Err(format!("control socket {shown} exists and is not a socket; move it away"));
             }
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "another qu daemon is already serving {shown}; stop it first"
-                ));
+                return Err(format!("another qu daemon is already serving {shown}; stop it first"));
             }
             let me = rustix::process::geteuid().as_raw();
             if meta.uid() != me {
@@ -113,8 +88,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
                     meta.uid()
                 ));
             }
-            std::fs::remove_file(path)
-                .map_err(|e| format!("remove stale control socket {shown}: {e}"))?;
+            std::fs::remove_file(path).map_err(|e| format!("remove stale control socket {shown}: {e}"))?;
             tracing::info!(path = %shown, "replaced a stale control socket");
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -156,17 +130,18 @@ pub fn uid_allowed(uid: u32) -> bool {
 }
 
 /// Reads one request from an accepted stream, after the uid check.
-pub(crate) async fn read_request(
-    stream: &mut UnixStream,
-) -> Result<ControlRequest, ControlResponse> {
+pub(crate) async fn read_request(stream: &mut UnixStream) -> Result<ControlRequest, ControlResponse> {
     let uid = stream
         .peer_cred()
-        .map_err(|e| ControlResponse::Error {
-            message: format!("cannot read peer credentials: {e}"),
-        })?
+        .map_err(|e| ControlResponse::Error { message: format!("cannot read peer credentials: {e}") })?
         .uid();
     if !uid_allowed(uid) {
         tracing::warn!(uid, "refused a control request from another user");
+        // Read (and discard) a bounded request first: closing with unread
+        // data would reset the connection before the client reads why.
+        let mut discard = String::new();
+        let mut limited = BufReader::new(&mut *stream).take(REFUSED_DRAIN_BYTES_MAX);
+        let _ = tokio::time::timeout(Duration::from_secs(1), limited.read_line(&mut discard)).await;
         return Err(ControlResponse::Error {
             message: format!(
                 "permission denied: uid {uid} may not control this daemon (run qu as uid {} or root)",
@@ -176,12 +151,7 @@ pub(crate) async fn read_request(
     }
     let mut line = String::new();
     let mut reader = BufReader::new(&mut *stream).take(CONTROL_LINE_BYTES_MAX);
-    reader
-        .read_line(&mut line)
-        .await
-        .map_err(|e| ControlResponse::Error {
-            message: format!("read request: {e}"),
-        })?;
+    reader.read_line(&mut line).await.map_err(|e| ControlResponse::Error { message: format!("read request: {e}") })?;
     serde_json::from_str(&line).map_err(|e| ControlResponse::Error {
         message: format!("unreadable request (is this qu the same version as the daemon?): {e}"),
     })

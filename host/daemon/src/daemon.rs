@@ -42,28 +42,15 @@ pub struct Listeners {
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("persist {what}: {source}")]
-    Persist {
-        what: &'static str,
-        source: qu_store::StoreError,
-    },
+    Persist { what: &'static str, source: qu_store::StoreError },
     #[error("transport: {0}")]
     Transport(#[from] qu_transport::TransportError),
 }
 
 pub(crate) enum Event {
-    Control {
-        request: ControlRequest,
-        reply: oneshot::Sender<ControlResponse>,
-    },
-    PeerRequest {
-        from: Caller,
-        request: PeerRequest,
-        reply: oneshot::Sender<PeerResponse>,
-    },
-    PeerNotice {
-        from: Caller,
-        notice: PeerNotice,
-    },
+    Control { request: ControlRequest, reply: oneshot::Sender<ControlResponse> },
+    PeerRequest { from: Caller, request: PeerRequest, reply: oneshot::Sender<PeerResponse> },
+    PeerNotice { from: Caller, notice: PeerNotice },
 }
 
 struct Daemon {
@@ -84,41 +71,17 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
-    let LoadedNode {
-        data,
-        node,
-        identity,
-        cluster,
-        durable,
-    } = loaded;
-    let trust = TrustStore::new(
-        cluster
-            .peers
-            .iter()
-            .map(|p| (p.fingerprint.clone(), p.node_id)),
-    );
+    let LoadedNode { data, node, identity, cluster, durable } = loaded;
+    let trust = TrustStore::new(cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)));
     let fingerprint = identity.fingerprint.clone();
-    let endpoint =
-        Arc::new(Endpoint::<Wire>::new(identity, trust)?.with_source_ip(Some(node.bind)));
-    let mut daemon = Daemon {
-        data,
-        node,
-        fingerprint,
-        cluster,
-        durable,
-        role: Role::Follower,
-        last_seen: HashMap::new(),
-    };
+    let endpoint = Arc::new(Endpoint::<Wire>::new(identity, trust)?.with_source_ip(Some(node.bind)));
+    let mut daemon =
+        Daemon { data, node, fingerprint, cluster, durable, role: Role::Follower, last_seen: HashMap::new() };
     daemon.start_term()?;
 
     let (events, mut inbox) = mpsc::channel(EVENTS_MAX);
     let connections: Arc<Mutex<Vec<Connection<Wire>>>> = Arc::default();
-    let peer_task = tokio::spawn(accept_peers(
-        listeners.peer,
-        endpoint,
-        events.clone(),
-        connections.clone(),
-    ));
+    let peer_task = tokio::spawn(accept_peers(listeners.peer, endpoint, events.clone(), connections.clone()));
     let control_task = tokio::spawn(accept_control(listeners.control, events.clone()));
     drop(events);
 
@@ -137,11 +100,7 @@ pub async fn run(
     }
     peer_task.abort();
     control_task.abort();
-    for connection in connections
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain(..)
-    {
+    for connection in connections.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
         connection.close();
     }
     if let Some(path) = &listeners.control_path {
@@ -171,11 +130,7 @@ impl Daemon {
                 self.cluster.quorum_size()
             );
         }
-        tracing::info!(
-            version = self.cluster.version,
-            "config version {} loaded",
-            self.cluster.version
-        );
+        tracing::info!(version = self.cluster.version, "config version {} loaded", self.cluster.version);
         Ok(())
     }
 
@@ -183,10 +138,7 @@ impl Daemon {
         assert!(next.term >= self.durable.term, "terms never decrease");
         let text = serde_yaml::to_string(&next).expect("durable state serialises");
         qu_store::write_atomic(&self.data.state_yaml(), text.as_bytes(), SECRET_FILE_MODE)
-            .map_err(|source| DaemonError::Persist {
-                what: "state.yaml",
-                source,
-            })?;
+            .map_err(|source| DaemonError::Persist { what: "state.yaml", source })?;
         self.durable = next;
         Ok(())
     }
@@ -196,21 +148,15 @@ impl Daemon {
             Event::Control { request, reply } => {
                 let _ = reply.send(self.on_control(request));
             }
-            Event::PeerRequest {
-                from,
-                request,
-                reply,
-            } => {
+            Event::PeerRequest { from, request, reply } => {
                 if let Some(member) = from.node_id {
-                    self.last_seen
-                        .insert(member, Timestamp::from_system_time(SystemTime::now()));
+                    self.last_seen.insert(member, Timestamp::from_system_time(SystemTime::now()));
                 }
                 let _ = reply.send(self.on_peer_request(&from, request));
             }
             Event::PeerNotice { from, notice } => {
                 if let Some(member) = from.node_id {
-                    self.last_seen
-                        .insert(member, Timestamp::from_system_time(SystemTime::now()));
+                    self.last_seen.insert(member, Timestamp::from_system_time(SystemTime::now()));
                 }
                 tracing::debug!(peer = ?from.node_id, ?notice, "notice");
             }
@@ -231,32 +177,21 @@ impl Daemon {
                 version: crate::VERSION.to_string(),
             },
             PeerRequest::JoinHello { proof } => {
-                let session = JoinSession {
-                    exporter: &from.exporter,
-                    inviter: &from.fingerprint,
-                    joiner: &self.fingerprint,
-                };
-                if !verify_join_proof(
-                    &self.node.cluster_secret,
-                    JoinRole::Inviter,
-                    &session,
-                    &proof,
-                ) {
+                let session =
+                    JoinSession { exporter: &from.exporter, inviter: &from.fingerprint, joiner: &self.fingerprint };
+                if !verify_join_proof(&self.node.cluster_secret, JoinRole::Inviter, &session, &proof) {
                     tracing::warn!(peer = %from.remote_addr, key = %from.fingerprint, "join refused: wrong cluster secret");
                     return PeerResponse::Refused {
                         reason: "cluster secret mismatch: this node was initialised with a different --secret".into(),
                     };
                 }
                 PeerResponse::JoinHelloOk {
-                    proof: join_proof(&self.node.cluster_secret, JoinRole::Joiner, &session)
-                        .to_vec(),
+                    proof: join_proof(&self.node.cluster_secret, JoinRole::Joiner, &session).to_vec(),
                 }
             }
-            PeerRequest::Ping => PeerResponse::Pong {
-                node_id: self.me(),
-                term: self.durable.term,
-                config_version: self.cluster.version,
-            },
+            PeerRequest::Ping => {
+                PeerResponse::Pong { node_id: self.me(), term: self.durable.term, config_version: self.cluster.version }
+            }
         }
     }
 
@@ -291,11 +226,7 @@ impl Daemon {
                     node_id: p.node_id,
                     advertise: p.advertise.clone(),
                     live: this_node || self.heard_within(&p.node_id, now, dead_after),
-                    last_seen: if this_node {
-                        None
-                    } else {
-                        self.last_seen.get(&p.node_id).map(|t| t.to_string())
-                    },
+                    last_seen: if this_node { None } else { self.last_seen.get(&p.node_id).map(|t| t.to_string()) },
                     this_node,
                 }
             })
@@ -314,11 +245,7 @@ impl Daemon {
                 total: 0,
                 disabled: c.disabled,
                 alerts: c.alert_ids.clone(),
-                detail: if c.disabled {
-                    "disabled".into()
-                } else {
-                    "no results yet".into()
-                },
+                detail: if c.disabled { "disabled".into() } else { "no results yet".into() },
             })
             .collect();
         StatusView {
@@ -355,8 +282,7 @@ async fn accept_peers(
             tracing::warn!(peer = %addr, "too many handshakes in progress; dropping connection");
             continue;
         };
-        let (endpoint, handler, connections) =
-            (endpoint.clone(), handler.clone(), connections.clone());
+        let (endpoint, handler, connections) = (endpoint.clone(), handler.clone(), connections.clone());
         tokio::spawn(async move {
             match endpoint.accept(tcp, handler).await {
                 Ok(connection) => {
@@ -386,18 +312,10 @@ async fn accept_control(listener: UnixListener, events: mpsc::Sender<Event>) {
             let response = match control::read_request(&mut stream).await {
                 Ok(request) => {
                     let (reply, answer) = oneshot::channel();
-                    if events
-                        .send(Event::Control { request, reply })
-                        .await
-                        .is_err()
-                    {
-                        ControlResponse::Error {
-                            message: "the daemon is shutting down".into(),
-                        }
+                    if events.send(Event::Control { request, reply }).await.is_err() {
+                        ControlResponse::Error { message: "the daemon is shutting down".into() }
                     } else {
-                        answer.await.unwrap_or(ControlResponse::Error {
-                            message: "the daemon is shutting down".into(),
-                        })
+                        answer.await.unwrap_or(ControlResponse::Error { message: "the daemon is shutting down".into() })
                     }
                 }
                 Err(refusal) => refusal,

@@ -3,9 +3,7 @@
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use qu_core::config::{
-    ClusterConfig, DEFAULT_BIND, HostPort, NodeConfig, Peer, Timestamp, secret_problem,
-};
+use qu_core::config::{ClusterConfig, DEFAULT_BIND, HostPort, NodeConfig, Peer, Timestamp, secret_problem};
 use qu_core::{Fingerprint, NodeId};
 use qu_store::{DataDir, PUBLIC_FILE_MODE, SECRET_FILE_MODE, StoreError};
 use rand::RngCore;
@@ -37,11 +35,7 @@ pub enum InitError {
     #[error(
         "{path} already exists: this node is initialised (node id {node_id}); qu init never overwrites an identity. To start over, move {dir} away first"
     )]
-    AlreadyInitialised {
-        path: String,
-        node_id: String,
-        dir: String,
-    },
+    AlreadyInitialised { path: String, node_id: String, dir: String },
     #[error(
         "{path} exists but node.yaml does not: restore node.yaml from your backup, or remove the leftover files in {dir} to create a new identity"
     )]
@@ -56,10 +50,7 @@ pub enum InitError {
 const SECRET_BYTES: usize = 32;
 
 pub fn init(data: &DataDir, options: InitOptions) -> Result<InitReport, InitError> {
-    let advertise: HostPort = options
-        .advertise
-        .parse()
-        .map_err(|e| InitError::Invalid(format!("--advertise {e}")))?;
+    let advertise: HostPort = options.advertise.parse().map_err(|e| InitError::Invalid(format!("--advertise {e}")))?;
     if let Some(secret) = &options.secret
         && let Some(problem) = secret_problem(secret)
     {
@@ -77,9 +68,7 @@ pub fn init(data: &DataDir, options: InitOptions) -> Result<InitReport, InitErro
     };
     let node = NodeConfig {
         node_id,
-        bind: options
-            .bind
-            .unwrap_or_else(|| DEFAULT_BIND.parse().expect("default bind parses")),
+        bind: options.bind.unwrap_or_else(|| DEFAULT_BIND.parse().expect("default bind parses")),
         port: options.port.unwrap_or(advertise.port),
         advertise: advertise.to_string(),
         cluster_secret: secret,
@@ -97,24 +86,24 @@ pub fn init(data: &DataDir, options: InitOptions) -> Result<InitReport, InitErro
     };
     let cluster = ClusterConfig::bootstrap(peer, Timestamp::from_system_time(SystemTime::now()));
 
-    // node.yaml goes last: its presence is what marks a finished init.
+    // node.yaml goes last: its presence is what marks a finished init. If
+    // any write fails (a full disk, say), the files written so far are
+    // removed, so fixing the cause and running `qu init` again just works.
     data.create()?;
-    qu_store::write_atomic(
-        &data.private_key(),
-        identity.key_pem.as_bytes(),
-        SECRET_FILE_MODE,
-    )?;
-    qu_store::write_atomic(&data.cert(), identity.cert_pem.as_bytes(), PUBLIC_FILE_MODE)?;
-    qu_store::write_atomic(
-        &data.cluster_yaml(),
-        cluster.to_yaml().as_bytes(),
-        SECRET_FILE_MODE,
-    )?;
-    qu_store::write_new(
-        &data.node_yaml(),
-        node.to_yaml().as_bytes(),
-        SECRET_FILE_MODE,
-    )?;
+    let files = [
+        (data.private_key(), identity.key_pem.into_bytes(), SECRET_FILE_MODE),
+        (data.cert(), identity.cert_pem.into_bytes(), PUBLIC_FILE_MODE),
+        (data.cluster_yaml(), cluster.to_yaml().into_bytes(), SECRET_FILE_MODE),
+        (data.node_yaml(), node.to_yaml().into_bytes(), SECRET_FILE_MODE),
+    ];
+    for (done, (path, bytes, mode)) in files.iter().enumerate() {
+        if let Err(error) = qu_store::write_new(path, bytes, *mode) {
+            for (written, _, _) in &files[..done] {
+                let _ = std::fs::remove_file(written);
+            }
+            return Err(error.into());
+        }
+    }
 
     Ok(InitReport {
         node_id,
@@ -135,18 +124,11 @@ fn refuse_existing(data: &DataDir) -> Result<(), InitError> {
             .and_then(|text| NodeConfig::parse(&text).ok())
             .map(|node| node.node_id.to_string())
             .unwrap_or_else(|| "unreadable".into());
-        return Err(InitError::AlreadyInitialised {
-            path: node_yaml.display().to_string(),
-            node_id,
-            dir,
-        });
+        return Err(InitError::AlreadyInitialised { path: node_yaml.display().to_string(), node_id, dir });
     }
-    for leftover in [data.private_key(), data.cert(), data.state_yaml()] {
+    for leftover in [data.private_key(), data.cert(), data.cluster_yaml(), data.state_yaml()] {
         if leftover.exists() {
-            return Err(InitError::Leftovers {
-                path: leftover.display().to_string(),
-                dir,
-            });
+            return Err(InitError::Leftovers { path: leftover.display().to_string(), dir });
         }
     }
     Ok(())

@@ -19,7 +19,9 @@ pub struct LoadedNode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path} not found: run `qu init --advertise HOST:PORT` first (or set QUPTIME_DIR)")]
+    #[error(
+        "{path} not found: run qu init first (`qu init --advertise HOST:PORT`), or point QUPTIME_DIR at the data directory"
+    )]
     NotInitialised { path: String },
     #[error("{path} not found: the node's files are incomplete; restore it from your backup")]
     Missing { path: String },
@@ -39,9 +41,7 @@ impl LoadedNode {
             tracing::info!(removed, "removed temp files left by an interrupted write");
         }
         let node_text = qu_store::read_text(&data.node_yaml()).map_err(|e| match e {
-            StoreError::NotFound { path } => LoadError::NotInitialised {
-                path: path.display().to_string(),
-            },
+            StoreError::NotFound { path } => LoadError::NotInitialised { path: path.display().to_string() },
             other => LoadError::Store(other),
         })?;
         let node = NodeConfig::parse(&node_text)?.with_overrides(env)?;
@@ -49,13 +49,7 @@ impl LoadedNode {
         let cluster_path = data.cluster_yaml();
         let cluster = ClusterConfig::parse(&read(&cluster_path)?)?;
         let durable = load_durable(data)?;
-        let loaded = Self {
-            data: data.clone(),
-            node,
-            identity,
-            cluster,
-            durable,
-        };
+        let loaded = Self { data: data.clone(), node, identity, cluster, durable };
         loaded.cross_check()?;
         loaded.warn_about_loose_modes();
         Ok(loaded)
@@ -74,30 +68,19 @@ impl LoadedNode {
     fn cross_check(&self) -> Result<(), LoadError> {
         let cert_path = self.data.cert().display().to_string();
         let cert_pem = qu_store::read_text(&self.data.cert()).map_err(LoadError::Store)?;
-        let cn = qu_transport::identity::common_name_of_cert_pem(&cert_pem).map_err(|e| {
-            LoadError::Invalid {
-                path: cert_path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+        let cn = qu_transport::identity::common_name_of_cert_pem(&cert_pem)
+            .map_err(|e| LoadError::Invalid { path: cert_path.clone(), reason: e.to_string() })?;
         if cn != self.node.node_id.to_string() {
             return Err(LoadError::Invalid {
                 path: cert_path,
-                reason: format!(
-                    "issued to {cn}, but node.yaml says this node is {}",
-                    self.node.node_id
-                ),
+                reason: format!("issued to {cn}, but node.yaml says this node is {}", self.node.node_id),
             });
         }
         let cluster_path = self.data.cluster_yaml().display().to_string();
         for (i, peer) in self.cluster.peers.iter().enumerate() {
-            let actual =
-                qu_transport::identity::fingerprint_of_cert_pem(&peer.cert_pem).map_err(|e| {
-                    LoadError::Invalid {
-                        path: cluster_path.clone(),
-                        reason: format!("peers[{i}].cert_pem: {e}"),
-                    }
-                })?;
+            let actual = qu_transport::identity::fingerprint_of_cert_pem(&peer.cert_pem).map_err(|e| {
+                LoadError::Invalid { path: cluster_path.clone(), reason: format!("peers[{i}].cert_pem: {e}") }
+            })?;
             if actual != peer.fingerprint {
                 return Err(LoadError::Invalid {
                     path: cluster_path,
@@ -127,11 +110,7 @@ impl LoadedNode {
     }
 
     fn warn_about_loose_modes(&self) {
-        for path in [
-            self.data.node_yaml(),
-            self.data.private_key(),
-            self.data.cluster_yaml(),
-        ] {
+        for path in [self.data.node_yaml(), self.data.private_key(), self.data.cluster_yaml()] {
             if let Ok(mode) = qu_store::mode_of(&path)
                 && mode & 0o077 != 0
             {
@@ -143,9 +122,7 @@ impl LoadedNode {
 
 fn read(path: &std::path::Path) -> Result<String, LoadError> {
     qu_store::read_text(path).map_err(|e| match e {
-        StoreError::NotFound { path } => LoadError::Missing {
-            path: path.display().to_string(),
-        },
+        StoreError::NotFound { path } => LoadError::Missing { path: path.display().to_string() },
         other => LoadError::Store(other),
     })
 }
@@ -153,10 +130,8 @@ fn read(path: &std::path::Path) -> Result<String, LoadError> {
 fn load_identity(data: &DataDir) -> Result<TlsIdentity, LoadError> {
     let key = read(&data.private_key())?;
     let cert = read(&data.cert())?;
-    TlsIdentity::from_pem(&cert, &key).map_err(|e| LoadError::Invalid {
-        path: data.keys_dir().display().to_string(),
-        reason: e.to_string(),
-    })
+    TlsIdentity::from_pem(&cert, &key)
+        .map_err(|e| LoadError::Invalid { path: data.keys_dir().display().to_string(), reason: e.to_string() })
 }
 
 /// The term and vote. A missing file is a node that never voted; a corrupt
@@ -166,9 +141,7 @@ fn load_durable(data: &DataDir) -> Result<Durable, LoadError> {
     match qu_store::read_text(&path) {
         Ok(text) => serde_yaml::from_str(&text).map_err(|e| LoadError::Invalid {
             path: path.display().to_string(),
-            reason: format!(
-                "{e}; this file holds the node's term and vote: restore it from backup"
-            ),
+            reason: format!("{e}; this file holds the node's term and vote: restore it from backup"),
         }),
         Err(StoreError::NotFound { .. }) => Ok(Durable::default()),
         Err(other) => Err(LoadError::Store(other)),

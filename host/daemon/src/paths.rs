@@ -10,8 +10,7 @@ const SYSTEM_RUN_DIR: &str = "/run/quptime";
 
 fn owned_by_me(dir: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir)
-        .is_ok_and(|m| m.is_dir() && m.uid() == rustix::process::geteuid().as_raw())
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == rustix::process::geteuid().as_raw())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,11 +28,7 @@ impl Paths {
     /// `/run/quptime`) gets those, so the seed's `sudo -u quptime qu status`
     /// finds the daemon systemd runs as that user.
     pub fn from_env() -> Result<Self, String> {
-        let var = |name: &str| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
         Self::resolve(var, rustix::process::geteuid().is_root(), owned_by_me)
     }
 
@@ -56,18 +51,13 @@ impl Paths {
         };
         let socket = match var("QUPTIME_SOCKET") {
             Some(socket) => socket,
-            None if root || owned_by_me(SYSTEM_RUN_DIR) => {
-                PathBuf::from(SYSTEM_RUN_DIR).join("quptime.sock")
-            }
+            None if root || owned_by_me(SYSTEM_RUN_DIR) => PathBuf::from(SYSTEM_RUN_DIR).join("quptime.sock"),
             None => match var("XDG_RUNTIME_DIR") {
                 Some(runtime) => runtime.join("quptime").join("quptime.sock"),
                 None => data.join("quptime.sock"),
             },
         };
-        Ok(Self {
-            data: DataDir::new(data),
-            socket,
-        })
+        Ok(Self { data: DataDir::new(data), socket })
     }
 }
 
@@ -79,15 +69,9 @@ mod tests {
     use super::Paths;
 
     fn resolve(env: &[(&str, &str)], root: bool, owned: &[&str]) -> (String, String) {
-        let env: HashMap<String, PathBuf> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), PathBuf::from(v)))
-            .collect();
+        let env: HashMap<String, PathBuf> = env.iter().map(|(k, v)| (k.to_string(), PathBuf::from(v))).collect();
         let paths = Paths::resolve(|k| env.get(k).cloned(), root, |d| owned.contains(&d)).unwrap();
-        (
-            paths.data.root().display().to_string(),
-            paths.socket.display().to_string(),
-        )
+        (paths.data.root().display().to_string(), paths.socket.display().to_string())
     }
 
     #[test]
@@ -98,16 +82,9 @@ mod tests {
 
     #[test]
     fn root_and_the_service_user_get_system_paths() {
-        let system = (
-            "/etc/quptime".to_string(),
-            "/run/quptime/quptime.sock".to_string(),
-        );
+        let system = ("/etc/quptime".to_string(), "/run/quptime/quptime.sock".to_string());
         assert_eq!(resolve(&[("HOME", "/root")], true, &[]), system);
-        let service = resolve(
-            &[("HOME", "/var/lib/quptime")],
-            false,
-            &["/etc/quptime", "/run/quptime"],
-        );
+        let service = resolve(&[("HOME", "/var/lib/quptime")], false, &["/etc/quptime", "/run/quptime"]);
         assert_eq!(service, system);
     }
 
@@ -116,27 +93,14 @@ mod tests {
         let env = [("HOME", "/home/ann"), ("XDG_RUNTIME_DIR", "/run/user/1000")];
         assert_eq!(
             resolve(&env, false, &[]),
-            (
-                "/home/ann/.config/quptime".into(),
-                "/run/user/1000/quptime/quptime.sock".into()
-            )
+            ("/home/ann/.config/quptime".into(), "/run/user/1000/quptime/quptime.sock".into())
         );
         let env = [("XDG_CONFIG_HOME", "/cfg"), ("HOME", "/home/ann")];
-        assert_eq!(
-            resolve(&env, false, &[]),
-            ("/cfg/quptime".into(), "/cfg/quptime/quptime.sock".into())
-        );
+        assert_eq!(resolve(&env, false, &[]), ("/cfg/quptime".into(), "/cfg/quptime/quptime.sock".into()));
         let none: [(&str, &str); 0] = [];
         assert!(
-            Paths::resolve(
-                |k| none
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| PathBuf::from(v)),
-                false,
-                |_| false
-            )
-            .is_err()
+            Paths::resolve(|k| none.iter().find(|(n, _)| *n == k).map(|(_, v)| PathBuf::from(v)), false, |_| false)
+                .is_err()
         );
     }
 }

@@ -28,23 +28,10 @@ pub(crate) struct ToEventLoop {
 impl Handler<Wire> for ToEventLoop {
     async fn on_request(&self, from: Caller, request: PeerRequest) -> PeerResponse {
         let (reply, answer) = oneshot::channel();
-        if self
-            .events
-            .send(Event::PeerRequest {
-                from,
-                request,
-                reply,
-            })
-            .await
-            .is_err()
-        {
-            return PeerResponse::Refused {
-                reason: "the node is shutting down".into(),
-            };
+        if self.events.send(Event::PeerRequest { from, request, reply }).await.is_err() {
+            return PeerResponse::Refused { reason: "the node is shutting down".into() };
         }
-        answer.await.unwrap_or(PeerResponse::Refused {
-            reason: "the node is shutting down".into(),
-        })
+        answer.await.unwrap_or(PeerResponse::Refused { reason: "the node is shutting down".into() })
     }
 
     async fn on_notice(&self, from: Caller, notice: PeerNotice) {

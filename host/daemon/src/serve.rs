@@ -43,24 +43,15 @@ pub async fn serve(paths: &Paths) -> Result<(), String> {
         version = crate::VERSION,
         "qu daemon starting"
     );
-    let listeners = Listeners {
-        peer,
-        control,
-        control_path: Some(paths.socket.clone()),
-    };
-    crate::run(loaded, listeners, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    let listeners = Listeners { peer, control, control_path: Some(paths.socket.clone()) };
+    crate::run(loaded, listeners, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return std::future::pending().await;
     };

@@ -35,14 +35,9 @@ pub enum StoreError {
 impl StoreError {
     fn io(path: &Path, source: io::Error) -> Self {
         if source.kind() == io::ErrorKind::NotFound {
-            StoreError::NotFound {
-                path: path.to_path_buf(),
-            }
+            StoreError::NotFound { path: path.to_path_buf() }
         } else {
-            StoreError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
+            StoreError::Io { path: path.to_path_buf(), source }
         }
     }
 
@@ -104,8 +99,7 @@ impl DataDir {
 /// Creates `dir` (and parents) and sets it to 0700.
 pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
     fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
-        .map_err(|e| StoreError::io(dir, e))
+    fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE)).map_err(|e| StoreError::io(dir, e))
 }
 
 /// Reads a whole text file.
@@ -115,23 +109,14 @@ pub fn read_text(path: &Path) -> Result<String, StoreError> {
 
 /// Permission bits of a file.
 pub fn mode_of(path: &Path) -> Result<u32, StoreError> {
-    Ok(fs::metadata(path)
-        .map_err(|e| StoreError::io(path, e))?
-        .permissions()
-        .mode()
-        & 0o7777)
+    Ok(fs::metadata(path).map_err(|e| StoreError::io(path, e))?.permissions().mode() & 0o7777)
 }
 
 /// Replaces `path` with `bytes` atomically and durably, with exactly `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| StoreError::io(path, io::Error::other("no file name")))?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| StoreError::io(path, io::Error::other("no file name")))?;
     let temp = dir.join(format!(
         ".{}{TEMP_MARKER}{}-{}",
         name.to_string_lossy(),
@@ -145,38 +130,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreErr
     result
 }
 
-fn write_then_rename(
-    temp: &Path,
-    path: &Path,
-    dir: &Path,
-    bytes: &[u8],
-    mode: u32,
-) -> Result<(), StoreError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(temp)
-        .map_err(|e| StoreError::io(temp, e))?;
+fn write_then_rename(temp: &Path, path: &Path, dir: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).mode(mode).open(temp).map_err(|e| StoreError::io(temp, e))?;
     // The umask may have dropped bits from `mode`; set it exactly.
-    file.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(|e| StoreError::io(temp, e))?;
+    file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| StoreError::io(temp, e))?;
     file.write_all(bytes).map_err(|e| StoreError::io(temp, e))?;
     file.sync_all().map_err(|e| StoreError::io(temp, e))?;
     drop(file);
     fs::rename(temp, path).map_err(|e| StoreError::io(path, e))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
 }
 
 /// Writes a new file, refusing to replace an existing one (`qu init`).
 pub fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     if path.exists() {
-        return Err(StoreError::io(
-            path,
-            io::Error::from(io::ErrorKind::AlreadyExists),
-        ));
+        return Err(StoreError::io(path, io::Error::from(io::ErrorKind::AlreadyExists)));
     }
     write_atomic(path, bytes, mode)
 }
@@ -213,11 +182,7 @@ mod tests {
         assert_eq!(mode_of(&path).unwrap(), 0o600);
         write_atomic(&path, b"three", PUBLIC_FILE_MODE).unwrap();
         assert_eq!(mode_of(&path).unwrap(), 0o644);
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(leftovers.len(), 1, "no temp file left: {leftovers:?}");
     }
 
@@ -247,21 +212,13 @@ mod tests {
     #[test]
     fn missing_files_are_not_found() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(
-            read_text(&dir.path().join("nope")),
-            Err(StoreError::NotFound { .. })
-        ));
+        assert!(matches!(read_text(&dir.path().join("nope")), Err(StoreError::NotFound { .. })));
     }
 
     #[test]
     fn a_write_into_a_missing_directory_fails_cleanly() {
         let dir = tempfile::tempdir().unwrap();
-        let err = write_atomic(
-            &dir.path().join("gone/cluster.yaml"),
-            b"x",
-            SECRET_FILE_MODE,
-        )
-        .unwrap_err();
+        let err = write_atomic(&dir.path().join("gone/cluster.yaml"), b"x", SECRET_FILE_MODE).unwrap_err();
         assert!(err.to_string().contains("gone"), "{err}");
     }
 }

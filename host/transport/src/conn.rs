@@ -55,11 +55,7 @@ pub struct Caller {
 
 /// Receives what the other side of a connection sends.
 pub trait Handler<P: Protocol>: Send + Sync + 'static {
-    fn on_request(
-        &self,
-        from: Caller,
-        request: P::Request,
-    ) -> impl Future<Output = P::Response> + Send;
+    fn on_request(&self, from: Caller, request: P::Request) -> impl Future<Output = P::Response> + Send;
     fn on_notice(&self, from: Caller, notice: P::Notice) -> impl Future<Output = ()> + Send;
 }
 
@@ -80,8 +76,7 @@ enum Envelope<Q, S, N> {
     Notice { body: N },
 }
 
-type Pending<P> =
-    Mutex<HashMap<u64, oneshot::Sender<Result<<P as Protocol>::Response, TransportError>>>>;
+type Pending<P> = Mutex<HashMap<u64, oneshot::Sender<Result<<P as Protocol>::Response, TransportError>>>>;
 
 struct Shared<P: Protocol> {
     outbound: mpsc::Sender<Vec<u8>>,
@@ -106,12 +101,7 @@ impl<P: Protocol> Shared<P> {
 
     fn close(&self) {
         self.closed.send_replace(true);
-        let drained: Vec<_> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
+        let drained: Vec<_> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         for (_, waiter) in drained {
             let _ = waiter.send(Err(TransportError::Closed));
         }
@@ -121,25 +111,15 @@ impl<P: Protocol> Shared<P> {
         *self.closed.borrow()
     }
 
-    async fn send_frame(
-        &self,
-        envelope: &Envelope<P::Request, P::Response, P::Notice>,
-    ) -> Result<(), TransportError>
+    async fn send_frame(&self, envelope: &Envelope<P::Request, P::Response, P::Notice>) -> Result<(), TransportError>
     where
         Envelope<P::Request, P::Response, P::Notice>: Serialize,
     {
-        let bytes =
-            postcard::to_allocvec(envelope).map_err(|e| TransportError::Decode(e.to_string()))?;
+        let bytes = postcard::to_allocvec(envelope).map_err(|e| TransportError::Decode(e.to_string()))?;
         if bytes.len() > FRAME_BYTES_MAX {
-            return Err(TransportError::FrameTooLarge {
-                len: bytes.len(),
-                max: FRAME_BYTES_MAX,
-            });
+            return Err(TransportError::FrameTooLarge { len: bytes.len(), max: FRAME_BYTES_MAX });
         }
-        self.outbound
-            .send(bytes)
-            .await
-            .map_err(|_| TransportError::Closed)
+        self.outbound.send(bytes).await.map_err(|_| TransportError::Closed)
     }
 }
 
@@ -150,9 +130,7 @@ pub struct Connection<P: Protocol> {
 
 impl<P: Protocol> Clone for Connection<P> {
     fn clone(&self) -> Self {
-        Self {
-            shared: self.shared.clone(),
-        }
+        Self { shared: self.shared.clone() }
     }
 }
 
@@ -167,25 +145,13 @@ impl<P: Protocol> std::fmt::Debug for Connection<P> {
 
 impl<P: Protocol> Connection<P> {
     /// Sends a request and waits at most `timeout` for its answer.
-    pub async fn request(
-        &self,
-        body: P::Request,
-        timeout: Duration,
-    ) -> Result<P::Response, TransportError> {
+    pub async fn request(&self, body: P::Request, timeout: Duration) -> Result<P::Response, TransportError> {
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+        shared.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
         let forget = || {
-            shared
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         };
         if shared.is_closed() {
             forget();
@@ -264,9 +230,7 @@ pub struct Endpoint<P: Protocol> {
 
 impl<P: Protocol> std::fmt::Debug for Endpoint<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("fingerprint", &self.identity.fingerprint)
-            .finish()
+        f.debug_struct("Endpoint").field("fingerprint", &self.identity.fingerprint).finish()
     }
 }
 
@@ -326,18 +290,12 @@ impl<P: Protocol> Endpoint<P> {
             let tls = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| TransportError::Handshake {
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| TransportError::Handshake { addr: addr.to_string(), reason: e.to_string() })?;
             Ok::<_, TransportError>((TlsStream::from(tls), remote_addr))
         };
         let (tls, remote_addr) = tokio::time::timeout(self.handshake_timeout, handshake)
             .await
-            .map_err(|_| TransportError::Handshake {
-                addr: addr.to_string(),
-                reason: "timed out".into(),
-            })??;
+            .map_err(|_| TransportError::Handshake { addr: addr.to_string(), reason: "timed out".into() })??;
         self.start(tls, remote_addr, addr, handler)
     }
 
@@ -353,34 +311,18 @@ impl<P: Protocol> Endpoint<P> {
         let label = remote_addr.to_string();
         let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp))
             .await
-            .map_err(|_| TransportError::Handshake {
-                addr: label.clone(),
-                reason: "timed out".into(),
-            })?
-            .map_err(|e| TransportError::Handshake {
-                addr: label.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|_| TransportError::Handshake { addr: label.clone(), reason: "timed out".into() })?
+            .map_err(|e| TransportError::Handshake { addr: label.clone(), reason: e.to_string() })?;
         self.start(TlsStream::from(tls), remote_addr, &label, handler)
     }
 
     async fn dial_tcp(&self, addr: &str) -> Result<TcpStream, TransportError> {
-        let connect_err = |source| TransportError::Connect {
-            addr: addr.to_string(),
-            source,
-        };
-        let targets: Vec<SocketAddr> = tokio::net::lookup_host(addr)
-            .await
-            .map_err(connect_err)?
-            .collect();
+        let connect_err = |source| TransportError::Connect { addr: addr.to_string(), source };
+        let targets: Vec<SocketAddr> = tokio::net::lookup_host(addr).await.map_err(connect_err)?.collect();
         let mut last = None;
         for target in targets {
             let attempt = async {
-                let socket = if target.is_ipv4() {
-                    TcpSocket::new_v4()?
-                } else {
-                    TcpSocket::new_v6()?
-                };
+                let socket = if target.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
                 if let Some(ip) = self.source_ip.filter(|ip| ip.is_ipv4() == target.is_ipv4()) {
                     socket.bind(SocketAddr::new(ip, 0))?;
                 }
@@ -391,9 +333,7 @@ impl<P: Protocol> Endpoint<P> {
                 Err(e) => last = Some(e),
             }
         }
-        Err(connect_err(last.unwrap_or_else(|| {
-            std::io::Error::other("the name resolved to no address")
-        })))
+        Err(connect_err(last.unwrap_or_else(|| std::io::Error::other("the name resolved to no address"))))
     }
 
     fn start<H: Handler<P>>(
@@ -403,10 +343,7 @@ impl<P: Protocol> Endpoint<P> {
         label: &str,
         handler: Arc<H>,
     ) -> Result<Connection<P>, TransportError> {
-        let handshake_err = |reason: String| TransportError::Handshake {
-            addr: label.to_string(),
-            reason,
-        };
+        let handshake_err = |reason: String| TransportError::Handshake { addr: label.to_string(), reason };
         let (fingerprint, exporter) = match &tls {
             TlsStream::Client(s) => session_facts(s.get_ref().1),
             TlsStream::Server(s) => session_facts(s.get_ref().1),
@@ -431,9 +368,7 @@ impl<P: Protocol> Endpoint<P> {
 }
 
 /// The peer's key fingerprint and this session's exporter value.
-fn session_facts<D>(
-    connection: &rustls::ConnectionCommon<D>,
-) -> Result<(Fingerprint, [u8; EXPORTER_BYTES]), String> {
+fn session_facts<D>(connection: &rustls::ConnectionCommon<D>) -> Result<(Fingerprint, [u8; EXPORTER_BYTES]), String> {
     let cert = connection
         .peer_certificates()
         .and_then(|certs| certs.first())
@@ -496,9 +431,7 @@ async fn read_loop<P: Protocol, R: AsyncRead + Unpin, H: Handler<P>>(
                 break;
             }
         };
-        let envelope: Envelope<P::Request, P::Response, P::Notice> = match postcard::from_bytes(
-            &bytes,
-        ) {
+        let envelope: Envelope<P::Request, P::Response, P::Notice> = match postcard::from_bytes(&bytes) {
             Ok(envelope) => envelope,
             Err(error) => {
                 tracing::warn!(peer = %shared.remote_addr, %error, "undecodable message; closing connection");
@@ -507,9 +440,7 @@ async fn read_loop<P: Protocol, R: AsyncRead + Unpin, H: Handler<P>>(
         };
         match envelope {
             Envelope::Response { id, body } => complete(&shared, id, Ok(body)),
-            Envelope::Refused { id, reason } => {
-                complete(&shared, id, Err(TransportError::Refused(reason)))
-            }
+            Envelope::Refused { id, reason } => complete(&shared, id, Err(TransportError::Refused(reason))),
             Envelope::Request { id, body } => {
                 let caller = shared.caller();
                 if caller.node_id.is_none() && !P::open_to_untrusted(&body) {
@@ -518,11 +449,7 @@ async fn read_loop<P: Protocol, R: AsyncRead + Unpin, H: Handler<P>>(
                         caller.fingerprint
                     );
                     tracing::debug!(peer = %shared.remote_addr, %reason, "refused request");
-                    if shared
-                        .send_frame(&Envelope::Refused { id, reason })
-                        .await
-                        .is_err()
-                    {
+                    if shared.send_frame(&Envelope::Refused { id, reason }).await.is_err() {
                         break;
                     }
                     continue;
@@ -551,11 +478,7 @@ async fn read_loop<P: Protocol, R: AsyncRead + Unpin, H: Handler<P>>(
 }
 
 fn complete<P: Protocol>(shared: &Shared<P>, id: u64, result: Result<P::Response, TransportError>) {
-    let waiter = shared
-        .pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id);
+    let waiter = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     if let Some(waiter) = waiter {
         let _ = waiter.send(result);
     }

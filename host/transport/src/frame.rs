@@ -17,15 +17,10 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     bytes_max: usize,
 ) -> Result<(), TransportError> {
     if payload.len() > bytes_max {
-        return Err(TransportError::FrameTooLarge {
-            len: payload.len(),
-            max: bytes_max,
-        });
+        return Err(TransportError::FrameTooLarge { len: payload.len(), max: bytes_max });
     }
-    let len = u32::try_from(payload.len()).map_err(|_| TransportError::FrameTooLarge {
-        len: payload.len(),
-        max: bytes_max,
-    })?;
+    let len = u32::try_from(payload.len())
+        .map_err(|_| TransportError::FrameTooLarge { len: payload.len(), max: bytes_max })?;
     writer.write_all(&len.to_be_bytes()).await?;
     writer.write_all(payload).await?;
     writer.flush().await?;
@@ -42,20 +37,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     while filled < LENGTH_BYTES {
         let n = reader.read(&mut header[filled..]).await?;
         if n == 0 {
-            return if filled == 0 {
-                Ok(None)
-            } else {
-                Err(TransportError::Truncated)
-            };
+            return if filled == 0 { Ok(None) } else { Err(TransportError::Truncated) };
         }
         filled += n;
     }
     let len = u32::from_be_bytes(header) as usize;
     if len > bytes_max {
-        return Err(TransportError::FrameTooLarge {
-            len,
-            max: bytes_max,
-        });
+        return Err(TransportError::FrameTooLarge { len, max: bytes_max });
     }
     let mut payload = vec![0u8; len];
     match reader.read_exact(&mut payload).await {
@@ -72,10 +60,7 @@ mod tests {
     const MAX: usize = 1024;
 
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
 
     async fn encode(payloads: &[&[u8]]) -> Vec<u8> {
@@ -94,15 +79,9 @@ mod tests {
             let bytes = encode(&refs).await;
             let mut reader = bytes.as_slice();
             for p in &payloads {
-                assert_eq!(
-                    read_frame(&mut reader, MAX).await.unwrap().as_deref(),
-                    Some(p.as_slice())
-                );
+                assert_eq!(read_frame(&mut reader, MAX).await.unwrap().as_deref(), Some(p.as_slice()));
             }
-            assert!(
-                read_frame(&mut reader, MAX).await.unwrap().is_none(),
-                "clean end after the last frame"
-            );
+            assert!(read_frame(&mut reader, MAX).await.unwrap().is_none(), "clean end after the last frame");
         });
     }
 
@@ -120,10 +99,7 @@ mod tests {
             let mut reader: &[u8] = &[0xff, 0xff, 0xff, 0xff, 1, 2, 3];
             assert!(matches!(
                 read_frame(&mut reader, MAX).await,
-                Err(TransportError::FrameTooLarge {
-                    len: 0xffff_ffff,
-                    ..
-                })
+                Err(TransportError::FrameTooLarge { len: 0xffff_ffff, .. })
             ));
         });
     }
@@ -134,13 +110,7 @@ mod tests {
             let bytes = encode(&[b"hello world"]).await;
             for cut in 1..bytes.len() {
                 let mut reader = &bytes[..cut];
-                assert!(
-                    matches!(
-                        read_frame(&mut reader, MAX).await,
-                        Err(TransportError::Truncated)
-                    ),
-                    "cut at {cut}"
-                );
+                assert!(matches!(read_frame(&mut reader, MAX).await, Err(TransportError::Truncated)), "cut at {cut}");
             }
         });
     }

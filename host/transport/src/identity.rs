@@ -2,9 +2,7 @@
 //! CN is the node id; the fingerprint is `sha256:` + hex of the SPKI.
 
 use qu_core::{Fingerprint, NodeId};
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData,
-};
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -39,11 +37,7 @@ pub struct TlsIdentity {
 
 impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
-        Self {
-            cert: self.cert.clone(),
-            key: self.key.clone_key(),
-            fingerprint: self.fingerprint.clone(),
-        }
+        Self { cert: self.cert.clone(), key: self.key.clone_key(), fingerprint: self.fingerprint.clone() }
     }
 }
 
@@ -53,23 +47,16 @@ fn spki_fingerprint(spki_der: &[u8]) -> Fingerprint {
 
 /// Generates a key pair and a self-signed certificate for `node_id`.
 pub fn generate(node_id: &NodeId) -> Result<GeneratedIdentity, IdentityError> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| IdentityError::Generate(e.to_string()))?;
-    let mut params = CertificateParams::new(vec![node_id.to_string()])
-        .map_err(|e| IdentityError::Certificate(e.to_string()))?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| IdentityError::Generate(e.to_string()))?;
+    let mut params =
+        CertificateParams::new(vec![node_id.to_string()]).map_err(|e| IdentityError::Certificate(e.to_string()))?;
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, node_id.to_string());
     name.push(DnType::OrganizationName, "quptime");
     params.distinguished_name = name;
-    let cert = params
-        .self_signed(&key)
-        .map_err(|e| IdentityError::Certificate(e.to_string()))?;
+    let cert = params.self_signed(&key).map_err(|e| IdentityError::Certificate(e.to_string()))?;
     let fingerprint = fingerprint_of_cert_der(cert.der())?;
-    Ok(GeneratedIdentity {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        fingerprint,
-    })
+    Ok(GeneratedIdentity { cert_pem: cert.pem(), key_pem: key.serialize_pem(), fingerprint })
 }
 
 /// The SPKI fingerprint of a DER certificate.
@@ -108,22 +95,14 @@ impl TlsIdentity {
         let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| IdentityError::Certificate(format!("not a PEM certificate: {e}")))?;
         let fingerprint = fingerprint_of_cert_der(&cert)?;
-        let key_pair =
-            KeyPair::from_pem(key_pem).map_err(|e| IdentityError::PrivateKey(e.to_string()))?;
+        let key_pair = KeyPair::from_pem(key_pem).map_err(|e| IdentityError::PrivateKey(e.to_string()))?;
         let key_fingerprint = spki_fingerprint(&key_pair.subject_public_key_info());
         if key_fingerprint != fingerprint {
-            return Err(IdentityError::Mismatch {
-                key: key_fingerprint,
-                cert: fingerprint,
-            });
+            return Err(IdentityError::Mismatch { key: key_fingerprint, cert: fingerprint });
         }
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| IdentityError::PrivateKey(format!("not a PEM private key: {e}")))?;
-        Ok(Self {
-            cert,
-            key,
-            fingerprint,
-        })
+        Ok(Self { cert, key, fingerprint })
     }
 }
 
@@ -141,44 +120,26 @@ mod tests {
         let a = generate(&id).unwrap();
         let b = generate(&id).unwrap();
         assert_eq!(fingerprint_of_cert_pem(&a.cert_pem).unwrap(), a.fingerprint);
-        assert_eq!(
-            fingerprint_of_cert_pem(&a.cert_pem).unwrap(),
-            fingerprint_of_cert_pem(&a.cert_pem).unwrap()
-        );
-        assert_ne!(
-            a.fingerprint, b.fingerprint,
-            "different keys, different fingerprints"
-        );
+        assert_eq!(fingerprint_of_cert_pem(&a.cert_pem).unwrap(), fingerprint_of_cert_pem(&a.cert_pem).unwrap());
+        assert_ne!(a.fingerprint, b.fingerprint, "different keys, different fingerprints");
         let loaded = TlsIdentity::from_pem(&a.cert_pem, &a.key_pem).unwrap();
         assert_eq!(loaded.fingerprint, a.fingerprint);
-        assert_eq!(
-            common_name_of_cert_pem(&a.cert_pem).unwrap(),
-            id.to_string()
-        );
+        assert_eq!(common_name_of_cert_pem(&a.cert_pem).unwrap(), id.to_string());
     }
 
     #[test]
     fn same_key_new_certificate_keeps_the_fingerprint() {
         let a = generate(&node()).unwrap();
         let key = KeyPair::from_pem(&a.key_pem).unwrap();
-        let reissued = CertificateParams::new(vec!["other".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        assert_eq!(
-            fingerprint_of_cert_pem(&reissued.pem()).unwrap(),
-            a.fingerprint
-        );
+        let reissued = CertificateParams::new(vec!["other".to_string()]).unwrap().self_signed(&key).unwrap();
+        assert_eq!(fingerprint_of_cert_pem(&reissued.pem()).unwrap(), a.fingerprint);
     }
 
     #[test]
     fn a_key_from_another_identity_is_refused() {
         let a = generate(&node()).unwrap();
         let b = generate(&node()).unwrap();
-        assert!(matches!(
-            TlsIdentity::from_pem(&a.cert_pem, &b.key_pem),
-            Err(IdentityError::Mismatch { .. })
-        ));
+        assert!(matches!(TlsIdentity::from_pem(&a.cert_pem, &b.key_pem), Err(IdentityError::Mismatch { .. })));
         assert!(TlsIdentity::from_pem("garbage", &a.key_pem).is_err());
         assert!(TlsIdentity::from_pem(&a.cert_pem, "garbage").is_err());
     }

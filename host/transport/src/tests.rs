@@ -42,10 +42,7 @@ struct Recorder {
 
 impl Handler<TestProto> for Recorder {
     async fn on_request(&self, from: Caller, request: Req) -> String {
-        self.requests
-            .lock()
-            .unwrap()
-            .push((from.node_id, format!("{request:?}")));
+        self.requests.lock().unwrap().push((from.node_id, format!("{request:?}")));
         match request {
             Req::Join => format!("welcome {}", from.fingerprint),
             Req::Echo(text) => text,
@@ -70,19 +67,11 @@ fn node() -> Node {
     let id = NodeId::from_uuid(uuid::Uuid::new_v4()).unwrap();
     let generated = generate(&id).unwrap();
     let identity = TlsIdentity::from_pem(&generated.cert_pem, &generated.key_pem).unwrap();
-    Node {
-        id,
-        generated,
-        identity,
-    }
+    Node { id, generated, identity }
 }
 
 fn endpoint(me: &Node, trusted: &[&Node]) -> Arc<Endpoint<TestProto>> {
-    let trust = TrustStore::new(
-        trusted
-            .iter()
-            .map(|n| (n.identity.fingerprint.clone(), n.id)),
-    );
+    let trust = TrustStore::new(trusted.iter().map(|n| (n.identity.fingerprint.clone(), n.id)));
     Arc::new(Endpoint::new(me.identity.clone(), trust).unwrap())
 }
 
@@ -91,10 +80,7 @@ fn endpoint(me: &Node, trusted: &[&Node]) -> Arc<Endpoint<TestProto>> {
 async fn serve(
     endpoint: Arc<Endpoint<TestProto>>,
     handler: Arc<Recorder>,
-) -> (
-    String,
-    tokio::sync::mpsc::UnboundedReceiver<Result<Connection<TestProto>, TransportError>>,
-) {
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<Result<Connection<TestProto>, TransportError>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -119,11 +105,7 @@ async fn pinned_members_talk_both_ways_and_identity_comes_from_tls() {
     let (addr, mut accepted) = serve(endpoint(&b, &[&a, &b]), server_handler.clone()).await;
     let client_handler = Arc::new(Recorder::default());
     let conn = endpoint(&a, &[&a, &b])
-        .connect(
-            &addr,
-            Expect::Pinned(b.identity.fingerprint.clone()),
-            client_handler.clone(),
-        )
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), client_handler.clone())
         .await
         .unwrap();
     assert_eq!(conn.peer_member(), Some(b.id));
@@ -131,49 +113,25 @@ async fn pinned_members_talk_both_ways_and_identity_comes_from_tls() {
     conn.notify("note".into(), T).await.unwrap();
     let server_side = accepted.recv().await.unwrap().unwrap();
     assert_eq!(server_side.peer_member(), Some(a.id));
-    assert_eq!(
-        server_side.exporter(),
-        conn.exporter(),
-        "both ends derive the same exporter"
-    );
+    assert_eq!(server_side.exporter(), conn.exporter(), "both ends derive the same exporter");
     // The server can call back over the same connection.
-    assert_eq!(
-        server_side
-            .request(Req::Echo("back".into()), T)
-            .await
-            .unwrap(),
-        "back"
-    );
+    assert_eq!(server_side.request(Req::Echo("back".into()), T).await.unwrap(), "back");
     assert_eq!(client_handler.requests.lock().unwrap()[0].0, Some(b.id));
     // Requests and notices are attributed to the TLS identity.
     eventually(|| server_handler.notices.lock().unwrap().len() == 1).await;
     assert_eq!(server_handler.requests.lock().unwrap()[0].0, Some(a.id));
-    assert_eq!(
-        server_handler.notices.lock().unwrap()[0],
-        (Some(a.id), "note".to_string())
-    );
+    assert_eq!(server_handler.notices.lock().unwrap()[0], (Some(a.id), "note".to_string()));
 }
 
 #[tokio::test]
 async fn dialling_an_unpinned_server_fails_the_handshake() {
     let (a, b, stranger) = (node(), node(), node());
-    let (addr, _accepted) = serve(
-        endpoint(&stranger, &[&stranger]),
-        Arc::new(Recorder::default()),
-    )
-    .await;
+    let (addr, _accepted) = serve(endpoint(&stranger, &[&stranger]), Arc::new(Recorder::default())).await;
     let err = endpoint(&a, &[&a, &b])
-        .connect(
-            &addr,
-            Expect::Pinned(b.identity.fingerprint.clone()),
-            Arc::new(Recorder::default()),
-        )
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
         .await
         .unwrap_err();
-    assert!(
-        matches!(&err, TransportError::Handshake { reason, .. } if reason.contains("not the pinned")),
-        "{err}"
-    );
+    assert!(matches!(&err, TransportError::Handshake { reason, .. } if reason.contains("not the pinned")), "{err}");
 }
 
 #[tokio::test]
@@ -182,53 +140,30 @@ async fn an_untrusted_client_reaches_only_the_join_handshake() {
     let handler = Arc::new(Recorder::default());
     let (addr, _accepted) = serve(endpoint(&b, &[&b]), handler.clone()).await;
     let conn = endpoint(&stranger, &[&stranger])
-        .connect(
-            &addr,
-            Expect::Pinned(b.identity.fingerprint.clone()),
-            Arc::new(Recorder::default()),
-        )
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
         .await
         .unwrap();
-    let err = conn
-        .request(Req::Echo("let me in".into()), T)
-        .await
-        .unwrap_err();
+    let err = conn.request(Req::Echo("let me in".into()), T).await.unwrap_err();
     match &err {
         TransportError::Refused(reason) => {
             assert!(reason.contains("not a member"), "{reason}");
-            assert!(
-                reason.contains(stranger.identity.fingerprint.as_str()),
-                "{reason}"
-            );
+            assert!(reason.contains(stranger.identity.fingerprint.as_str()), "{reason}");
         }
         other => panic!("expected a refusal, got {other}"),
     }
     conn.notify("ignored".into(), T).await.unwrap();
     let welcome = conn.request(Req::Join, T).await.unwrap();
-    assert_eq!(
-        welcome,
-        format!("welcome {}", stranger.identity.fingerprint)
-    );
+    assert_eq!(welcome, format!("welcome {}", stranger.identity.fingerprint));
     let requests = handler.requests.lock().unwrap().clone();
-    assert_eq!(
-        requests,
-        vec![(None, "Join".to_string())],
-        "only the join reached the handler"
-    );
-    assert!(
-        handler.notices.lock().unwrap().is_empty(),
-        "notices from strangers are dropped"
-    );
+    assert_eq!(requests, vec![(None, "Join".to_string())], "only the join reached the handler");
+    assert!(handler.notices.lock().unwrap().is_empty(), "notices from strangers are dropped");
 }
 
 #[tokio::test]
 async fn discovery_dial_reports_the_servers_key() {
     let (a, b) = (node(), node());
     let (addr, _accepted) = serve(endpoint(&b, &[&b]), Arc::new(Recorder::default())).await;
-    let conn = endpoint(&a, &[&a])
-        .connect(&addr, Expect::AnyKey, Arc::new(Recorder::default()))
-        .await
-        .unwrap();
+    let conn = endpoint(&a, &[&a]).connect(&addr, Expect::AnyKey, Arc::new(Recorder::default())).await.unwrap();
     assert_eq!(conn.peer_fingerprint(), &b.identity.fingerprint);
     assert_eq!(conn.peer_member(), None);
 }
@@ -239,21 +174,12 @@ async fn revoking_trust_takes_effect_on_the_next_message() {
     let server = endpoint(&b, &[&a, &b]);
     let (addr, _accepted) = serve(server.clone(), Arc::new(Recorder::default())).await;
     let conn = endpoint(&a, &[&a, &b])
-        .connect(
-            &addr,
-            Expect::Pinned(b.identity.fingerprint.clone()),
-            Arc::new(Recorder::default()),
-        )
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
         .await
         .unwrap();
     assert_eq!(conn.request(Req::Echo("1".into()), T).await.unwrap(), "1");
-    server
-        .trust()
-        .replace([(b.identity.fingerprint.clone(), b.id)]);
-    assert!(matches!(
-        conn.request(Req::Echo("2".into()), T).await,
-        Err(TransportError::Refused(_))
-    ));
+    server.trust().replace([(b.identity.fingerprint.clone(), b.id)]);
+    assert!(matches!(conn.request(Req::Echo("2".into()), T).await, Err(TransportError::Refused(_))));
 }
 
 #[derive(Debug)]
@@ -269,11 +195,7 @@ impl ResolvesServerCert for FixedServerKey {
 struct FixedClientKey(Arc<CertifiedKey>);
 
 impl rustls::client::ResolvesClientCert for FixedClientKey {
-    fn resolve(
-        &self,
-        _hints: &[&[u8]],
-        _schemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
         Some(self.0.clone())
     }
     fn has_certs(&self) -> bool {
@@ -284,10 +206,7 @@ impl rustls::client::ResolvesClientCert for FixedClientKey {
 /// `victim`'s public certificate paired with `attacker`'s private key.
 fn forged_key(victim: &Node, attacker: &Node) -> Arc<CertifiedKey> {
     let cert = CertificateDer::from(victim.identity.cert.to_vec());
-    let key = provider()
-        .key_provider
-        .load_private_key(attacker.identity.key.clone_key())
-        .unwrap();
+    let key = provider().key_provider.load_private_key(attacker.identity.key.clone_key()).unwrap();
     Arc::new(CertifiedKey::new(vec![cert], key))
 }
 
@@ -307,18 +226,11 @@ async fn a_server_replaying_a_pinned_cert_without_its_key_is_refused() {
         let _ = TlsAcceptor::from(Arc::new(config)).accept(tcp).await;
     });
     let err = endpoint(&a, &[&a, &b])
-        .connect(
-            &addr,
-            Expect::Pinned(b.identity.fingerprint.clone()),
-            Arc::new(Recorder::default()),
-        )
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
         .await
         .unwrap_err();
     // The certificate is the pinned one; only the signature check can refuse it.
-    assert!(
-        matches!(&err, TransportError::Handshake { reason, .. } if !reason.contains("pinned")),
-        "{err}"
-    );
+    assert!(matches!(&err, TransportError::Handshake { reason, .. } if !reason.contains("pinned")), "{err}");
 }
 
 #[tokio::test]
@@ -336,17 +248,11 @@ async fn a_client_replaying_a_members_cert_without_its_key_is_refused() {
     let tcp = TcpStream::connect(&addr).await.unwrap();
     let name = ServerName::try_from("quptime").unwrap();
     // TLS 1.3 clients finish first; the server's verdict is what counts.
-    if let Ok(mut stream) = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-    {
+    if let Ok(mut stream) = TlsConnector::from(Arc::new(config)).connect(name, tcp).await {
         let _ = stream.write_all(b"\0\0\0\x01x").await;
     }
     let outcome = accepted.recv().await.unwrap();
-    assert!(
-        matches!(outcome, Err(TransportError::Handshake { .. })),
-        "{outcome:?}"
-    );
+    assert!(matches!(outcome, Err(TransportError::Handshake { .. })), "{outcome:?}");
     assert!(handler.requests.lock().unwrap().is_empty());
 }
 
@@ -365,9 +271,7 @@ async fn tls12_is_refused_in_both_directions() {
         .unwrap();
     config.alpn_protocols = vec![ALPN.to_vec()];
     let tcp = TcpStream::connect(&addr).await.unwrap();
-    let client = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("quptime").unwrap(), tcp)
-        .await;
+    let client = TlsConnector::from(Arc::new(config)).connect(ServerName::try_from("quptime").unwrap(), tcp).await;
     assert!(client.is_err(), "a TLS 1.2 client completed a handshake");
     assert!(accepted.recv().await.unwrap().is_err());
 
@@ -386,11 +290,7 @@ async fn tls12_is_refused_in_both_directions() {
         let _ = TlsAcceptor::from(Arc::new(config)).accept(tcp).await;
     });
     let err = endpoint(&a, &[&a, &b])
-        .connect(
-            &addr,
-            Expect::Pinned(b.identity.fingerprint.clone()),
-            Arc::new(Recorder::default()),
-        )
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
         .await
         .unwrap_err();
     assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
@@ -401,25 +301,13 @@ async fn slow_answers_time_out_and_the_connection_stays_usable() {
     let (a, b) = (node(), node());
     let (addr, _accepted) = serve(endpoint(&b, &[&a, &b]), Arc::new(Recorder::default())).await;
     let conn = endpoint(&a, &[&a, &b])
-        .connect(
-            &addr,
-            Expect::Pinned(b.identity.fingerprint.clone()),
-            Arc::new(Recorder::default()),
-        )
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
         .await
         .unwrap();
-    let err = conn
-        .request(Req::Sleep(2_000), Duration::from_millis(100))
-        .await
-        .unwrap_err();
+    let err = conn.request(Req::Sleep(2_000), Duration::from_millis(100)).await.unwrap_err();
     assert!(matches!(err, TransportError::Timeout(_)), "{err}");
     assert!(err.to_string().contains("100ms"), "{err}");
-    assert_eq!(
-        conn.request(Req::Echo("still here".into()), T)
-            .await
-            .unwrap(),
-        "still here"
-    );
+    assert_eq!(conn.request(Req::Echo("still here".into()), T).await.unwrap(), "still here");
     // Many requests in flight at once are answered to the right callers.
     let answers = futures_join((0..40).map(|i| {
         let conn = conn.clone();
@@ -434,19 +322,13 @@ async fn an_oversize_length_prefix_closes_the_connection() {
     let (a, b) = (node(), node());
     let (addr, mut accepted) = serve(endpoint(&b, &[&a, &b]), Arc::new(Recorder::default())).await;
     let client = endpoint(&a, &[&a, &b]);
-    let config =
-        crate::tls::client_config(&a.identity, Some(b.identity.fingerprint.clone())).unwrap();
+    let config = crate::tls::client_config(&a.identity, Some(b.identity.fingerprint.clone())).unwrap();
     let tcp = TcpStream::connect(&addr).await.unwrap();
-    let mut tls = TlsConnector::from(config)
-        .connect(ServerName::try_from("quptime").unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut tls = TlsConnector::from(config).connect(ServerName::try_from("quptime").unwrap(), tcp).await.unwrap();
     let server_side = accepted.recv().await.unwrap().unwrap();
     tls.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     tls.flush().await.unwrap();
-    tokio::time::timeout(T, server_side.closed())
-        .await
-        .expect("server closed the connection");
+    tokio::time::timeout(T, server_side.closed()).await.expect("server closed the connection");
     drop(client);
 }
 
@@ -455,11 +337,7 @@ async fn a_closed_connection_fails_pending_and_new_requests() {
     let (a, b) = (node(), node());
     let (addr, mut accepted) = serve(endpoint(&b, &[&a, &b]), Arc::new(Recorder::default())).await;
     let conn = endpoint(&a, &[&a, &b])
-        .connect(
-            &addr,
-            Expect::Pinned(b.identity.fingerprint.clone()),
-            Arc::new(Recorder::default()),
-        )
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
         .await
         .unwrap();
     let server_side = accepted.recv().await.unwrap().unwrap();
@@ -472,10 +350,7 @@ async fn a_closed_connection_fails_pending_and_new_requests() {
     let err = pending.await.unwrap().unwrap_err();
     assert!(matches!(err, TransportError::Closed), "{err}");
     tokio::time::timeout(T, conn.closed()).await.unwrap();
-    assert!(matches!(
-        conn.request(Req::Echo("x".into()), T).await,
-        Err(TransportError::Closed)
-    ));
+    assert!(matches!(conn.request(Req::Echo("x".into()), T).await, Err(TransportError::Closed)));
 }
 
 #[derive(Debug)]
@@ -509,9 +384,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        provider().signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -529,10 +402,7 @@ async fn futures_join<F: std::future::Future<Output = String> + Send + 'static>(
 async fn eventually(mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + T;
     while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {T:?}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {T:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -12,9 +12,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme,
-};
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, Error, ServerConfig, SignatureScheme};
 
 use crate::identity::fingerprint_of_cert_der;
 use crate::{ALPN, TlsIdentity, TransportError};
@@ -40,12 +38,11 @@ impl ServerCertVerifier for PinnedServerVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let seen =
-            fingerprint_of_cert_der(end_entity).map_err(|e| Error::General(e.to_string()))?;
+        let seen = fingerprint_of_cert_der(end_entity).map_err(|e| Error::General(e.to_string()))?;
         match &self.expect {
-            Some(expect) if *expect != seen => Err(Error::General(format!(
-                "server key {seen} is not the pinned {expect}"
-            ))),
+            Some(expect) if *expect != seen => {
+                Err(Error::General(format!("server key {seen} is not the pinned {expect}")))
+            }
             _ => Ok(ServerCertVerified::assertion()),
         }
     }
@@ -129,9 +126,7 @@ impl ClientCertVerifier for PossessionClientVerifier {
 
 pub(crate) fn server_config(identity: &TlsIdentity) -> Result<Arc<ServerConfig>, TransportError> {
     let provider = provider();
-    let verifier = Arc::new(PossessionClientVerifier {
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier = Arc::new(PossessionClientVerifier { algorithms: provider.signature_verification_algorithms });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Setup(e.to_string()))?
@@ -147,10 +142,7 @@ pub(crate) fn client_config(
     expect: Option<Fingerprint>,
 ) -> Result<Arc<ClientConfig>, TransportError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedServerVerifier {
-        expect,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier = Arc::new(PinnedServerVerifier { expect, algorithms: provider.signature_verification_algorithms });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TransportError::Setup(e.to_string()))?

@@ -27,11 +27,7 @@ impl TrustStore {
 
     /// The member holding this key, if any.
     pub fn member(&self, fingerprint: &Fingerprint) -> Option<NodeId> {
-        self.members
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(fingerprint)
-            .copied()
+        self.members.read().unwrap_or_else(|e| e.into_inner()).get(fingerprint).copied()
     }
 
     pub fn len(&self) -> usize {

@@ -15,48 +15,33 @@ impl FromStr for HostPort {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (host, rest) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("`{s}`: missing `]` after an IPv6 address"))?;
+            let (host, rest) =
+                rest.split_once(']').ok_or_else(|| format!("`{s}`: missing `]` after an IPv6 address"))?;
             if host.parse::<std::net::Ipv6Addr>().is_err() {
                 return Err(format!("`{s}`: `{host}` is not an IPv6 address"));
             }
-            let port = rest
-                .strip_prefix(':')
-                .ok_or_else(|| format!("`{s}`: expected HOST:PORT, e.g. [2001:db8::4]:9901"))?;
+            let port =
+                rest.strip_prefix(':').ok_or_else(|| format!("`{s}`: expected HOST:PORT, e.g. [2001:db8::4]:9901"))?;
             (host, port)
         } else {
-            let (host, port) = s
-                .rsplit_once(':')
-                .ok_or_else(|| format!("`{s}`: expected HOST:PORT, e.g. delta.example.com:9901"))?;
+            let (host, port) =
+                s.rsplit_once(':').ok_or_else(|| format!("`{s}`: expected HOST:PORT, e.g. delta.example.com:9901"))?;
             if host.contains(':') {
-                return Err(format!(
-                    "`{s}`: write IPv6 addresses in brackets, e.g. [::1]:9901"
-                ));
+                return Err(format!("`{s}`: write IPv6 addresses in brackets, e.g. [::1]:9901"));
             }
             (host, port)
         };
         if host.is_empty() {
             return Err(format!("`{s}`: the host is empty"));
         }
-        if !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
-        {
+        if !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':')) {
             return Err(format!("`{s}`: `{host}` is not a host name or address"));
         }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| format!("`{s}`: `{port}` is not a port number (1-65535)"))?;
+        let port: u16 = port.parse().map_err(|_| format!("`{s}`: `{port}` is not a port number (1-65535)"))?;
         if port == 0 {
-            return Err(format!(
-                "`{s}`: port 0 cannot be advertised; pick a fixed port"
-            ));
+            return Err(format!("`{s}`: port 0 cannot be advertised; pick a fixed port"));
         }
-        Ok(Self {
-            host: host.to_string(),
-            port,
-        })
+        Ok(Self { host: host.to_string(), port })
     }
 }
 
@@ -81,24 +66,12 @@ mod tests {
         let hp: HostPort = "[::1]:9901".parse().unwrap();
         assert_eq!(hp.host, "::1");
         assert_eq!(hp.to_string(), "[::1]:9901");
-        assert_eq!(
-            "10.0.0.4:1".parse::<HostPort>().unwrap().to_string(),
-            "10.0.0.4:1"
-        );
+        assert_eq!("10.0.0.4:1".parse::<HostPort>().unwrap().to_string(), "10.0.0.4:1");
     }
 
     #[test]
     fn refuses_what_cannot_be_dialled() {
-        for bad in [
-            "delta",
-            ":9901",
-            "delta:0",
-            "delta:70000",
-            "::1:9901",
-            "[::1]",
-            "[zz]:1",
-            "a b:1",
-        ] {
+        for bad in ["delta", ":9901", "delta:0", "delta:70000", "::1:9901", "[::1]", "[zz]:1", "a b:1"] {
             assert!(bad.parse::<HostPort>().is_err(), "{bad} accepted");
         }
     }

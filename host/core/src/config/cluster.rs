@@ -89,11 +89,7 @@ impl Settings {
             ));
         }
         if self.hysteresis == 0 || self.hysteresis > Self::HYSTERESIS_MAX {
-            problems.push(format!(
-                "settings.hysteresis: {} is outside 1..={}",
-                self.hysteresis,
-                Self::HYSTERESIS_MAX
-            ));
+            problems.push(format!("settings.hysteresis: {} is outside 1..={}", self.hysteresis, Self::HYSTERESIS_MAX));
         }
         problems
     }
@@ -180,11 +176,7 @@ pub enum PluginKind {
 pub struct PluginLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 }
 
@@ -225,11 +217,7 @@ impl ClusterConfig {
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Self = parse_yaml(FILE, text, CLUSTER_YAML_BYTES_MAX)?;
         let problems = config.validate();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::new(FILE, problems))
-        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::new(FILE, problems)) }
     }
 
     /// The canonical text. Every node writes exactly these bytes for the same
@@ -262,34 +250,21 @@ impl ClusterConfig {
             problems.push("peers: the list is empty; a cluster has at least one member".into());
         }
         if self.peers.len() > PEERS_MAX {
-            problems.push(format!(
-                "peers: {} members, more than the {PEERS_MAX} supported",
-                self.peers.len()
-            ));
+            problems.push(format!("peers: {} members, more than the {PEERS_MAX} supported", self.peers.len()));
         }
         let mut ids = BTreeSet::new();
         let mut fingerprints = BTreeSet::new();
         for (i, peer) in self.peers.iter().enumerate() {
             if !ids.insert(peer.node_id) {
-                problems.push(format!(
-                    "peers[{i}].node_id: {} is listed twice",
-                    peer.node_id
-                ));
+                problems.push(format!("peers[{i}].node_id: {} is listed twice", peer.node_id));
             }
             if !fingerprints.insert(&peer.fingerprint) {
-                problems.push(format!(
-                    "peers[{i}].fingerprint: {} is listed twice",
-                    peer.fingerprint
-                ));
+                problems.push(format!("peers[{i}].fingerprint: {} is listed twice", peer.fingerprint));
             }
             if let Err(e) = peer.advertise.parse::<HostPort>() {
                 problems.push(format!("peers[{i}].advertise: {e}"));
             }
-            if !peer
-                .cert_pem
-                .trim_start()
-                .starts_with("-----BEGIN CERTIFICATE-----")
-            {
+            if !peer.cert_pem.trim_start().starts_with("-----BEGIN CERTIFICATE-----") {
                 problems.push(format!("peers[{i}].cert_pem: not a PEM certificate"));
             }
         }
@@ -297,10 +272,7 @@ impl ClusterConfig {
 
     fn validate_alerts(&self, problems: &mut Vec<String>) -> BTreeSet<&str> {
         if self.alerts.len() > ALERTS_MAX {
-            problems.push(format!(
-                "alerts: {} alerts, more than the {ALERTS_MAX} supported",
-                self.alerts.len()
-            ));
+            problems.push(format!("alerts: {} alerts, more than the {ALERTS_MAX} supported", self.alerts.len()));
         }
         let mut ids = BTreeSet::new();
         let mut names = BTreeSet::new();
@@ -320,10 +292,7 @@ impl ClusterConfig {
 
     fn validate_checks(&self, alert_ids: &BTreeSet<&str>, problems: &mut Vec<String>) {
         if self.checks.len() > CHECKS_MAX {
-            problems.push(format!(
-                "checks: {} checks, more than the {CHECKS_MAX} supported",
-                self.checks.len()
-            ));
+            problems.push(format!("checks: {} checks, more than the {CHECKS_MAX} supported", self.checks.len()));
         }
         let mut ids = BTreeSet::new();
         let mut names = BTreeSet::new();
@@ -342,10 +311,8 @@ impl ClusterConfig {
                 problems.push(format!("{at}.target: empty"));
             }
             if check.interval < Check::INTERVAL_MIN {
-                problems.push(format!(
-                    "{at}.interval: {} is shorter than 1s",
-                    humantime::format_duration(check.interval)
-                ));
+                problems
+                    .push(format!("{at}.interval: {} is shorter than 1s", humantime::format_duration(check.interval)));
             }
             if check.timeout.is_zero() || check.timeout >= check.interval {
                 problems.push(format!(
@@ -354,10 +321,7 @@ impl ClusterConfig {
                     humantime::format_duration(check.interval)
                 ));
             }
-            for (field, list) in [
-                ("alert_ids", &check.alert_ids),
-                ("suppress_alert_ids", &check.suppress_alert_ids),
-            ] {
+            for (field, list) in [("alert_ids", &check.alert_ids), ("suppress_alert_ids", &check.suppress_alert_ids)] {
                 for id in list {
                     if !alert_ids.contains(id.as_str()) {
                         problems.push(format!("{at}.{field}: no alert has id `{id}`"));
@@ -369,29 +333,18 @@ impl ClusterConfig {
 
     fn validate_plugins(&self, problems: &mut Vec<String>) {
         if self.plugins.len() > PLUGINS_MAX {
-            problems.push(format!(
-                "plugins: {} plugins, more than the {PLUGINS_MAX} supported",
-                self.plugins.len()
-            ));
+            problems.push(format!("plugins: {} plugins, more than the {PLUGINS_MAX} supported", self.plugins.len()));
         }
         let mut names = BTreeSet::new();
         for (i, plugin) in self.plugins.iter().enumerate() {
             check_token(&format!("plugins[{i}].name"), &plugin.name, problems);
             if !names.insert(plugin.name.as_str()) {
-                problems.push(format!(
-                    "plugins[{i}].name: `{}` is used twice",
-                    plugin.name
-                ));
+                problems.push(format!("plugins[{i}].name: `{}` is used twice", plugin.name));
             }
             let hex_ok = plugin.sha256.len() == 64
-                && plugin
-                    .sha256
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                && plugin.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
             if !hex_ok {
-                problems.push(format!(
-                    "plugins[{i}].sha256: expected 64 lowercase hex digits"
-                ));
+                problems.push(format!("plugins[{i}].sha256: expected 64 lowercase hex digits"));
             }
         }
     }
@@ -401,13 +354,9 @@ impl ClusterConfig {
 fn check_token(at: &str, value: &str, problems: &mut Vec<String>) {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-        });
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
-        problems.push(format!(
-            "{at}: `{value}` must be 1-64 characters of a-z, 0-9, `-`, `_`, `.`"
-        ));
+        problems.push(format!("{at}: `{value}` must be 1-64 characters of a-z, 0-9, `-`, `_`, `.`"));
     }
 }
 
@@ -418,9 +367,7 @@ fn check_name(at: &str, value: &str, problems: &mut Vec<String>) {
         && value.trim() == value
         && !value.chars().any(|c| c.is_control() || c.is_whitespace());
     if !ok {
-        problems.push(format!(
-            "{at}: `{value}` must be 1-128 printable characters without spaces"
-        ));
+        problems.push(format!("{at}: `{value}` must be 1-128 printable characters without spaces"));
     }
 }
 
@@ -440,8 +387,7 @@ mod tests {
     }
 
     fn sample() -> ClusterConfig {
-        let mut config =
-            ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(1_790_000_000_000));
+        let mut config = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(1_790_000_000_000));
         config.peers.push(peer(2));
         config.alerts.push(Alert {
             id: "a1".into(),
@@ -471,10 +417,7 @@ mod tests {
             sha256: "ab".repeat(32),
             size: 1234,
             allow: vec!["1.1.1.1:53".into()],
-            limits: PluginLimits {
-                memory_mib: Some(32),
-                timeout: None,
-            },
+            limits: PluginLimits { memory_mib: Some(32), timeout: None },
         });
         config
     }
@@ -507,28 +450,14 @@ mod tests {
         for (needle, extra) in [
             ("version: 1\n", "version: 1\nfuture_top: 1\n"),
             ("settings:\n", "settings:\n  future_setting: 1\n"),
-            (
-                "  timeout: 10s\n",
-                "  timeout: 10s\n  future_check_field: x\n",
-            ),
+            ("  timeout: 10s\n", "  timeout: 10s\n  future_check_field: x\n"),
         ] {
             let edited = text.replacen(needle, extra, 1);
             assert_ne!(edited, text, "fixture did not contain {needle:?}");
             let err = ClusterConfig::parse(&edited).unwrap_err();
             assert_eq!(err.file, "cluster.yaml");
-            let field = extra
-                .lines()
-                .last()
-                .unwrap()
-                .trim()
-                .split(':')
-                .next()
-                .unwrap();
-            assert!(
-                err.to_string()
-                    .contains(&format!("unknown field `{field}`")),
-                "{err}"
-            );
+            let field = extra.lines().last().unwrap().trim().split(':').next().unwrap();
+            assert!(err.to_string().contains(&format!("unknown field `{field}`")), "{err}");
         }
     }
 
@@ -557,10 +486,7 @@ mod tests {
             "plugins[0].sha256",
         ];
         for needle in expect {
-            assert!(
-                problems.iter().any(|p| p.contains(needle)),
-                "missing {needle} in {problems:#?}"
-            );
+            assert!(problems.iter().any(|p| p.contains(needle)), "missing {needle} in {problems:#?}");
         }
         let err = ClusterConfig::parse(&config.to_yaml()).unwrap_err();
         assert_eq!(err.problems, problems);
@@ -568,12 +494,7 @@ mod tests {
 
     #[test]
     fn empty_and_garbage_files_are_clear_errors() {
-        assert!(
-            ClusterConfig::parse("")
-                .unwrap_err()
-                .to_string()
-                .contains("empty")
-        );
+        assert!(ClusterConfig::parse("").unwrap_err().to_string().contains("empty"));
         assert!(ClusterConfig::parse("version: [").is_err());
         assert!(ClusterConfig::parse("- a\n- b\n").is_err());
     }

@@ -11,9 +11,7 @@ mod node;
 mod time;
 
 pub use addr::HostPort;
-pub use cluster::{
-    Alert, Check, ClusterConfig, Peer, PluginEntry, PluginKind, PluginLimits, Settings,
-};
+pub use cluster::{Alert, Check, ClusterConfig, Peer, PluginEntry, PluginKind, PluginLimits, Settings};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
 pub use time::Timestamp;
 
@@ -29,10 +27,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(file: &str, problems: Vec<String>) -> Self {
-        Self {
-            file: file.to_string(),
-            problems,
-        }
+        Self { file: file.to_string(), problems }
     }
 }
 
@@ -45,18 +40,11 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Parses YAML into `T`, mapping serde's error to one that names the file.
-fn parse_yaml<T: serde::de::DeserializeOwned>(
-    file: &str,
-    text: &str,
-    bytes_max: usize,
-) -> Result<T, ConfigError> {
+fn parse_yaml<T: serde::de::DeserializeOwned>(file: &str, text: &str, bytes_max: usize) -> Result<T, ConfigError> {
     if text.len() > bytes_max {
         return Err(ConfigError::new(
             file,
-            vec![format!(
-                "file is {} bytes, larger than the {bytes_max}-byte limit",
-                text.len()
-            )],
+            vec![format!("file is {} bytes, larger than the {bytes_max}-byte limit", text.len())],
         ));
     }
     if text.trim().is_empty() {

@@ -59,17 +59,13 @@ impl NodeConfig {
         if let Some(bind) = &env.bind {
             match bind.parse() {
                 Ok(ip) => self.bind = ip,
-                Err(_) => {
-                    problems.push(format!("QUPTIME_BIND_ADDR: `{bind}` is not an IP address"))
-                }
+                Err(_) => problems.push(format!("QUPTIME_BIND_ADDR: `{bind}` is not an IP address")),
             }
         }
         if let Some(port) = &env.port {
             match port.parse() {
                 Ok(port) => self.port = port,
-                Err(_) => {
-                    problems.push(format!("QUPTIME_BIND_PORT: `{port}` is not a port number"))
-                }
+                Err(_) => problems.push(format!("QUPTIME_BIND_PORT: `{port}` is not a port number")),
             }
         }
         if let Some(secret) = &env.cluster_secret {
@@ -99,11 +95,7 @@ impl NodeConfig {
 
     fn check(&self) -> Result<(), ConfigError> {
         let problems = self.validate();
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::new(FILE, problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::new(FILE, problems)) }
     }
 }
 
@@ -172,16 +164,7 @@ mod tests {
         assert_eq!(node.port, 9902);
         assert_eq!(node.bind.to_string(), "127.0.0.1");
         assert_eq!(node.cluster_secret, "another-secret-value");
-        let bad = NodeOverrides {
-            port: Some("x".into()),
-            ..Default::default()
-        };
-        assert!(
-            sample()
-                .with_overrides(&bad)
-                .unwrap_err()
-                .to_string()
-                .contains("QUPTIME_BIND_PORT")
-        );
+        let bad = NodeOverrides { port: Some("x".into()), ..Default::default() };
+        assert!(sample().with_overrides(&bad).unwrap_err().to_string().contains("QUPTIME_BIND_PORT"));
     }
 }

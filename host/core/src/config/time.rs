@@ -26,10 +26,7 @@ impl Timestamp {
     }
 
     pub fn unix_millis(&self) -> u64 {
-        self.0
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64
+        self.0.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
     }
 }
 
@@ -50,9 +47,7 @@ impl std::str::FromStr for Timestamp {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         humantime::parse_rfc3339(s.trim())
             .map(Self::from_system_time)
-            .map_err(|e| {
-                format!("`{s}` is not an RFC 3339 UTC time like 2026-01-31T12:00:00Z: {e}")
-            })
+            .map_err(|e| format!("`{s}` is not an RFC 3339 UTC time like 2026-01-31T12:00:00Z: {e}"))
     }
 }
 
