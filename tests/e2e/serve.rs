@@ -98,9 +98,7 @@ fn serve_refuses_a_cluster_yaml_with_unknown_fields_naming_field_and_file() {
     let path = node.file("cluster.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("settings:\n", "settings:\n  from_the_future: 3\n")).unwrap();
-    node.spawn_serve();
-    assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    let log = node.log_text();
+    let log = node.refused_start();
     let error_line = log.lines().find(|l| l.starts_with("error: ")).unwrap_or_else(|| panic!("{log}"));
     assert!(error_line.contains("cluster.yaml") && error_line.contains("unknown field `from_the_future`"), "{log}");
 }
@@ -113,9 +111,7 @@ fn serve_reports_every_problem_of_a_bad_cluster_yaml_on_one_line() {
     let text = std::fs::read_to_string(&path).unwrap();
     let text = text.replace("dead_after: 4s", "dead_after: 1s").replace("hysteresis: 2", "hysteresis: 0");
     std::fs::write(&path, text).unwrap();
-    node.spawn_serve();
-    assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    let log = node.log_text();
+    let log = node.refused_start();
     let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "one line: {log}");
     assert!(errors[0].contains("settings.dead_after") && errors[0].contains("settings.hysteresis"), "{log}");
@@ -126,17 +122,15 @@ fn serve_refuses_invalid_yaml_and_mismatched_keys() {
     let mut node = Node::new("garbage");
     node.init(free_port(), &[]);
     std::fs::write(node.file("cluster.yaml"), "version: [1\n").unwrap();
-    node.spawn_serve();
-    assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    assert!(node.log_text().contains("error: cluster.yaml"), "{}", node.log_text());
+    let log = node.refused_start();
+    assert!(log.contains("error: cluster.yaml"), "{log}");
 
     let other = Node::new("other");
     other.init(free_port(), &[]);
     std::fs::copy(other.file("cluster.yaml"), node.file("cluster.yaml")).unwrap();
     std::fs::copy(other.file("keys/private.pem"), node.file("keys/private.pem")).unwrap();
-    node.spawn_serve();
-    assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    assert!(node.log_text().contains("does not belong to the certificate"), "{}", node.log_text());
+    let log = node.refused_start();
+    assert!(log.contains("does not belong to the certificate"), "{log}");
 }
 
 #[test]
@@ -145,9 +139,7 @@ fn serve_refuses_a_port_in_use() {
     let port = free_port();
     node.init(port, &[]);
     let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    node.spawn_serve();
-    assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    let log = node.log_text();
+    let log = node.refused_start();
     assert!(log.contains("error: ") && log.contains("already in use"), "{log}");
 }
 
@@ -156,9 +148,7 @@ fn serve_refuses_a_corrupt_state_file() {
     let mut node = Node::new("state");
     node.init(free_port(), &[]);
     std::fs::write(node.file("state.yaml"), "term: banana\n").unwrap();
-    node.spawn_serve();
-    assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    let log = node.log_text();
+    let log = node.refused_start();
     assert!(log.contains("state.yaml") && log.contains("term and vote"), "{log}");
 }
 
@@ -174,9 +164,8 @@ fn environment_overrides_node_yaml_when_serving() {
     assert!(node.terminate().success());
 
     node.env("QUPTIME_BIND_PORT", "not-a-port");
-    node.spawn_serve();
-    assert!(!node.wait_exit(Duration::from_secs(20)).success());
-    assert!(node.log_text().contains("QUPTIME_BIND_PORT"), "{}", node.log_text());
+    let log = node.refused_start();
+    assert!(log.contains("QUPTIME_BIND_PORT"), "{log}");
 }
 
 #[test]

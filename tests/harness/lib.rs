@@ -169,6 +169,15 @@ impl Node {
         status
     }
 
+    /// Starts `qu serve`, expects it to refuse (exit non-zero) and returns
+    /// its log, whose last `error: ` line says why.
+    pub fn refused_start(&mut self) -> String {
+        self.spawn_serve();
+        let status = self.wait_exit(Duration::from_secs(20));
+        assert!(!status.success(), "{} started although it should have refused", self.name);
+        self.log_text()
+    }
+
     pub fn signal(&self, signal: rustix::process::Signal) {
         let child = self.child.as_ref().expect("not serving");
         rustix::process::kill_process(rustix::process::Pid::from_child(child), signal).unwrap();
