@@ -1,0 +1,578 @@
+//! Deterministic simulator of the consensus core.
+//!
+//! N cores (3 or 5) run on one thread against a seeded network that drops,
+//! delays, duplicates and reorders messages and partitions nodes (one-way
+//! too); nodes crash (in the middle of executing their outputs: whatever was
+//! not yet persisted is lost), restart from what they persisted, pause (as
+//! under SIGSTOP) and run with skewed clocks; clients propose random
+//! mutations. After every step the invariants are checked; a violation
+//! reports the seed, and `qu-sim --seed N` replays the same run exactly.
+//!
+//! Clocks: each node's monotonic clock runs at the true rate with its own
+//! offset, and pauses stand in for jumps (a paused node sees time leap
+//! forward). Wall-clock jumps do not exist here because the core never reads
+//! wall time. A monotonic clock running fast would break any lease; that is
+//! the one timing assumption qu makes (see docs/ARCHITECTURE.md).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::fmt;
+
+use qu_core::NodeId;
+use qu_core::consensus::{ConfigId, Core, Durable, Input, Msg, Output, Role, Snapshot, SplitMix64, Timing};
+
+/// Knobs of one run.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub nodes: usize,
+    /// Virtual milliseconds with faults, then a calm phase to converge.
+    pub fault_ms: u64,
+    pub calm_ms: u64,
+}
+
+impl SimConfig {
+    pub fn new(nodes: usize) -> Self {
+        Self { nodes, fault_ms: 20_000, calm_ms: 6_000 }
+    }
+}
+
+/// What a run did, for throughput numbers and sanity checks.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub steps: u64,
+    pub messages: u64,
+    pub commits: u64,
+    pub elections: u64,
+    pub crashes: u64,
+    pub max_term: u64,
+}
+
+/// An invariant that failed, with the seed that replays it.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    pub seed: u64,
+    pub nodes: usize,
+    pub at_ms: u64,
+    pub what: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} ({} nodes) at {} ms: {}\nreplay: cargo run -p qu-sim --release -- --seed {} --nodes {}",
+            self.seed, self.nodes, self.at_ms, self.what, self.seed, self.nodes
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Tick(usize),
+    Deliver { to: usize, from: usize, msg_index: usize },
+    Resume(usize),
+    Restart(usize),
+}
+
+struct Node {
+    id: NodeId,
+    core: Option<Core>,
+    disk_durable: Durable,
+    disk_config: Snapshot,
+    clock_offset: u64,
+    paused_until: u64,
+    /// Messages that arrived while paused, delivered on resume.
+    backlog: Vec<(usize, Msg)>,
+    last_seen: (u64, ConfigId),
+}
+
+struct Sim {
+    seed: u64,
+    cfg: SimConfig,
+    rng: SplitMix64,
+    now: u64,
+    nodes: Vec<Node>,
+    queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
+    seq: u64,
+    messages: Vec<Option<Msg>>,
+    /// blocked[from][to]
+    blocked: Vec<Vec<bool>>,
+    drop_percent: u64,
+    dup_percent: u64,
+    delay_max_ms: u64,
+    faults: bool,
+    // history for invariants
+    masters: BTreeMap<u64, usize>,
+    votes: BTreeMap<(usize, u64), NodeId>,
+    contents: BTreeMap<ConfigId, std::sync::Arc<str>>,
+    acknowledged: Vec<(String, ConfigId)>,
+    next_mutation: u64,
+    pending: BTreeMap<u64, (usize, String)>,
+    stats: Stats,
+}
+
+const TICK_MS: u64 = 10;
+
+/// Runs one seed; `Err` carries the first violated invariant.
+pub fn run(seed: u64, cfg: &SimConfig) -> Result<Stats, Violation> {
+    let mut sim = Sim::new(seed, cfg.clone());
+    sim.run()
+}
+
+impl Sim {
+    fn new(seed: u64, cfg: SimConfig) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let heartbeat_ms = 50 + rng.below(100);
+        let timing = Timing {
+            heartbeat_ms,
+            dead_after_ms: heartbeat_ms * (3 + rng.below(3)),
+            master_cooldown_ms: [0, 500, 2_000][rng.below(3) as usize],
+        };
+        let ids: Vec<NodeId> = (0..cfg.nodes)
+            .map(|i| {
+                let mut bytes = [0u8; 16];
+                bytes[0] = (i as u8 + 1) * 16;
+                bytes[15] = rng.below(256) as u8;
+                NodeId::from_bytes(bytes)
+            })
+            .collect();
+        let genesis = Snapshot::new(ConfigId { term: 0, version: 1 }, ids.clone(), timing, "genesis");
+        let mut contents = BTreeMap::new();
+        contents.insert(genesis.id, genesis.content.clone());
+        let nodes = ids
+            .iter()
+            .map(|id| Node {
+                id: *id,
+                core: None,
+                disk_durable: Durable::default(),
+                disk_config: genesis.clone(),
+                clock_offset: rng.below(10_000),
+                paused_until: 0,
+                backlog: Vec::new(),
+                last_seen: (0, genesis.id),
+            })
+            .collect();
+        let n = cfg.nodes;
+        let mut sim = Self {
+            seed,
+            cfg,
+            rng,
+            now: 0,
+            nodes,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            messages: Vec::new(),
+            blocked: vec![vec![false; n]; n],
+            drop_percent: 0,
+            dup_percent: 0,
+            delay_max_ms: 5,
+            faults: true,
+            masters: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            contents,
+            acknowledged: Vec::new(),
+            next_mutation: 1,
+            pending: BTreeMap::new(),
+            stats: Stats::default(),
+        };
+        for i in 0..n {
+            let at = sim.rng.below(200);
+            sim.schedule(at, Event::Restart(i));
+        }
+        sim
+    }
+
+    fn violation(&self, what: impl Into<String>) -> Violation {
+        Violation { seed: self.seed, nodes: self.cfg.nodes, at_ms: self.now, what: what.into() }
+    }
+
+    fn schedule(&mut self, at: u64, event: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, event)));
+    }
+
+    fn local_now(&self, i: usize) -> u64 {
+        self.now + self.nodes[i].clock_offset
+    }
+
+    fn run(&mut self) -> Result<Stats, Violation> {
+        let end = self.cfg.fault_ms + self.cfg.calm_ms;
+        let mut next_chaos = 0;
+        let mut next_proposal = 100;
+        while let Some(Reverse((at, _, event))) = self.queue.pop() {
+            if at > end {
+                break;
+            }
+            self.now = at;
+            if self.faults && self.now >= self.cfg.fault_ms {
+                self.calm();
+            }
+            if self.faults && self.now >= next_chaos {
+                self.chaos();
+                next_chaos = self.now + 50 + self.rng.below(400);
+            }
+            // Clients stop half-way through the calm phase so the last change
+            // has time to reach everyone before convergence is checked.
+            if self.now >= next_proposal && self.now < self.cfg.fault_ms + self.cfg.calm_ms / 2 {
+                self.client_proposal()?;
+                next_proposal = self.now + 20 + self.rng.below(200);
+            }
+            self.handle(event)?;
+            self.stats.steps += 1;
+            self.check_global()?;
+        }
+        self.check_converged()?;
+        self.stats.max_term = self.nodes.iter().map(|n| n.disk_durable.term).max().unwrap_or(0);
+        Ok(self.stats.clone())
+    }
+
+    /// Faults stop: heal the network, wake and restart everyone.
+    fn calm(&mut self) {
+        self.faults = false;
+        self.drop_percent = 0;
+        self.dup_percent = 0;
+        self.delay_max_ms = 5;
+        for row in &mut self.blocked {
+            row.iter_mut().for_each(|b| *b = false);
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].paused_until > self.now {
+                self.nodes[i].paused_until = self.now;
+                self.schedule(self.now, Event::Resume(i));
+            }
+            if self.nodes[i].core.is_none() {
+                self.schedule(self.now + 1, Event::Restart(i));
+            }
+        }
+    }
+
+    fn chaos(&mut self) {
+        let n = self.nodes.len();
+        match self.rng.below(10) {
+            0 => {
+                // Symmetric partition into two random groups.
+                let side: Vec<bool> = (0..n).map(|_| self.rng.chance(50)).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        self.blocked[a][b] = side[a] != side[b];
+                    }
+                }
+            }
+            1 => {
+                // One-way cut.
+                let (a, b) = (self.rng.below(n as u64) as usize, self.rng.below(n as u64) as usize);
+                if a != b {
+                    self.blocked[a][b] = true;
+                }
+            }
+            2 | 3 => {
+                for row in &mut self.blocked {
+                    row.iter_mut().for_each(|x| *x = false);
+                }
+            }
+            4 => {
+                let i = self.rng.below(n as u64) as usize;
+                if self.nodes[i].core.is_some() {
+                    self.crash(i);
+                    let back = self.now + 50 + self.rng.below(3_000);
+                    self.schedule(back, Event::Restart(i));
+                }
+            }
+            5 => {
+                let i = self.rng.below(n as u64) as usize;
+                if self.nodes[i].core.is_some() && self.nodes[i].paused_until <= self.now {
+                    let until = self.now + 100 + self.rng.below(2_000);
+                    self.nodes[i].paused_until = until;
+                    self.schedule(until, Event::Resume(i));
+                }
+            }
+            6 => {
+                self.drop_percent = [0, 5, 20, 50][self.rng.below(4) as usize];
+                self.dup_percent = [0, 5, 20][self.rng.below(3) as usize];
+                self.delay_max_ms = [5, 50, 300][self.rng.below(3) as usize];
+            }
+            _ => {}
+        }
+    }
+
+    fn crash(&mut self, i: usize) {
+        self.nodes[i].core = None;
+        self.nodes[i].backlog.clear();
+        self.stats.crashes += 1;
+    }
+
+    fn handle(&mut self, event: Event) -> Result<(), Violation> {
+        match event {
+            Event::Restart(i) => {
+                if self.nodes[i].core.is_some() {
+                    return Ok(());
+                }
+                let node = &self.nodes[i];
+                let seed = self.rng.next_u64();
+                let (core, out) =
+                    Core::new(node.id, node.disk_durable.clone(), node.disk_config.clone(), self.local_now(i), seed);
+                self.nodes[i].core = Some(core);
+                self.nodes[i].paused_until = 0;
+                self.execute(i, out, false)?;
+                self.schedule(self.now + TICK_MS, Event::Tick(i));
+            }
+            Event::Tick(i) => {
+                if self.nodes[i].core.is_none() {
+                    return Ok(());
+                }
+                if self.nodes[i].paused_until <= self.now {
+                    self.step(i, Input::Tick)?;
+                }
+                if self.nodes[i].core.is_some() {
+                    self.schedule(self.now + TICK_MS, Event::Tick(i));
+                }
+            }
+            Event::Resume(i) => {
+                if self.nodes[i].core.is_some() && self.nodes[i].paused_until <= self.now {
+                    let backlog = std::mem::take(&mut self.nodes[i].backlog);
+                    // The first thing a resumed process does is notice time.
+                    self.step(i, Input::Tick)?;
+                    for (from, msg) in backlog {
+                        if self.nodes[i].core.is_none() {
+                            break;
+                        }
+                        let from = self.nodes[from].id;
+                        self.step(i, Input::Receive { from, msg })?;
+                    }
+                }
+            }
+            Event::Deliver { to, from, msg_index } => {
+                let Some(msg) = self.messages[msg_index].clone() else { return Ok(()) };
+                if self.nodes[to].core.is_none() {
+                    return Ok(());
+                }
+                if self.nodes[to].paused_until > self.now {
+                    self.nodes[to].backlog.push((from, msg));
+                    return Ok(());
+                }
+                let from = self.nodes[from].id;
+                self.step(to, Input::Receive { from, msg })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, i: usize, input: Input) -> Result<(), Violation> {
+        let now = self.local_now(i);
+        let Some(core) = self.nodes[i].core.as_mut() else { return Ok(()) };
+        let out = core.step(now, input);
+        // Now and then the process dies part-way through its outputs: what
+        // was persisted stays, the rest is lost.
+        let crash_midway = self.faults && self.rng.chance(1) && !out.is_empty();
+        self.execute(i, out, crash_midway)
+    }
+
+    fn execute(&mut self, i: usize, out: Vec<Output>, crash_midway: bool) -> Result<(), Violation> {
+        let cut = if crash_midway { self.rng.below(out.len() as u64) as usize } else { out.len() };
+        for (k, output) in out.into_iter().enumerate() {
+            if k == cut {
+                self.crash(i);
+                let back = self.now + 50 + self.rng.below(2_000);
+                self.schedule(back, Event::Restart(i));
+                break;
+            }
+            match output {
+                Output::PersistDurable(durable) => {
+                    if let Some(voted) = durable.voted_for {
+                        match self.votes.insert((i, durable.term), voted) {
+                            Some(previous) if previous != voted => {
+                                return Err(self.violation(format!(
+                                    "node {i} voted twice in term {}: {previous} then {voted}",
+                                    durable.term
+                                )));
+                            }
+                            _ => {}
+                        }
+                    }
+                    if durable.term < self.nodes[i].disk_durable.term {
+                        return Err(self.violation(format!("node {i} persisted a lower term {}", durable.term)));
+                    }
+                    self.nodes[i].disk_durable = durable;
+                }
+                Output::PersistConfig(snapshot) => {
+                    self.check_snapshot(i, &snapshot)?;
+                    self.nodes[i].disk_config = snapshot;
+                }
+                Output::Send { to, msg } => self.send(i, to, msg),
+                Output::ProposalDone { request, result } => {
+                    let (node, mutation) = self.pending.remove(&request).expect("known request");
+                    if let Ok(id) = result {
+                        debug_assert_eq!(node, i);
+                        self.on_commit(i, id, mutation)?;
+                    }
+                }
+                Output::RoleChanged { term, role, .. } => {
+                    if role == Role::Master {
+                        self.stats.elections += 1;
+                        if let Some(other) = self.masters.insert(term, i)
+                            && other != i
+                        {
+                            return Err(self.violation(format!("two masters in term {term}: nodes {other} and {i}")));
+                        }
+                    }
+                }
+                Output::NeedFreshCommit { next } => {
+                    // The driver re-stamps the current content in the new term.
+                    let core = self.nodes[i].core.as_ref().expect("running");
+                    let current = core.config().clone();
+                    let snapshot =
+                        Snapshot::new(next, current.members.clone(), current.timing, current.content.clone());
+                    let request = self.seq_request(i, String::new());
+                    let now = self.local_now(i);
+                    let out = self.nodes[i]
+                        .core
+                        .as_mut()
+                        .expect("running")
+                        .step(now, Input::Propose { request, snapshot, new_member: None });
+                    self.execute(i, out, false)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn seq_request(&mut self, node: usize, mutation: String) -> u64 {
+        self.seq += 1;
+        self.pending.insert(self.seq, (node, mutation));
+        self.seq
+    }
+
+    fn send(&mut self, from: usize, to_id: NodeId, msg: Msg) {
+        let Some(to) = self.nodes.iter().position(|n| n.id == to_id) else { return };
+        self.stats.messages += 1;
+        if self.blocked[from][to] || self.rng.chance(self.drop_percent) {
+            return;
+        }
+        let copies = if self.rng.chance(self.dup_percent) { 2 } else { 1 };
+        self.messages.push(Some(msg));
+        let msg_index = self.messages.len() - 1;
+        for _ in 0..copies {
+            let at = self.now + self.rng.below(self.delay_max_ms + 1);
+            self.schedule(at, Event::Deliver { to, from, msg_index });
+        }
+    }
+
+    /// A client asks a random running node that believes it can serve.
+    fn client_proposal(&mut self) -> Result<(), Violation> {
+        let i = self.rng.below(self.nodes.len() as u64) as usize;
+        if self.nodes[i].paused_until > self.now {
+            return Ok(());
+        }
+        let Some(core) = self.nodes[i].core.as_ref() else { return Ok(()) };
+        if core.role() != Role::Master || core.is_busy() {
+            return Ok(());
+        }
+        let current = core.config().clone();
+        let mutation = format!("m{}", self.next_mutation);
+        self.next_mutation += 1;
+        let content = format!("{},{mutation}", current.content);
+        let snapshot = Snapshot::new(core.next_config_id(), current.members.clone(), current.timing, content);
+        let request = self.seq_request(i, mutation);
+        self.step(i, Input::Propose { request, snapshot, new_member: None })
+    }
+
+    fn on_commit(&mut self, i: usize, id: ConfigId, mutation: String) -> Result<(), Violation> {
+        self.stats.commits += 1;
+        let now = self.now;
+        // No other node may hold a lease while this master commits.
+        let committer_term = self.nodes[i].core.as_ref().map(|c| c.term()).unwrap_or(0);
+        for (j, node) in self.nodes.iter().enumerate() {
+            if j == i {
+                continue;
+            }
+            if let Some(core) = &node.core
+                && core.lease_valid_at(now + node.clock_offset)
+            {
+                return Err(self.violation(format!(
+                    "node {i} committed {id} in term {committer_term} while node {j} held a lease in term {}",
+                    core.term()
+                )));
+            }
+        }
+        if !mutation.is_empty() {
+            self.acknowledged.push((mutation, id));
+        }
+        Ok(())
+    }
+
+    fn check_snapshot(&mut self, i: usize, snapshot: &Snapshot) -> Result<(), Violation> {
+        match self.contents.get(&snapshot.id) {
+            Some(content) if *content != snapshot.content && snapshot.id.version != 0 => {
+                return Err(self.violation(format!(
+                    "two contents for config {} (node {i}): {content:?} vs {:?}",
+                    snapshot.id, snapshot.content
+                )));
+            }
+            None => {
+                self.contents.insert(snapshot.id, snapshot.content.clone());
+            }
+            _ => {}
+        }
+        for (mutation, at) in &self.acknowledged {
+            if snapshot.id >= *at && !snapshot.content.split(',').any(|m| m == mutation) {
+                return Err(self.violation(format!(
+                    "node {i} persisted {} without acknowledged mutation {mutation} (acked at {at})",
+                    snapshot.id
+                )));
+            }
+        }
+        let node = &self.nodes[i];
+        if snapshot.id < node.last_seen.1 {
+            return Err(
+                self.violation(format!("node {i} went back from config {} to {}", node.last_seen.1, snapshot.id))
+            );
+        }
+        Ok(())
+    }
+
+    fn check_global(&mut self) -> Result<(), Violation> {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            let term = node.disk_durable.term;
+            let config = node.disk_config.id;
+            if term < node.last_seen.0 || config < node.last_seen.1 {
+                let what = format!(
+                    "node {i} went back: term {} -> {term}, config {} -> {config}",
+                    node.last_seen.0, node.last_seen.1
+                );
+                return Err(Violation { seed: self.seed, nodes: self.cfg.nodes, at_ms: self.now, what });
+            }
+            node.last_seen = (term, config);
+        }
+        Ok(())
+    }
+
+    /// After the calm phase: one master with a lease, everyone on the same
+    /// bytes, and every acknowledged mutation in them.
+    fn check_converged(&mut self) -> Result<(), Violation> {
+        let first = self.nodes[0].disk_config.clone();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.disk_config != first {
+                return Err(self.violation(format!(
+                    "no convergence: node 0 holds {} but node {i} holds {}",
+                    first.id, node.disk_config.id
+                )));
+            }
+        }
+        let masters: BTreeSet<usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.core.as_ref().is_some_and(|c| c.lease_valid_at(self.now + n.clock_offset)))
+            .map(|(i, _)| i)
+            .collect();
+        if masters.len() != 1 {
+            return Err(self.violation(format!("after calm, expected one master with a lease, found {masters:?}")));
+        }
+        for (mutation, at) in &self.acknowledged {
+            if !first.content.split(',').any(|m| m == mutation) {
+                return Err(self.violation(format!("acknowledged mutation {mutation} (at {at}) lost")));
+            }
+        }
+        Ok(())
+    }
+}
