@@ -24,8 +24,14 @@ async fn a_node_runs_in_process_on_port_zero_and_stops_on_its_shutdown_future() 
         let _ = stopped.await;
     }));
 
-    let answer = control::call(&socket, &ControlRequest::Status, Duration::from_secs(5)).await.unwrap();
-    let ControlResponse::Status(view) = answer else { panic!("unexpected {answer:?}") };
+    let view = loop {
+        let answer = control::call(&socket, &ControlRequest::Status, Duration::from_secs(5)).await.unwrap();
+        let ControlResponse::Status(view) = answer else { panic!("unexpected {answer:?}") };
+        if view.config_version == 2 {
+            break view;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(view.node_id, report.node_id);
     assert_eq!(view.master, Some(report.node_id));
     assert!(view.quorum);

@@ -46,6 +46,19 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
     let stranger_id = NodeId::from_bytes(*b"stranger-node-id");
     let generated = qu_transport::identity::generate(&stranger_id).unwrap();
     let identity = TlsIdentity::from_pem(&generated.cert_pem, &generated.key_pem).unwrap();
+    // The stranger's own one-member cluster, which it "invites" the node to.
+    let stranger_cluster = ClusterConfig::bootstrap(
+        qu_core::config::Peer {
+            node_id: stranger_id,
+            advertise: "127.0.0.1:1".into(),
+            fingerprint: generated.fingerprint.clone(),
+            cert_pem: generated.cert_pem.clone(),
+        },
+        qu_core::config::Timestamp::from_unix_millis(0),
+    )
+    .to_yaml();
+    let hello =
+        |proof: [u8; 32]| PeerRequest::JoinHello { proof: proof.to_vec(), cluster_yaml: stranger_cluster.clone() };
     let endpoint = Endpoint::<Stranger>::new(identity, TrustStore::default()).unwrap();
     let addr = format!("127.0.0.1:{port}");
     let conn = endpoint.connect(&addr, Expect::Pinned(target_key.clone()), Arc::new(Deaf)).await.unwrap();
@@ -68,7 +81,7 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
     let session = JoinSession { exporter: conn.exporter(), inviter: endpoint.fingerprint(), joiner: &target_key };
     // A wrong secret is refused clearly.
     let wrong = join_proof("not-the-cluster-secret", JoinRole::Inviter, &session);
-    match conn.request(PeerRequest::JoinHello { proof: wrong.to_vec() }, T).await.unwrap() {
+    match conn.request(hello(wrong), T).await.unwrap() {
         PeerResponse::Refused { reason } => {
             assert!(reason.contains("cluster secret mismatch"), "{reason}")
         }
@@ -76,19 +89,18 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
     }
     // The right one is answered with the joiner's proof for this session.
     let right = join_proof(&node_yaml.cluster_secret, JoinRole::Inviter, &session);
-    match conn.request(PeerRequest::JoinHello { proof: right.to_vec() }, T).await.unwrap() {
-        PeerResponse::JoinHelloOk { proof } => {
+    match conn.request(hello(right), T).await.unwrap() {
+        PeerResponse::JoinHelloOk { proof, node_id, cert_pem, .. } => {
             assert!(verify_join_proof(&node_yaml.cluster_secret, JoinRole::Joiner, &session, &proof));
+            assert_eq!(node_id, node_yaml.node_id);
+            assert_eq!(qu_transport::identity::fingerprint_of_cert_pem(&cert_pem).unwrap(), target_key);
         }
         other => panic!("unexpected {other:?}"),
     }
     // A proof made for another TLS session (a relay) does not verify.
     let relayed = JoinSession { exporter: &[0; 32], ..session.clone() };
     let relayed_proof = join_proof(&node_yaml.cluster_secret, JoinRole::Inviter, &relayed);
-    assert!(matches!(
-        conn.request(PeerRequest::JoinHello { proof: relayed_proof.to_vec() }, T).await.unwrap(),
-        PeerResponse::Refused { .. }
-    ));
+    assert!(matches!(conn.request(hello(relayed_proof), T).await.unwrap(), PeerResponse::Refused { .. }));
     assert!(node.log_text().contains("join refused: wrong cluster secret"));
 
     // Dialling the node while pinning another key fails the handshake.

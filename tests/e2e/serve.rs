@@ -18,6 +18,8 @@ fn a_single_node_serves_a_correct_status_and_stops_cleanly_on_sigterm() {
     node.init(port, &[]);
     node.serve();
 
+    // A new master commits a fresh version in its term: 1 becomes 2.
+    node.wait_status("the fresh commit", |s| s["config_version"] == 2);
     let text = node.qu_ok(&["status"]);
     let json = node.status_json();
     let id = json["node_id"].as_str().unwrap().to_string();
@@ -28,7 +30,7 @@ fn a_single_node_serves_a_correct_status_and_stops_cleanly_on_sigterm() {
     assert_eq!(text_field(&text, "term"), "1");
     assert_eq!(text_field(&text, "master"), id, "a sole member is its own master");
     assert_eq!(text_field(&text, "quorum"), "true (need 1)");
-    assert_eq!(text_field(&text, "config ver"), "1");
+    assert_eq!(text_field(&text, "config ver"), "2");
     let peers_at = text.lines().position(|l| l == "PEERS").expect("PEERS table");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
@@ -48,7 +50,7 @@ fn a_single_node_serves_a_correct_status_and_stops_cleanly_on_sigterm() {
     assert_eq!(json["master"], id.as_str());
     assert_eq!(json["quorum"], true);
     assert_eq!(json["quorum_size"], 1);
-    assert_eq!(json["config_version"], 1);
+    assert_eq!(json["config_version"], 2);
     assert_eq!(json["peers"][0]["node_id"], id.as_str());
     assert_eq!(json["peers"][0]["advertise"], format!("127.0.0.1:{port}").as_str());
     assert_eq!(json["peers"][0]["live"], true);

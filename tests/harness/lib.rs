@@ -189,6 +189,15 @@ impl Node {
         self.wait_exit(Duration::from_secs(20))
     }
 
+    /// Polls `qu status --json` until `condition` holds on it (20 s at most).
+    pub fn wait_status(&self, what: &str, condition: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        eventually(Duration::from_secs(20), &format!("{}: {what}", self.name), || {
+            let output = self.command().args(["status", "--json"]).output().unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+            condition(&json).then_some(json)
+        })
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.qu_ok(&["status", "--json"])).unwrap()
     }

@@ -135,6 +135,7 @@ fn print_status(node: &DemoNode) -> anyhow::Result<()> {
             Ok(())
         }
         ControlResponse::Error { message } => bail!(message),
+        other => Err(crate::unexpected(other)),
     }
 }
 

@@ -51,8 +51,63 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List, add and remove the cluster's nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Show or change cluster-wide settings.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Run a local demo cluster on loopback in a temporary directory.
     Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List the members with their liveness as this node sees it.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Invite a node that was initialised with this cluster's secret and is running.
+    ///
+    /// Shows the node's id and key fingerprint and asks to confirm (use --yes,
+    /// or --fingerprint to pin the key in scripts), proves the cluster secret
+    /// in both directions without sending it, and commits the new member.
+    Add {
+        /// HOST:PORT where the new node listens.
+        addr: String,
+        /// Add without asking.
+        #[arg(long, conflicts_with = "fingerprint")]
+        yes: bool,
+        /// Add only if the node presents exactly this key (sha256:HEX).
+        #[arg(long)]
+        fingerprint: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a member; every node drops its trust and its connections.
+    Remove {
+        node_id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Show the settings, or change one: `qu cluster settings set KEY VALUE`.
+    Settings {
+        #[command(subcommand)]
+        set: Option<SettingsCommand>,
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Set KEY (heartbeat, dead_after, master_cooldown, hysteresis) to VALUE.
+    Set { key: String, value: String },
 }
 
 #[derive(Args)]
@@ -115,7 +170,140 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Node(command) => run_node(command),
+        Command::Cluster(ClusterCommand::Settings { set, json }) => run_settings(set, json),
         Command::Demo(args) => demo::run(args),
+    }
+}
+
+/// Calls the daemon and turns its error answer into an error.
+fn call_ok(request: ControlRequest) -> anyhow::Result<ControlResponse> {
+    let paths = paths()?;
+    match call(&paths.socket, request)? {
+        ControlResponse::Error { message } => bail!(message),
+        other => Ok(other),
+    }
+}
+
+fn unexpected(answer: ControlResponse) -> anyhow::Error {
+    anyhow::anyhow!("unexpected answer from the daemon: {answer:?} (is it the same version as this qu?)")
+}
+
+fn run_node(command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::List { json } => match call_ok(ControlRequest::NodeList)? {
+            ControlResponse::Nodes { peers } => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&peers)?);
+                } else {
+                    print!("{}", render::peers_text(&peers));
+                }
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+        NodeCommand::Add { addr, yes, fingerprint, json } => node_add(addr, yes, fingerprint, json),
+        NodeCommand::Remove { node_id, json } => {
+            let node_id = node_id.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+            match call_ok(ControlRequest::NodeRemove { node_id })? {
+                ControlResponse::Committed { term, version, .. } => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "removed": node_id, "config_version": version, "term": term })
+                        );
+                    } else {
+                        println!("removed node {node_id}; config version {version}");
+                    }
+                    Ok(())
+                }
+                other => Err(unexpected(other)),
+            }
+        }
+    }
+}
+
+fn node_add(addr: String, yes: bool, fingerprint: Option<String>, json: bool) -> anyhow::Result<()> {
+    let expected: Option<qu_core::Fingerprint> =
+        fingerprint.map(|f| f.parse()).transpose().map_err(|e| anyhow::anyhow!("--fingerprint: {e}"))?;
+    let (node_id, key) = match call_ok(ControlRequest::NodeProbe { addr: addr.clone() })? {
+        ControlResponse::Probe { node_id, fingerprint, advertise, version } => {
+            if !json {
+                eprintln!("node         {node_id}");
+                eprintln!("fingerprint  {fingerprint}");
+                eprintln!("address      {addr} (advertises {advertise}), qu {version}");
+            }
+            (node_id, fingerprint)
+        }
+        other => return Err(unexpected(other)),
+    };
+    match expected {
+        Some(expected) if expected != key => {
+            bail!("the node at {addr} presents key {key}, not the expected {expected}; not adding it")
+        }
+        Some(_) => {}
+        None if yes => {}
+        None => confirm(&format!("Add node {node_id} to the cluster?"))?,
+    }
+    match call_ok(ControlRequest::NodeAdd { addr, fingerprint: key })? {
+        ControlResponse::Committed { term, version, node_id } => {
+            let node_id = node_id.map(|n| n.to_string()).unwrap_or_default();
+            if json {
+                println!("{}", serde_json::json!({ "node_id": node_id, "config_version": version, "term": term }));
+            } else {
+                println!("added node {node_id}; config version {version}");
+            }
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Asks on the terminal; refuses when there is none to ask on.
+fn confirm(question: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        bail!("not confirmed: pass --yes, or --fingerprint sha256:... to pin the key (no terminal to ask on)");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") { Ok(()) } else { bail!("not added") }
+}
+
+fn run_settings(set: Option<SettingsCommand>, json: bool) -> anyhow::Result<()> {
+    match set {
+        None => match call_ok(ControlRequest::Settings)? {
+            ControlResponse::Settings(view) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&view)?);
+                } else {
+                    println!("heartbeat        {}", view.heartbeat);
+                    println!("dead_after       {}", view.dead_after);
+                    println!("master_cooldown  {}", view.master_cooldown);
+                    println!("hysteresis       {}", view.hysteresis);
+                }
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+        Some(SettingsCommand::Set { key, value }) => {
+            match call_ok(ControlRequest::SettingsSet { key: key.clone(), value: value.clone() })? {
+                ControlResponse::Committed { term, version, .. } => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "key": key, "value": value, "config_version": version, "term": term })
+                        );
+                    } else {
+                        println!("set {key} = {value}; config version {version}");
+                    }
+                    Ok(())
+                }
+                other => Err(unexpected(other)),
+            }
+        }
     }
 }
 
@@ -143,8 +331,7 @@ fn run_serve() -> anyhow::Result<()> {
 }
 
 fn run_status(json: bool) -> anyhow::Result<()> {
-    let paths = paths()?;
-    match call(&paths.socket, ControlRequest::Status)? {
+    match call_ok(ControlRequest::Status)? {
         ControlResponse::Status(view) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
@@ -153,7 +340,7 @@ fn run_status(json: bool) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        ControlResponse::Error { message } => bail!(message),
+        other => Err(unexpected(other)),
     }
 }
 

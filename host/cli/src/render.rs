@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use qu_daemon::init::InitReport;
-use qu_daemon::status::StatusView;
+use qu_daemon::status::{PeerView, StatusView};
 
 pub fn init_text(report: &InitReport, dir: &Path) -> String {
     let mut out = String::new();
@@ -46,6 +46,23 @@ pub fn init_json(report: &InitReport, dir: &Path) -> String {
     .to_string()
 }
 
+/// The PEERS table with its legend (also `qu node list`).
+pub fn peers_text(peers: &[PeerView]) -> String {
+    let mut rows = vec![row(["", "NODE_ID", "ADVERTISE", "LIVE", "LAST_SEEN"])];
+    for peer in peers {
+        rows.push(row([
+            if peer.this_node { "*" } else { "" },
+            &peer.node_id.to_string(),
+            &peer.advertise,
+            if peer.live { "true" } else { "false" },
+            peer.last_seen.as_deref().unwrap_or("-"),
+        ]));
+    }
+    let mut out = table(&rows);
+    out.push_str("(* = this node)\n");
+    out
+}
+
 pub fn status_text(view: &StatusView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "node       {}", view.node_id);
@@ -62,18 +79,7 @@ pub fn status_text(view: &StatusView) -> String {
     let _ = writeln!(out, "config ver {}", view.config_version);
     let _ = writeln!(out);
     let _ = writeln!(out, "PEERS");
-    let mut peers = vec![row(["", "NODE_ID", "ADVERTISE", "LIVE", "LAST_SEEN"])];
-    for peer in &view.peers {
-        peers.push(row([
-            if peer.this_node { "*" } else { "" },
-            &peer.node_id.to_string(),
-            &peer.advertise,
-            if peer.live { "true" } else { "false" },
-            peer.last_seen.as_deref().unwrap_or("-"),
-        ]));
-    }
-    out.push_str(&table(&peers));
-    let _ = writeln!(out, "(* = this node)");
+    out.push_str(&peers_text(&view.peers));
     let _ = writeln!(out);
     let _ = writeln!(out, "CHECKS");
     let mut checks = vec![row(["ID", "NAME", "TYPE", "STATE", "OK/TOTAL", "ALERTS", "DETAIL"])];

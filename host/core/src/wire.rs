@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
+use crate::config::Mutation;
+use crate::consensus::Msg;
 
 /// Requests a node answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,11 +17,14 @@ pub enum PeerRequest {
     /// operator can confirm the node id and fingerprint before anything else.
     Identify,
     /// Join handshake, step 2: the inviter's proof of the cluster secret,
-    /// bound to this TLS session (see [`crate::join`]). Open to untrusted
-    /// peers.
-    JoinHello { proof: Vec<u8> },
+    /// bound to this TLS session (see [`crate::join`]), and the cluster's
+    /// current `cluster.yaml`, whose members the joiner will accept its first
+    /// configuration from. Open to untrusted peers.
+    JoinHello { proof: Vec<u8>, cluster_yaml: String },
     /// Liveness probe between members.
     Ping,
+    /// A mutation a member forwards to the master.
+    Propose { mutation: Mutation },
 }
 
 impl PeerRequest {
@@ -37,14 +42,23 @@ pub enum PeerResponse {
         advertise: String,
         version: String,
     },
-    /// The joiner's proof of the cluster secret for the same session.
+    /// The joiner's proof of the cluster secret for the same session, and
+    /// what the cluster needs to list it as a peer.
     JoinHelloOk {
         proof: Vec<u8>,
+        node_id: NodeId,
+        advertise: String,
+        cert_pem: String,
     },
     Pong {
         node_id: NodeId,
         term: u64,
         config_version: u64,
+    },
+    /// A proposal committed by a majority at this config version.
+    Committed {
+        term: u64,
+        version: u64,
     },
     /// A request that was understood and refused, with a sentence saying why.
     Refused {
@@ -55,7 +69,6 @@ pub enum PeerResponse {
 /// One-way messages between members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerNotice {
-    /// "I am here", sent by a member to another; carries nothing a receiver
-    /// trusts beyond the connection's TLS identity.
-    Hello { term: u64, config_version: u64 },
+    /// A consensus message (heartbeats, votes, replication).
+    Consensus(Msg),
 }

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::status::StatusView;
+use qu_core::{Fingerprint, NodeId};
+
+use crate::status::{PeerView, SettingsView, StatusView};
 
 /// Largest request or response line, in bytes.
 pub const CONTROL_LINE_BYTES_MAX: u64 = 16 * 1024 * 1024;
@@ -22,13 +24,50 @@ const REFUSED_DRAIN_BYTES_MAX: u64 = 64 * 1024;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ControlRequest {
     Status,
+    NodeList,
+    /// Dial a node and report its id and key, for the operator to confirm.
+    NodeProbe {
+        addr: String,
+    },
+    /// Run the secret handshake with the node at `addr` holding exactly
+    /// `fingerprint`, then commit it as a peer.
+    NodeAdd {
+        addr: String,
+        fingerprint: Fingerprint,
+    },
+    NodeRemove {
+        node_id: NodeId,
+    },
+    Settings,
+    SettingsSet {
+        key: String,
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ControlResponse {
     Status(StatusView),
-    Error { message: String },
+    Nodes {
+        peers: Vec<PeerView>,
+    },
+    Probe {
+        node_id: NodeId,
+        fingerprint: Fingerprint,
+        advertise: String,
+        version: String,
+    },
+    /// A change committed by a majority.
+    Committed {
+        term: u64,
+        version: u64,
+        node_id: Option<NodeId>,
+    },
+    Settings(SettingsView),
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -41,3 +41,13 @@ pub struct CheckView {
     pub alerts: Vec<String>,
     pub detail: String,
 }
+
+/// `qu cluster settings`: durations as text (`1s`, `2m`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsView {
+    pub heartbeat: String,
+    pub dead_after: String,
+    pub master_cooldown: String,
+    pub hysteresis: u32,
+    pub config_version: u64,
+}

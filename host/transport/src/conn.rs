@@ -184,6 +184,24 @@ impl<P: Protocol> Connection<P> {
             .map_err(|_| TransportError::Timeout(timeout))?
     }
 
+    /// Queues a one-way message without waiting: fails at once if the
+    /// connection is gone or its queue is full (the caller drops the message,
+    /// as a lossy network would).
+    pub fn try_notify(&self, body: P::Notice) -> Result<(), TransportError> {
+        if self.shared.is_closed() {
+            return Err(TransportError::Closed);
+        }
+        let envelope: Envelope<P::Request, P::Response, P::Notice> = Envelope::Notice { body };
+        let bytes = postcard::to_allocvec(&envelope).map_err(|e| TransportError::Decode(e.to_string()))?;
+        if bytes.len() > FRAME_BYTES_MAX {
+            return Err(TransportError::FrameTooLarge { len: bytes.len(), max: FRAME_BYTES_MAX });
+        }
+        self.shared.outbound.try_send(bytes).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => TransportError::Timeout(std::time::Duration::ZERO),
+            mpsc::error::TrySendError::Closed(_) => TransportError::Closed,
+        })
+    }
+
     /// The other side's key.
     pub fn peer_fingerprint(&self) -> &Fingerprint {
         &self.shared.fingerprint

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, HostPort, Timestamp, parse_yaml};
+use crate::consensus::{ConfigId, Snapshot, Timing};
 use crate::limits::{ALERTS_MAX, CHECKS_MAX, CLUSTER_YAML_BYTES_MAX, PEERS_MAX, PLUGINS_MAX};
 use crate::{Fingerprint, NodeId};
 
@@ -17,6 +18,10 @@ pub struct ClusterConfig {
     /// Grows by one with every committed change. `0` means "always
     /// superseded": a node holding version 0 takes any peer's copy.
     pub version: u64,
+    /// The term of the master that committed this version. With `version`
+    /// it orders copies: a newer term wins, then a higher version.
+    #[serde(default)]
+    pub term: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -203,6 +208,7 @@ impl ClusterConfig {
     pub fn bootstrap(peer: Peer, at: Timestamp) -> Self {
         Self {
             version: 1,
+            term: 0,
             updated_at: Some(at),
             updated_by: Some(peer.node_id),
             settings: Settings::default(),
@@ -224,6 +230,33 @@ impl ClusterConfig {
     /// value, which is what makes "byte-identical on every node" checkable.
     pub fn to_yaml(&self) -> String {
         serde_yaml::to_string(self).expect("cluster config always serialises")
+    }
+
+    /// The id that orders this copy against others.
+    pub fn config_id(&self) -> ConfigId {
+        ConfigId { term: self.term, version: self.version }
+    }
+
+    /// Member ids, sorted.
+    pub fn members(&self) -> Vec<NodeId> {
+        let mut members: Vec<NodeId> = self.peers.iter().map(|p| p.node_id).collect();
+        members.sort();
+        members
+    }
+
+    /// The consensus timers in `settings`.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            heartbeat_ms: self.settings.heartbeat.as_millis() as u64,
+            dead_after_ms: self.settings.dead_after.as_millis() as u64,
+            master_cooldown_ms: self.settings.master_cooldown.as_millis() as u64,
+        }
+    }
+
+    /// This config as the consensus core sees it; `content` is the canonical
+    /// YAML, so equal configs give equal bytes on every node.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(self.config_id(), self.members(), self.timing(), self.to_yaml())
     }
 
     pub fn peer(&self, node_id: &NodeId) -> Option<&Peer> {

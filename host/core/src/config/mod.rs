@@ -7,11 +7,13 @@
 
 mod addr;
 mod cluster;
+mod mutation;
 mod node;
 mod time;
 
 pub use addr::HostPort;
 pub use cluster::{Alert, Check, ClusterConfig, Peer, PluginEntry, PluginKind, PluginLimits, Settings};
+pub use mutation::{Mutation, Stamp};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
 pub use time::Timestamp;
 

@@ -101,8 +101,16 @@ impl Core {
             out.push(Output::PersistDurable(core.durable.clone()));
         }
         core.announced = (core.durable.term, Role::Follower, None);
-        if core.config.members.len() > 1 {
+        if core.is_member() && core.config.quorum() == 1 {
+            // A sole member is a majority of one: it leads at once.
+            core.start_election(false, &mut out);
+        } else {
             core.reset_election_timer();
+        }
+        let state = (core.durable.term, core.role, core.master);
+        if state != core.announced {
+            core.announced = state;
+            out.push(Output::RoleChanged { term: state.0, role: state.1, master: state.2 });
         }
         (core, out)
     }

@@ -1,0 +1,808 @@
+//! The event loop: one task owns the node's state and handles a closed set
+//! of events in order. It feeds the consensus core and executes what the
+//! core returns in order: persist, then send, then apply.
+
+mod join;
+mod links;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use qu_core::config::{ClusterConfig, Mutation, NodeConfig, Stamp, Timestamp};
+use qu_core::consensus::{Core, Durable, Input, Msg, Output, ProposeError, Role, Snapshot};
+use qu_core::wire::{PeerNotice, PeerRequest, PeerResponse};
+use qu_core::{Fingerprint, NodeId};
+use qu_store::{DataDir, SECRET_FILE_MODE};
+use qu_transport::{Caller, Connection, Endpoint, TrustStore};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use self::links::Links;
+use crate::control::{self, ControlRequest, ControlResponse};
+use crate::load::LoadedNode;
+use crate::peer::{ToEventLoop, Wire};
+use crate::status::{CheckView, PeerView, SettingsView, StatusView};
+
+/// Events queued for the loop before senders wait.
+const EVENTS_MAX: usize = 4096;
+/// TLS handshakes in progress at once on the peer listener.
+const HANDSHAKES_MAX: usize = 64;
+/// Control connections served at once.
+const CONTROL_CLIENTS_MAX: usize = 64;
+/// Mutations waiting for the master to be free.
+const QUEUED_MUTATIONS_MAX: usize = 64;
+/// How often a hand edit of cluster.yaml is looked for.
+const FILE_POLL: Duration = Duration::from_secs(2);
+
+/// Already-bound listeners (tests bind port 0 and pass them in).
+#[derive(Debug)]
+pub struct Listeners {
+    pub peer: TcpListener,
+    pub control: UnixListener,
+    /// Removed at shutdown if it is still our socket.
+    pub control_path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("persist {what}: {source}")]
+    Persist { what: &'static str, source: qu_store::StoreError },
+    #[error("transport: {0}")]
+    Transport(#[from] qu_transport::TransportError),
+}
+
+pub(crate) enum Event {
+    Control {
+        request: ControlRequest,
+        reply: oneshot::Sender<ControlResponse>,
+    },
+    PeerRequest {
+        from: Caller,
+        request: PeerRequest,
+        reply: oneshot::Sender<PeerResponse>,
+    },
+    PeerNotice {
+        from: Caller,
+        notice: PeerNotice,
+    },
+    Connected {
+        node: NodeId,
+        connection: Connection<Wire>,
+    },
+    ConnectFailed {
+        node: NodeId,
+        error: String,
+    },
+    Inbound {
+        connection: Connection<Wire>,
+    },
+    /// A node passed the join handshake (run on a helper task): add it.
+    Invited {
+        result: Result<qu_core::config::Peer, String>,
+        reply: oneshot::Sender<ControlResponse>,
+    },
+    /// The master refused a hand edit for good (not for want of quorum).
+    EditRefused {
+        text: String,
+    },
+}
+
+/// Prefix of refusals that retrying cannot fix (the change itself is wrong).
+const REFUSED: &str = "change refused: ";
+
+/// Who is waiting for a mutation's outcome.
+enum Waiter {
+    Control(oneshot::Sender<ControlResponse>),
+    Peer(oneshot::Sender<PeerResponse>),
+    Internal,
+}
+
+impl Waiter {
+    fn finish(self, result: Result<(u64, u64), String>, node_id: Option<NodeId>) {
+        match (self, result) {
+            (Waiter::Control(reply), Ok((term, version))) => {
+                let _ = reply.send(ControlResponse::Committed { term, version, node_id });
+            }
+            (Waiter::Control(reply), Err(message)) => {
+                let _ = reply.send(ControlResponse::Error { message });
+            }
+            (Waiter::Peer(reply), Ok((term, version))) => {
+                let _ = reply.send(PeerResponse::Committed { term, version });
+            }
+            (Waiter::Peer(reply), Err(reason)) => {
+                let _ = reply.send(PeerResponse::Refused { reason });
+            }
+            (Waiter::Internal, _) => {}
+        }
+    }
+}
+
+struct Pending {
+    request: u64,
+    mutation: Mutation,
+    waiter: Waiter,
+}
+
+pub(crate) struct Daemon {
+    data: DataDir,
+    node: NodeConfig,
+    fingerprint: Fingerprint,
+    core: Core,
+    cluster: ClusterConfig,
+    trust: TrustStore,
+    endpoint: Arc<Endpoint<Wire>>,
+    events: mpsc::Sender<Event>,
+    links: Links,
+    inbound: Vec<Connection<Wire>>,
+    started: Instant,
+    /// The text of cluster.yaml as we last wrote or loaded it.
+    written: String,
+    /// A hand edit already reported as unparseable (so it is logged once).
+    bad_edit: Option<String>,
+    /// A hand edit waiting for a master with quorum.
+    pending_edit: Option<(String, ClusterConfig)>,
+    next_request: u64,
+    inflight: Option<Pending>,
+    queue: VecDeque<(Mutation, Waiter)>,
+    /// A node being added, trusted for the duration of its add.
+    joining: Option<qu_core::config::Peer>,
+}
+
+/// Runs a node until `shutdown` resolves. Returns after the listeners are
+/// closed, connections are dropped and the control socket is removed.
+pub async fn run(
+    loaded: LoadedNode,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    let LoadedNode { data, node, identity, cluster, durable } = loaded;
+    let trust = TrustStore::new(cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)));
+    let fingerprint = identity.fingerprint.clone();
+    let endpoint = Arc::new(Endpoint::<Wire>::new(identity, trust.clone())?.with_source_ip(Some(node.bind)));
+    let (events, mut inbox) = mpsc::channel(EVENTS_MAX);
+    let started = Instant::now();
+    let (core, boot) = Core::new(node.node_id, durable, cluster.snapshot(), 1, rand::random());
+    let written = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default();
+    let mut daemon = Daemon {
+        links: Links::new(node.node_id),
+        data,
+        node,
+        fingerprint,
+        core,
+        cluster,
+        trust,
+        endpoint: endpoint.clone(),
+        events: events.clone(),
+        inbound: Vec::new(),
+        started,
+        written,
+        bad_edit: None,
+        pending_edit: None,
+        next_request: 1,
+        inflight: None,
+        queue: VecDeque::new(),
+        joining: None,
+    };
+    tracing::info!(
+        term = daemon.core.term(),
+        version = daemon.cluster.version,
+        members = daemon.cluster.peers.len(),
+        "config version {} loaded (term {})",
+        daemon.cluster.version,
+        daemon.cluster.term
+    );
+    if !daemon.core.is_member() {
+        tracing::warn!("this node is not a member of the cluster in cluster.yaml; it answers only the join handshake");
+    }
+    daemon.execute(boot)?;
+    daemon.refresh_links();
+
+    let peer_task = tokio::spawn(accept_peers(listeners.peer, endpoint, events.clone()));
+    let control_task = tokio::spawn(accept_control(listeners.control, events));
+    let tick_every = Duration::from_millis((daemon.cluster.settings.heartbeat.as_millis() as u64 / 5).clamp(5, 100));
+    let mut ticker = tokio::time::interval(tick_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut file_poll = tokio::time::interval(FILE_POLL);
+    file_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        let result = tokio::select! {
+            event = inbox.recv() => match event {
+                Some(event) => daemon.handle(event),
+                None => break Ok(()),
+            },
+            _ = ticker.tick() => daemon.tick(),
+            _ = file_poll.tick() => { daemon.poll_file(); Ok(()) }
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                break Ok(());
+            }
+        };
+        if let Err(error) = result {
+            tracing::error!(%error, "stopping: cannot persist state");
+            break Err(error);
+        }
+    };
+    peer_task.abort();
+    control_task.abort();
+    daemon.links.close_all();
+    for connection in daemon.inbound.drain(..) {
+        connection.close();
+    }
+    if let Some(path) = &listeners.control_path {
+        control::remove_socket(path);
+    }
+    outcome
+}
+
+impl Daemon {
+    fn me(&self) -> NodeId {
+        self.node.node_id
+    }
+
+    fn now(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    fn wall(&self) -> Timestamp {
+        Timestamp::from_system_time(SystemTime::now())
+    }
+
+    fn step(&mut self, input: Input) -> Result<(), DaemonError> {
+        let now = self.now();
+        let out = self.core.step(now, input);
+        self.execute(out)
+    }
+
+    fn tick(&mut self) -> Result<(), DaemonError> {
+        self.step(Input::Tick)?;
+        self.start_next_mutation()
+    }
+
+    /// Executes the core's outputs in order: persist, then send, then apply.
+    fn execute(&mut self, outputs: Vec<Output>) -> Result<(), DaemonError> {
+        for output in outputs {
+            match output {
+                Output::PersistDurable(durable) => self.persist_durable(&durable)?,
+                Output::PersistConfig(snapshot) => self.persist_config(&snapshot)?,
+                Output::Send { to, msg } => self.send(to, msg),
+                Output::ProposalDone { request, result } => self.proposal_done(request, result),
+                Output::RoleChanged { term, role, master } => self.log_role(term, role, master),
+                Output::NeedFreshCommit { .. } => {
+                    self.queue.push_front((Mutation::Restamp, Waiter::Internal));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn log_role(&mut self, term: u64, role: Role, master: Option<NodeId>) {
+        match (role, master) {
+            (Role::Master, _) => tracing::info!(term, master = %self.me(), "term {term}: this node is master"),
+            (_, Some(master)) => tracing::info!(term, %master, "term {term}: master is {master}"),
+            (Role::Candidate, None) => tracing::info!(term, "term {term}: election in progress"),
+            (Role::Follower, None) => tracing::info!(term, "term {term}: no master"),
+        }
+        if role != Role::Master {
+            // Whatever was waiting for this master's turn must go elsewhere.
+            let waiting: Vec<_> = self.queue.drain(..).collect();
+            for (_, waiter) in waiting {
+                waiter.finish(Err(format!("the master stepped down (term {term}); retry")), None);
+            }
+        }
+    }
+
+    fn persist_durable(&mut self, durable: &Durable) -> Result<(), DaemonError> {
+        let text = serde_yaml::to_string(durable).expect("durable state serialises");
+        qu_store::write_atomic(&self.data.state_yaml(), text.as_bytes(), SECRET_FILE_MODE)
+            .map_err(|source| DaemonError::Persist { what: "state.yaml", source })
+    }
+
+    fn persist_config(&mut self, snapshot: &Snapshot) -> Result<(), DaemonError> {
+        let cluster =
+            ClusterConfig::parse(&snapshot.content).expect("snapshots are validated before the core sees them");
+        qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
+            .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
+        self.written = snapshot.content.to_string();
+        self.bad_edit = None;
+        let members_changed = cluster.peers != self.cluster.peers;
+        self.cluster = cluster;
+        tracing::info!(
+            version = snapshot.id.version,
+            term = snapshot.id.term,
+            "config version {} applied (term {})",
+            snapshot.id.version,
+            snapshot.id.term
+        );
+        if members_changed {
+            self.refresh_trust();
+        }
+        Ok(())
+    }
+
+    /// Trust exactly the members (and a node being added), and close every
+    /// connection to a key that is no longer trusted.
+    fn refresh_trust(&mut self) {
+        let mut trusted: Vec<(Fingerprint, NodeId)> =
+            self.cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)).collect();
+        if let Some(peer) = &self.joining {
+            trusted.push((peer.fingerprint.clone(), peer.node_id));
+        }
+        self.trust.replace(trusted);
+        self.inbound.retain(|c| {
+            let keep = !c.is_closed() && c.peer_member().is_some();
+            if !keep {
+                c.close();
+            }
+            keep
+        });
+        self.refresh_links();
+    }
+
+    fn refresh_links(&mut self) {
+        let mut peers: Vec<qu_core::config::Peer> = self.cluster.peers.clone();
+        peers.extend(self.joining.clone());
+        self.links.set_peers(&peers);
+    }
+
+    fn send(&mut self, to: NodeId, msg: Msg) {
+        let now = self.now();
+        let pulling = matches!(msg, Msg::Pull);
+        if let Err(error) = self.links.send(to, PeerNotice::Consensus(msg), now, &self.endpoint, &self.events)
+            && pulling
+        {
+            tracing::warn!(peer = %to, "replicate: pull from {to}: {error}");
+        }
+    }
+
+    // ----- events --------------------------------------------------------
+
+    fn handle(&mut self, event: Event) -> Result<(), DaemonError> {
+        match event {
+            Event::Control { request, reply } => self.on_control(request, reply),
+            Event::PeerRequest { from, request, reply } => self.on_peer_request(from, request, reply)?,
+            Event::PeerNotice { from, notice } => {
+                let Some(member) = from.node_id else { return Ok(()) };
+                let PeerNotice::Consensus(msg) = notice;
+                match self.verify_message(msg) {
+                    Ok(msg) => self.step(Input::Receive { from: member, msg })?,
+                    Err(error) => tracing::warn!(peer = %member, %error, "dropped an invalid message"),
+                }
+            }
+            Event::Connected { node, connection } => self.links.connected(node, connection),
+            Event::ConnectFailed { node, error } => {
+                let now = self.now();
+                self.links.failed(node, &error, now);
+            }
+            Event::Inbound { connection } => {
+                self.inbound.retain(|c| !c.is_closed());
+                self.inbound.push(connection);
+            }
+            Event::EditRefused { text } => {
+                self.pending_edit = None;
+                self.bad_edit = Some(text);
+            }
+            Event::Invited { result, reply } => match result {
+                Ok(peer) => {
+                    self.joining = Some(peer.clone());
+                    self.refresh_trust();
+                    self.submit(Mutation::AddPeer { peer }, Waiter::Control(reply));
+                }
+                Err(message) => {
+                    let _ = reply.send(ControlResponse::Error { message });
+                }
+            },
+        }
+        self.start_next_mutation()
+    }
+
+    /// A snapshot from the network is re-derived from its content: it must
+    /// parse, validate, carry the id it claims and be in canonical form.
+    fn verify_message(&self, msg: Msg) -> Result<Msg, String> {
+        let verify = |snapshot: Snapshot| -> Result<Snapshot, String> {
+            let config = ClusterConfig::parse(&snapshot.content).map_err(|e| e.to_string())?;
+            let rebuilt = config.snapshot();
+            if rebuilt.id != snapshot.id || (snapshot.id.version != 0 && rebuilt.content != snapshot.content) {
+                return Err(format!("snapshot {} does not match its content", snapshot.id));
+            }
+            Ok(rebuilt)
+        };
+        Ok(match msg {
+            Msg::Replicate { term, snapshot, sent_at } => Msg::Replicate { term, snapshot: verify(snapshot)?, sent_at },
+            Msg::PullReply { snapshot } => Msg::PullReply { snapshot: verify(snapshot)? },
+            other => other,
+        })
+    }
+
+    fn on_peer_request(
+        &mut self,
+        from: Caller,
+        request: PeerRequest,
+        reply: oneshot::Sender<PeerResponse>,
+    ) -> Result<(), DaemonError> {
+        let response = match request {
+            PeerRequest::Identify => PeerResponse::Identity {
+                node_id: self.me(),
+                advertise: self.node.advertise.clone(),
+                version: crate::VERSION.to_string(),
+            },
+            PeerRequest::JoinHello { proof, cluster_yaml } => self.on_join_hello(&from, &proof, &cluster_yaml)?,
+            PeerRequest::Ping => {
+                PeerResponse::Pong { node_id: self.me(), term: self.core.term(), config_version: self.cluster.version }
+            }
+            PeerRequest::Propose { mutation } => {
+                if self.core.role() == Role::Master {
+                    self.submit(mutation, Waiter::Peer(reply));
+                    return Ok(());
+                }
+                PeerResponse::Refused { reason: self.not_master_reason() }
+            }
+        };
+        let _ = reply.send(response);
+        Ok(())
+    }
+
+    fn not_master_reason(&self) -> String {
+        match self.core.master() {
+            Some(master) if self.core.is_live(&master) => format!("this node is not the master (master is {master})"),
+            _ => ProposeError::NoQuorum {
+                live: self.core.live_members(),
+                members: self.cluster.peers.len(),
+                need: self.cluster.quorum_size(),
+            }
+            .to_string(),
+        }
+    }
+
+    // ----- mutations -----------------------------------------------------
+
+    /// Takes a mutation from a local operator or a member: the master queues
+    /// it; a follower forwards an operator's mutation to the master.
+    fn submit(&mut self, mutation: Mutation, waiter: Waiter) {
+        if self.core.role() == Role::Master {
+            if self.queue.len() >= QUEUED_MUTATIONS_MAX {
+                waiter.finish(Err("the master has too many changes queued; retry".into()), None);
+            } else {
+                self.queue.push_back((mutation, waiter));
+            }
+            return;
+        }
+        let Waiter::Control(reply) = waiter else {
+            waiter.finish(Err(self.not_master_reason()), None);
+            return;
+        };
+        let new_member = mutation.new_member();
+        match self
+            .core
+            .master()
+            .filter(|m| self.core.is_live(m))
+            .and_then(|m| self.links.connection(&m).map(|c| (m, c)))
+        {
+            Some((master, connection)) => {
+                let timeout = self.commit_wait();
+                tokio::spawn(async move {
+                    let answer = match connection.request(PeerRequest::Propose { mutation }, timeout).await {
+                        Ok(PeerResponse::Committed { term, version }) => {
+                            ControlResponse::Committed { term, version, node_id: new_member }
+                        }
+                        Ok(PeerResponse::Refused { reason }) => propose_failed(&master, reason),
+                        Ok(other) => propose_failed(&master, format!("unexpected answer {other:?}")),
+                        Err(error) => propose_failed(&master, error.to_string()),
+                    };
+                    let _ = reply.send(answer);
+                });
+            }
+            None => {
+                let reason = self.not_master_reason();
+                tracing::warn!("propose to master: {reason}");
+                let _ = reply.send(ControlResponse::Error { message: format!("propose to master: {reason}") });
+            }
+        }
+    }
+
+    fn commit_wait(&self) -> Duration {
+        self.cluster.settings.dead_after * 3 + self.cluster.settings.heartbeat * 2
+    }
+
+    /// Starts the next queued mutation when this master is free to commit.
+    fn start_next_mutation(&mut self) -> Result<(), DaemonError> {
+        while self.inflight.is_none() && self.core.role() == Role::Master && !self.core.is_busy() {
+            let Some((mutation, waiter)) = self.queue.pop_front() else { break };
+            let restamp = mutation == Mutation::Restamp;
+            if !restamp && !self.core.can_serve() {
+                // Not settled yet (no fresh commit in this term): keep waiting.
+                self.queue.push_front((mutation, waiter));
+                break;
+            }
+            let stamp = Stamp { id: self.core.next_config_id(), at: self.wall(), by: self.me() };
+            let next = match mutation.apply(&self.cluster, &stamp) {
+                Ok(next) => next,
+                Err(reason) => {
+                    tracing::warn!(change = %mutation.describe(), %reason, "change refused");
+                    waiter.finish(Err(format!("{REFUSED}{reason}")), None);
+                    continue;
+                }
+            };
+            let request = self.next_request;
+            self.next_request += 1;
+            let new_member = mutation.new_member();
+            self.inflight = Some(Pending { request, mutation, waiter });
+            self.step(Input::Propose { request, snapshot: next.snapshot(), new_member })?;
+        }
+        Ok(())
+    }
+
+    fn proposal_done(&mut self, request: u64, result: Result<qu_core::consensus::ConfigId, ProposeError>) {
+        let Some(pending) = self.inflight.take_if(|p| p.request == request) else { return };
+        let new_member = pending.mutation.new_member();
+        if new_member.is_some() {
+            self.joining = None;
+            self.refresh_trust();
+        }
+        match result {
+            Ok(id) => {
+                tracing::info!(version = id.version, term = id.term, change = %pending.mutation.describe(), "config version {} committed", id.version);
+                pending.waiter.finish(Ok((id.term, id.version)), new_member);
+            }
+            Err(error) => {
+                tracing::warn!(change = %pending.mutation.describe(), %error, "change not committed");
+                pending.waiter.finish(Err(error.to_string()), None);
+            }
+        }
+        if let Some((text, _)) = &self.pending_edit
+            && *text == self.written
+        {
+            self.pending_edit = None;
+        }
+    }
+
+    // ----- hand edits ----------------------------------------------------
+
+    /// Looks for a hand edit of cluster.yaml and forwards it as a replace.
+    fn poll_file(&mut self) {
+        let Ok(text) = qu_store::read_text(&self.data.cluster_yaml()) else { return };
+        if text == self.written {
+            self.pending_edit = None;
+            return;
+        }
+        if self.bad_edit.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let edited = match ClusterConfig::parse(&text) {
+            Ok(config) => config,
+            Err(error) => {
+                tracing::warn!("manual-edit: parse cluster.yaml: {error} — ignoring");
+                self.bad_edit = Some(text);
+                return;
+            }
+        };
+        let already_pending = self.pending_edit.as_ref().is_some_and(|(t, _)| *t == text);
+        if already_pending && self.inflight.is_some() {
+            return;
+        }
+        if !already_pending {
+            tracing::info!("manual-edit: cluster.yaml changed externally — replicating via master");
+        }
+        self.pending_edit = Some((text.clone(), edited.clone()));
+        let mutation = Mutation::Replace { config: Box::new(edited), base_version: self.cluster.version };
+        let (reply, answer) = oneshot::channel();
+        self.submit(mutation, Waiter::Control(reply));
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            if let Ok(ControlResponse::Error { message }) = answer.await {
+                if message.contains(REFUSED) {
+                    tracing::warn!("manual-edit: not replicated: {message}; fix cluster.yaml and save again");
+                    let _ = events.send(Event::EditRefused { text }).await;
+                } else {
+                    tracing::warn!("manual-edit: not replicated yet: {message}; retrying while the edit stands");
+                }
+            }
+        });
+    }
+
+    // ----- control -------------------------------------------------------
+
+    fn on_control(&mut self, request: ControlRequest, reply: oneshot::Sender<ControlResponse>) {
+        let answer = match request {
+            ControlRequest::Status => ControlResponse::Status(self.status()),
+            ControlRequest::NodeList => ControlResponse::Nodes { peers: self.peer_views() },
+            ControlRequest::Settings => ControlResponse::Settings(self.settings_view()),
+            ControlRequest::SettingsSet { key, value } => {
+                self.submit(Mutation::SetSetting { key, value }, Waiter::Control(reply));
+                return;
+            }
+            ControlRequest::NodeRemove { node_id } => {
+                self.submit(Mutation::RemovePeer { node_id }, Waiter::Control(reply));
+                return;
+            }
+            ControlRequest::NodeProbe { addr } => {
+                join::probe(self.endpoint.clone(), self.events.clone(), addr, reply);
+                return;
+            }
+            ControlRequest::NodeAdd { addr, fingerprint } => {
+                if !self.core.is_member() {
+                    ControlResponse::Error {
+                        message: "this node is not a member of a cluster; run `qu node add` on a member".into(),
+                    }
+                } else {
+                    let invite = join::Invite {
+                        endpoint: self.endpoint.clone(),
+                        events: self.events.clone(),
+                        secret: self.node.cluster_secret.clone(),
+                        cluster_yaml: self.written.clone(),
+                        addr,
+                        fingerprint,
+                    };
+                    join::invite(invite, reply);
+                    return;
+                }
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn settings_view(&self) -> SettingsView {
+        let s = &self.cluster.settings;
+        SettingsView {
+            heartbeat: humantime::format_duration(s.heartbeat).to_string(),
+            dead_after: humantime::format_duration(s.dead_after).to_string(),
+            master_cooldown: humantime::format_duration(s.master_cooldown).to_string(),
+            hysteresis: s.hysteresis,
+            config_version: self.cluster.version,
+        }
+    }
+
+    fn peer_views(&self) -> Vec<PeerView> {
+        let now = self.now();
+        let wall_now = SystemTime::now();
+        self.cluster
+            .peers
+            .iter()
+            .map(|p| {
+                let this_node = p.node_id == self.me();
+                let last_seen = (!this_node).then(|| self.core.last_heard(&p.node_id)).flatten().map(|at| {
+                    Timestamp::from_system_time(wall_now - Duration::from_millis(now.saturating_sub(at))).to_string()
+                });
+                PeerView {
+                    node_id: p.node_id,
+                    advertise: p.advertise.clone(),
+                    live: self.core.is_live(&p.node_id),
+                    last_seen,
+                    this_node,
+                }
+            })
+            .collect()
+    }
+
+    fn status(&self) -> StatusView {
+        let master = match self.core.role() {
+            Role::Master if self.core.has_lease() => Some(self.me()),
+            Role::Master => None,
+            _ => self.core.master().filter(|m| self.core.is_live(m)),
+        };
+        let checks = self
+            .cluster
+            .checks
+            .iter()
+            .map(|c| CheckView {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+                target: c.target.clone(),
+                state: "unknown".into(),
+                ok: 0,
+                total: 0,
+                disabled: c.disabled,
+                alerts: c.alert_ids.clone(),
+                detail: if c.disabled { "disabled".into() } else { "no results yet".into() },
+            })
+            .collect();
+        StatusView {
+            node_id: self.me(),
+            term: self.core.term(),
+            master,
+            quorum: self.core.is_member() && self.core.live_members() >= self.cluster.quorum_size(),
+            quorum_size: self.cluster.quorum_size(),
+            config_version: self.cluster.version,
+            peers: self.peer_views(),
+            checks,
+        }
+    }
+
+    // ----- joining (this node as the new one) ----------------------------
+
+    fn on_join_hello(&mut self, from: &Caller, proof: &[u8], cluster_yaml: &str) -> Result<PeerResponse, DaemonError> {
+        let verdict = join::accept(&self.node, &self.fingerprint, from, proof, cluster_yaml, &self.core);
+        let (blank, response) = match verdict {
+            Ok(accepted) => accepted,
+            Err(reason) => return Ok(PeerResponse::Refused { reason }),
+        };
+        let cert_pem = qu_store::read_text(&self.data.cert())
+            .map_err(|source| DaemonError::Persist { what: "keys/cert.pem", source })?;
+        // Start over as a blank node that trusts the inviter's cluster and
+        // takes the master's first configuration.
+        let durable = Durable::default();
+        self.persist_durable(&durable)?;
+        let snapshot = blank.snapshot();
+        qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
+            .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
+        self.written = snapshot.content.to_string();
+        let (core, out) = Core::new(self.me(), durable, snapshot, self.now(), rand::random());
+        self.core = core;
+        self.cluster = blank;
+        self.refresh_trust();
+        self.execute(out)?;
+        tracing::info!(inviter = %from.remote_addr, "join accepted: waiting for the master's configuration");
+        Ok(PeerResponse::JoinHelloOk {
+            proof: response,
+            node_id: self.me(),
+            advertise: self.node.advertise.clone(),
+            cert_pem,
+        })
+    }
+}
+
+fn propose_failed(master: &NodeId, reason: String) -> ControlResponse {
+    tracing::warn!(%master, "propose to master: {reason}");
+    ControlResponse::Error { message: format!("propose to master: {reason}") }
+}
+
+async fn accept_peers(listener: TcpListener, endpoint: Arc<Endpoint<Wire>>, events: mpsc::Sender<Event>) {
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    let handler = Arc::new(ToEventLoop { events: events.clone() });
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "peer listener accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(peer = %addr, "too many handshakes in progress; dropping connection");
+            continue;
+        };
+        let (endpoint, handler, events) = (endpoint.clone(), handler.clone(), events.clone());
+        tokio::spawn(async move {
+            match endpoint.accept(tcp, handler).await {
+                Ok(connection) => {
+                    let _ = events.send(Event::Inbound { connection }).await;
+                }
+                Err(error) => tracing::debug!(peer = %addr, %error, "peer handshake failed"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn accept_control(listener: UnixListener, events: mpsc::Sender<Event>) {
+    let clients = Arc::new(Semaphore::new(CONTROL_CLIENTS_MAX));
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let Ok(permit) = clients.clone().acquire_owned().await else { return };
+        let events = events.clone();
+        tokio::spawn(async move {
+            let response = match control::read_request(&mut stream).await {
+                Ok(request) => {
+                    let (reply, answer) = oneshot::channel();
+                    if events.send(Event::Control { request, reply }).await.is_err() {
+                        ControlResponse::Error { message: "the daemon is shutting down".into() }
+                    } else {
+                        answer.await.unwrap_or(ControlResponse::Error { message: "the daemon is shutting down".into() })
+                    }
+                }
+                Err(refusal) => refusal,
+            };
+            control::write_response(&mut stream, &response).await;
+            drop(permit);
+        });
+    }
+}
