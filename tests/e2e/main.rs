@@ -6,8 +6,11 @@
 //! - `control` — the control socket: modes, stale sockets, other uids.
 //! - `peers`   — the peer listener as a stranger sees it: only the join handshake.
 //! - `inproc`  — the daemon library run in-process on port 0.
+//! - `cluster` — 3-node clusters: formation, failover, stale masters, quorum loss,
+//!   the preferred master's return, removal, hand edits.
 //! - `demo`    — the README's main-job command.
 
+mod cluster;
 mod control;
 mod demo;
 mod init;

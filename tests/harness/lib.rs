@@ -90,7 +90,7 @@ impl Node {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("QUPTIME_DIR", &self.dir)
             .env("QUPTIME_SOCKET", &self.socket)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("QU_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null());
         for (k, v) in &self.extra_env {
             command.env(k, v);
@@ -124,7 +124,8 @@ impl Node {
         let output = self.qu(args);
         assert!(!output.status.success(), "qu {} unexpectedly succeeded", args.join(" "));
         let stderr = String::from_utf8(output.stderr).unwrap();
-        assert!(stderr.starts_with("error: "), "errors start with `error: `: {stderr}");
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(last.starts_with("error: "), "errors end on one line starting with `error: `: {stderr}");
         stderr
     }
 
@@ -227,4 +228,149 @@ impl Drop for Node {
 pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Timers the cluster tests run with (set through `qu cluster settings`).
+pub const HEARTBEAT_MS: u64 = 100;
+pub const DEAD_AFTER_MS: u64 = 500;
+
+/// A cluster of real `qu serve` processes on loopback, formed the way an
+/// operator does it: `qu init` (secret), `qu serve`, `qu node add`.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub secret: String,
+    root: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `size` nodes with shortened timers and the given master cooldown.
+    pub fn new(size: usize, master_cooldown: &str) -> Self {
+        let root = tempfile::Builder::new().prefix("qu-e2e-").tempdir().unwrap();
+        let mut first = Node::in_dir(root.path(), "n0");
+        let out = first.init(free_port(), &["--json"]);
+        let secret =
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster_secret"].as_str().unwrap().to_string();
+        first.serve();
+        first.qu_ok(&["cluster", "settings", "set", "heartbeat", &format!("{HEARTBEAT_MS}ms")]);
+        first.qu_ok(&["cluster", "settings", "set", "dead_after", &format!("{DEAD_AFTER_MS}ms")]);
+        first.qu_ok(&["cluster", "settings", "set", "master_cooldown", master_cooldown]);
+        let mut cluster = Self { nodes: vec![first], secret, root };
+        for _ in 1..size {
+            cluster.add_node();
+        }
+        cluster.wait_converged();
+        cluster
+    }
+
+    /// Initialises, starts and adds one more node (through node 0's CLI, or
+    /// the first running node's).
+    pub fn add_node(&mut self) -> usize {
+        let index = self.nodes.len();
+        let mut node = Node::in_dir(self.root.path(), &format!("n{index}"));
+        node.init(free_port(), &["--secret", &self.secret]);
+        node.serve();
+        let addr = node.advertise();
+        self.nodes.push(node);
+        let inviter = self.running().into_iter().find(|i| *i != index).expect("a running member");
+        self.nodes[inviter].qu_ok(&["node", "add", &addr, "--yes"]);
+        index
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Indices of nodes with a running daemon.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|i| self.nodes[*i].is_serving()).collect()
+    }
+
+    /// Waits until every running node reports quorum, the same master, the
+    /// same config version, and every member live; returns the master's index.
+    pub fn wait_converged(&self) -> usize {
+        let running = self.running();
+        eventually(Duration::from_secs(30), "the cluster converges", || {
+            let statuses: Vec<serde_json::Value> =
+                running.iter().map(|i| self.nodes[*i].try_status()).collect::<Option<_>>()?;
+            let first = &statuses[0];
+            let agreed = statuses.iter().all(|s| {
+                s["quorum"] == true
+                    && s["master"] == first["master"]
+                    && !s["master"].is_null()
+                    && s["config_version"] == first["config_version"]
+                    && s["peers"].as_array().is_some_and(|p| p.iter().all(|p| p["live"] == true))
+            });
+            agreed.then(|| self.index_of(first["master"].as_str().unwrap()))
+        })
+    }
+
+    /// Waits until the nodes in `among` agree on a master with quorum, and
+    /// that master is one of them; returns its index.
+    pub fn wait_master(&self, among: &[usize]) -> usize {
+        eventually(Duration::from_secs(30), "a master among the given nodes", || {
+            let masters: Vec<String> = among
+                .iter()
+                .map(|i| self.nodes[*i].try_status())
+                .collect::<Option<Vec<_>>>()?
+                .iter()
+                .map(|s| (s["quorum"] == true).then(|| s["master"].as_str().map(String::from)).flatten())
+                .collect::<Option<Vec<_>>>()?;
+            let index = self.index_of(&masters[0]);
+            (masters.iter().all(|m| *m == masters[0]) && among.contains(&index)).then_some(index)
+        })
+    }
+
+    pub fn index_of(&self, node_id: &str) -> usize {
+        self.nodes.iter().position(|n| n.node_id() == node_id).unwrap_or_else(|| panic!("no node {node_id}"))
+    }
+
+    /// The bytes of every listed node's cluster.yaml are the same.
+    pub fn assert_identical_configs(&self, nodes: &[usize]) {
+        let first = fs::read_to_string(self.nodes[nodes[0]].file("cluster.yaml")).unwrap();
+        for i in nodes {
+            let text = fs::read_to_string(self.nodes[*i].file("cluster.yaml")).unwrap();
+            assert_eq!(text, first, "cluster.yaml of n{i} differs from n{}", nodes[0]);
+        }
+    }
+}
+
+impl Node {
+    pub fn is_serving(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `qu status --json`, or `None` if the daemon does not answer.
+    pub fn try_status(&self) -> Option<serde_json::Value> {
+        let output = self.command().args(["status", "--json"]).output().ok()?;
+        output.status.success().then(|| serde_json::from_slice(&output.stdout).ok()).flatten()
+    }
+
+    pub fn node_id(&self) -> String {
+        let text = fs::read_to_string(self.file("node.yaml")).unwrap();
+        let line = text.lines().find(|l| l.starts_with("node_id:")).unwrap();
+        line.trim_start_matches("node_id:").trim().to_string()
+    }
+
+    pub fn advertise(&self) -> String {
+        let text = fs::read_to_string(self.file("node.yaml")).unwrap();
+        let line = text.lines().find(|l| l.starts_with("advertise:")).unwrap();
+        line.trim_start_matches("advertise:").trim().to_string()
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Current value of a `qu cluster settings` key on this node.
+    pub fn setting(&self, key: &str) -> String {
+        let json: serde_json::Value = serde_json::from_str(&self.qu_ok(&["cluster", "settings", "--json"])).unwrap();
+        match &json[key] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
 }

@@ -191,6 +191,25 @@ impl Core {
         self.inflight.is_some()
     }
 
+    /// Members (this one included) that answered this master within
+    /// `dead_after` of being asked: the ones its lease stands on.
+    fn lease_members(&self) -> usize {
+        let dead_after = self.config.timing.dead_after_ms;
+        self.config
+            .members
+            .iter()
+            .filter(|m| **m == self.me || self.acked.get(m).is_some_and(|at| at + dead_after > self.now))
+            .count()
+    }
+
+    fn no_quorum(&self) -> ProposeError {
+        ProposeError::NoQuorum {
+            live: self.lease_members(),
+            members: self.config.members.len(),
+            need: self.config.quorum(),
+        }
+    }
+
     fn lease_until(&self) -> u64 {
         let mut times: Vec<u64> = self
             .config
@@ -289,6 +308,9 @@ impl Core {
         }
         out.push(Output::PersistConfig(snapshot.clone()));
         self.config = snapshot;
+        // A shorter heartbeat takes effect now, not after the old period.
+        self.next_heartbeat = self.next_heartbeat.min(self.now + self.config.timing.heartbeat_ms);
+        self.election_due = self.election_due.min(self.now + self.config.timing.dead_after_ms * 2);
         if !self.is_member() && self.role != Role::Follower {
             self.become_follower(None, out);
         }
@@ -337,9 +359,8 @@ impl Core {
     }
 
     fn lose_lease(&mut self, out: &mut Vec<Output>) {
-        let need = self.config.quorum();
-        let live = self.live_members();
-        self.fail_inflight(ProposeError::NoQuorum { live, members: self.config.members.len(), need }, out);
+        let error = self.no_quorum();
+        self.fail_inflight(error, out);
         self.become_follower(None, out);
         self.reset_election_timer();
     }
@@ -473,7 +494,9 @@ impl Core {
                         self.send(from, ack, out);
                     }
                 }
-                if config > self.config.id && self.now >= self.pull_quiet_until {
+                // A master's config is the authority in its term: it never
+                // pulls (a joining node may already hold the proposed one).
+                if config > self.config.id && self.role != Role::Master && self.now >= self.pull_quiet_until {
                     self.pull_quiet_until = self.now + self.config.timing.heartbeat_ms;
                     self.send(from, Msg::Pull, out);
                 }
@@ -568,7 +591,7 @@ impl Core {
             }
             Msg::PullReply { snapshot } => {
                 self.pull_quiet_until = self.now;
-                if snapshot.id > self.config.id {
+                if snapshot.id > self.config.id && self.role != Role::Master {
                     self.apply_config(snapshot, out);
                 }
             }
@@ -588,9 +611,7 @@ impl Core {
             return refuse(ProposeError::NotMaster { master: self.master }, out);
         }
         if !self.has_lease() {
-            let live = self.live_members();
-            let error = ProposeError::NoQuorum { live, members: self.config.members.len(), need: self.config.quorum() };
-            return refuse(error, out);
+            return refuse(self.no_quorum(), out);
         }
         if self.inflight.is_some() {
             return refuse(ProposeError::Busy, out);

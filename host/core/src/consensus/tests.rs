@@ -259,6 +259,26 @@ fn adding_a_silent_node_to_a_one_node_cluster_changes_nothing() {
 }
 
 #[test]
+fn a_master_never_pulls_the_config_it_is_still_proposing_to_a_new_member() {
+    let mut net = Net::new(&[1]);
+    net.run_for(100);
+    net.add_outsider(2, &[1]);
+    net.propose_members(id(1), 1, &[1, 2], Some(2));
+    // Deliver only the Replicate to the new member; its ack is lost.
+    let (from, to, msg) = net.queue.pop_front().expect("the replicate");
+    net.queue.clear();
+    net.step(to, Input::Receive { from, msg });
+    net.queue.retain(|(_, _, m)| !matches!(m, Msg::ReplicateAck { .. }));
+    // The new member, now holding the proposed config, heartbeats the master.
+    let hb = Msg::Heartbeat { term: 1, config: net.cores[&id(2)].config().id, master: false, sent_at: 0 };
+    net.step(id(1), Input::Receive { from: id(2), msg: hb });
+    assert!(!net.queue.iter().any(|(_, _, m)| matches!(m, Msg::Pull)), "the master asked to pull");
+    net.run_for(300);
+    assert!(net.results[&1].is_ok(), "{:?}", net.results.get(&1));
+    assert!(net.cores[&id(1)].can_serve());
+}
+
+#[test]
 fn a_node_that_acknowledges_is_added_and_a_removed_node_is_ignored() {
     let mut net = Net::new(&[1]);
     net.run_for(100);

@@ -202,7 +202,7 @@ pub async fn run(
 
     let peer_task = tokio::spawn(accept_peers(listeners.peer, endpoint, events.clone()));
     let control_task = tokio::spawn(accept_control(listeners.control, events));
-    let tick_every = Duration::from_millis((daemon.cluster.settings.heartbeat.as_millis() as u64 / 5).clamp(5, 100));
+    let mut tick_every = daemon.tick_interval();
     let mut ticker = tokio::time::interval(tick_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut file_poll = tokio::time::interval(FILE_POLL);
@@ -226,6 +226,11 @@ pub async fn run(
             tracing::error!(%error, "stopping: cannot persist state");
             break Err(error);
         }
+        if daemon.tick_interval() != tick_every {
+            tick_every = daemon.tick_interval();
+            ticker = tokio::time::interval(tick_every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        }
     };
     peer_task.abort();
     control_task.abort();
@@ -242,6 +247,12 @@ pub async fn run(
 impl Daemon {
     fn me(&self) -> NodeId {
         self.node.node_id
+    }
+
+    /// The core is ticked five times per heartbeat (5–100 ms), so timers
+    /// fire close to when they are due.
+    fn tick_interval(&self) -> Duration {
+        Duration::from_millis((self.cluster.settings.heartbeat.as_millis() as u64 / 5).clamp(5, 100))
     }
 
     fn now(&self) -> u64 {
@@ -352,10 +363,11 @@ impl Daemon {
     fn send(&mut self, to: NodeId, msg: Msg) {
         let now = self.now();
         let pulling = matches!(msg, Msg::Pull);
-        if let Err(error) = self.links.send(to, PeerNotice::Consensus(msg), now, &self.endpoint, &self.events)
-            && pulling
-        {
-            tracing::warn!(peer = %to, "replicate: pull from {to}: {error}");
+        let kind = msg_kind(&msg);
+        match self.links.send(to, PeerNotice::Consensus(msg), now, &self.endpoint, &self.events) {
+            Err(error) if pulling => tracing::warn!(peer = %to, "replicate: pull from {to}: {error}"),
+            Err(error) => tracing::debug!(peer = %to, kind, %error, "message dropped"),
+            Ok(()) => tracing::trace!(peer = %to, kind, "sent"),
         }
     }
 
@@ -369,7 +381,10 @@ impl Daemon {
                 let Some(member) = from.node_id else { return Ok(()) };
                 let PeerNotice::Consensus(msg) = notice;
                 match self.verify_message(msg) {
-                    Ok(msg) => self.step(Input::Receive { from: member, msg })?,
+                    Ok(msg) => {
+                        tracing::trace!(peer = %member, kind = msg_kind(&msg), "received");
+                        self.step(Input::Receive { from: member, msg })?
+                    }
                     Err(error) => tracing::warn!(peer = %member, %error, "dropped an invalid message"),
                 }
             }
@@ -743,6 +758,22 @@ impl Daemon {
             advertise: self.node.advertise.clone(),
             cert_pem,
         })
+    }
+}
+
+fn msg_kind(msg: &Msg) -> &'static str {
+    match msg {
+        Msg::Heartbeat { .. } => "heartbeat",
+        Msg::HeartbeatAck { .. } => "heartbeat-ack",
+        Msg::PreVote { .. } => "pre-vote",
+        Msg::PreVoteReply { .. } => "pre-vote-reply",
+        Msg::Vote { .. } => "vote",
+        Msg::VoteReply { .. } => "vote-reply",
+        Msg::Replicate { .. } => "replicate",
+        Msg::ReplicateAck { .. } => "replicate-ack",
+        Msg::Pull => "pull",
+        Msg::PullReply { .. } => "pull-reply",
+        Msg::TimeoutNow { .. } => "timeout-now",
     }
 }
 
