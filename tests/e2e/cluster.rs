@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use qu_tests::{Cluster, DEAD_AFTER_MS, HEARTBEAT_MS, Node, eventually, free_port};
+use qu_tests::{Cluster, DEAD_AFTER_MS, HEARTBEAT_MS, Node, eventually, free_port, remove_peer};
 use rustix::process::Signal;
 
 fn others(cluster: &Cluster, but: usize) -> Vec<usize> {
@@ -292,11 +292,4 @@ fn hand_edits_replicate_through_the_master_and_bad_ones_are_ignored() {
         cluster.nodes[follower].log_text().contains("may not change peers").then_some(())
     });
     assert_eq!(cluster.nodes[master].status_json()["peers"].as_array().unwrap().len(), 3);
-}
-
-/// Drops the `peers:` entry of `node_id` from a cluster.yaml text.
-pub fn remove_peer(yaml: &str, node_id: &str) -> String {
-    let mut config: qu_core::config::ClusterConfig = serde_yaml::from_str(yaml).unwrap();
-    config.peers.retain(|p| p.node_id.to_string() != node_id);
-    config.to_yaml()
 }

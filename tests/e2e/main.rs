@@ -8,6 +8,8 @@
 //! - `inproc`  — the daemon library run in-process on port 0.
 //! - `cluster` — 3-node clusters: formation, failover, stale masters, quorum loss,
 //!   the preferred master's return, removal, hand edits.
+//! - `recovery` — the seed's procedures: restore with version 0, whole-cluster restore,
+//!   shrink, replace, long absence, rolling restart.
 //! - `demo`    — the README's main-job command.
 
 mod cluster;
@@ -16,4 +18,5 @@ mod demo;
 mod init;
 mod inproc;
 mod peers;
+mod recovery;
 mod serve;

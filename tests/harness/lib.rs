@@ -374,3 +374,30 @@ impl Node {
         }
     }
 }
+
+/// Drops the `peers:` entry of `node_id` from a cluster.yaml text, as an
+/// operator's editor would (the rest of the text is kept line for line).
+pub fn remove_peer(yaml: &str, node_id: &str) -> String {
+    let mut out = Vec::new();
+    let mut skipping = false;
+    for line in yaml.lines() {
+        if line.starts_with("- node_id: ") {
+            skipping = line.ends_with(node_id);
+        } else if !line.starts_with(' ') {
+            skipping = false;
+        }
+        if !skipping {
+            out.push(line);
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// Replaces the top-level `version:` line, like `sed -i 's/^version:.*/version: N/'`.
+pub fn set_version(yaml: &str, version: u64) -> String {
+    let lines: Vec<String> = yaml
+        .lines()
+        .map(|l| if l.starts_with("version:") { format!("version: {version}") } else { l.to_string() })
+        .collect();
+    lines.join("\n") + "\n"
+}

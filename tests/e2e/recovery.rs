@@ -1,0 +1,150 @@
+//! The seed's recovery procedures, each end to end on real processes, done
+//! the way `docs/operations.md` tells an operator to do them.
+
+use std::time::Duration;
+
+use qu_tests::{Cluster, Node, eventually, remove_peer, set_version};
+
+fn version_of(node: &Node) -> u64 {
+    node.status_json()["config_version"].as_u64().unwrap()
+}
+
+fn set(node: &Node, value: u32) {
+    node.qu_ok(&["cluster", "settings", "set", "hysteresis", &value.to_string()]);
+}
+
+/// Retries a change until a master takes it (a restart may be electing).
+fn set_eventually(node: &Node, value: u32) {
+    eventually(Duration::from_secs(20), "a change is accepted", || {
+        node.qu(&["cluster", "settings", "set", "hysteresis", &value.to_string()]).status.success().then_some(())
+    });
+}
+
+#[test]
+fn one_node_restored_from_a_backup_with_version_zero_takes_the_live_copy() {
+    let mut cluster = Cluster::new(3, "2m");
+    let backup = std::fs::read_to_string(cluster.nodes[2].file("cluster.yaml")).unwrap();
+    let master = cluster.wait_converged();
+    set(&cluster.nodes[master], 3);
+    set(&cluster.nodes[master], 4);
+    let target = if master == 2 { 1 } else { 2 };
+    assert!(cluster.nodes[target].terminate().success());
+    std::fs::write(cluster.nodes[target].file("cluster.yaml"), set_version(&backup, 0)).unwrap();
+    cluster.nodes[target].serve();
+    let live = version_of(&cluster.nodes[master]);
+    cluster.nodes[target].wait_status("the restored node pulls the live version", |s| s["config_version"] == live);
+    cluster.wait_converged();
+    cluster.assert_identical_configs(&[0, 1, 2]);
+    assert_eq!(cluster.nodes[target].setting("hysteresis"), "4");
+}
+
+#[test]
+fn the_whole_cluster_restored_from_the_highest_version_backup_elects_and_continues() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    set(&cluster.nodes[master], 5);
+    let backups: Vec<String> =
+        (0..3).map(|i| std::fs::read_to_string(cluster.nodes[i].file("cluster.yaml")).unwrap()).collect();
+    let highest = backups.iter().max_by_key(|b| set_version_key(b)).unwrap().clone();
+    // Every node is lost; each host is rebuilt from its own node.yaml and
+    // keys/ backup, and the highest-version cluster.yaml goes on all of them.
+    for i in 0..3 {
+        cluster.nodes[i].kill();
+        std::fs::remove_file(cluster.nodes[i].file("state.yaml")).unwrap();
+        std::fs::write(cluster.nodes[i].file("cluster.yaml"), &highest).unwrap();
+    }
+    for i in 0..3 {
+        cluster.nodes[i].spawn_serve();
+    }
+    for i in 0..3 {
+        cluster.nodes[i].wait_answering();
+    }
+    let master = cluster.wait_converged();
+    assert_eq!(cluster.nodes[master].setting("hysteresis"), "5");
+    set(&cluster.nodes[master], 6);
+    cluster.wait_converged();
+    cluster.assert_identical_configs(&[0, 1, 2]);
+}
+
+fn set_version_key(yaml: &str) -> u64 {
+    yaml.lines().find_map(|l| l.strip_prefix("version:")).unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn a_survivor_shrinks_the_cluster_after_losing_the_majority_for_good() {
+    let mut cluster = Cluster::new(3, "2m");
+    cluster.wait_converged();
+    let (dead_a, dead_b) = (cluster.nodes[1].node_id(), cluster.nodes[2].node_id());
+    cluster.nodes[1].kill();
+    cluster.nodes[2].kill();
+    let err = eventually(Duration::from_secs(10), "changes stop without a majority", || {
+        let out = cluster.nodes[0].qu(&["cluster", "settings", "set", "hysteresis", "3"]);
+        (!out.status.success()).then(|| String::from_utf8_lossy(&out.stderr).to_string())
+    });
+    assert!(err.contains("no quorum"), "{err}");
+    // The operator: stop, delete the dead peers, bump the version, start.
+    assert!(cluster.nodes[0].terminate().success());
+    let path = cluster.nodes[0].file("cluster.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let version = set_version_key(&text);
+    let shrunk = set_version(&remove_peer(&remove_peer(&text, &dead_a), &dead_b), version + 10);
+    std::fs::write(&path, shrunk).unwrap();
+    cluster.nodes[0].serve();
+    let status =
+        cluster.nodes[0].wait_status("the survivor leads alone", |s| s["quorum"] == true && !s["master"].is_null());
+    assert_eq!(status["quorum_size"], 1);
+    set(&cluster.nodes[0], 3);
+    assert!(version_of(&cluster.nodes[0]) > version + 10);
+}
+
+#[test]
+fn a_dead_node_is_replaced_by_remove_init_with_the_secret_and_add() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let dead = if master == 2 { 1 } else { 2 };
+    let dead_id = cluster.nodes[dead].node_id();
+    cluster.nodes[dead].kill();
+    cluster.nodes[master].qu_ok(&["node", "remove", &dead_id]);
+    let replacement = cluster.add_node();
+    let master = cluster.wait_converged();
+    let status = cluster.nodes[master].status_json();
+    let peers = status["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3);
+    assert!(peers.iter().all(|p| p["node_id"] != dead_id.as_str()));
+    assert!(peers.iter().any(|p| p["node_id"] == cluster.nodes[replacement].node_id().as_str()));
+    let live: Vec<usize> = cluster.running();
+    cluster.assert_identical_configs(&live);
+}
+
+#[test]
+fn a_node_offline_for_long_catches_up() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let away = if master == 2 { 1 } else { 2 };
+    assert!(cluster.nodes[away].terminate().success());
+    for value in 3..=7 {
+        set(&cluster.nodes[master], value);
+    }
+    let live = version_of(&cluster.nodes[master]);
+    cluster.nodes[away].serve();
+    cluster.nodes[away].wait_status("the returning node catches up", |s| s["config_version"] == live);
+    assert_eq!(cluster.nodes[away].setting("hysteresis"), "7");
+    cluster.assert_identical_configs(&[0, 1, 2]);
+}
+
+#[test]
+fn a_rolling_restart_of_every_node_loses_no_change() {
+    let mut cluster = Cluster::new(3, "2m");
+    cluster.wait_converged();
+    for (i, value) in [(0usize, 3u32), (1, 4), (2, 5)] {
+        assert!(cluster.nodes[i].terminate().success());
+        let other = (i + 1) % 3;
+        set_eventually(&cluster.nodes[other], value);
+        cluster.nodes[i].serve();
+        cluster.wait_converged();
+        for node in &cluster.nodes {
+            assert_eq!(node.setting("hysteresis"), value.to_string(), "{} after restarting n{i}", node.name);
+        }
+    }
+    cluster.assert_identical_configs(&[0, 1, 2]);
+}
