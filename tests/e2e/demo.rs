@@ -5,7 +5,7 @@ use std::process::Command;
 use qu_tests::qu_bin;
 
 #[test]
-fn demo_runs_a_node_shows_its_status_and_cleans_up() {
+fn demo_forms_a_cluster_fails_over_and_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(qu_bin())
         .args(["demo", "--for", "2s", "--every", "1s"])
@@ -17,7 +17,10 @@ fn demo_runs_a_node_shows_its_status_and_cleans_up() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("$ qu status"), "{stdout}");
-    assert!(stdout.contains("quorum     true (need 1)"), "{stdout}");
+    assert!(stdout.contains("quorum     true (need 2)"), "{stdout}");
+    assert_eq!(stdout.matches("\n*  ").count() >= 2, true, "status shows this node's marker: {stdout}");
+    assert!(stdout.contains("added node3"), "{stdout}");
+    assert!(stdout.contains("took over after"), "the failover is shown: {stdout}");
     assert!(stdout.contains("demo finished"), "{stdout}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "the demo removes its directory: {left:?}");

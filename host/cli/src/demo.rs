@@ -1,5 +1,7 @@
-//! `qu demo`: a local cluster on loopback in a temporary directory, started
-//! as real `qu serve` processes, with its status printed as it runs.
+//! `qu demo`: a 3-node cluster on loopback in a temporary directory, formed
+//! the way an operator forms one (`qu init` with the secret, `qu serve`,
+//! `qu node add`), started as real `qu serve` processes; it then kills the
+//! master to show a failover and prints the status as it runs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ pub struct DemoArgs {
     /// Stop after this long (e.g. 30s, 5m) instead of running until Ctrl-C.
     #[arg(long = "for", value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Seconds between status prints.
+    /// Time between status prints.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     every: Duration,
     /// Keep the demo directory (node files and logs) after stopping.
@@ -28,23 +30,25 @@ pub struct DemoArgs {
 struct DemoNode {
     dir: PathBuf,
     socket: PathBuf,
-    child: Child,
+    advertise: String,
+    child: Option<Child>,
 }
 
 impl Drop for DemoNode {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = rustix::process::Pid::from_child(&self.child);
+        let Some(child) = self.child.as_mut() else { return };
+        if let Ok(None) = child.try_wait() {
+            let pid = rustix::process::Pid::from_child(child);
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
+                if let Ok(Some(_)) = child.try_wait() {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -63,13 +67,57 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     let interrupted = install_interrupt_flag()?;
-    println!("qu demo: starting a local node on loopback in {}", root.display());
-    let node = start_node(root, "node1")?;
-    wait_until_answering(&node)?;
-    println!("node is up; its status follows (Ctrl-C stops the demo)\n");
+    println!("qu demo: a 3-node cluster on loopback, in {}\n", root.display());
+    let (first, secret) = init_node(root, "node1", None)?;
+    let mut nodes = vec![first];
+    nodes[0].spawn()?;
+    wait_until_answering(&nodes[0])?;
+    println!("$ qu cluster settings set heartbeat 250ms    # quicker timers for the demo");
+    println!("$ qu cluster settings set dead_after 1s");
+    println!("$ qu cluster settings set master_cooldown 5s");
+    for (key, value) in [("heartbeat", "250ms"), ("dead_after", "1s"), ("master_cooldown", "5s")] {
+        expect_committed(call(&nodes[0], ControlRequest::SettingsSet { key: key.into(), value: value.into() })?)?;
+    }
+    for name in ["node2", "node3"] {
+        let (mut node, _) = init_node(root, name, Some(secret.clone()))?;
+        node.spawn()?;
+        wait_until_answering(&node)?;
+        let addr = node.advertise.clone();
+        let fingerprint = match call(&nodes[0], ControlRequest::NodeProbe { addr: addr.clone() })? {
+            ControlResponse::Probe { fingerprint, .. } => fingerprint,
+            ControlResponse::Error { message } => bail!(message),
+            other => return Err(crate::unexpected(other)),
+        };
+        let add = ControlRequest::NodeAdd { addr: addr.clone(), fingerprint };
+        let (_, version) = expect_committed(call(&nodes[0], add)?)?;
+        println!("$ qu node add {addr} --yes\nadded {name}; config version {version}");
+        nodes.push(node);
+    }
+    let master = wait_for_master(&nodes, None)?;
+    println!("\nthe cluster is formed; node{} is master\n", master + 1);
+    print_status(&nodes[master])?;
+
+    println!("$ kill -9 node{}    # the master dies", master + 1);
+    if let Some(child) = nodes[master].child.as_mut() {
+        child.kill().context("kill the master")?;
+        child.wait()?;
+    }
+    let killed = Instant::now();
+    let next = wait_for_master(&nodes, Some(master))?;
+    println!("node{} took over after {} ms (dead_after is 1s)\n", next + 1, killed.elapsed().as_millis());
+    print_status(&nodes[next])?;
+    println!(
+        "$ qu serve    # node{} comes back; the lowest live node id holds the role once live for master_cooldown (5s)\n",
+        master + 1
+    );
+    nodes[master].spawn()?;
+    wait_until_answering(&nodes[master])?;
+
+    println!("status every {} (Ctrl-C stops the demo)\n", humantime::format_duration(args.every));
     let started = Instant::now();
     loop {
-        print_status(&node)?;
+        let shown = wait_for_master(&nodes, None).unwrap_or(0);
+        print_status(&nodes[shown])?;
         let next = Instant::now() + args.every;
         while Instant::now() < next {
             if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
@@ -85,37 +133,78 @@ fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     }
 }
 
-fn start_node(root: &Path, name: &str) -> anyhow::Result<DemoNode> {
+fn call(node: &DemoNode, request: ControlRequest) -> anyhow::Result<ControlResponse> {
+    crate::call(&node.socket, request)
+}
+
+fn expect_committed(answer: ControlResponse) -> anyhow::Result<(u64, u64)> {
+    match answer {
+        ControlResponse::Committed { term, version, .. } => Ok((term, version)),
+        ControlResponse::Error { message } => bail!(message),
+        other => Err(crate::unexpected(other)),
+    }
+}
+
+/// Waits until a running node other than `not` reports itself master with
+/// quorum; returns its index.
+fn wait_for_master(nodes: &[DemoNode], not: Option<usize>) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (i, node) in nodes.iter().enumerate() {
+            if Some(i) == not {
+                continue;
+            }
+            if let Ok(ControlResponse::Status(view)) = call(node, ControlRequest::Status)
+                && view.quorum
+                && view.master == Some(view.node_id)
+            {
+                return Ok(i);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("no master within 30s; see the logs in the demo directory");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Initialises a node in `root/name` on a free loopback port; returns it and
+/// the cluster secret (generated for the first node).
+fn init_node(root: &Path, name: &str, secret: Option<String>) -> anyhow::Result<(DemoNode, String)> {
     let dir = root.join(name);
     let socket = dir.join("quptime.sock");
     let port = free_port()?;
-    init(
-        &DataDir::new(&dir),
-        InitOptions {
-            advertise: format!("127.0.0.1:{port}"),
-            bind: Some("127.0.0.1".parse()?),
-            port: Some(port),
-            secret: None,
-        },
-    )?;
-    let log = fs::File::create(dir.join("qu.log"))?;
-    let child = Command::new(std::env::current_exe()?)
-        .arg("serve")
-        .env("QUPTIME_DIR", &dir)
-        .env("QUPTIME_SOCKET", &socket)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("start qu serve")?;
-    Ok(DemoNode { dir, socket, child })
+    let advertise = format!("127.0.0.1:{port}");
+    let options =
+        InitOptions { advertise: advertise.clone(), bind: Some("127.0.0.1".parse()?), port: Some(port), secret: secret.clone() };
+    let report = init(&DataDir::new(&dir), options)?;
+    let secret = report.generated_secret.or(secret).unwrap_or_default();
+    Ok((DemoNode { dir, socket, advertise, child: None }, secret))
+}
+
+impl DemoNode {
+    /// Starts `qu serve` for this node, logging to `qu.log` in its directory.
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("qu.log"))?;
+        let child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .env("QUPTIME_DIR", &self.dir)
+            .env("QUPTIME_SOCKET", &self.socket)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start qu serve")?;
+        self.child = Some(child);
+        Ok(())
+    }
 }
 
 fn wait_until_answering(node: &DemoNode) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(ControlResponse::Status(_)) = crate::call(&node.socket, ControlRequest::Status) {
+        if let Ok(ControlResponse::Status(_)) = call(node, ControlRequest::Status) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -127,7 +216,7 @@ fn wait_until_answering(node: &DemoNode) -> anyhow::Result<()> {
 }
 
 fn print_status(node: &DemoNode) -> anyhow::Result<()> {
-    match crate::call(&node.socket, ControlRequest::Status)? {
+    match call(node, ControlRequest::Status)? {
         ControlResponse::Status(view) => {
             println!("$ qu status");
             print!("{}", crate::render::status_text(&view));
