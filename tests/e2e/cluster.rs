@@ -293,3 +293,68 @@ fn hand_edits_replicate_through_the_master_and_bad_ones_are_ignored() {
     });
     assert_eq!(cluster.nodes[master].status_json()["peers"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn a_follower_can_add_a_node_and_the_master_can_remove_itself() {
+    let cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let follower = others(&cluster, master)[0];
+    let root = tempfile::tempdir().unwrap();
+    let mut newcomer = Node::in_dir(root.path(), "n3");
+    newcomer.init(free_port(), &["--secret", &cluster.secret]);
+    newcomer.serve();
+    let out = cluster.nodes[follower].qu_ok(&["node", "add", &newcomer.advertise(), "--yes"]);
+    assert!(out.contains("added node"), "{out}");
+    newcomer.wait_status("the newcomer joins", |s| {
+        s["quorum"] == true
+            && s["peers"].as_array().is_some_and(|p| p.len() == 4 && p.iter().all(|p| p["live"] == true))
+    });
+
+    let master_id = cluster.nodes[master].node_id();
+    let out = cluster.nodes[master].qu_ok(&["node", "remove", &master_id]);
+    assert!(out.contains("removed node"), "{out}");
+    let rest = others(&cluster, master);
+    let new_master = cluster.wait_master(&rest);
+    assert_ne!(new_master, master);
+    let status = newcomer.wait_status("three members remain", |s| s["peers"].as_array().is_some_and(|p| p.len() == 3));
+    assert_eq!(status["quorum"], true);
+    cluster.nodes[master].wait_status("the removed master has no quorum", |s| s["quorum"] == false);
+}
+
+#[test]
+fn a_hand_edit_overtaken_by_a_newer_version_is_kept_aside_not_lost() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let away = others(&cluster, master);
+    for i in &away {
+        assert!(cluster.nodes[*i].terminate().success());
+    }
+    cluster.nodes[master].wait_status("quorum is lost", |s| s["quorum"] == false);
+    let path = cluster.nodes[master].file("cluster.yaml");
+    let edit = std::fs::read_to_string(&path).unwrap().replace("hysteresis: 2", "hysteresis: 8");
+    std::fs::write(&path, &edit).unwrap();
+    eventually(Duration::from_secs(10), "the edit waits for quorum", || {
+        cluster.nodes[master].log_text().contains("not replicated yet").then_some(())
+    });
+    // Quorum returns through an election whose fresh commit overtakes the edit
+    // (or the edit goes through); either way nothing typed is lost.
+    cluster.nodes[away[0]].serve();
+    cluster.wait_master(&[master, away[0]]);
+    eventually(Duration::from_secs(15), "the edit is replicated or set aside", || {
+        let replicated = cluster.nodes[master].setting("hysteresis") == "8";
+        let aside = std::fs::read_dir(&cluster.nodes[master].dir)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with("cluster.yaml.unreplicated-"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap());
+        match (replicated, aside) {
+            (true, _) => Some(()),
+            (false, Some(text)) => {
+                assert_eq!(text, edit, "the edit is saved verbatim");
+                assert!(cluster.nodes[master].log_text().contains("re-apply it"));
+                Some(())
+            }
+            _ => None,
+        }
+    });
+}

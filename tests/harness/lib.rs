@@ -17,11 +17,25 @@ pub fn qu_bin() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/e2e-HASH -> target/<profile>/qu
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
-    let qu = profile_dir.join("qu");
-    assert!(qu.exists(), "{} not found: build it first with `cargo build -p qu-cli` (or set QU_BIN)", qu.display());
-    qu
+    // A test runs as target/<profile>/deps/e2e-HASH, a bench binary as
+    // target/<profile>/qu-bench: `qu` sits in target/<profile>.
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [dir.join("qu"), dir.parent().map(|p| p.join("qu")).unwrap_or_default()];
+    let qu = candidates.iter().find(|c| c.is_file()).cloned();
+    qu.unwrap_or_else(|| {
+        panic!(
+            "{} not found: build it first with `cargo build -p qu-cli` (add --release for benchmarks), or set QU_BIN",
+            candidates[1].display()
+        )
+    })
+}
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Stops echoing every `qu` command and its output (tests keep the echo:
+/// it is what a failing test shows; benchmarks turn it off).
+pub fn quiet() {
+    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough on a
@@ -101,6 +115,9 @@ impl Node {
     /// Runs `qu ARGS` to completion.
     pub fn qu(&self, args: &[&str]) -> Output {
         let output = self.command().args(args).output().expect("run qu");
+        if QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+            return output;
+        }
         eprintln!(
             "[{}] $ qu {} -> {}\n{}{}",
             self.name,
@@ -245,14 +262,20 @@ pub struct Cluster {
 impl Cluster {
     /// `size` nodes with shortened timers and the given master cooldown.
     pub fn new(size: usize, master_cooldown: &str) -> Self {
+        Self::with_timers(size, &format!("{HEARTBEAT_MS}ms"), &format!("{DEAD_AFTER_MS}ms"), master_cooldown)
+    }
+
+    /// `size` nodes with the given timers (durations as `qu cluster settings set` takes them).
+    pub fn with_timers(size: usize, heartbeat: &str, dead_after: &str, master_cooldown: &str) -> Self {
         let root = tempfile::Builder::new().prefix("qu-e2e-").tempdir().unwrap();
         let mut first = Node::in_dir(root.path(), "n0");
         let out = first.init(free_port(), &["--json"]);
         let secret =
             serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster_secret"].as_str().unwrap().to_string();
         first.serve();
-        first.qu_ok(&["cluster", "settings", "set", "heartbeat", &format!("{HEARTBEAT_MS}ms")]);
-        first.qu_ok(&["cluster", "settings", "set", "dead_after", &format!("{DEAD_AFTER_MS}ms")]);
+        // Order matters: dead_after (4s by default) must stay >= 3 x heartbeat.
+        first.qu_ok(&["cluster", "settings", "set", "heartbeat", heartbeat]);
+        first.qu_ok(&["cluster", "settings", "set", "dead_after", dead_after]);
         first.qu_ok(&["cluster", "settings", "set", "master_cooldown", master_cooldown]);
         let mut cluster = Self { nodes: vec![first], secret, root };
         for _ in 1..size {

@@ -175,8 +175,12 @@ fn init_node(root: &Path, name: &str, secret: Option<String>) -> anyhow::Result<
     let socket = dir.join("quptime.sock");
     let port = free_port()?;
     let advertise = format!("127.0.0.1:{port}");
-    let options =
-        InitOptions { advertise: advertise.clone(), bind: Some("127.0.0.1".parse()?), port: Some(port), secret: secret.clone() };
+    let options = InitOptions {
+        advertise: advertise.clone(),
+        bind: Some("127.0.0.1".parse()?),
+        port: Some(port),
+        secret: secret.clone(),
+    };
     let report = init(&DataDir::new(&dir), options)?;
     let secret = report.generated_secret.or(secret).unwrap_or_default();
     Ok((DemoNode { dir, socket, advertise, child: None }, secret))

@@ -15,7 +15,7 @@
 //! the one timing assumption qu makes (see docs/ARCHITECTURE.md).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
 
 use qu_core::NodeId;
@@ -103,7 +103,7 @@ struct Sim {
     faults: bool,
     // history for invariants
     masters: BTreeMap<u64, usize>,
-    votes: BTreeMap<(usize, u64), NodeId>,
+    votes: BTreeMap<(NodeId, u64), NodeId>,
     contents: BTreeMap<ConfigId, std::sync::Arc<str>>,
     acknowledged: Vec<(String, ConfigId)>,
     next_mutation: u64,
@@ -379,7 +379,7 @@ impl Sim {
             match output {
                 Output::PersistDurable(durable) => {
                     if let Some(voted) = durable.voted_for {
-                        match self.votes.insert((i, durable.term), voted) {
+                        match self.votes.insert((self.nodes[i].id, durable.term), voted) {
                             Some(previous) if previous != voted => {
                                 return Err(self.violation(format!(
                                     "node {i} voted twice in term {}: {previous} then {voted}",
@@ -395,7 +395,15 @@ impl Sim {
                     self.nodes[i].disk_durable = durable;
                 }
                 Output::PersistConfig(snapshot) => {
-                    self.check_snapshot(i, &snapshot)?;
+                    // A joining node persists the proposed snapshot before
+                    // the cluster does; if the add then fails, that copy is
+                    // an orphan only the newcomer holds (it counts for
+                    // nothing: no member listens to it). Its content is not
+                    // registered as the one content of that id.
+                    let joining = !self.nodes[i].disk_config.is_member(&self.nodes[i].id);
+                    if !joining {
+                        self.check_snapshot(i, &snapshot)?;
+                    }
                     self.nodes[i].disk_config = snapshot;
                 }
                 Output::Send { to, msg } => self.send(i, to, msg),
@@ -468,12 +476,60 @@ impl Sim {
             return Ok(());
         }
         let current = core.config().clone();
+        let next_id = core.next_config_id();
         let mutation = format!("m{}", self.next_mutation);
         self.next_mutation += 1;
+        if self.faults && self.rng.chance(10) {
+            return self.membership_change(i, current, next_id, mutation);
+        }
         let content = format!("{},{mutation}", current.content);
-        let snapshot = Snapshot::new(core.next_config_id(), current.members.clone(), current.timing, content);
+        let snapshot = Snapshot::new(next_id, current.members.clone(), current.timing, content);
         let request = self.seq_request(i, mutation);
         self.step(i, Input::Propose { request, snapshot, new_member: None })
+    }
+
+    /// Removes a member, or replaces a removed one with a fresh identity the
+    /// way `qu node remove` / `qu init` + `qu node add` do: the newcomer
+    /// starts blank (term 0, the cluster's members at version 0) and must
+    /// acknowledge before the add counts.
+    fn membership_change(
+        &mut self,
+        master: usize,
+        current: Snapshot,
+        next_id: ConfigId,
+        mutation: String,
+    ) -> Result<(), Violation> {
+        let outside: Vec<usize> = (0..self.nodes.len()).filter(|j| !current.is_member(&self.nodes[*j].id)).collect();
+        if let Some(&j) = outside.first() {
+            // Replace node j: a new identity, blank state, then the add.
+            let mut bytes = *self.nodes[j].id.as_uuid().as_bytes();
+            bytes[14] = bytes[14].wrapping_add(1);
+            let new_id = NodeId::from_bytes(bytes);
+            self.crash(j);
+            self.nodes[j].id = new_id;
+            self.nodes[j].disk_durable = Durable::default();
+            self.nodes[j].disk_config = Snapshot::new(ConfigId::ZERO, current.members.clone(), current.timing, "blank");
+            self.nodes[j].last_seen = (0, ConfigId::ZERO);
+            self.handle(Event::Restart(j))?;
+            let mut members = current.members.clone();
+            members.push(new_id);
+            let content = format!("{},{mutation}", current.content);
+            let snapshot = Snapshot::new(next_id, members, current.timing, content);
+            let request = self.seq_request(master, mutation);
+            return self.step(master, Input::Propose { request, snapshot, new_member: Some(new_id) });
+        }
+        if current.members.len() < 3 {
+            return Ok(());
+        }
+        // Any member may go, the master included (it commits its own removal
+        // and then steps down).
+        let candidates: Vec<NodeId> = current.members.clone();
+        let removed = candidates[self.rng.below(candidates.len() as u64) as usize];
+        let members: Vec<NodeId> = current.members.iter().copied().filter(|m| *m != removed).collect();
+        let content = format!("{},{mutation}", current.content);
+        let snapshot = Snapshot::new(next_id, members, current.timing, content);
+        let request = self.seq_request(master, mutation);
+        self.step(master, Input::Propose { request, snapshot, new_member: None })
     }
 
     fn on_commit(&mut self, i: usize, id: ConfigId, mutation: String) -> Result<(), Violation> {
@@ -513,6 +569,18 @@ impl Sim {
             }
             _ => {}
         }
+        self.check_acknowledged(i, snapshot)?;
+        let node = &self.nodes[i];
+        if snapshot.id < node.last_seen.1 {
+            return Err(
+                self.violation(format!("node {i} went back from config {} to {}", node.last_seen.1, snapshot.id))
+            );
+        }
+        Ok(())
+    }
+
+    /// Every acknowledged mutation is in every snapshot at least as new.
+    fn check_acknowledged(&self, i: usize, snapshot: &Snapshot) -> Result<(), Violation> {
         for (mutation, at) in &self.acknowledged {
             if snapshot.id >= *at && !snapshot.content.split(',').any(|m| m == mutation) {
                 return Err(self.violation(format!(
@@ -520,12 +588,6 @@ impl Sim {
                     snapshot.id
                 )));
             }
-        }
-        let node = &self.nodes[i];
-        if snapshot.id < node.last_seen.1 {
-            return Err(
-                self.violation(format!("node {i} went back from config {} to {}", node.last_seen.1, snapshot.id))
-            );
         }
         Ok(())
     }
@@ -549,16 +611,7 @@ impl Sim {
     /// After the calm phase: one master with a lease, everyone on the same
     /// bytes, and every acknowledged mutation in them.
     fn check_converged(&mut self) -> Result<(), Violation> {
-        let first = self.nodes[0].disk_config.clone();
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.disk_config != first {
-                return Err(self.violation(format!(
-                    "no convergence: node 0 holds {} but node {i} holds {}",
-                    first.id, node.disk_config.id
-                )));
-            }
-        }
-        let masters: BTreeSet<usize> = self
+        let masters: Vec<usize> = self
             .nodes
             .iter()
             .enumerate()
@@ -566,7 +619,38 @@ impl Sim {
             .map(|(i, _)| i)
             .collect();
         if masters.len() != 1 {
-            return Err(self.violation(format!("after calm, expected one master with a lease, found {masters:?}")));
+            let nodes: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|n| match &n.core {
+                    Some(c) => format!(
+                        "{}: {:?} term {} config {} members {} member {}",
+                        n.id,
+                        c.role(),
+                        c.term(),
+                        c.config().id,
+                        c.config().members.len(),
+                        c.is_member()
+                    ),
+                    None => format!("{}: down", n.id),
+                })
+                .collect();
+            return Err(self.violation(format!(
+                "after calm, expected one master with a lease, found {masters:?}; nodes: {}",
+                nodes.join("; ")
+            )));
+        }
+        // Every member of the master's config holds its bytes (a removed
+        // node, or a newcomer whose add failed, keeps its own copy).
+        let master = masters[0];
+        let first = self.nodes[master].disk_config.clone();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if first.is_member(&node.id) && node.disk_config != first {
+                return Err(self.violation(format!(
+                    "no convergence: master {master} holds {} but member {i} holds {}",
+                    first.id, node.disk_config.id
+                )));
+            }
         }
         for (mutation, at) in &self.acknowledged {
             if !first.content.split(',').any(|m| m == mutation) {

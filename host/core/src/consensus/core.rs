@@ -311,7 +311,8 @@ impl Core {
         // A shorter heartbeat takes effect now, not after the old period.
         self.next_heartbeat = self.next_heartbeat.min(self.now + self.config.timing.heartbeat_ms);
         self.election_due = self.election_due.min(self.now + self.config.timing.dead_after_ms * 2);
-        if !self.is_member() && self.role != Role::Follower {
+        let removing_myself = self.inflight.as_ref().is_some_and(|i| i.snapshot.id == self.config.id);
+        if !self.is_member() && self.role != Role::Follower && !removing_myself {
             self.become_follower(None, out);
         }
     }
@@ -319,12 +320,15 @@ impl Core {
     // ----- timers --------------------------------------------------------
 
     fn tick(&mut self, out: &mut Vec<Output>) {
-        if !self.is_member() {
-            return;
-        }
         if self.now >= self.next_heartbeat {
             self.next_heartbeat = self.now + self.config.timing.heartbeat_ms;
             self.send_heartbeats(out);
+        }
+        // A non-member only heartbeats (so a member that still trusts it can
+        // pull the config that removed it); it never campaigns. A master
+        // committing its own removal keeps going until the removal commits.
+        if !self.is_member() && self.role != Role::Master {
+            return;
         }
         match self.role {
             Role::Master => self.tick_master(out),
@@ -456,8 +460,11 @@ impl Core {
     // ----- messages ------------------------------------------------------
 
     fn receive(&mut self, from: NodeId, msg: Msg, out: &mut Vec<Output>) {
+        // Besides members: a node being added (its acks), and the master of
+        // this term while it commits its own removal.
         let joining = self.inflight.as_ref().is_some_and(|i| i.new_member == Some(from));
-        if from == self.me || !(self.config.is_member(&from) || joining) {
+        let departing_master = self.master == Some(from);
+        if from == self.me || !(self.config.is_member(&from) || joining || departing_master) {
             return;
         }
         if !self.is_live(&from) {

@@ -305,6 +305,21 @@ fn a_node_that_acknowledges_is_added_and_a_removed_node_is_ignored() {
 }
 
 #[test]
+fn a_master_can_remove_itself_and_the_rest_elect_a_new_one() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_for(1_000);
+    assert_eq!(net.master(), id(1));
+    net.propose_members(id(1), 1, &[2, 3], None);
+    net.run_for(50);
+    assert!(net.results[&1].is_ok(), "{:?}", net.results.get(&1));
+    net.run_for(2_000);
+    let master = net.master();
+    assert!(master == id(2) || master == id(3));
+    assert!(!net.cores[&id(1)].is_member());
+    assert_eq!(net.cores[&master].config().members, vec![id(2), id(3)]);
+}
+
+#[test]
 fn a_lagging_node_pulls_the_newer_version_within_a_heartbeat() {
     let mut net = Net::new(&[1, 2, 3]);
     net.run_for(1_000);

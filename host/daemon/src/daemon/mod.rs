@@ -149,6 +149,9 @@ pub(crate) struct Daemon {
     queue: VecDeque<(Mutation, Waiter)>,
     /// A node being added, trusted for the duration of its add.
     joining: Option<qu_core::config::Peer>,
+    /// A master that removed itself, still trusted (until the given time)
+    /// so its removal can be acknowledged and committed.
+    departing: Option<(qu_core::config::Peer, u64)>,
 }
 
 /// Runs a node until `shutdown` resolves. Returns after the listeners are
@@ -185,6 +188,7 @@ pub async fn run(
         inflight: None,
         queue: VecDeque::new(),
         joining: None,
+        departing: None,
     };
     tracing::info!(
         term = daemon.core.term(),
@@ -270,6 +274,10 @@ impl Daemon {
     }
 
     fn tick(&mut self) -> Result<(), DaemonError> {
+        if self.departing.as_ref().is_some_and(|(_, until)| self.now() >= *until) {
+            self.departing = None;
+            self.refresh_trust();
+        }
         self.step(Input::Tick)?;
         self.start_next_mutation()
     }
@@ -316,11 +324,20 @@ impl Daemon {
     fn persist_config(&mut self, snapshot: &Snapshot) -> Result<(), DaemonError> {
         let cluster =
             ClusterConfig::parse(&snapshot.content).expect("snapshots are validated before the core sees them");
+        self.set_aside_unreplicated_edit(&cluster);
         qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
             .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
         self.written = snapshot.content.to_string();
         self.bad_edit = None;
         let members_changed = cluster.peers != self.cluster.peers;
+        if let Some(master) = self.core.master()
+            && master != self.me()
+            && cluster.peer(&master).is_none()
+            && let Some(peer) = self.cluster.peer(&master)
+        {
+            let until = self.now() + 3 * cluster.settings.dead_after.as_millis() as u64;
+            self.departing = Some((peer.clone(), until));
+        }
         self.cluster = cluster;
         tracing::info!(
             version = snapshot.id.version,
@@ -343,6 +360,9 @@ impl Daemon {
         if let Some(peer) = &self.joining {
             trusted.push((peer.fingerprint.clone(), peer.node_id));
         }
+        if let Some((peer, _)) = &self.departing {
+            trusted.push((peer.fingerprint.clone(), peer.node_id));
+        }
         self.trust.replace(trusted);
         self.inbound.retain(|c| {
             let keep = !c.is_closed() && c.peer_member().is_some();
@@ -357,6 +377,7 @@ impl Daemon {
     fn refresh_links(&mut self) {
         let mut peers: Vec<qu_core::config::Peer> = self.cluster.peers.clone();
         peers.extend(self.joining.clone());
+        peers.extend(self.departing.as_ref().map(|(peer, _)| peer.clone()));
         self.links.set_peers(&peers);
     }
 
@@ -402,11 +423,7 @@ impl Daemon {
                 self.bad_edit = Some(text);
             }
             Event::Invited { result, reply } => match result {
-                Ok(peer) => {
-                    self.joining = Some(peer.clone());
-                    self.refresh_trust();
-                    self.submit(Mutation::AddPeer { peer }, Waiter::Control(reply));
-                }
+                Ok(peer) => self.submit(Mutation::AddPeer { peer }, Waiter::Control(reply)),
                 Err(message) => {
                     let _ = reply.send(ControlResponse::Error { message });
                 }
@@ -545,6 +562,11 @@ impl Daemon {
             let request = self.next_request;
             self.next_request += 1;
             let new_member = mutation.new_member();
+            if let Mutation::AddPeer { peer } = &mutation {
+                // Trust and dial the newcomer for the length of its add.
+                self.joining = Some(peer.clone());
+                self.refresh_trust();
+            }
             self.inflight = Some(Pending { request, mutation, waiter });
             self.step(Input::Propose { request, snapshot: next.snapshot(), new_member })?;
         }
@@ -576,6 +598,38 @@ impl Daemon {
     }
 
     // ----- hand edits ----------------------------------------------------
+
+    /// A newer version is about to replace cluster.yaml while it holds a
+    /// hand edit that has not been replicated: keep the edit beside it
+    /// rather than lose it, and say so.
+    fn set_aside_unreplicated_edit(&mut self, incoming: &ClusterConfig) {
+        let path = self.data.cluster_yaml();
+        let Ok(text) = qu_store::read_text(&path) else { return };
+        if text == self.written || text.trim().is_empty() {
+            return;
+        }
+        // The incoming version may be this very edit, committed.
+        if let Ok(mut edited) = ClusterConfig::parse(&text) {
+            edited.version = incoming.version;
+            edited.term = incoming.term;
+            edited.updated_at = incoming.updated_at;
+            edited.updated_by = incoming.updated_by;
+            if edited == *incoming {
+                return;
+            }
+        }
+        let incoming = incoming.version;
+        let aside = self.data.root().join(format!("cluster.yaml.unreplicated-{}", self.cluster.version));
+        match qu_store::write_atomic(&aside, text.as_bytes(), SECRET_FILE_MODE) {
+            Ok(()) => tracing::warn!(
+                saved = %aside.display(),
+                "manual-edit: version {incoming} arrived before the hand edit was replicated; the edit is saved as {} — re-apply it to the new cluster.yaml",
+                aside.display()
+            ),
+            Err(error) => tracing::warn!(%error, "manual-edit: could not save the unreplicated hand edit aside"),
+        }
+        self.pending_edit = None;
+    }
 
     /// Looks for a hand edit of cluster.yaml and forwards it as a replace.
     fn poll_file(&mut self) {
