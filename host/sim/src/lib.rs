@@ -25,6 +25,8 @@ use qu_core::consensus::{ConfigId, Core, Durable, Input, Msg, Output, Role, Snap
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub nodes: usize,
+    /// Print every output of every node to stderr (for replaying one seed).
+    pub trace: bool,
     /// Virtual milliseconds with faults, then a calm phase to converge.
     pub fault_ms: u64,
     pub calm_ms: u64,
@@ -32,7 +34,7 @@ pub struct SimConfig {
 
 impl SimConfig {
     pub fn new(nodes: usize) -> Self {
-        Self { nodes, fault_ms: 20_000, calm_ms: 6_000 }
+        Self { nodes, trace: false, fault_ms: 20_000, calm_ms: 6_000 }
     }
 }
 
@@ -112,6 +114,8 @@ struct Sim {
 }
 
 const TICK_MS: u64 = 10;
+/// Share of client proposals that add or remove a member.
+const MEMBERSHIP_PERCENT: u64 = 10;
 
 /// Runs one seed; `Err` carries the first violated invariant.
 pub fn run(seed: u64, cfg: &SimConfig) -> Result<Stats, Violation> {
@@ -302,6 +306,16 @@ impl Sim {
     }
 
     fn handle(&mut self, event: Event) -> Result<(), Violation> {
+        if self.cfg.trace {
+            match &event {
+                Event::Deliver { to, from, msg_index } => {
+                    let msg: String = format!("{:?}", self.messages[*msg_index]).chars().take(140).collect();
+                    eprintln!("{:>6} n{to} <- n{from} {msg}{}", self.now, if self.nodes[*to].paused_until > self.now { " (paused)" } else { "" });
+                }
+                Event::Tick(_) => {}
+                other => eprintln!("{:>6} {other:?}", self.now),
+            }
+        }
         match event {
             Event::Restart(i) => {
                 if self.nodes[i].core.is_some() {
@@ -370,6 +384,14 @@ impl Sim {
     fn execute(&mut self, i: usize, out: Vec<Output>, crash_midway: bool) -> Result<(), Violation> {
         let cut = if crash_midway { self.rng.below(out.len() as u64) as usize } else { out.len() };
         for (k, output) in out.into_iter().enumerate() {
+            if self.cfg.trace {
+                let shown = match &output {
+                    Output::Send { to, msg } => format!("send to {} {:?}", self.index(*to), msg).chars().take(160).collect(),
+                    Output::PersistConfig(s) => format!("persist config {} members {}", s.id, s.members.len()),
+                    other => format!("{other:?}"),
+                };
+                eprintln!("{:>6} n{i} {}", self.now, shown);
+            }
             if k == cut {
                 self.crash(i);
                 let back = self.now + 50 + self.rng.below(2_000);
@@ -444,6 +466,10 @@ impl Sim {
         Ok(())
     }
 
+    fn index(&self, id: NodeId) -> String {
+        self.nodes.iter().position(|n| n.id == id).map(|i| format!("n{i}")).unwrap_or_else(|| id.to_string())
+    }
+
     fn seq_request(&mut self, node: usize, mutation: String) -> u64 {
         self.seq += 1;
         self.pending.insert(self.seq, (node, mutation));
@@ -479,7 +505,7 @@ impl Sim {
         let next_id = core.next_config_id();
         let mutation = format!("m{}", self.next_mutation);
         self.next_mutation += 1;
-        if self.faults && self.rng.chance(10) {
+        if self.faults && self.rng.chance(MEMBERSHIP_PERCENT) {
             return self.membership_change(i, current, next_id, mutation);
         }
         let content = format!("{},{mutation}", current.content);

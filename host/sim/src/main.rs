@@ -18,10 +18,11 @@ fn main() -> ExitCode {
         args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
     };
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: qu-sim [--seed N | --seeds COUNT [--from FIRST]] [--nodes 3|5] [--soak]");
+        println!("usage: qu-sim [--seed N | --seeds COUNT [--from FIRST]] [--nodes 3|5] [--soak] [--trace]");
         return ExitCode::SUCCESS;
     }
     let soak = args.iter().any(|a| a == "--soak");
+    let trace = args.iter().any(|a| a == "--trace");
     let node_counts: Vec<usize> = match value("--nodes") {
         Some(n) => vec![n as usize],
         None => vec![3, 5],
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
     let mut failed = false;
     for nodes in node_counts {
         let mut cfg = SimConfig::new(nodes);
+        cfg.trace = trace;
         if soak {
             cfg.fault_ms *= 10;
         }

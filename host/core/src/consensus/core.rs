@@ -530,14 +530,21 @@ impl Core {
                     }
                     _ => false,
                 };
-                if won {
+                // Heard a master or voted since the pre-vote began: stand down.
+                if won && !self.sticky() {
                     self.start_election(false, out);
+                } else if won {
+                    self.campaign = None;
                 }
             }
-            Msg::Vote { term, config, transfer: _, sent_at } => {
+            Msg::Vote { term, config, transfer, sent_at } => {
+                // Leader stickiness holds whatever term the request names:
+                // a node that adopted a higher term from some other message
+                // still refuses while it hears a master (unless transferred).
                 let granted = term == self.durable.term
                     && self.role != Role::Master
                     && self.durable.voted_for.is_none_or(|v| v == from)
+                    && (transfer || self.durable.voted_for == Some(from) || !self.sticky())
                     && config >= self.config.id
                     && self.is_member();
                 if granted {
