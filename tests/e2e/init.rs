@@ -1,7 +1,7 @@
 //! `qu init`: files, modes, secrets, refusals.
 
 use qu_core::config::{ClusterConfig, NodeConfig};
-use qu_tests::{Node, mode};
+use qu_tests::{Node, Tmpfs, mode};
 
 #[test]
 fn init_writes_identity_and_a_one_member_cluster_with_private_modes() {
@@ -109,39 +109,6 @@ fn bad_flags_get_clear_errors_and_write_nothing() {
     let out = node.qu(&["init"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--advertise"), "clap names the missing flag");
-}
-
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &std::path::Path, size: &str) -> Self {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount a tmpfs at {} (the test needs root)", at.display());
-        Self(at.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let ok = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "remount {}", self.0.display());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -148,3 +148,32 @@ fn a_rolling_restart_of_every_node_loses_no_change() {
     }
     cluster.assert_identical_configs(&[0, 1, 2]);
 }
+
+#[test]
+fn a_full_disk_stops_the_node_without_losing_committed_state() {
+    assert!(rustix::process::geteuid().is_root(), "this test mounts a tmpfs and needs root (CI runs as root)");
+    let root = tempfile::tempdir().unwrap();
+    let disk = qu_tests::Tmpfs::mount(&root.path().join("disk"), "1m");
+    let mut node = Node::in_dir(&disk.0, "full");
+    node.init(qu_tests::free_port(), &[]);
+    node.serve();
+    set(&node, 3);
+    let before = std::fs::read_to_string(node.file("cluster.yaml")).unwrap();
+    // Fill the disk, then ask for a change the node cannot persist.
+    let filler = disk.0.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "count=1024"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    let out = node.qu(&["cluster", "settings", "set", "hysteresis", "4"]);
+    assert!(!out.status.success(), "a change that cannot be persisted is not acknowledged");
+    let status = node.wait_exit(Duration::from_secs(20));
+    assert!(!status.success());
+    let log = node.log_text();
+    assert!(log.contains("stopping: cannot persist state") && log.contains("No space left on device"), "{log}");
+    assert_eq!(std::fs::read_to_string(node.file("cluster.yaml")).unwrap(), before, "the last committed file is intact");
+    std::fs::remove_file(&filler).unwrap();
+    node.serve();
+    assert_eq!(node.setting("hysteresis"), "3");
+    set(&node, 4);
+}
