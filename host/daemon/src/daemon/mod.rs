@@ -481,12 +481,17 @@ impl Daemon {
     fn not_master_reason(&self) -> String {
         match self.core.master() {
             Some(master) if self.core.is_live(&master) => format!("this node is not the master (master is {master})"),
-            _ => ProposeError::NoQuorum {
-                live: self.core.live_members(),
-                members: self.cluster.peers.len(),
-                need: self.cluster.quorum_size(),
+            _ => {
+                let (live, members, need) =
+                    (self.core.live_members(), self.cluster.peers.len(), self.cluster.quorum_size());
+                if self.core.is_member() && live >= need {
+                    format!(
+                        "no master yet: an election is in progress ({live} of {members} members reachable); retry in a few seconds"
+                    )
+                } else {
+                    ProposeError::NoQuorum { live, members, need }.to_string()
+                }
             }
-            .to_string(),
         }
     }
 
