@@ -296,7 +296,7 @@ fn hand_edits_replicate_through_the_master_and_bad_ones_are_ignored() {
 
 #[test]
 fn a_follower_can_add_a_node_and_the_master_can_remove_itself() {
-    let cluster = Cluster::new(3, "2m");
+    let mut cluster = Cluster::new(3, "2m");
     let master = cluster.wait_converged();
     let follower = others(&cluster, master)[0];
     let root = tempfile::tempdir().unwrap();
@@ -309,6 +309,8 @@ fn a_follower_can_add_a_node_and_the_master_can_remove_itself() {
         s["quorum"] == true
             && s["peers"].as_array().is_some_and(|p| p.len() == 4 && p.iter().all(|p| p["live"] == true))
     });
+    cluster.nodes.push(newcomer);
+    let newcomer = 3;
 
     let master_id = cluster.nodes[master].node_id();
     let out = cluster.nodes[master].qu_ok(&["node", "remove", &master_id]);
@@ -316,7 +318,8 @@ fn a_follower_can_add_a_node_and_the_master_can_remove_itself() {
     let rest = others(&cluster, master);
     let new_master = cluster.wait_master(&rest);
     assert_ne!(new_master, master);
-    let status = newcomer.wait_status("three members remain", |s| s["peers"].as_array().is_some_and(|p| p.len() == 3));
+    let status = cluster.nodes[newcomer]
+        .wait_status("three members remain", |s| s["peers"].as_array().is_some_and(|p| p.len() == 3));
     assert_eq!(status["quorum"], true);
     cluster.nodes[master].wait_status("the removed master has no quorum", |s| s["quorum"] == false);
 }

@@ -171,7 +171,11 @@ fn a_full_disk_stops_the_node_without_losing_committed_state() {
     assert!(!status.success());
     let log = node.log_text();
     assert!(log.contains("stopping: cannot persist state") && log.contains("No space left on device"), "{log}");
-    assert_eq!(std::fs::read_to_string(node.file("cluster.yaml")).unwrap(), before, "the last committed file is intact");
+    assert_eq!(
+        std::fs::read_to_string(node.file("cluster.yaml")).unwrap(),
+        before,
+        "the last committed file is intact"
+    );
     std::fs::remove_file(&filler).unwrap();
     node.serve();
     assert_eq!(node.setting("hysteresis"), "3");

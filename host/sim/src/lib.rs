@@ -310,7 +310,11 @@ impl Sim {
             match &event {
                 Event::Deliver { to, from, msg_index } => {
                     let msg: String = format!("{:?}", self.messages[*msg_index]).chars().take(140).collect();
-                    eprintln!("{:>6} n{to} <- n{from} {msg}{}", self.now, if self.nodes[*to].paused_until > self.now { " (paused)" } else { "" });
+                    eprintln!(
+                        "{:>6} n{to} <- n{from} {msg}{}",
+                        self.now,
+                        if self.nodes[*to].paused_until > self.now { " (paused)" } else { "" }
+                    );
                 }
                 Event::Tick(_) => {}
                 other => eprintln!("{:>6} {other:?}", self.now),
@@ -386,7 +390,9 @@ impl Sim {
         for (k, output) in out.into_iter().enumerate() {
             if self.cfg.trace {
                 let shown = match &output {
-                    Output::Send { to, msg } => format!("send to {} {:?}", self.index(*to), msg).chars().take(160).collect(),
+                    Output::Send { to, msg } => {
+                        format!("send to {} {:?}", self.index(*to), msg).chars().take(160).collect()
+                    }
                     Output::PersistConfig(s) => format!("persist config {} members {}", s.id, s.members.len()),
                     other => format!("{other:?}"),
                 };
