@@ -10,6 +10,7 @@ pub mod consensus;
 pub mod ids;
 pub mod join;
 pub mod limits;
+pub mod monitor;
 pub mod wire;
 
 pub use ids::{Fingerprint, NodeId};
