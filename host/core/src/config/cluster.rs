@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, HostPort, Timestamp, parse_yaml};
+use super::{ConfigError, HostPort, NATIVE_TYPES, NativeSpec, Timestamp, parse_yaml};
+use crate::monitor::CheckState;
 use crate::consensus::{ConfigId, Snapshot, Timing};
 use crate::limits::{ALERTS_MAX, CHECKS_MAX, CLUSTER_YAML_BYTES_MAX, PEERS_MAX, PLUGINS_MAX};
 use crate::{Fingerprint, NodeId};
@@ -35,6 +36,30 @@ pub struct ClusterConfig {
     pub alerts: Vec<Alert>,
     #[serde(default)]
     pub plugins: Vec<PluginEntry>,
+    /// Committed check states, by check id: what the cluster last decided.
+    /// Written by the master when a transition commits; a new master
+    /// resumes from it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub states: BTreeMap<String, CheckStatus>,
+}
+
+/// A check's committed state and the transition that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckStatus {
+    pub state: CheckState,
+    /// The state before the transition.
+    pub from: CheckState,
+    /// When the master committed the transition.
+    pub since: Timestamp,
+    /// Unique id of the transition (`<term>.<version>` of the commit).
+    pub transition: String,
+    /// Reporters at the time: OK, failing, total.
+    pub ok: u32,
+    pub failing: u32,
+    pub total: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// Cluster-wide timers and thresholds. Defaults match the seed (1 s, 4 s,
@@ -216,7 +241,18 @@ impl ClusterConfig {
             checks: Vec::new(),
             alerts: Vec::new(),
             plugins: Vec::new(),
+            states: BTreeMap::new(),
         }
+    }
+
+    /// A check by id or by name.
+    pub fn check(&self, id_or_name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.id == id_or_name || c.name == id_or_name)
+    }
+
+    /// The committed state of a check (`unknown` until its first transition).
+    pub fn check_state(&self, id: &str) -> CheckState {
+        self.states.get(id).map(|s| s.state).unwrap_or(CheckState::Unknown)
     }
 
     /// Parses and validates `cluster.yaml`, reporting every problem at once.
@@ -275,6 +311,7 @@ impl ClusterConfig {
         let alert_ids = self.validate_alerts(&mut problems);
         self.validate_checks(&alert_ids, &mut problems);
         self.validate_plugins(&mut problems);
+        self.validate_states(&mut problems);
         problems
     }
 
@@ -347,6 +384,17 @@ impl ClusterConfig {
                 problems
                     .push(format!("{at}.interval: {} is shorter than 1s", humantime::format_duration(check.interval)));
             }
+            if let Err(errors) = NativeSpec::parse(&check.kind, &check.target, &check.settings) {
+                problems.extend(errors.into_iter().map(|e| format!("{at}.{e}")));
+            } else if !NATIVE_TYPES.contains(&check.kind.as_str())
+                && !self.plugins.iter().any(|p| p.name == check.kind && p.kind == PluginKind::Check)
+            {
+                problems.push(format!(
+                    "{at}.type: unknown check type `{}` (native: {}; or a check plugin listed in plugins)",
+                    check.kind,
+                    NATIVE_TYPES.join(", ")
+                ));
+            }
             if check.timeout.is_zero() || check.timeout >= check.interval {
                 problems.push(format!(
                     "{at}.timeout: {} must be above zero and shorter than the interval ({})",
@@ -360,6 +408,14 @@ impl ClusterConfig {
                         problems.push(format!("{at}.{field}: no alert has id `{id}`"));
                     }
                 }
+            }
+        }
+    }
+
+    fn validate_states(&self, problems: &mut Vec<String>) {
+        for id in self.states.keys() {
+            if !self.checks.iter().any(|c| c.id == *id) {
+                problems.push(format!("states.{id}: no check has this id"));
             }
         }
     }

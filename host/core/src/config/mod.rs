@@ -6,13 +6,15 @@
 //! every problem at once rather than the first.
 
 mod addr;
+mod checks;
 mod cluster;
 mod mutation;
 mod node;
 mod time;
 
 pub use addr::HostPort;
-pub use cluster::{Alert, Check, ClusterConfig, Peer, PluginEntry, PluginKind, PluginLimits, Settings};
+pub use checks::{HttpSpec, NATIVE_TYPES, NativeSpec, REDIRECTS_MAX, StatusMatcher};
+pub use cluster::{Alert, Check, CheckStatus, ClusterConfig, Peer, PluginEntry, PluginKind, PluginLimits, Settings};
 pub use mutation::{Mutation, Stamp};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
 pub use time::Timestamp;
