@@ -107,7 +107,11 @@ impl NativeSpec {
                 let host = target.trim().trim_start_matches('[').trim_end_matches(']');
                 let ok = !host.is_empty()
                     && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'));
-                if ok { Ok(Some(NativeSpec::Icmp(host.to_string()))) } else { Err(vec![format!("target: `{target}` is not a host name or IP address")]) }
+                if ok {
+                    Ok(Some(NativeSpec::Icmp(host.to_string())))
+                } else {
+                    Err(vec![format!("target: `{target}` is not a host name or IP address")])
+                }
             }
             _ => Ok(None),
         }
@@ -128,7 +132,10 @@ fn parse_http(target: &str, settings: &BTreeMap<String, String>) -> Result<HttpS
     let url = match url::Url::parse(target.trim()) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Some(url),
         Ok(url) => {
-            problems.push(format!("target: `{target}` must be an http:// or https:// URL with a host (got scheme {})", url.scheme()));
+            problems.push(format!(
+                "target: `{target}` must be an http:// or https:// URL with a host (got scheme {})",
+                url.scheme()
+            ));
             None
         }
         Err(e) => {
@@ -200,13 +207,18 @@ mod tests {
 
     #[test]
     fn http_specs() {
-        let spec = NativeSpec::parse("http", "https://example.com/health", &settings(&[("expect", "200"), ("method", "head")]))
-            .unwrap()
-            .unwrap();
+        let spec = NativeSpec::parse(
+            "http",
+            "https://example.com/health",
+            &settings(&[("expect", "200"), ("method", "head")]),
+        )
+        .unwrap()
+        .unwrap();
         let NativeSpec::Http(http) = spec else { panic!() };
         assert_eq!(http.method, "HEAD");
         assert!(http.expect.matches(200) && !http.expect.matches(201));
-        let errors = NativeSpec::parse("http", "ftp://x", &settings(&[("colour", "red"), ("insecure", "yes")])).unwrap_err();
+        let errors =
+            NativeSpec::parse("http", "ftp://x", &settings(&[("colour", "red"), ("insecure", "yes")])).unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(NativeSpec::parse("http", "not a url", &BTreeMap::new()).is_err());
     }
@@ -216,7 +228,9 @@ mod tests {
         assert!(matches!(NativeSpec::parse("tcp", "db:5432", &BTreeMap::new()), Ok(Some(NativeSpec::Tcp(_)))));
         assert!(NativeSpec::parse("tcp", "db:99999", &BTreeMap::new()).is_err());
         assert!(NativeSpec::parse("tcp", "db", &BTreeMap::new()).is_err());
-        assert!(matches!(NativeSpec::parse("icmp", "::1", &BTreeMap::new()), Ok(Some(NativeSpec::Icmp(h))) if h == "::1"));
+        assert!(
+            matches!(NativeSpec::parse("icmp", "::1", &BTreeMap::new()), Ok(Some(NativeSpec::Icmp(h))) if h == "::1")
+        );
         assert!(NativeSpec::parse("icmp", "a b", &BTreeMap::new()).is_err());
         assert!(NativeSpec::parse("icmp", "x", &settings(&[("a", "b")])).is_err());
         assert_eq!(NativeSpec::parse("dns", "x", &BTreeMap::new()), Ok(None));

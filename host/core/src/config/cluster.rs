@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, HostPort, NATIVE_TYPES, NativeSpec, Timestamp, parse_yaml};
-use crate::monitor::CheckState;
 use crate::consensus::{ConfigId, Snapshot, Timing};
 use crate::limits::{ALERTS_MAX, CHECKS_MAX, CLUSTER_YAML_BYTES_MAX, PEERS_MAX, PLUGINS_MAX};
+use crate::monitor::CheckState;
 use crate::{Fingerprint, NodeId};
 
 const FILE: &str = "cluster.yaml";

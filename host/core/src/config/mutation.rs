@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterConfig, Peer, Settings, Timestamp};
+use super::{Check, CheckStatus, ClusterConfig, Peer, Settings, Timestamp};
 use crate::NodeId;
 use crate::consensus::ConfigId;
 
@@ -30,6 +30,40 @@ pub enum Mutation {
         config: Box<ClusterConfig>,
         base_version: u64,
     },
+    /// `qu check add`. Alert references may be ids or names.
+    AddCheck {
+        check: Box<Check>,
+    },
+    /// `qu check edit`: only the given fields change.
+    EditCheck {
+        check: String,
+        changes: Box<CheckChanges>,
+    },
+    RemoveCheck {
+        check: String,
+    },
+    SetCheckDisabled {
+        check: String,
+        disabled: bool,
+    },
+    /// The master commits a verdict: `status.from` must still be the
+    /// committed state, or the transition is stale and refused.
+    RecordTransition {
+        check_id: String,
+        status: Box<CheckStatus>,
+    },
+}
+
+/// The fields `qu check edit` may change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckChanges {
+    pub target: Option<String>,
+    pub interval: Option<std::time::Duration>,
+    pub timeout: Option<std::time::Duration>,
+    /// Settings to set; an empty value removes the key.
+    pub settings: std::collections::BTreeMap<String, String>,
+    pub alert_ids: Option<Vec<String>>,
+    pub suppress_alert_ids: Option<Vec<String>>,
 }
 
 /// What the master stamps on every version it makes.
@@ -57,6 +91,15 @@ impl Mutation {
             Mutation::RemovePeer { node_id } => format!("remove node {node_id}"),
             Mutation::SetSetting { key, value } => format!("set {key} = {value}"),
             Mutation::Replace { base_version, .. } => format!("replace (hand edit of version {base_version})"),
+            Mutation::AddCheck { check } => format!("add check {} ({} {})", check.name, check.kind, check.target),
+            Mutation::EditCheck { check, .. } => format!("edit check {check}"),
+            Mutation::RemoveCheck { check } => format!("remove check {check}"),
+            Mutation::SetCheckDisabled { check, disabled } => {
+                format!("{} check {check}", if *disabled { "disable" } else { "enable" })
+            }
+            Mutation::RecordTransition { check_id, status } => {
+                format!("check {check_id}: {} -> {}", status.from, status.state)
+            }
         }
     }
 
@@ -102,6 +145,68 @@ impl Mutation {
                 }
                 next = (**config).clone();
             }
+            Mutation::AddCheck { check } => {
+                if current.check(&check.name).is_some() {
+                    return Err(format!("a check named `{}` already exists; use `qu check edit`", check.name));
+                }
+                if current.checks.iter().any(|c| c.id == check.id) {
+                    return Err(format!("check id `{}` is taken; retry", check.id));
+                }
+                let mut check = (**check).clone();
+                check.alert_ids = resolve_alerts(current, &check.alert_ids)?;
+                check.suppress_alert_ids = resolve_alerts(current, &check.suppress_alert_ids)?;
+                next.checks.push(check);
+            }
+            Mutation::EditCheck { check, changes } => {
+                let index = check_index(current, check)?;
+                let alert_ids = changes.alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
+                let suppress = changes.suppress_alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
+                let edited = &mut next.checks[index];
+                if let Some(target) = &changes.target {
+                    edited.target = target.clone();
+                }
+                if let Some(interval) = changes.interval {
+                    edited.interval = interval;
+                }
+                if let Some(timeout) = changes.timeout {
+                    edited.timeout = timeout;
+                }
+                for (key, value) in &changes.settings {
+                    if value.is_empty() {
+                        edited.settings.remove(key);
+                    } else {
+                        edited.settings.insert(key.clone(), value.clone());
+                    }
+                }
+                if let Some(alert_ids) = alert_ids {
+                    edited.alert_ids = alert_ids;
+                }
+                if let Some(suppress) = suppress {
+                    edited.suppress_alert_ids = suppress;
+                }
+            }
+            Mutation::RemoveCheck { check } => {
+                let index = check_index(current, check)?;
+                let removed = next.checks.remove(index);
+                next.states.remove(&removed.id);
+            }
+            Mutation::SetCheckDisabled { check, disabled } => {
+                let index = check_index(current, check)?;
+                next.checks[index].disabled = *disabled;
+            }
+            Mutation::RecordTransition { check_id, status } => {
+                if current.checks.iter().all(|c| c.id != *check_id) {
+                    return Err(format!("check `{check_id}` no longer exists"));
+                }
+                let committed = current.check_state(check_id);
+                if committed != status.from {
+                    return Err(format!("check `{check_id}` is {committed}, not {}: stale transition", status.from));
+                }
+                let mut status = (**status).clone();
+                status.transition = format!("{}.{}", stamp.id.term, stamp.id.version);
+                status.since = stamp.at;
+                next.states.insert(check_id.clone(), status);
+            }
         }
         next.version = stamp.id.version;
         next.term = stamp.id.term;
@@ -113,6 +218,28 @@ impl Mutation {
         }
         Ok(next)
     }
+}
+
+fn check_index(config: &ClusterConfig, id_or_name: &str) -> Result<usize, String> {
+    config
+        .checks
+        .iter()
+        .position(|c| c.id == id_or_name || c.name == id_or_name)
+        .ok_or_else(|| format!("no check has the name or id `{id_or_name}` (see `qu check list`)"))
+}
+
+/// Alert references (ids or names) as ids.
+fn resolve_alerts(config: &ClusterConfig, refs: &[String]) -> Result<Vec<String>, String> {
+    refs.iter()
+        .map(|r| {
+            config
+                .alerts
+                .iter()
+                .find(|a| a.id == *r || a.name == *r)
+                .map(|a| a.id.clone())
+                .ok_or_else(|| format!("no alert has the name or id `{r}` (see `qu alert list`)"))
+        })
+        .collect()
 }
 
 /// Names `qu cluster settings set` accepts.
@@ -190,5 +317,80 @@ mod tests {
         assert!(replace(&edited, 0).apply(&base, &stamp(2)).unwrap_err().contains("version 0"));
         edited.peers.push(peer(2));
         assert!(replace(&edited, 1).apply(&base, &stamp(2)).unwrap_err().contains("may not change peers"));
+    }
+
+    fn check(name: &str) -> Check {
+        Check {
+            id: format!("id-{name}"),
+            name: name.into(),
+            kind: "http".into(),
+            target: "http://127.0.0.1:8080/".into(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            settings: Default::default(),
+            alert_ids: vec![],
+            suppress_alert_ids: vec![],
+            disabled: false,
+        }
+    }
+
+    #[test]
+    fn checks_are_added_edited_disabled_and_removed_by_name_or_id() {
+        let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
+        let add =
+            |c: &ClusterConfig, check: Check, v| Mutation::AddCheck { check: Box::new(check) }.apply(c, &stamp(v));
+        let one = add(&base, check("web"), 2).unwrap();
+        assert!(add(&one, check("web"), 3).unwrap_err().contains("already exists"));
+        let mut bad = check("bad");
+        bad.target = "not a url".into();
+        assert!(add(&one, bad, 3).unwrap_err().contains("is not a URL"), "the whole config is validated");
+        let mut with_alert = check("alerting");
+        with_alert.alert_ids = vec!["pager".into()];
+        assert!(add(&one, with_alert, 3).unwrap_err().contains("no alert"));
+
+        let changes = CheckChanges {
+            interval: Some(Duration::from_secs(5)),
+            timeout: Some(Duration::from_secs(2)),
+            settings: [("expect".to_string(), "200".to_string())].into(),
+            ..Default::default()
+        };
+        let edit = Mutation::EditCheck { check: "id-web".into(), changes: Box::new(changes) };
+        let edited = edit.apply(&one, &stamp(3)).unwrap();
+        assert_eq!(edited.checks[0].interval, Duration::from_secs(5));
+        assert_eq!(edited.checks[0].settings["expect"], "200");
+        let off = Mutation::SetCheckDisabled { check: "web".into(), disabled: true }.apply(&edited, &stamp(4)).unwrap();
+        assert!(off.checks[0].disabled);
+        let gone = Mutation::RemoveCheck { check: "web".into() }.apply(&off, &stamp(5)).unwrap();
+        assert!(gone.checks.is_empty());
+        assert!(
+            Mutation::RemoveCheck { check: "web".into() }.apply(&gone, &stamp(6)).unwrap_err().contains("no check")
+        );
+    }
+
+    #[test]
+    fn transitions_commit_once_and_stale_ones_are_refused() {
+        use crate::monitor::CheckState;
+        let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
+        let one = Mutation::AddCheck { check: Box::new(check("web")) }.apply(&base, &stamp(2)).unwrap();
+        let status = |from, state| CheckStatus {
+            state,
+            from,
+            since: Timestamp::from_unix_millis(0),
+            transition: String::new(),
+            ok: 0,
+            failing: 3,
+            total: 3,
+            detail: "status 503".into(),
+        };
+        let record = |c: &ClusterConfig, s: CheckStatus, v| {
+            Mutation::RecordTransition { check_id: "id-web".into(), status: Box::new(s) }.apply(c, &stamp(v))
+        };
+        let down = record(&one, status(CheckState::Unknown, CheckState::Down), 3).unwrap();
+        assert_eq!(down.check_state("id-web"), CheckState::Down);
+        assert_eq!(down.states["id-web"].transition, "3.3");
+        let err = record(&down, status(CheckState::Unknown, CheckState::Down), 4).unwrap_err();
+        assert!(err.contains("stale transition"), "{err}");
+        let gone = Mutation::RemoveCheck { check: "web".into() }.apply(&down, &stamp(4)).unwrap();
+        assert!(gone.states.is_empty(), "a removed check's state goes with it");
     }
 }

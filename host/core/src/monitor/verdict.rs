@@ -175,11 +175,7 @@ impl Verdicts {
 
 fn fresh_reports<'a>(track: &'a Track, members: &[NodeId], now: u64) -> Vec<&'a Received> {
     let window = (3 * track.interval_ms).max(FRESH_MIN_MS);
-    members
-        .iter()
-        .filter_map(|m| track.latest.get(m))
-        .filter(|r| now.saturating_sub(r.at) <= window)
-        .collect()
+    members.iter().filter_map(|m| track.latest.get(m)).filter(|r| now.saturating_sub(r.at) <= window).collect()
 }
 
 fn tally(track: &Track, members: &[NodeId], now: u64) -> Tally {
@@ -235,8 +231,8 @@ mod tests {
             (&[D, U], 3, Some(CheckState::Up)), // tie is UP
             (&[D, D, U, U], 4, Some(CheckState::Up)),
             (&[D, D, D, U], 4, Some(CheckState::Down)),
-            (&[D], 3, None),                // one reporter of three: no verdict
-            (&[D, X, X], 3, None),          // unavailable is no report, and no DOWN vote
+            (&[D], 3, None),       // one reporter of three: no verdict
+            (&[D, X, X], 3, None), // unavailable is no report, and no DOWN vote
             (&[D, D, X], 3, Some(CheckState::Down)),
             (&[D, D, D, D, U], 5, Some(CheckState::Down)),
             (&[D, D, U, U, U], 5, Some(CheckState::Up)),
@@ -268,7 +264,10 @@ mod tests {
         assert!(round(&mut v, 2 * INTERVAL + 1, &[D, D, U], &m, 3).is_empty());
         let p = round(&mut v, 3 * INTERVAL + 1, &[D, D, U], &m, 3);
         assert_eq!(p.len(), 1, "third consecutive round");
-        assert_eq!((p[0].from, p[0].to, p[0].ok, p[0].failing, p[0].total), (CheckState::Up, CheckState::Down, 1, 2, 3));
+        assert_eq!(
+            (p[0].from, p[0].to, p[0].ok, p[0].failing, p[0].total),
+            (CheckState::Up, CheckState::Down, 1, 2, 3)
+        );
         assert_eq!(p[0].detail, "Down");
     }
 
@@ -289,7 +288,10 @@ mod tests {
         assert!(round(&mut v, INTERVAL + 1, &[U, U, U], &m, 2).is_empty());
         let p = round(&mut v, 2 * INTERVAL + 1, &[U, U, U], &m, 2);
         assert_eq!((p[0].from, p[0].to), (CheckState::Unknown, CheckState::Up));
-        assert!(round(&mut v, 3 * INTERVAL + 1, &[U, U, U], &m, 2).is_empty(), "no second proposal while one is pending");
+        assert!(
+            round(&mut v, 3 * INTERVAL + 1, &[U, U, U], &m, 2).is_empty(),
+            "no second proposal while one is pending"
+        );
         v.settled("c", CheckState::Up);
         assert!(round(&mut v, 4 * INTERVAL + 1, &[U, U, U], &m, 2).is_empty(), "already up");
     }
