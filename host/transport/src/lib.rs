@@ -15,6 +15,8 @@ mod error;
 pub mod frame;
 pub mod identity;
 mod tls;
+
+pub use tls::probe_client_config;
 mod trust;
 
 pub use conn::{Caller, Connection, Endpoint, Expect, Handler, Protocol};

@@ -49,11 +49,13 @@ impl ServerCertVerifier for PinnedServerVerifier {
 
     fn verify_tls12_signature(
         &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        Err(Error::General("TLS 1.2 is not accepted".into()))
+        // Peer links offer only TLS 1.3, so this runs only for an insecure
+        // HTTP probe meeting a TLS 1.2 server.
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -152,4 +154,28 @@ pub(crate) fn client_config(
         .map_err(|e| TransportError::Setup(e.to_string()))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// TLS for outbound HTTP probes (TLS 1.2 and 1.3): the system's trust store
+/// (honouring `SSL_CERT_FILE`/`SSL_CERT_DIR`), or, with `insecure`, any
+/// certificate — still with the handshake signature verified, so only the
+/// chain check is skipped.
+pub fn probe_client_config(insecure: bool) -> Result<ClientConfig, TransportError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TransportError::Setup(e.to_string()))?;
+    let mut config = if insecure {
+        let verifier =
+            Arc::new(PinnedServerVerifier { expect: None, algorithms: provider.signature_verification_algorithms });
+        builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }

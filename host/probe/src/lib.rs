@@ -1,0 +1,252 @@
+//! Native probes: HTTP(S) with reqwest (connection reuse per check), TCP
+//! connect, and ICMP echo with surge-ping (raw socket when permitted,
+//! unprivileged datagram socket otherwise).
+//!
+//! Every probe ends in a value, never an error: an outcome, a latency and a
+//! short human detail (`status 503`, `connect refused`, `timeout after 10s`,
+//! `no reply`). A probe that cannot run on this node (no ICMP socket) is
+//! `Unavailable`, which is no vote for DOWN.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use qu_core::config::{HttpSpec, NativeSpec};
+use qu_core::monitor::Outcome;
+
+/// Bytes of an HTTP body searched for `body_match`.
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Longest detail text kept.
+const DETAIL_CHARS_MAX: usize = 160;
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeResult {
+    pub outcome: Outcome,
+    pub latency_ms: u32,
+    pub detail: String,
+}
+
+impl ProbeResult {
+    fn new(outcome: Outcome, started: Instant, detail: impl Into<String>) -> Self {
+        let mut detail: String = detail.into();
+        if detail.chars().count() > DETAIL_CHARS_MAX {
+            detail = detail.chars().take(DETAIL_CHARS_MAX - 1).collect::<String>() + "…";
+        }
+        Self { outcome, latency_ms: started.elapsed().as_millis().min(u32::MAX as u128) as u32, detail }
+    }
+}
+
+/// The probe engine of one node: HTTP clients kept per check (so
+/// connections are reused between probes), ICMP sockets per family.
+#[derive(Default)]
+pub struct Probes {
+    http: Mutex<HashMap<String, (HttpSpec, Duration, reqwest::Client)>>,
+    icmp_v4: OnceLock<Result<surge_ping::Client, String>>,
+    icmp_v6: OnceLock<Result<surge_ping::Client, String>>,
+    sequence: AtomicU16,
+}
+
+impl Probes {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Runs one probe of `spec` within `timeout`.
+    pub async fn run(&self, check_id: &str, spec: &NativeSpec, timeout: Duration) -> ProbeResult {
+        let started = Instant::now();
+        let probe = async {
+            match spec {
+                NativeSpec::Http(http) => self.http(check_id, http, timeout, started).await,
+                NativeSpec::Tcp(target) => tcp(&target.host, target.port, started).await,
+                NativeSpec::Icmp(host) => self.icmp(host, timeout, started).await,
+            }
+        };
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(result) => result,
+            Err(_) => ProbeResult::new(Outcome::Down, started, format!("timeout after {}", seconds(timeout))),
+        }
+    }
+
+    /// Drops the HTTP clients of checks that are gone.
+    pub fn retain(&self, check_ids: &[&str]) {
+        self.http.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| check_ids.contains(&id.as_str()));
+    }
+
+    fn http_client(&self, check_id: &str, spec: &HttpSpec, timeout: Duration) -> Result<reqwest::Client, String> {
+        let mut clients = self.http.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((known, known_timeout, client)) = clients.get(check_id)
+            && known == spec
+            && *known_timeout == timeout
+        {
+            return Ok(client.clone());
+        }
+        let tls = qu_transport::probe_client_config(spec.insecure).map_err(|e| e.to_string())?;
+        let redirects = if spec.max_redirects == 0 {
+            reqwest::redirect::Policy::none()
+        } else {
+            reqwest::redirect::Policy::limited(spec.max_redirects as usize)
+        };
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(redirects)
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("qu/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(2)
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        clients.insert(check_id.to_string(), (spec.clone(), timeout, client.clone()));
+        Ok(client)
+    }
+
+    async fn http(&self, check_id: &str, spec: &HttpSpec, timeout: Duration, started: Instant) -> ProbeResult {
+        let client = match self.http_client(check_id, spec, timeout) {
+            Ok(client) => client,
+            Err(detail) => return ProbeResult::new(Outcome::Unavailable, started, detail),
+        };
+        let method = reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut response = match client.request(method, spec.url.clone()).send().await {
+            Ok(response) => response,
+            Err(error) => return ProbeResult::new(Outcome::Down, started, http_error(&error, timeout)),
+        };
+        let status = response.status().as_u16();
+        if !spec.expect.matches(status) {
+            return ProbeResult::new(Outcome::Down, started, format!("status {status} (expected {})", spec.expect));
+        }
+        let Some(needle) = &spec.body_match else {
+            return ProbeResult::new(Outcome::Up, started, format!("status {status}"));
+        };
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = BODY_BYTES_MAX - body.len();
+                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if body.len() >= BODY_BYTES_MAX {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => return ProbeResult::new(Outcome::Down, started, http_error(&error, timeout)),
+            }
+        }
+        if String::from_utf8_lossy(&body).contains(needle.as_str()) {
+            ProbeResult::new(Outcome::Up, started, format!("status {status}, body matches"))
+        } else {
+            ProbeResult::new(Outcome::Down, started, format!("status {status}, body lacks {needle:?}"))
+        }
+    }
+
+    fn icmp_client(&self, v6: bool) -> Result<surge_ping::Client, String> {
+        let cell = if v6 { &self.icmp_v6 } else { &self.icmp_v4 };
+        cell.get_or_init(|| open_icmp(v6)).clone()
+    }
+
+    async fn icmp(&self, host: &str, timeout: Duration, started: Instant) -> ProbeResult {
+        let ip: IpAddr = match host.parse() {
+            Ok(ip) => ip,
+            Err(_) => match tokio::net::lookup_host((host, 0)).await.map(|mut a| a.next()) {
+                Ok(Some(addr)) => addr.ip(),
+                Ok(None) => return ProbeResult::new(Outcome::Down, started, format!("no address for {host}")),
+                Err(e) => return ProbeResult::new(Outcome::Down, started, format!("resolve {host}: {e}")),
+            },
+        };
+        let client = match self.icmp_client(ip.is_ipv6()) {
+            Ok(client) => client,
+            Err(detail) => return ProbeResult::new(Outcome::Unavailable, started, detail),
+        };
+        let ident = surge_ping::PingIdentifier(rand_ident());
+        let mut pinger = client.pinger(ip, ident).await;
+        pinger.timeout(timeout);
+        let sequence = surge_ping::PingSequence(self.sequence.fetch_add(1, Ordering::Relaxed));
+        match pinger.ping(sequence, &[0u8; 16]).await {
+            Ok((_, rtt)) => {
+                ProbeResult::new(Outcome::Up, started, format!("reply in {:.1} ms", rtt.as_secs_f64() * 1e3))
+            }
+            Err(surge_ping::SurgeError::Timeout { .. }) => ProbeResult::new(Outcome::Down, started, "no reply"),
+            Err(error) => ProbeResult::new(Outcome::Down, started, format!("ping: {error}")),
+        }
+    }
+}
+
+/// Opens an ICMP socket: raw when permitted (root or CAP_NET_RAW), an
+/// unprivileged datagram socket otherwise.
+fn open_icmp(v6: bool) -> Result<surge_ping::Client, String> {
+    let kind = if v6 { surge_ping::ICMP::V6 } else { surge_ping::ICMP::V4 };
+    let raw = surge_ping::Config::builder().kind(kind).build();
+    let raw_error = match surge_ping::Client::new(&raw) {
+        Ok(client) => return Ok(client),
+        Err(error) => error,
+    };
+    let dgram = surge_ping::Config::builder().kind(kind).sock_type_hint(socket2::Type::DGRAM).build();
+    surge_ping::Client::new(&dgram).map_err(|dgram_error| {
+        format!(
+            "ICMP unavailable: no raw socket ({raw_error}; needs root or CAP_NET_RAW) and no datagram ICMP socket \
+             ({dgram_error}; allow this user's group in net.ipv4.ping_group_range)"
+        )
+    })
+}
+
+fn rand_ident() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = (std::process::id() as u16).wrapping_mul(31);
+    base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+async fn tcp(host: &str, port: u16, started: Instant) -> ProbeResult {
+    match tokio::net::TcpStream::connect((host, port)).await {
+        Ok(_) => ProbeResult::new(Outcome::Up, started, "connected"),
+        Err(error) => ProbeResult::new(Outcome::Down, started, io_detail(&error)),
+    }
+}
+
+fn io_detail(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connect refused".into(),
+        std::io::ErrorKind::TimedOut => "connect timed out".into(),
+        _ => format!("connect: {error}"),
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+/// A short detail for a failed request: what went wrong, from the deepest
+/// cause that says something.
+fn http_error(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        return format!("timeout after {}", seconds(timeout));
+    }
+    if error.is_redirect() {
+        return "too many redirects".into();
+    }
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    let text = cause.to_string();
+    if let Some(io) = find_io(error) {
+        return io_detail(io);
+    }
+    if text.contains("certificate") || text.contains("Certificate") {
+        return format!("TLS: {text}");
+    }
+    if error.is_connect() { format!("connect: {text}") } else { text }
+}
+
+fn find_io(error: &reqwest::Error) -> Option<&std::io::Error> {
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut)
+        {
+            return Some(io);
+        }
+        cause = current.source();
+    }
+    None
+}
