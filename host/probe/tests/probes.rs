@@ -74,7 +74,9 @@ async fn probe(probes: &Probes, spec: &NativeSpec) -> ProbeResult {
 async fn http_status_classes_body_match_and_redirects() {
     let addr = http_server().await;
     let probes = Probes::new();
-    let cases: &[(&str, &[(&str, &str)], Outcome, &str)] = &[
+    // (path, settings, expected outcome, expected detail)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Outcome, &'a str);
+    let cases: &[Case] = &[
         ("/status/200", &[], Outcome::Up, "status 200"),
         ("/status/204", &[("expect", "2xx")], Outcome::Up, "status 204"),
         ("/status/503", &[], Outcome::Down, "status 503 (expected 2xx)"),
