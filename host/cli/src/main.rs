@@ -2,6 +2,7 @@
 //! arguments, calls the daemon (or the daemon library for `init`/`serve`),
 //! renders results. No business logic lives here.
 
+mod check;
 mod demo;
 mod render;
 
@@ -57,6 +58,9 @@ enum Command {
     /// Show or change cluster-wide settings.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Add, list, edit, remove, enable and disable checks.
+    #[command(subcommand)]
+    Check(check::CheckCommand),
     /// Run a local demo cluster on loopback in a temporary directory.
     Demo(demo::DemoArgs),
 }
@@ -171,6 +175,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Node(command) => run_node(command),
+        Command::Check(command) => check::run(command),
         Command::Cluster(ClusterCommand::Settings { set, json }) => run_settings(set, json),
         Command::Demo(args) => demo::run(args),
     }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::NodeId;
 use crate::config::Mutation;
 use crate::consensus::Msg;
+use crate::monitor::{CheckSummary, Report};
 
 /// Requests a node answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +26,8 @@ pub enum PeerRequest {
     Ping,
     /// A mutation a member forwards to the master.
     Propose { mutation: Mutation },
+    /// The master's current view of every check (for `qu status`).
+    CheckSummaries,
 }
 
 impl PeerRequest {
@@ -60,6 +63,9 @@ pub enum PeerResponse {
         term: u64,
         version: u64,
     },
+    CheckSummaries {
+        summaries: Vec<CheckSummary>,
+    },
     /// A request that was understood and refused, with a sentence saying why.
     Refused {
         reason: String,
@@ -71,4 +77,6 @@ pub enum PeerResponse {
 pub enum PeerNotice {
     /// A consensus message (heartbeats, votes, replication).
     Consensus(Msg),
+    /// A batch of probe results for the master (the latest per check).
+    Results(Vec<Report>),
 }

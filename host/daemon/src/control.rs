@@ -13,7 +13,9 @@ use tokio::net::{UnixListener, UnixStream};
 
 use qu_core::{Fingerprint, NodeId};
 
-use crate::status::{PeerView, SettingsView, StatusView};
+use qu_core::config::{Check, CheckChanges};
+
+use crate::status::{CheckListItem, PeerView, SettingsView, StatusView};
 
 /// Largest request or response line, in bytes.
 pub const CONTROL_LINE_BYTES_MAX: u64 = 16 * 1024 * 1024;
@@ -43,6 +45,22 @@ pub enum ControlRequest {
         key: String,
         value: String,
     },
+    CheckList,
+    /// `qu check add`; the daemon assigns the id.
+    CheckAdd {
+        check: Box<Check>,
+    },
+    CheckEdit {
+        check: String,
+        changes: Box<CheckChanges>,
+    },
+    CheckRemove {
+        check: String,
+    },
+    CheckSetDisabled {
+        check: String,
+        disabled: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +83,9 @@ pub enum ControlResponse {
         node_id: Option<NodeId>,
     },
     Settings(SettingsView),
+    Checks {
+        checks: Vec<CheckListItem>,
+    },
     Error {
         message: String,
     },

@@ -51,3 +51,21 @@ pub struct SettingsView {
     pub hysteresis: u32,
     pub config_version: u64,
 }
+
+/// One row of `qu check list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckListItem {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub target: String,
+    pub interval: String,
+    pub timeout: String,
+    pub settings: std::collections::BTreeMap<String, String>,
+    pub alerts: Vec<String>,
+    pub suppressed: Vec<String>,
+    pub disabled: bool,
+    /// The committed state: `up`, `down` or `unknown`.
+    pub state: String,
+}

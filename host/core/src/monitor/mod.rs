@@ -52,3 +52,14 @@ pub struct Report {
     /// A short human detail: `status 503`, `connect refused`, `timeout after 10s`.
     pub detail: String,
 }
+
+/// A check as the master sees it now, for `qu status` on any node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckSummary {
+    pub id: String,
+    pub state: CheckState,
+    pub ok: u32,
+    pub failing: u32,
+    pub total: u32,
+    pub detail: String,
+}

@@ -5,26 +5,29 @@
 mod join;
 mod links;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use qu_core::config::{ClusterConfig, Mutation, NodeConfig, Stamp, Timestamp};
+use qu_core::config::{CheckStatus, ClusterConfig, Mutation, NodeConfig, Stamp, Timestamp};
 use qu_core::consensus::{Core, Durable, Input, Msg, Output, ProposeError, Role, Snapshot};
+use qu_core::monitor::{CheckState, CheckSummary, Report, Verdicts};
 use qu_core::wire::{PeerNotice, PeerRequest, PeerResponse};
 use qu_core::{Fingerprint, NodeId};
+use qu_probe::Probes;
 use qu_store::{DataDir, SECRET_FILE_MODE};
 use qu_transport::{Caller, Connection, Endpoint, TrustStore};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use self::links::Links;
 use crate::control::{self, ControlRequest, ControlResponse};
 use crate::load::LoadedNode;
 use crate::peer::{ToEventLoop, Wire};
-use crate::status::{CheckView, PeerView, SettingsView, StatusView};
+use crate::scheduler::{self, Scheduled};
+use crate::status::{CheckListItem, CheckView, PeerView, SettingsView, StatusView};
 
 /// Events queued for the loop before senders wait.
 const EVENTS_MAX: usize = 4096;
@@ -87,6 +90,16 @@ pub(crate) enum Event {
     /// The master refused a hand edit for good (not for want of quorum).
     EditRefused {
         text: String,
+    },
+    /// The master's check summaries, fetched for a `qu status` on a follower.
+    StatusFetched {
+        summaries: Option<Vec<CheckSummary>>,
+        reply: oneshot::Sender<ControlResponse>,
+    },
+    /// A probe of this node finished (`lateness`: how late it started).
+    Probed {
+        report: Report,
+        lateness: Duration,
     },
 }
 
@@ -152,7 +165,21 @@ pub(crate) struct Daemon {
     /// A master that removed itself, still trusted (until the given time)
     /// so its removal can be acknowledged and committed.
     departing: Option<(qu_core::config::Peer, u64)>,
+    /// The checks the scheduler runs (replaced when the config changes).
+    schedule: watch::Sender<Arc<Vec<Scheduled>>>,
+    /// The master's verdict state (fed only while this node is master).
+    verdicts: Verdicts,
+    /// This node's latest result per check, not yet delivered to the master.
+    unsent: BTreeMap<String, Report>,
+    next_fanin: u64,
 }
+
+/// How long a follower's `qu status` waits for the master's check view.
+const STATUS_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often results are batched to the master, in milliseconds.
+const FANIN_MS: u64 = 200;
+/// Checks whose unsent results a node keeps while no master is reachable.
+const UNSENT_REPORTS_MAX: usize = qu_core::limits::CHECKS_MAX;
 
 /// Runs a node until `shutdown` resolves. Returns after the listeners are
 /// closed, connections are dropped and the control socket is removed.
@@ -189,6 +216,10 @@ pub async fn run(
         queue: VecDeque::new(),
         joining: None,
         departing: None,
+        schedule: watch::channel(Arc::new(Vec::new())).0,
+        verdicts: Verdicts::default(),
+        unsent: BTreeMap::new(),
+        next_fanin: 0,
     };
     tracing::info!(
         term = daemon.core.term(),
@@ -204,6 +235,9 @@ pub async fn run(
     daemon.execute(boot)?;
     daemon.refresh_links();
 
+    daemon.schedule.send_replace(Arc::new(scheduler::scheduled(&daemon.cluster)));
+    let scheduler_task =
+        tokio::spawn(scheduler::run(Probes::new(), daemon.schedule.subscribe(), daemon.events.clone()));
     let peer_task = tokio::spawn(accept_peers(listeners.peer, endpoint, events.clone()));
     let control_task = tokio::spawn(accept_control(listeners.control, events));
     let mut tick_every = daemon.tick_interval();
@@ -238,6 +272,7 @@ pub async fn run(
     };
     peer_task.abort();
     control_task.abort();
+    scheduler_task.abort();
     daemon.links.close_all();
     for connection in daemon.inbound.drain(..) {
         connection.close();
@@ -279,6 +314,8 @@ impl Daemon {
             self.refresh_trust();
         }
         self.step(Input::Tick)?;
+        self.fan_in();
+        self.judge();
         self.start_next_mutation()
     }
 
@@ -305,6 +342,11 @@ impl Daemon {
             (_, Some(master)) => tracing::info!(term, %master, "term {term}: master is {master}"),
             (Role::Candidate, None) => tracing::info!(term, "term {term}: election in progress"),
             (Role::Follower, None) => tracing::info!(term, "term {term}: no master"),
+        }
+        if role == Role::Master {
+            // Start from the committed states and fresh reports only.
+            self.verdicts.forget_reports();
+            self.sync_verdicts();
         }
         if role != Role::Master {
             // Whatever was waiting for this master's turn must go elsewhere.
@@ -349,7 +391,71 @@ impl Daemon {
         if members_changed {
             self.refresh_trust();
         }
+        self.schedule.send_replace(Arc::new(scheduler::scheduled(&self.cluster)));
+        if self.core.role() == Role::Master {
+            self.sync_verdicts();
+        }
         Ok(())
+    }
+
+    fn sync_verdicts(&mut self) {
+        let checks: Vec<(String, u64, CheckState)> = self
+            .cluster
+            .checks
+            .iter()
+            .filter(|c| !c.disabled)
+            .map(|c| (c.id.clone(), c.interval.as_millis() as u64, self.cluster.check_state(&c.id)))
+            .collect();
+        let now = self.now();
+        self.verdicts.sync(&checks, now);
+    }
+
+    /// Sends this node's latest results to the master (or, on the master,
+    /// hands them to its verdicts). Undelivered results stay for the next try.
+    fn fan_in(&mut self) {
+        let now = self.now();
+        if now < self.next_fanin || self.unsent.is_empty() {
+            return;
+        }
+        self.next_fanin = now + FANIN_MS;
+        if self.core.role() == Role::Master {
+            let me = self.me();
+            for report in std::mem::take(&mut self.unsent).into_values() {
+                self.verdicts.record(me, &report, now);
+            }
+            return;
+        }
+        let Some(master) = self.core.master().filter(|m| self.core.is_live(m)) else { return };
+        let batch: Vec<Report> = self.unsent.values().cloned().collect();
+        let endpoint = self.endpoint.clone();
+        match self.links.send(master, PeerNotice::Results(batch), now, &endpoint, &self.events) {
+            Ok(()) => self.unsent.clear(),
+            Err(error) => tracing::debug!(%master, %error, "results not delivered yet"),
+        }
+    }
+
+    /// The master turns verdicts that held for `hysteresis` rounds into
+    /// committed transitions.
+    fn judge(&mut self) {
+        if !self.core.can_serve() {
+            return;
+        }
+        let members = self.core.config().members.clone();
+        let now = self.now();
+        for proposal in self.verdicts.evaluate(&members, self.cluster.settings.hysteresis, now) {
+            let status = CheckStatus {
+                state: proposal.to,
+                from: proposal.from,
+                since: self.wall(),
+                transition: String::new(),
+                ok: proposal.ok,
+                failing: proposal.failing,
+                total: proposal.total,
+                detail: proposal.detail,
+            };
+            let mutation = Mutation::RecordTransition { check_id: proposal.check_id, status: Box::new(status) };
+            self.queue.push_back((mutation, Waiter::Internal));
+        }
     }
 
     /// Trust exactly the members (and a node being added), and close every
@@ -400,7 +506,19 @@ impl Daemon {
             Event::PeerRequest { from, request, reply } => self.on_peer_request(from, request, reply)?,
             Event::PeerNotice { from, notice } => {
                 let Some(member) = from.node_id else { return Ok(()) };
-                let PeerNotice::Consensus(msg) = notice;
+                let msg = match notice {
+                    PeerNotice::Consensus(msg) => msg,
+                    PeerNotice::Results(reports) => {
+                        // Timestamped on receipt, attributed to the TLS identity.
+                        if self.core.role() == Role::Master {
+                            let now = self.now();
+                            for report in &reports {
+                                self.verdicts.record(member, report, now);
+                            }
+                        }
+                        return Ok(());
+                    }
+                };
                 match self.verify_message(msg) {
                     Ok(msg) => {
                         tracing::trace!(peer = %member, kind = msg_kind(&msg), "received");
@@ -417,6 +535,21 @@ impl Daemon {
             Event::Inbound { connection } => {
                 self.inbound.retain(|c| !c.is_closed());
                 self.inbound.push(connection);
+            }
+            Event::StatusFetched { summaries, reply } => {
+                let mut view = self.status();
+                if let Some(summaries) = summaries {
+                    view.checks = self.check_views(&summaries, None);
+                }
+                let _ = reply.send(ControlResponse::Status(view));
+            }
+            Event::Probed { report, lateness } => {
+                if lateness > Duration::from_millis(50) {
+                    tracing::debug!(check = %report.check_id, lateness_ms = lateness.as_millis() as u64, "probe started late");
+                }
+                if self.unsent.len() < UNSENT_REPORTS_MAX || self.unsent.contains_key(&report.check_id) {
+                    self.unsent.insert(report.check_id.clone(), report);
+                }
             }
             Event::EditRefused { text } => {
                 self.pending_edit = None;
@@ -465,6 +598,13 @@ impl Daemon {
             PeerRequest::JoinHello { proof, cluster_yaml } => self.on_join_hello(&from, &proof, &cluster_yaml)?,
             PeerRequest::Ping => {
                 PeerResponse::Pong { node_id: self.me(), term: self.core.term(), config_version: self.cluster.version }
+            }
+            PeerRequest::CheckSummaries => {
+                if self.core.role() == Role::Master {
+                    PeerResponse::CheckSummaries { summaries: self.summaries() }
+                } else {
+                    PeerResponse::Refused { reason: self.not_master_reason() }
+                }
             }
             PeerRequest::Propose { mutation } => {
                 if self.core.role() == Role::Master {
@@ -585,6 +725,25 @@ impl Daemon {
             self.joining = None;
             self.refresh_trust();
         }
+        if let Mutation::RecordTransition { check_id, status } = &pending.mutation {
+            let committed = if result.is_ok() { status.state } else { self.cluster.check_state(check_id) };
+            self.verdicts.settled(check_id, committed);
+            if result.is_ok() {
+                let name = self.cluster.check(check_id).map(|c| c.name.clone()).unwrap_or_else(|| check_id.clone());
+                tracing::info!(
+                    check = %name,
+                    from = %status.from,
+                    to = %status.state,
+                    "check {name}: {} -> {} ({} of {} failing{}{})",
+                    status.from,
+                    status.state,
+                    status.failing,
+                    status.total,
+                    if status.detail.is_empty() { "" } else { ": " },
+                    status.detail
+                );
+            }
+        }
         match result {
             Ok(id) => {
                 tracing::info!(version = id.version, term = id.term, change = %pending.mutation.describe(), "config version {} committed", id.version);
@@ -682,11 +841,48 @@ impl Daemon {
 
     fn on_control(&mut self, request: ControlRequest, reply: oneshot::Sender<ControlResponse>) {
         let answer = match request {
-            ControlRequest::Status => ControlResponse::Status(self.status()),
+            ControlRequest::Status => {
+                // A follower shows the master's view of the checks.
+                let master = self.core.master().filter(|m| *m != self.me() && self.core.is_live(m));
+                let connection = master.and_then(|m| self.links.connection(&m));
+                match connection {
+                    Some(connection) if !self.cluster.checks.is_empty() => {
+                        let events = self.events.clone();
+                        tokio::spawn(async move {
+                            let answer = connection.request(PeerRequest::CheckSummaries, STATUS_FETCH_TIMEOUT).await;
+                            let summaries = match answer {
+                                Ok(PeerResponse::CheckSummaries { summaries }) => Some(summaries),
+                                _ => None,
+                            };
+                            let _ = events.send(Event::StatusFetched { summaries, reply }).await;
+                        });
+                        return;
+                    }
+                    _ => ControlResponse::Status(self.status()),
+                }
+            }
             ControlRequest::NodeList => ControlResponse::Nodes { peers: self.peer_views() },
             ControlRequest::Settings => ControlResponse::Settings(self.settings_view()),
             ControlRequest::SettingsSet { key, value } => {
                 self.submit(Mutation::SetSetting { key, value }, Waiter::Control(reply));
+                return;
+            }
+            ControlRequest::CheckList => ControlResponse::Checks { checks: self.check_list() },
+            ControlRequest::CheckAdd { mut check } => {
+                check.id = format!("c{:07x}", rand::random::<u32>() & 0x0fff_ffff);
+                self.submit_checked(Mutation::AddCheck { check }, reply);
+                return;
+            }
+            ControlRequest::CheckEdit { check, changes } => {
+                self.submit_checked(Mutation::EditCheck { check, changes }, reply);
+                return;
+            }
+            ControlRequest::CheckRemove { check } => {
+                self.submit_checked(Mutation::RemoveCheck { check }, reply);
+                return;
+            }
+            ControlRequest::CheckSetDisabled { check, disabled } => {
+                self.submit_checked(Mutation::SetCheckDisabled { check, disabled }, reply);
                 return;
             }
             ControlRequest::NodeRemove { node_id } => {
@@ -717,6 +913,44 @@ impl Daemon {
             }
         };
         let _ = reply.send(answer);
+    }
+
+    /// Checks a change against this node's config first, so bad input gets
+    /// its error at once and nothing is sent; then proposes it.
+    fn submit_checked(&mut self, mutation: Mutation, reply: oneshot::Sender<ControlResponse>) {
+        let stamp = Stamp { id: self.core.next_config_id(), at: self.wall(), by: self.me() };
+        if let Err(reason) = mutation.apply(&self.cluster, &stamp) {
+            let _ = reply.send(ControlResponse::Error { message: format!("{REFUSED}{reason}") });
+            return;
+        }
+        self.submit(mutation, Waiter::Control(reply));
+    }
+
+    fn check_list(&self) -> Vec<CheckListItem> {
+        let names = |ids: &[String]| -> Vec<String> {
+            ids.iter()
+                .map(|id| {
+                    self.cluster.alerts.iter().find(|a| a.id == *id).map(|a| a.name.clone()).unwrap_or(id.clone())
+                })
+                .collect()
+        };
+        self.cluster
+            .checks
+            .iter()
+            .map(|c| CheckListItem {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+                target: c.target.clone(),
+                interval: humantime::format_duration(c.interval).to_string(),
+                timeout: humantime::format_duration(c.timeout).to_string(),
+                settings: c.settings.clone(),
+                alerts: names(&c.alert_ids),
+                suppressed: names(&c.suppress_alert_ids),
+                disabled: c.disabled,
+                state: self.cluster.check_state(&c.id).to_string(),
+            })
+            .collect()
     }
 
     fn settings_view(&self) -> SettingsView {
@@ -758,23 +992,11 @@ impl Daemon {
             Role::Master => None,
             _ => self.core.master().filter(|m| self.core.is_live(m)),
         };
-        let checks = self
-            .cluster
-            .checks
-            .iter()
-            .map(|c| CheckView {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                kind: c.kind.clone(),
-                target: c.target.clone(),
-                state: "unknown".into(),
-                ok: 0,
-                total: 0,
-                disabled: c.disabled,
-                alerts: c.alert_ids.clone(),
-                detail: if c.disabled { "disabled".into() } else { "no results yet".into() },
-            })
-            .collect();
+        let checks = if self.core.role() == Role::Master {
+            self.check_views(&self.summaries(), None)
+        } else {
+            self.check_views(&[], Some("stale: the master's view could not be fetched"))
+        };
         StatusView {
             node_id: self.me(),
             term: self.core.term(),
@@ -785,6 +1007,70 @@ impl Daemon {
             peers: self.peer_views(),
             checks,
         }
+    }
+
+    /// The master's view of every check: committed state, current counts.
+    fn summaries(&self) -> Vec<CheckSummary> {
+        let members = self.core.config().members.clone();
+        let now = self.now();
+        self.cluster
+            .checks
+            .iter()
+            .map(|c| {
+                let tally = self.verdicts.tally(&c.id, &members, now);
+                let committed = self.cluster.states.get(&c.id);
+                let detail = self
+                    .verdicts
+                    .detail(&c.id, &members, now)
+                    .or_else(|| committed.map(|s| s.detail.clone()))
+                    .unwrap_or_default();
+                CheckSummary {
+                    id: c.id.clone(),
+                    state: self.cluster.check_state(&c.id),
+                    ok: tally.ok,
+                    failing: tally.failing,
+                    total: tally.total,
+                    detail,
+                }
+            })
+            .collect()
+    }
+
+    /// CHECKS rows: from the master's summaries, or, when they are missing,
+    /// from the committed states marked as stale.
+    fn check_views(&self, summaries: &[CheckSummary], stale: Option<&str>) -> Vec<CheckView> {
+        self.cluster
+            .checks
+            .iter()
+            .map(|c| {
+                let summary = summaries.iter().find(|s| s.id == c.id);
+                let state = summary.map(|s| s.state).unwrap_or_else(|| self.cluster.check_state(&c.id));
+                let mut detail = match (summary, self.cluster.states.get(&c.id)) {
+                    (Some(s), _) => s.detail.clone(),
+                    (None, Some(committed)) => committed.detail.clone(),
+                    (None, None) => String::new(),
+                };
+                if c.disabled {
+                    detail = "disabled".into();
+                } else if let Some(stale) = stale.filter(|_| summary.is_none()) {
+                    detail = if detail.is_empty() { format!("({stale})") } else { format!("{detail} ({stale})") };
+                } else if detail.is_empty() {
+                    detail = "no results yet".into();
+                }
+                CheckView {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    kind: c.kind.clone(),
+                    target: c.target.clone(),
+                    state: state.to_string(),
+                    ok: summary.map(|s| s.ok).unwrap_or(0),
+                    total: summary.map(|s| s.total).unwrap_or(0),
+                    disabled: c.disabled,
+                    alerts: effective_alerts(&self.cluster, c),
+                    detail,
+                }
+            })
+            .collect()
     }
 
     // ----- joining (this node as the new one) ----------------------------
@@ -834,6 +1120,18 @@ fn msg_kind(msg: &Msg) -> &'static str {
         Msg::PullReply { .. } => "pull-reply",
         Msg::TimeoutNow { .. } => "timeout-now",
     }
+}
+
+/// A check's alerts: its own plus the defaults, minus suppressed and
+/// disabled ones; names, with `*` on defaults.
+fn effective_alerts(cluster: &ClusterConfig, check: &qu_core::config::Check) -> Vec<String> {
+    cluster
+        .alerts
+        .iter()
+        .filter(|a| !a.disabled)
+        .filter(|a| (check.alert_ids.contains(&a.id) || a.default) && !check.suppress_alert_ids.contains(&a.id))
+        .map(|a| if a.default { format!("{}*", a.name) } else { a.name.clone() })
+        .collect()
 }
 
 fn propose_failed(master: &NodeId, reason: String) -> ControlResponse {

@@ -1,0 +1,180 @@
+//! `qu check ...`: build the change from flags, send it, render the answer.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use qu_core::config::{Check, CheckChanges};
+use qu_daemon::control::{ControlRequest, ControlResponse};
+
+use crate::{call_ok, unexpected};
+
+#[derive(Subcommand)]
+pub enum CheckCommand {
+    /// Add a check: `qu check add http|tcp|icmp NAME TARGET [flags]`.
+    Add {
+        /// Check type: http, tcp or icmp.
+        kind: String,
+        /// A unique name.
+        name: String,
+        /// URL (http), HOST:PORT (tcp) or host (icmp).
+        target: String,
+        #[command(flatten)]
+        flags: CheckFlags,
+    },
+    /// List the checks and their committed states.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a check: only the flags given change.
+    Edit {
+        /// The check's name or id.
+        check: String,
+        /// A new target.
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        flags: CheckFlags,
+    },
+    /// Remove a check.
+    Remove { check: String },
+    /// Start probing a disabled check again.
+    Enable { check: String },
+    /// Stop probing a check (its state is kept).
+    Disable { check: String },
+}
+
+/// Flags shared by `add` and `edit`.
+#[derive(Args, Default)]
+pub struct CheckFlags {
+    /// Expected HTTP status: a code (200), a class (2xx) or ranges (200-299,301) [default: 2xx].
+    #[arg(long)]
+    expect: Option<String>,
+    /// Text the HTTP body must contain (first 1 MiB).
+    #[arg(long)]
+    body_match: Option<String>,
+    /// HTTP method [default: GET].
+    #[arg(long)]
+    method: Option<String>,
+    /// Skip TLS certificate verification for HTTPS.
+    #[arg(long)]
+    insecure: bool,
+    /// Redirects to follow [default: 5].
+    #[arg(long)]
+    max_redirects: Option<u32>,
+    /// Time between probes [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+    /// Time a probe may take, below the interval [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Alerts to notify (names or ids, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    alerts: Option<Vec<String>>,
+    /// Default alerts not to notify for this check (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    suppress: Option<Vec<String>>,
+    /// Type setting KEY=VALUE (repeatable); an empty VALUE removes it on edit.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl CheckFlags {
+    fn settings(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut settings = BTreeMap::new();
+        for pair in &self.set {
+            let Some((key, value)) = pair.split_once('=') else { bail!("--set {pair}: expected KEY=VALUE") };
+            settings.insert(key.trim().to_string(), value.to_string());
+        }
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                settings.insert(key.to_string(), value);
+            }
+        };
+        put("expect", self.expect.clone());
+        put("body_match", self.body_match.clone());
+        put("method", self.method.clone());
+        put("max_redirects", self.max_redirects.map(|n| n.to_string()));
+        put("insecure", self.insecure.then(|| "true".to_string()));
+        Ok(settings)
+    }
+}
+
+pub fn run(command: CheckCommand) -> anyhow::Result<()> {
+    let (request, done) = match command {
+        CheckCommand::List { json } => return list(json),
+        CheckCommand::Add { kind, name, target, flags } => {
+            let check = Check {
+                id: String::new(),
+                name: name.clone(),
+                kind,
+                target,
+                interval: flags.interval.unwrap_or(Duration::from_secs(30)),
+                timeout: flags.timeout.unwrap_or(Duration::from_secs(10)),
+                settings: flags.settings()?,
+                alert_ids: flags.alerts.clone().unwrap_or_default(),
+                suppress_alert_ids: flags.suppress.clone().unwrap_or_default(),
+                disabled: false,
+            };
+            (ControlRequest::CheckAdd { check: Box::new(check) }, format!("added check {name}"))
+        }
+        CheckCommand::Edit { check, target, flags } => {
+            let changes = CheckChanges {
+                target,
+                interval: flags.interval,
+                timeout: flags.timeout,
+                settings: flags.settings()?,
+                alert_ids: flags.alerts.clone(),
+                suppress_alert_ids: flags.suppress.clone(),
+            };
+            (
+                ControlRequest::CheckEdit { check: check.clone(), changes: Box::new(changes) },
+                format!("edited check {check}"),
+            )
+        }
+        CheckCommand::Remove { check } => {
+            (ControlRequest::CheckRemove { check: check.clone() }, format!("removed check {check}"))
+        }
+        CheckCommand::Enable { check } => (
+            ControlRequest::CheckSetDisabled { check: check.clone(), disabled: false },
+            format!("enabled check {check}"),
+        ),
+        CheckCommand::Disable { check } => (
+            ControlRequest::CheckSetDisabled { check: check.clone(), disabled: true },
+            format!("disabled check {check}"),
+        ),
+    };
+    match call_ok(request)? {
+        ControlResponse::Committed { version, .. } => {
+            println!("{done}; config version {version}");
+            Ok(())
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn list(json: bool) -> anyhow::Result<()> {
+    let ControlResponse::Checks { checks } = call_ok(ControlRequest::CheckList)? else {
+        bail!("unexpected answer from the daemon");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+        return Ok(());
+    }
+    let mut rows = vec![["ID", "NAME", "TYPE", "TARGET", "INTERVAL", "STATE", "ENABLED"].map(String::from).to_vec()];
+    for c in &checks {
+        rows.push(vec![
+            c.id.clone(),
+            c.name.clone(),
+            c.kind.clone(),
+            c.target.clone(),
+            c.interval.clone(),
+            c.state.clone(),
+            if c.disabled { "no".into() } else { "yes".into() },
+        ]);
+    }
+    print!("{}", crate::render::table(&rows));
+    Ok(())
+}

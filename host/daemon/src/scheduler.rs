@@ -1,0 +1,168 @@
+//! The probe scheduler: every enabled check probed at a fixed rate (the next
+//! probe is due one interval after the previous was *due*, whatever the
+//! probe took), first probes spread over the interval by a hash of the
+//! check id, at most `PROBES_CONCURRENT_MAX` at once, and a check never
+//! overlapping itself. Results go to the event loop.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qu_core::config::{ClusterConfig, NativeSpec};
+use qu_core::monitor::{Outcome, Report};
+use qu_probe::Probes;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::daemon::Event;
+
+/// Probes running at once on one node.
+pub const PROBES_CONCURRENT_MAX: usize = 512;
+
+/// One check as the scheduler runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    pub id: String,
+    pub kind: String,
+    /// `None` for a check type this node cannot run natively (a plugin's).
+    pub spec: Option<NativeSpec>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// The checks this node should probe, from a config.
+pub fn scheduled(config: &ClusterConfig) -> Vec<Scheduled> {
+    config
+        .checks
+        .iter()
+        .filter(|c| !c.disabled)
+        .map(|c| Scheduled {
+            id: c.id.clone(),
+            kind: c.kind.clone(),
+            spec: NativeSpec::parse(&c.kind, &c.target, &c.settings).ok().flatten(),
+            interval: c.interval,
+            timeout: c.timeout,
+        })
+        .collect()
+}
+
+/// Where in its interval a check's probes fall (stable per check id).
+fn offset(id: &str, interval: Duration) -> Duration {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    let millis = interval.as_millis().max(1) as u64;
+    Duration::from_millis(hasher.finish() % millis)
+}
+
+/// Runs until `checks` is dropped.
+pub async fn run(probes: Arc<Probes>, mut checks: watch::Receiver<Arc<Vec<Scheduled>>>, events: mpsc::Sender<Event>) {
+    let permits = Arc::new(Semaphore::new(PROBES_CONCURRENT_MAX));
+    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut known: HashMap<String, (Instant, Scheduled)> = HashMap::new();
+    let mut queue: BTreeSet<(Instant, String)> = BTreeSet::new();
+    let mut reconcile = true;
+    loop {
+        if reconcile {
+            let wanted = checks.borrow_and_update().clone();
+            let now = Instant::now();
+            let ids: Vec<&str> = wanted.iter().map(|c| c.id.as_str()).collect();
+            probes.retain(&ids);
+            known.retain(|id, (due, _)| {
+                let keep = ids.contains(&id.as_str());
+                if !keep {
+                    queue.remove(&(*due, id.clone()));
+                }
+                keep
+            });
+            for check in wanted.iter() {
+                // Same interval: keep the slot, take the new target/timeout.
+                if let Some((_, current)) = known.get_mut(&check.id)
+                    && current.interval == check.interval
+                {
+                    *current = check.clone();
+                    continue;
+                }
+                if let Some((due, _)) = known.remove(&check.id) {
+                    queue.remove(&(due, check.id.clone()));
+                }
+                let due = now + offset(&check.id, check.interval);
+                queue.insert((due, check.id.clone()));
+                known.insert(check.id.clone(), (due, check.clone()));
+            }
+            reconcile = false;
+        }
+        let next = queue.first().map(|(due, _)| *due);
+        tokio::select! {
+            changed = checks.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                reconcile = true;
+            }
+            _ = sleep_until(next) => {
+                let now = Instant::now();
+                while let Some((due, id)) = queue.first().cloned() {
+                    if due > now {
+                        break;
+                    }
+                    queue.remove(&(due, id.clone()));
+                    let Some((slot, check)) = known.get_mut(&id) else { continue };
+                    // Fixed rate: the next one is due an interval after this one was.
+                    let mut next_due = due + check.interval;
+                    while next_due <= now {
+                        next_due += check.interval;
+                    }
+                    *slot = next_due;
+                    queue.insert((next_due, id.clone()));
+                    let lateness = now.saturating_duration_since(due);
+                    start_probe(&probes, &permits, &running, &events, check.clone(), lateness);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn start_probe(
+    probes: &Arc<Probes>,
+    permits: &Arc<Semaphore>,
+    running: &Arc<Mutex<HashSet<String>>>,
+    events: &mpsc::Sender<Event>,
+    check: Scheduled,
+    lateness: Duration,
+) {
+    if !running.lock().unwrap_or_else(|e| e.into_inner()).insert(check.id.clone()) {
+        tracing::debug!(check = %check.id, "previous probe still running; skipping this round");
+        return;
+    }
+    let (probes, permits, running, events) = (probes.clone(), permits.clone(), running.clone(), events.clone());
+    tokio::spawn(async move {
+        let report = match &check.spec {
+            Some(spec) => {
+                let Ok(_permit) = permits.acquire().await else { return };
+                let result = probes.run(&check.id, spec, check.timeout).await;
+                Report {
+                    check_id: check.id.clone(),
+                    outcome: result.outcome,
+                    latency_ms: result.latency_ms,
+                    detail: result.detail,
+                }
+            }
+            None => Report {
+                check_id: check.id.clone(),
+                outcome: Outcome::Unavailable,
+                latency_ms: 0,
+                detail: format!("plugin {} unavailable: check plugins are not supported by this build", check.kind),
+            },
+        };
+        running.lock().unwrap_or_else(|e| e.into_inner()).remove(&check.id);
+        let _ = events.send(Event::Probed { report, lateness }).await;
+    });
+}
