@@ -3,6 +3,7 @@
 //!
 //! - `init`    — `qu init`: files, modes, secrets, refusals.
 //! - `serve`   — `qu serve` + `qu status`: startup, refusals, signals, restarts.
+//! - `checks`  — checks on 3 nodes: verdicts everywhere, state through a failover.
 //! - `control` — the control socket: modes, stale sockets, other uids.
 //! - `peers`   — the peer listener as a stranger sees it: only the join handshake.
 //! - `inproc`  — the daemon library run in-process on port 0.
@@ -12,6 +13,7 @@
 //!   shrink, replace, long absence, rolling restart.
 //! - `demo`    — the README's main-job command.
 
+mod checks;
 mod cluster;
 mod control;
 mod demo;

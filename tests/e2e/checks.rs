@@ -1,0 +1,139 @@
+//! Checks on a 3-node cluster: an HTTP target the test switches off and on,
+//! verdicts seen the same on every node, and check state that survives the
+//! master's death (no re-announced outage, one recovery).
+
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use qu_tests::{Cluster, eventually};
+
+/// An HTTP target on loopback that answers 200 while `up`, 503 otherwise.
+struct Target {
+    url: String,
+    up: Arc<AtomicBool>,
+}
+
+fn target() -> Target {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    let up = Arc::new(AtomicBool::new(true));
+    let flag = up.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let status = if flag.load(Ordering::SeqCst) { "200 OK" } else { "503 Unavailable" };
+                            let response = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
+                            if stream.write_all(response.as_bytes()).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Target { url, up }
+}
+
+fn state_everywhere(cluster: &Cluster, nodes: &[usize], want: &str) {
+    for i in nodes {
+        cluster.nodes[*i].wait_status(&format!("the check is {want}"), |s| {
+            s["checks"].as_array().is_some_and(|c| c.len() == 1 && c[0]["state"] == want)
+        });
+    }
+}
+
+fn transitions(cluster: &Cluster, to: &str) -> usize {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            n.log_text().lines().filter(|l| l.contains("check web: ") && l.contains(&format!("-> {to} ("))).count()
+        })
+        .sum()
+}
+
+fn add_check(cluster: &Cluster, url: &str) {
+    cluster.nodes[0].qu_ok(&["check", "add", "http", "web", url, "--interval", "1s", "--timeout", "500ms"]);
+}
+
+#[test]
+fn an_http_target_going_down_and_up_is_seen_by_every_node() {
+    let cluster = Cluster::new(3, "2m");
+    let target = target();
+    add_check(&cluster, &target.url);
+    state_everywhere(&cluster, &[0, 1, 2], "up");
+    let status = cluster.nodes[1].status_json();
+    let check = &status["checks"][0];
+    assert_eq!((check["ok"].as_u64(), check["total"].as_u64()), (Some(3), Some(3)), "{check}");
+    assert_eq!(check["detail"], "status 200");
+
+    target.up.store(false, Ordering::SeqCst);
+    state_everywhere(&cluster, &[0, 1, 2], "down");
+    let check = cluster.nodes[2].status_json()["checks"][0].clone();
+    assert_eq!(check["detail"], "status 503 (expected 2xx)");
+    target.up.store(true, Ordering::SeqCst);
+    state_everywhere(&cluster, &[0, 1, 2], "up");
+    eventually(Duration::from_secs(5), "the recovery is logged", || (transitions(&cluster, "up") >= 2).then_some(()));
+    assert_eq!(transitions(&cluster, "down"), 1, "exactly one DOWN committed");
+    assert_eq!(transitions(&cluster, "up"), 2, "unknown -> up, then the recovery");
+    let list: serde_json::Value = serde_json::from_str(&cluster.nodes[2].qu_ok(&["check", "list", "--json"])).unwrap();
+    assert_eq!(list[0]["name"], "web");
+    cluster.assert_identical_configs(&[0, 1, 2]);
+}
+
+#[test]
+fn an_outage_survives_the_masters_death_without_a_new_transition() {
+    let mut cluster = Cluster::new(3, "2m");
+    let target = target();
+    add_check(&cluster, &target.url);
+    state_everywhere(&cluster, &[0, 1, 2], "up");
+    target.up.store(false, Ordering::SeqCst);
+    state_everywhere(&cluster, &[0, 1, 2], "down");
+    let master = cluster.wait_converged();
+    let transition_before = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
+    cluster.nodes[master].kill();
+    let rest: Vec<usize> = cluster.running();
+    let new_master = cluster.wait_master(&rest);
+    // Several rounds pass on the new master: the outage is not re-announced.
+    std::thread::sleep(Duration::from_secs(4));
+    state_everywhere(&cluster, &rest, "down");
+    assert_eq!(transitions(&cluster, "down"), 1, "the outage was committed once");
+    let transition_of = |yaml: &str| {
+        let config: qu_core::config::ClusterConfig = serde_yaml::from_str(yaml).unwrap();
+        config.states.values().next().map(|s| s.transition.clone())
+    };
+    let after = std::fs::read_to_string(cluster.nodes[new_master].file("cluster.yaml")).unwrap();
+    assert_eq!(transition_of(&after), transition_of(&transition_before));
+}
+
+#[test]
+fn a_recovery_during_a_failover_is_committed_exactly_once() {
+    let mut cluster = Cluster::new(3, "2m");
+    let target = target();
+    add_check(&cluster, &target.url);
+    state_everywhere(&cluster, &[0, 1, 2], "up");
+    target.up.store(false, Ordering::SeqCst);
+    state_everywhere(&cluster, &[0, 1, 2], "down");
+    let master = cluster.wait_converged();
+    cluster.nodes[master].kill();
+    target.up.store(true, Ordering::SeqCst);
+    let rest = cluster.running();
+    cluster.wait_master(&rest);
+    state_everywhere(&cluster, &rest, "up");
+    eventually(Duration::from_secs(5), "the recovery is logged", || (transitions(&cluster, "up") >= 2).then_some(()));
+    // A few more rounds: nothing is committed twice.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(transitions(&cluster, "down"), 1);
+    assert_eq!(transitions(&cluster, "up"), 2, "unknown -> up and exactly one recovery");
+}
