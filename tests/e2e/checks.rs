@@ -63,8 +63,11 @@ fn transitions(cluster: &Cluster, to: &str) -> usize {
         .sum()
 }
 
+/// Adds the check through a follower, so the change is forwarded.
 fn add_check(cluster: &Cluster, url: &str) {
-    cluster.nodes[0].qu_ok(&["check", "add", "http", "web", url, "--interval", "1s", "--timeout", "500ms"]);
+    let master = cluster.wait_converged();
+    let follower = (0..3).find(|i| *i != master).unwrap();
+    cluster.nodes[follower].qu_ok(&["check", "add", "http", "web", url, "--interval", "1s", "--timeout", "500ms"]);
 }
 
 #[test]

@@ -21,6 +21,9 @@ fn demo_forms_a_cluster_fails_over_and_cleans_up() {
     assert!(stdout.matches("\n*  ").count() >= 2, "status shows this node's marker: {stdout}");
     assert!(stdout.contains("added node3"), "{stdout}");
     assert!(stdout.contains("took over after"), "the failover is shown: {stdout}");
+    assert!(stdout.contains("$ qu check add http flappy"), "{stdout}");
+    let web_up = stdout.lines().any(|l| l.contains(" web ") && l.contains(" up ") && l.contains("status 200"));
+    assert!(web_up, "the stable check shows a verdict: {stdout}");
     assert!(stdout.contains("demo finished"), "{stdout}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "the demo removes its directory: {left:?}");

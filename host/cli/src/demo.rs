@@ -93,8 +93,41 @@ fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         println!("$ qu node add {addr} --yes\nadded {name}; config version {version}");
         nodes.push(node);
     }
-    let master = wait_for_master(&nodes, None)?;
-    println!("\nthe cluster is formed; node{} is master\n", master + 1);
+    // The lowest node id is the preferred master: once it has been live for
+    // master_cooldown the role moves there; let that settle first.
+    let master = wait_for_preferred_master(&nodes)?;
+    println!("\nthe cluster is formed; node{} (the lowest node id) is master\n", master + 1);
+
+    let targets = Targets::start()?;
+    println!(
+        "sample targets on loopback: {} stays up; {} flaps every {}s\n",
+        targets.stable, targets.flappy, FLAP_SECS
+    );
+    let checks = [
+        vec!["web", "http", targets.stable.as_str()],
+        vec!["flappy", "http", targets.flappy.as_str()],
+        vec!["port", "tcp", targets.stable_addr.as_str()],
+        vec!["loopback", "icmp", "127.0.0.1"],
+    ];
+    for check in &checks {
+        let (name, kind, target) = (check[0], check[1], check[2]);
+        let spec = qu_core::config::Check {
+            id: String::new(),
+            name: name.into(),
+            kind: kind.into(),
+            target: target.into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            settings: Default::default(),
+            alert_ids: vec![],
+            suppress_alert_ids: vec![],
+            disabled: false,
+        };
+        expect_committed(call(&nodes[master], ControlRequest::CheckAdd { check: Box::new(spec) })?)?;
+        println!("$ qu check add {kind} {name} {target} --interval 2s --timeout 1s");
+    }
+    println!("\nwaiting for the first verdicts (hysteresis: 2 rounds of 2s)...\n");
+    std::thread::sleep(Duration::from_secs(6));
     print_status(&nodes[master])?;
 
     println!("$ kill -9 node{}    # the master dies", master + 1);
@@ -165,6 +198,22 @@ fn wait_for_master(nodes: &[DemoNode], not: Option<usize>) -> anyhow::Result<usi
             bail!("no master within 30s; see the logs in the demo directory");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_preferred_master(nodes: &[DemoNode]) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let master = wait_for_master(nodes, None)?;
+        if let ControlResponse::Status(view) = call(&nodes[master], ControlRequest::Status)?
+            && view.peers.iter().map(|p| p.node_id).min() == Some(view.node_id)
+        {
+            return Ok(master);
+        }
+        if Instant::now() > deadline {
+            return Ok(master);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -253,4 +302,50 @@ fn install_interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::
         });
     });
     Ok(flag)
+}
+
+/// Seconds the flapping target stays in each state.
+const FLAP_SECS: u64 = 15;
+
+/// Local HTTP targets for the demo's sample checks.
+struct Targets {
+    stable: String,
+    stable_addr: String,
+    flappy: String,
+}
+
+impl Targets {
+    fn start() -> anyhow::Result<Self> {
+        let stable = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let flappy = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let stable_addr = stable.local_addr()?.to_string();
+        let flappy_addr = flappy.local_addr()?.to_string();
+        let started = Instant::now();
+        serve_http(stable, move || true);
+        serve_http(flappy, move || (started.elapsed().as_secs() / FLAP_SECS) % 2 == 0);
+        Ok(Self { stable: format!("http://{stable_addr}/"), stable_addr, flappy: format!("http://{flappy_addr}/") })
+    }
+}
+
+/// A minimal HTTP/1.1 responder: 200 while `healthy()`, 503 otherwise.
+fn serve_http(listener: std::net::TcpListener, healthy: impl Fn() -> bool + Send + Sync + Copy + 'static) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let status = if healthy() { "200 OK" } else { "503 Service Unavailable" };
+                    let response = format!("HTTP/1.1 {status}\r\ncontent-length: 3\r\n\r\nqu\n");
+                    if stream.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
 }

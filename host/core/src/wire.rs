@@ -24,13 +24,19 @@ pub enum PeerRequest {
     JoinHello { proof: Vec<u8>, cluster_yaml: String },
     /// Liveness probe between members.
     Ping,
-    /// A mutation a member forwards to the master.
-    Propose { mutation: Mutation },
+    /// A mutation a member forwards to the master, as JSON: the config
+    /// types omit empty fields, which only a self-describing encoding
+    /// round-trips (postcard does not).
+    Propose { mutation_json: String },
     /// The master's current view of every check (for `qu status`).
     CheckSummaries,
 }
 
 impl PeerRequest {
+    pub fn propose(mutation: &Mutation) -> Self {
+        PeerRequest::Propose { mutation_json: serde_json::to_string(mutation).expect("mutations serialise") }
+    }
+
     /// Whether a peer that is not a member may send this request.
     pub fn is_join_handshake(&self) -> bool {
         matches!(self, PeerRequest::Identify | PeerRequest::JoinHello { .. })
@@ -79,4 +85,30 @@ pub enum PeerNotice {
     Consensus(Msg),
     /// A batch of probe results for the master (the latest per check).
     Results(Vec<Report>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Config types omit empty fields; a forwarded change must survive the
+    /// wire anyway.
+    #[test]
+    fn forwarded_changes_round_trip_with_empty_fields() {
+        let check = crate::config::Check {
+            id: "c1".into(),
+            name: "web".into(),
+            kind: "http".into(),
+            target: "http://127.0.0.1/".into(),
+            interval: std::time::Duration::from_secs(30),
+            timeout: std::time::Duration::from_secs(10),
+            settings: Default::default(),
+            alert_ids: vec![],
+            suppress_alert_ids: vec![],
+            disabled: false,
+        };
+        let mutation = Mutation::AddCheck { check: Box::new(check) };
+        let PeerRequest::Propose { mutation_json } = PeerRequest::propose(&mutation) else { panic!() };
+        assert_eq!(serde_json::from_str::<Mutation>(&mutation_json).unwrap(), mutation);
+    }
 }

@@ -606,13 +606,16 @@ impl Daemon {
                     PeerResponse::Refused { reason: self.not_master_reason() }
                 }
             }
-            PeerRequest::Propose { mutation } => {
-                if self.core.role() == Role::Master {
+            PeerRequest::Propose { mutation_json } => match serde_json::from_str::<Mutation>(&mutation_json) {
+                Ok(mutation) if self.core.role() == Role::Master => {
                     self.submit(mutation, Waiter::Peer(reply));
                     return Ok(());
                 }
-                PeerResponse::Refused { reason: self.not_master_reason() }
-            }
+                Ok(_) => PeerResponse::Refused { reason: self.not_master_reason() },
+                Err(error) => PeerResponse::Refused {
+                    reason: format!("unreadable change (is this node the same version?): {error}"),
+                },
+            },
         };
         let _ = reply.send(response);
         Ok(())
@@ -662,7 +665,7 @@ impl Daemon {
             Some((master, connection)) => {
                 let timeout = self.commit_wait();
                 tokio::spawn(async move {
-                    let answer = match connection.request(PeerRequest::Propose { mutation }, timeout).await {
+                    let answer = match connection.request(PeerRequest::propose(&mutation), timeout).await {
                         Ok(PeerResponse::Committed { term, version }) => {
                             ControlResponse::Committed { term, version, node_id: new_member }
                         }
