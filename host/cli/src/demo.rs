@@ -322,7 +322,7 @@ impl Targets {
         let flappy_addr = flappy.local_addr()?.to_string();
         let started = Instant::now();
         serve_http(stable, move || true);
-        serve_http(flappy, move || (started.elapsed().as_secs() / FLAP_SECS) % 2 == 0);
+        serve_http(flappy, move || (started.elapsed().as_secs() / FLAP_SECS).is_multiple_of(2));
         Ok(Self { stable: format!("http://{stable_addr}/"), stable_addr, flappy: format!("http://{flappy_addr}/") })
     }
 }
