@@ -140,3 +140,49 @@ fn a_recovery_during_a_failover_is_committed_exactly_once() {
     assert_eq!(transitions(&cluster, "down"), 1);
     assert_eq!(transitions(&cluster, "up"), 2, "unknown -> up and exactly one recovery");
 }
+
+#[test]
+fn check_commands_validate_input_and_change_only_what_they_name() {
+    let cluster = Cluster::new(1, "2m");
+    let node = &cluster.nodes[0];
+    let version = || node.status_json()["config_version"].as_u64().unwrap();
+    node.qu_ok(&["check", "add", "http", "web", "http://127.0.0.1:9/", "--expect", "200-299,301", "--interval", "5s"]);
+    let before = version();
+    for (args, needle) in [
+        (vec!["check", "add", "http", "web", "http://127.0.0.1:9/"], "already exists"),
+        (vec!["check", "add", "http", "bad", "not a url"], "is not a URL"),
+        (vec!["check", "add", "tcp", "db", "127.0.0.1:99999"], "not a port number"),
+        (vec!["check", "add", "http", "fast", "http://x/", "--interval", "500ms"], "shorter than 1s"),
+        (
+            vec!["check", "add", "http", "slow", "http://x/", "--interval", "5s", "--timeout", "5s"],
+            "shorter than the interval",
+        ),
+        (vec!["check", "add", "http", "odd", "http://x/", "--expect", "600"], "expect `600`"),
+        (vec!["check", "add", "dns", "lookup", "example.com"], "unknown check type `dns`"),
+        (
+            vec!["check", "add", "http", "paged", "http://x/", "--alerts", "pager"],
+            "no alert has the name or id `pager`",
+        ),
+        (vec!["check", "edit", "nope", "--interval", "9s"], "no check has the name or id `nope`"),
+    ] {
+        let err = node.qu_err(&args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert_eq!(version(), before, "refused changes commit nothing");
+
+    node.qu_ok(&["check", "edit", "web", "--timeout", "2s", "--body-match", "ok"]);
+    let list: serde_json::Value = serde_json::from_str(&node.qu_ok(&["check", "list", "--json"])).unwrap();
+    let web = &list[0];
+    assert_eq!(web["interval"], "5s", "untouched");
+    assert_eq!(web["timeout"], "2s");
+    assert_eq!(web["settings"]["expect"], "200-299,301", "untouched");
+    assert_eq!(web["settings"]["body_match"], "ok");
+    node.qu_ok(&["check", "disable", "web"]);
+    let status = node.status_json();
+    assert_eq!(status["checks"][0]["disabled"], true);
+    assert_eq!(status["checks"][0]["detail"], "disabled");
+    node.qu_ok(&["check", "enable", "web"]);
+    let id = web["id"].as_str().unwrap().to_string();
+    node.qu_ok(&["check", "remove", &id]);
+    assert_eq!(node.status_json()["checks"], serde_json::json!([]));
+}

@@ -67,7 +67,7 @@ pub struct CheckFlags {
     /// Time between probes [default: 30s].
     #[arg(long, value_parser = humantime::parse_duration)]
     interval: Option<Duration>,
-    /// Time a probe may take, below the interval [default: 10s].
+    /// Time a probe may take, below the interval [default: 10s, or half the interval if that is shorter].
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Alerts to notify (names or ids, comma-separated).
@@ -106,13 +106,14 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
     let (request, done) = match command {
         CheckCommand::List { json } => return list(json),
         CheckCommand::Add { kind, name, target, flags } => {
+            let interval = flags.interval.unwrap_or(Duration::from_secs(30));
             let check = Check {
                 id: String::new(),
                 name: name.clone(),
                 kind,
                 target,
-                interval: flags.interval.unwrap_or(Duration::from_secs(30)),
-                timeout: flags.timeout.unwrap_or(Duration::from_secs(10)),
+                interval,
+                timeout: flags.timeout.unwrap_or_else(|| (interval / 2).min(Duration::from_secs(10))),
                 settings: flags.settings()?,
                 alert_ids: flags.alerts.clone().unwrap_or_default(),
                 suppress_alert_ids: flags.suppress.clone().unwrap_or_default(),
