@@ -186,3 +186,56 @@ fn check_commands_validate_input_and_change_only_what_they_name() {
     node.qu_ok(&["check", "remove", &id]);
     assert_eq!(node.status_json()["checks"], serde_json::json!([]));
 }
+
+/// Restores `net.ipv4.ping_group_range` when dropped.
+struct PingGroupRange(String);
+
+impl PingGroupRange {
+    const PATH: &'static str = "/proc/sys/net/ipv4/ping_group_range";
+
+    fn set(value: &str) -> Self {
+        let before = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, value).unwrap();
+        Self(before)
+    }
+}
+
+impl Drop for PingGroupRange {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, self.0.trim());
+    }
+}
+
+#[test]
+fn icmp_works_unprivileged_through_datagram_sockets_and_says_why_when_it_cannot() {
+    use std::os::unix::fs::PermissionsExt;
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test switches to uid 65534 and sets a sysctl (CI runs as root)"
+    );
+    let shelf = tempfile::Builder::new().prefix("qu-bin-").tempdir().unwrap();
+    std::fs::set_permissions(shelf.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = shelf.path().join("qu");
+    std::fs::copy(qu_tests::qu_bin(), &bin).unwrap();
+    let run_as_nobody = |host: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .args(["check", "run", "icmp", host])
+            .env_clear()
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    {
+        let _closed = PingGroupRange::set("1 0");
+        let (ok, out) = run_as_nobody("127.0.0.1");
+        assert!(!ok);
+        assert!(out.starts_with("unavailable") && out.contains("net.ipv4.ping_group_range"), "{out}");
+    }
+    let _open = PingGroupRange::set("0 2147483647");
+    for host in ["127.0.0.1", "::1"] {
+        let (ok, out) = run_as_nobody(host);
+        assert!(ok && out.starts_with("up") && out.contains("reply in"), "{host}: {out}");
+    }
+}

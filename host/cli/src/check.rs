@@ -40,6 +40,15 @@ pub enum CheckCommand {
     },
     /// Remove a check.
     Remove { check: String },
+    /// Probe a target once from this machine, without a daemon (exit 0 when up).
+    Run {
+        /// Check type: http, tcp or icmp.
+        kind: String,
+        /// URL (http), HOST:PORT (tcp) or host (icmp).
+        target: String,
+        #[command(flatten)]
+        flags: CheckFlags,
+    },
     /// Start probing a disabled check again.
     Enable { check: String },
     /// Stop probing a check (its state is kept).
@@ -105,6 +114,7 @@ impl CheckFlags {
 pub fn run(command: CheckCommand) -> anyhow::Result<()> {
     let (request, done) = match command {
         CheckCommand::List { json } => return list(json),
+        CheckCommand::Run { kind, target, flags } => return run_once(&kind, &target, &flags),
         CheckCommand::Add { kind, name, target, flags } => {
             let interval = flags.interval.unwrap_or(Duration::from_secs(30));
             let check = Check {
@@ -154,6 +164,24 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
         }
         other => Err(unexpected(other)),
     }
+}
+
+fn run_once(kind: &str, target: &str, flags: &CheckFlags) -> anyhow::Result<()> {
+    let spec = match qu_core::config::NativeSpec::parse(kind, target, &flags.settings()?) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => bail!("`{kind}` is not a native check type (http, tcp, icmp)"),
+        Err(problems) => bail!(problems.join("; ")),
+    };
+    let timeout = flags.timeout.unwrap_or(Duration::from_secs(10));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(qu_probe::Probes::new().run("run", &spec, timeout));
+    let outcome = match result.outcome {
+        qu_core::monitor::Outcome::Up => "up",
+        qu_core::monitor::Outcome::Down => "down",
+        qu_core::monitor::Outcome::Unavailable => "unavailable",
+    };
+    println!("{outcome}  {} ms  {}", result.latency_ms, result.detail);
+    if result.outcome == qu_core::monitor::Outcome::Up { Ok(()) } else { std::process::exit(1) }
 }
 
 fn list(json: bool) -> anyhow::Result<()> {

@@ -31,7 +31,7 @@ pub struct ProbeResult {
 
 impl ProbeResult {
     fn new(outcome: Outcome, started: Instant, detail: impl Into<String>) -> Self {
-        let mut detail: String = detail.into();
+        let mut detail: String = detail.into().split_whitespace().collect::<Vec<_>>().join(" ");
         if detail.chars().count() > DETAIL_CHARS_MAX {
             detail = detail.chars().take(DETAIL_CHARS_MAX - 1).collect::<String>() + "…";
         }
@@ -181,12 +181,13 @@ fn open_icmp(v6: bool) -> Result<surge_ping::Client, String> {
         Ok(client) => return Ok(client),
         Err(error) => error,
     };
+    tracing::debug!(error = %raw_error, "no raw ICMP socket; trying a datagram socket");
     let dgram = surge_ping::Config::builder().kind(kind).sock_type_hint(socket2::Type::DGRAM).build();
     surge_ping::Client::new(&dgram).map_err(|dgram_error| {
-        format!(
-            "ICMP unavailable: no raw socket ({raw_error}; needs root or CAP_NET_RAW) and no datagram ICMP socket \
-             ({dgram_error}; allow this user's group in net.ipv4.ping_group_range)"
-        )
+        tracing::debug!(error = %dgram_error, "no datagram ICMP socket either");
+        "ICMP unavailable: raw sockets need root or CAP_NET_RAW, and datagram ICMP sockets need this user's group \
+         in net.ipv4.ping_group_range"
+            .to_string()
     })
 }
 
