@@ -239,3 +239,86 @@ fn icmp_works_unprivileged_through_datagram_sockets_and_says_why_when_it_cannot(
         assert!(ok && out.starts_with("up") && out.contains("reply in"), "{host}: {out}");
     }
 }
+
+/// A network namespace with a veth link to this one, removed when dropped.
+struct Netns {
+    name: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+impl Netns {
+    fn create() -> Self {
+        let id = std::process::id() % 250 + 1;
+        let name = format!("qu-test-{}", std::process::id());
+        let (host_if, ns_if) = (format!("qh{id}"), format!("qn{id}"));
+        let (host_ip, ns_ip) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().expect("iproute2");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["netns", "add", &name]);
+        let netns = Self { name: name.clone(), host_ip: host_ip.clone(), ns_ip: ns_ip.clone() };
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &name, "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if]);
+        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
+        netns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes the veth pair with it.
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+#[test]
+fn one_node_that_cannot_reach_the_target_does_not_make_it_down() {
+    assert!(rustix::process::geteuid().is_root(), "this test creates a network namespace (CI runs as root)");
+    let netns = Netns::create();
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<qu_tests::Node> =
+        (0..3).map(|i| qu_tests::Node::in_dir(root.path(), &format!("n{i}"))).collect();
+    // n0 and n1 live here; n2 lives in the namespace, where 127.0.0.1 is its
+    // own loopback: the target (on this namespace's 127.0.0.1) is out of its reach.
+    let port = qu_tests::free_port;
+    let out = nodes[0].qu_ok(&["init", "--advertise", &format!("{}:{}", netns.host_ip, port()), "--json"]);
+    let secret =
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster_secret"].as_str().unwrap().to_string();
+    nodes[1].qu_ok(&["init", "--advertise", &format!("{}:{}", netns.host_ip, port()), "--secret", &secret]);
+    nodes[2].qu_ok(&["init", "--advertise", &format!("{}:{}", netns.ns_ip, port()), "--secret", &secret]);
+    nodes[2].wrapper = ["ip", "netns", "exec", netns.name.as_str()].map(String::from).to_vec();
+    for node in &mut nodes {
+        node.serve();
+    }
+    nodes[0].qu_ok(&["cluster", "settings", "set", "heartbeat", "100ms"]);
+    nodes[0].qu_ok(&["cluster", "settings", "set", "dead_after", "500ms"]);
+    for i in [1, 2] {
+        let addr = nodes[i].advertise();
+        nodes[0].qu_ok(&["node", "add", &addr, "--yes"]);
+    }
+    let target = target();
+    nodes[0].qu_ok(&["check", "add", "http", "web", &target.url, "--interval", "1s", "--timeout", "500ms"]);
+    for node in &nodes {
+        node.wait_status("two of three see the target", |s| {
+            s["checks"][0]["state"] == "up" && s["checks"][0]["ok"] == 2 && s["checks"][0]["total"] == 3
+        });
+    }
+    // Rounds pass with n2 failing: no DOWN.
+    std::thread::sleep(Duration::from_secs(4));
+    for node in &nodes {
+        let check = node.status_json()["checks"][0].clone();
+        assert_eq!(check["state"], "up", "{}: {check}", node.name);
+        assert!(!node.log_text().contains("-> down"), "{}: a DOWN was committed", node.name);
+    }
+    // When the target really fails, the majority agrees: DOWN.
+    target.up.store(false, Ordering::SeqCst);
+    for node in &nodes {
+        node.wait_status("the check is down", |s| s["checks"][0]["state"] == "down");
+    }
+}

@@ -64,6 +64,8 @@ pub struct Node {
     pub log: PathBuf,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
+    /// A command to run `qu` under, e.g. `ip netns exec NAME`.
+    pub wrapper: Vec<String>,
     _root: Option<tempfile::TempDir>,
 }
 
@@ -87,6 +89,7 @@ impl Node {
             log: base.join("qu.log"),
             child: None,
             extra_env: Vec::new(),
+            wrapper: Vec::new(),
             _root: None,
         }
     }
@@ -98,7 +101,14 @@ impl Node {
     }
 
     pub fn command(&self) -> Command {
-        let mut command = Command::new(qu_bin());
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(qu_bin());
+                command
+            }
+            None => Command::new(qu_bin()),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
