@@ -4,7 +4,7 @@
 //! ```text
 //! cargo build --release -p qu-cli
 //! cargo run --release -p qu-tests --bin qu-bench            # everything
-//! cargo run --release -p qu-tests --bin qu-bench -- commit  # one part: commit | failover | sim
+//! cargo run --release -p qu-tests --bin qu-bench -- commit  # one part: commit | failover | sim | detection | fanin | scale
 //! ```
 //!
 //! The machine is shared and noisy: read medians and ratios, not single runs.
@@ -31,6 +31,160 @@ fn main() {
     if wants("sim") {
         simulator();
     }
+    if wants("detection") {
+        runtime.block_on(detection());
+    }
+    if wants("fanin") {
+        fan_in_bytes();
+    }
+    if wants("scale") {
+        runtime.block_on(scale(10_000));
+    }
+}
+
+/// An HTTP target that answers 200 while `up`, 503 otherwise.
+fn http_target() -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = up.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 2048];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        return;
+                    }
+                    let status = if flag.load(std::sync::atomic::Ordering::SeqCst) { "200 OK" } else { "503 X" };
+                    if stream.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, up)
+}
+
+async fn check_state(socket: &Path) -> Option<String> {
+    match control::call(socket, &ControlRequest::Status, Duration::from_secs(2)).await {
+        Ok(ControlResponse::Status(view)) => view.checks.first().map(|c| c.state.clone()),
+        _ => None,
+    }
+}
+
+async fn wait_state(socket: &Path, want: &str) -> Duration {
+    let started = Instant::now();
+    while check_state(socket).await.as_deref() != Some(want) {
+        assert!(started.elapsed() < Duration::from_secs(60), "the check never became {want}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+/// Time from the target failing to a committed DOWN on the master
+/// (interval 1 s, hysteresis 2), and back to UP.
+async fn detection() {
+    let cluster = Cluster::new(3, "2m");
+    let (url, up) = http_target();
+    let master = cluster.wait_converged();
+    cluster.nodes[master].qu_ok(&["check", "add", "http", "web", &url, "--interval", "1s", "--timeout", "500ms"]);
+    let socket = cluster.nodes[master].socket.clone();
+    wait_state(&socket, "up").await;
+    let (mut down, mut recovered) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        up.store(false, std::sync::atomic::Ordering::SeqCst);
+        down.push(wait_state(&socket, "down").await);
+        up.store(true, std::sync::atomic::Ordering::SeqCst);
+        recovered.push(wait_state(&socket, "up").await);
+    }
+    down.sort();
+    recovered.sort();
+    println!(
+        "detection, 3 nodes, interval 1s, hysteresis 2: target down -> committed DOWN median {}, max {}; back up -> UP median {} (goal <= 3 s)",
+        ms(percentile(&down, 0.5)),
+        ms(*down.last().unwrap()),
+        ms(percentile(&recovered, 0.5)),
+    );
+}
+
+/// Bytes on the wire per probe result in a fan-in batch (before TLS).
+fn fan_in_bytes() {
+    use qu_core::monitor::{Outcome, Report};
+    use qu_core::wire::PeerNotice;
+    for batch in [1usize, 100, 1_000] {
+        let reports: Vec<Report> = (0..batch)
+            .map(|i| Report {
+                check_id: format!("c{:07x}", i * 7_919),
+                outcome: if i % 10 == 0 { Outcome::Down } else { Outcome::Up },
+                latency_ms: 3 + (i % 40) as u32,
+                detail: if i % 10 == 0 { "status 503 (expected 2xx)".into() } else { "status 200".into() },
+            })
+            .collect();
+        let bytes = postcard::to_allocvec(&PeerNotice::Results(reports)).unwrap().len() + 4 + 2;
+        println!(
+            "fan-in: a batch of {batch} results is {bytes} bytes framed ({:.1} bytes per result, before TLS's ~22 bytes per record)",
+            bytes as f64 / batch as f64
+        );
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// One node with `count` TCP checks at a 10 s interval against a local
+/// listener: memory per check and the scheduler's lateness.
+async fn scale(count: usize) {
+    use qu_tests::Node;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    let mut results = Vec::new();
+    for checks in [0, count] {
+        let mut node = Node::new(&format!("scale{checks}"));
+        node.init(qu_tests::free_port(), &[]);
+        let path = node.file("cluster.yaml");
+        let mut config: qu_core::config::ClusterConfig =
+            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for i in 0..checks {
+            config.checks.push(qu_core::config::Check {
+                id: format!("c{i:07x}"),
+                name: format!("port-{i}"),
+                kind: "tcp".into(),
+                target: target.clone(),
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(5),
+                settings: Default::default(),
+                alert_ids: vec![],
+                suppress_alert_ids: vec![],
+                disabled: false,
+            });
+        }
+        std::fs::write(&path, config.to_yaml()).unwrap();
+        node.serve();
+        // Three full intervals, so every check has run a few times.
+        tokio::time::sleep(Duration::from_secs(32)).await;
+        let status = node.status_json();
+        let rss = rss_kib(node.pid().unwrap());
+        results.push((checks, rss, status["probes"].clone()));
+        assert!(node.terminate().success());
+    }
+    let (base, full) = (results[0].1, results[1].1);
+    let probes = &results[1].2;
+    println!(
+        "scale: {count} tcp checks at 10s: RSS {full} KiB vs {base} KiB idle = {:.1} KB per check; {} probes run, lateness p50 {:.2} ms, p99 {:.2} ms (goals: <= 10 KB per check, p99 <= 50 ms)",
+        (full.saturating_sub(base)) as f64 * 1024.0 / 1000.0 / count as f64,
+        probes["run"],
+        probes["lateness_p50_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
+        probes["lateness_p99_us"].as_u64().unwrap_or(0) as f64 / 1000.0,
+    );
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

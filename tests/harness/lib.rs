@@ -368,6 +368,11 @@ impl Cluster {
 }
 
 impl Node {
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn is_serving(&self) -> bool {
         self.child.is_some()
     }

@@ -13,6 +13,20 @@ pub struct StatusView {
     pub config_version: u64,
     pub peers: Vec<PeerView>,
     pub checks: Vec<CheckView>,
+    /// This node's probe scheduler, over its most recent probes.
+    #[serde(default)]
+    pub probes: ProbeStats,
+}
+
+/// How punctually this node starts its probes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStats {
+    /// Probes run since the daemon started.
+    pub run: u64,
+    /// Start lateness against the fixed-rate schedule, in microseconds,
+    /// over the last (up to) 10,000 probes.
+    pub lateness_p50_us: u64,
+    pub lateness_p99_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

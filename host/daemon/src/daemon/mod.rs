@@ -27,7 +27,7 @@ use crate::control::{self, ControlRequest, ControlResponse};
 use crate::load::LoadedNode;
 use crate::peer::{ToEventLoop, Wire};
 use crate::scheduler::{self, Scheduled};
-use crate::status::{CheckListItem, CheckView, PeerView, SettingsView, StatusView};
+use crate::status::{CheckListItem, CheckView, PeerView, ProbeStats, SettingsView, StatusView};
 
 /// Events queued for the loop before senders wait.
 const EVENTS_MAX: usize = 4096;
@@ -172,7 +172,13 @@ pub(crate) struct Daemon {
     /// This node's latest result per check, not yet delivered to the master.
     unsent: BTreeMap<String, Report>,
     next_fanin: u64,
+    probes_run: u64,
+    /// Start lateness of the most recent probes, in microseconds.
+    lateness_us: VecDeque<u64>,
 }
+
+/// Probes whose lateness `qu status --json` summarises.
+const LATENESS_WINDOW: usize = 10_000;
 
 /// How long a follower's `qu status` waits for the master's check view.
 const STATUS_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -220,6 +226,8 @@ pub async fn run(
         verdicts: Verdicts::default(),
         unsent: BTreeMap::new(),
         next_fanin: 0,
+        probes_run: 0,
+        lateness_us: VecDeque::new(),
     };
     tracing::info!(
         term = daemon.core.term(),
@@ -544,6 +552,11 @@ impl Daemon {
                 let _ = reply.send(ControlResponse::Status(view));
             }
             Event::Probed { report, lateness } => {
+                self.probes_run += 1;
+                if self.lateness_us.len() >= LATENESS_WINDOW {
+                    self.lateness_us.pop_front();
+                }
+                self.lateness_us.push_back(lateness.as_micros().min(u64::MAX as u128) as u64);
                 if lateness > Duration::from_millis(50) {
                     tracing::debug!(check = %report.check_id, lateness_ms = lateness.as_millis() as u64, "probe started late");
                 }
@@ -1009,7 +1022,16 @@ impl Daemon {
             config_version: self.cluster.version,
             peers: self.peer_views(),
             checks,
+            probes: self.probe_stats(),
         }
+    }
+
+    fn probe_stats(&self) -> ProbeStats {
+        let mut sorted: Vec<u64> = self.lateness_us.iter().copied().collect();
+        sorted.sort_unstable();
+        let at =
+            |p: f64| sorted.get(((sorted.len().saturating_sub(1)) as f64 * p).round() as usize).copied().unwrap_or(0);
+        ProbeStats { run: self.probes_run, lateness_p50_us: at(0.5), lateness_p99_us: at(0.99) }
     }
 
     /// The master's view of every check: committed state, current counts.
