@@ -15,7 +15,7 @@ mod time;
 pub use addr::HostPort;
 pub use checks::{HttpSpec, NATIVE_TYPES, NativeSpec, REDIRECTS_MAX, StatusMatcher};
 pub use cluster::{Alert, Check, CheckStatus, ClusterConfig, Peer, PluginEntry, PluginKind, PluginLimits, Settings};
-pub use mutation::{CheckChanges, Mutation, Stamp};
+pub use mutation::{CheckChanges, Mutation, Stamp, Transition};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
 pub use time::Timestamp;
 

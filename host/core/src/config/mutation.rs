@@ -46,12 +46,19 @@ pub enum Mutation {
         check: String,
         disabled: bool,
     },
-    /// The master commits a verdict: `status.from` must still be the
-    /// committed state, or the transition is stale and refused.
-    RecordTransition {
-        check_id: String,
-        status: Box<CheckStatus>,
+    /// The master commits the verdicts of one tick, all in one version (so
+    /// thousands of checks changing at once cost one commit). A transition
+    /// whose `from` is no longer the committed state is stale and skipped.
+    RecordTransitions {
+        transitions: Vec<Transition>,
     },
+}
+
+/// One check's new committed state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub check_id: String,
+    pub status: CheckStatus,
 }
 
 /// The fields `qu check edit` may change.
@@ -97,9 +104,10 @@ impl Mutation {
             Mutation::SetCheckDisabled { check, disabled } => {
                 format!("{} check {check}", if *disabled { "disable" } else { "enable" })
             }
-            Mutation::RecordTransition { check_id, status } => {
-                format!("check {check_id}: {} -> {}", status.from, status.state)
-            }
+            Mutation::RecordTransitions { transitions } => match transitions.as_slice() {
+                [one] => format!("check {}: {} -> {}", one.check_id, one.status.from, one.status.state),
+                many => format!("{} check transitions", many.len()),
+            },
         }
     }
 
@@ -194,18 +202,22 @@ impl Mutation {
                 let index = check_index(current, check)?;
                 next.checks[index].disabled = *disabled;
             }
-            Mutation::RecordTransition { check_id, status } => {
-                if current.checks.iter().all(|c| c.id != *check_id) {
-                    return Err(format!("check `{check_id}` no longer exists"));
+            Mutation::RecordTransitions { transitions } => {
+                let ids: std::collections::HashSet<&str> = current.checks.iter().map(|c| c.id.as_str()).collect();
+                let mut applied = 0;
+                for t in transitions {
+                    if !ids.contains(t.check_id.as_str()) || current.check_state(&t.check_id) != t.status.from {
+                        continue;
+                    }
+                    let mut status = t.status.clone();
+                    status.transition = format!("{}.{}", stamp.id.term, stamp.id.version);
+                    status.since = stamp.at;
+                    next.states.insert(t.check_id.clone(), status);
+                    applied += 1;
                 }
-                let committed = current.check_state(check_id);
-                if committed != status.from {
-                    return Err(format!("check `{check_id}` is {committed}, not {}: stale transition", status.from));
+                if applied == 0 {
+                    return Err("every transition is stale (the checks changed or were removed)".into());
                 }
-                let mut status = (**status).clone();
-                status.transition = format!("{}.{}", stamp.id.term, stamp.id.version);
-                status.since = stamp.at;
-                next.states.insert(check_id.clone(), status);
             }
         }
         next.version = stamp.id.version;
@@ -383,13 +395,14 @@ mod tests {
             detail: "status 503".into(),
         };
         let record = |c: &ClusterConfig, s: CheckStatus, v| {
-            Mutation::RecordTransition { check_id: "id-web".into(), status: Box::new(s) }.apply(c, &stamp(v))
+            let transitions = vec![Transition { check_id: "id-web".into(), status: s }];
+            Mutation::RecordTransitions { transitions }.apply(c, &stamp(v))
         };
         let down = record(&one, status(CheckState::Unknown, CheckState::Down), 3).unwrap();
         assert_eq!(down.check_state("id-web"), CheckState::Down);
         assert_eq!(down.states["id-web"].transition, "3.3");
         let err = record(&down, status(CheckState::Unknown, CheckState::Down), 4).unwrap_err();
-        assert!(err.contains("stale transition"), "{err}");
+        assert!(err.contains("stale"), "{err}");
         let gone = Mutation::RemoveCheck { check: "web".into() }.apply(&down, &stamp(4)).unwrap();
         assert!(gone.states.is_empty(), "a removed check's state goes with it");
     }

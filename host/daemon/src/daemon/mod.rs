@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use qu_core::config::{CheckStatus, ClusterConfig, Mutation, NodeConfig, Stamp, Timestamp};
+use qu_core::config::{CheckStatus, ClusterConfig, Mutation, NodeConfig, Stamp, Timestamp, Transition};
 use qu_core::consensus::{Core, Durable, Input, Msg, Output, ProposeError, Role, Snapshot};
 use qu_core::monitor::{CheckState, CheckSummary, Report, Verdicts};
 use qu_core::wire::{PeerNotice, PeerRequest, PeerResponse};
@@ -450,19 +450,27 @@ impl Daemon {
         }
         let members = self.core.config().members.clone();
         let now = self.now();
-        for proposal in self.verdicts.evaluate(&members, self.cluster.settings.hysteresis, now) {
-            let status = CheckStatus {
-                state: proposal.to,
-                from: proposal.from,
-                since: self.wall(),
-                transition: String::new(),
-                ok: proposal.ok,
-                failing: proposal.failing,
-                total: proposal.total,
-                detail: proposal.detail,
-            };
-            let mutation = Mutation::RecordTransition { check_id: proposal.check_id, status: Box::new(status) };
-            self.queue.push_back((mutation, Waiter::Internal));
+        let since = self.wall();
+        let transitions: Vec<Transition> = self
+            .verdicts
+            .evaluate(&members, self.cluster.settings.hysteresis, now)
+            .into_iter()
+            .map(|proposal| Transition {
+                check_id: proposal.check_id,
+                status: CheckStatus {
+                    state: proposal.to,
+                    from: proposal.from,
+                    since,
+                    transition: String::new(),
+                    ok: proposal.ok,
+                    failing: proposal.failing,
+                    total: proposal.total,
+                    detail: proposal.detail,
+                },
+            })
+            .collect();
+        if !transitions.is_empty() {
+            self.queue.push_back((Mutation::RecordTransitions { transitions }, Waiter::Internal));
         }
     }
 
@@ -741,10 +749,13 @@ impl Daemon {
             self.joining = None;
             self.refresh_trust();
         }
-        if let Mutation::RecordTransition { check_id, status } = &pending.mutation {
-            let committed = if result.is_ok() { status.state } else { self.cluster.check_state(check_id) };
-            self.verdicts.settled(check_id, committed);
-            if result.is_ok() {
+        if let Mutation::RecordTransitions { transitions } = &pending.mutation {
+            for Transition { check_id, status } in transitions {
+                let committed = self.cluster.check_state(check_id);
+                self.verdicts.settled(check_id, committed);
+                if result.is_err() || committed != status.state {
+                    continue;
+                }
                 let name = self.cluster.check(check_id).map(|c| c.name.clone()).unwrap_or_else(|| check_id.clone());
                 tracing::info!(
                     check = %name,
@@ -1064,11 +1075,13 @@ impl Daemon {
     /// CHECKS rows: from the master's summaries, or, when they are missing,
     /// from the committed states marked as stale.
     fn check_views(&self, summaries: &[CheckSummary], stale: Option<&str>) -> Vec<CheckView> {
+        let summaries: std::collections::HashMap<&str, &CheckSummary> =
+            summaries.iter().map(|s| (s.id.as_str(), s)).collect();
         self.cluster
             .checks
             .iter()
             .map(|c| {
-                let summary = summaries.iter().find(|s| s.id == c.id);
+                let summary = summaries.get(c.id.as_str()).copied();
                 let state = summary.map(|s| s.state).unwrap_or_else(|| self.cluster.check_state(&c.id));
                 let mut detail = match (summary, self.cluster.states.get(&c.id)) {
                     (Some(s), _) => s.detail.clone(),
