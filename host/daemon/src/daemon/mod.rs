@@ -332,7 +332,10 @@ impl Daemon {
         for output in outputs {
             match output {
                 Output::PersistDurable(durable) => self.persist_durable(&durable)?,
-                Output::PersistConfig(snapshot) => self.persist_config(&snapshot)?,
+                // Parsing, validating and fsyncing a large cluster.yaml is
+                // blocking work: let the runtime move other tasks (the probe
+                // scheduler) off this thread meanwhile.
+                Output::PersistConfig(snapshot) => blocking(|| self.persist_config(&snapshot))?,
                 Output::Send { to, msg } => self.send(to, msg),
                 Output::ProposalDone { request, result } => self.proposal_done(request, result),
                 Output::RoleChanged { term, role, master } => self.log_role(term, role, master),
@@ -1157,6 +1160,15 @@ fn msg_kind(msg: &Msg) -> &'static str {
         Msg::Pull => "pull",
         Msg::PullReply { .. } => "pull-reply",
         Msg::TimeoutNow { .. } => "timeout-now",
+    }
+}
+
+/// Runs blocking work on the event loop's thread, on a multi-threaded
+/// runtime telling it to move other tasks elsewhere first.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }
 
