@@ -71,8 +71,8 @@ impl Probes {
     }
 
     /// Drops the HTTP clients of checks that are gone.
-    pub fn retain(&self, check_ids: &[&str]) {
-        self.http.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| check_ids.contains(&id.as_str()));
+    pub fn retain(&self, check_ids: &std::collections::HashSet<&str>) {
+        self.http.lock().unwrap_or_else(|e| e.into_inner()).retain(|id, _| check_ids.contains(id.as_str()));
     }
 
     fn http_client(&self, check_id: &str, spec: &HttpSpec, timeout: Duration) -> Result<reqwest::Client, String> {

@@ -413,8 +413,9 @@ impl ClusterConfig {
     }
 
     fn validate_states(&self, problems: &mut Vec<String>) {
+        let ids: BTreeSet<&str> = self.checks.iter().map(|c| c.id.as_str()).collect();
         for id in self.states.keys() {
-            if !self.checks.iter().any(|c| c.id == *id) {
+            if !ids.contains(id.as_str()) {
                 problems.push(format!("states.{id}: no check has this id"));
             }
         }

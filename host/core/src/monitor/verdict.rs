@@ -62,7 +62,8 @@ impl Verdicts {
     /// from their committed state, removed ones are forgotten, a changed
     /// interval applies from the next round.
     pub fn sync(&mut self, checks: &[(String, u64, CheckState)], now: u64) {
-        self.tracks.retain(|id, _| checks.iter().any(|(c, _, _)| c == id));
+        let wanted: std::collections::BTreeSet<&str> = checks.iter().map(|(id, _, _)| id.as_str()).collect();
+        self.tracks.retain(|id, _| wanted.contains(id.as_str()));
         for (index, (id, interval_ms, committed)) in checks.iter().enumerate() {
             let interval_ms = (*interval_ms).max(1);
             let track = self.tracks.entry(id.clone()).or_insert_with(|| Track {

@@ -753,13 +753,15 @@ impl Daemon {
             self.refresh_trust();
         }
         if let Mutation::RecordTransitions { transitions } = &pending.mutation {
+            let names: std::collections::HashMap<&str, &str> =
+                self.cluster.checks.iter().map(|c| (c.id.as_str(), c.name.as_str())).collect();
             for Transition { check_id, status } in transitions {
                 let committed = self.cluster.check_state(check_id);
                 self.verdicts.settled(check_id, committed);
                 if result.is_err() || committed != status.state {
                     continue;
                 }
-                let name = self.cluster.check(check_id).map(|c| c.name.clone()).unwrap_or_else(|| check_id.clone());
+                let name = names.get(check_id.as_str()).copied().unwrap_or(check_id.as_str());
                 tracing::info!(
                     check = %name,
                     from = %status.from,
