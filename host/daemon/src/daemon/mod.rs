@@ -152,7 +152,7 @@ pub(crate) struct Daemon {
     inbound: Vec<Connection<Wire>>,
     started: Instant,
     /// The text of cluster.yaml as we last wrote or loaded it.
-    written: String,
+    written: Arc<str>,
     /// A hand edit already reported as unparseable (so it is logged once).
     bad_edit: Option<String>,
     /// A hand edit waiting for a master with quorum.
@@ -201,7 +201,7 @@ pub async fn run(
     let (events, mut inbox) = mpsc::channel(EVENTS_MAX);
     let started = Instant::now();
     let (core, boot) = Core::new(node.node_id, durable, cluster.snapshot(), 1, rand::random());
-    let written = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default();
+    let written: Arc<str> = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default().into();
     let mut daemon = Daemon {
         links: Links::new(node.node_id),
         data,
@@ -380,7 +380,7 @@ impl Daemon {
         self.set_aside_unreplicated_edit(&cluster);
         qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
             .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
-        self.written = snapshot.content.to_string();
+        self.written = snapshot.content.clone();
         self.bad_edit = None;
         let members_changed = cluster.peers != self.cluster.peers;
         if let Some(master) = self.core.master()
@@ -787,7 +787,7 @@ impl Daemon {
             }
         }
         if let Some((text, _)) = &self.pending_edit
-            && *text == self.written
+            && **text == *self.written
         {
             self.pending_edit = None;
         }
@@ -801,7 +801,7 @@ impl Daemon {
     fn set_aside_unreplicated_edit(&mut self, incoming: &ClusterConfig) {
         let path = self.data.cluster_yaml();
         let Ok(text) = qu_store::read_text(&path) else { return };
-        if text == self.written || text.trim().is_empty() {
+        if *text == *self.written || text.trim().is_empty() {
             return;
         }
         // The incoming version may be this very edit, committed.
@@ -830,7 +830,7 @@ impl Daemon {
     /// Looks for a hand edit of cluster.yaml and forwards it as a replace.
     fn poll_file(&mut self) {
         let Ok(text) = qu_store::read_text(&self.data.cluster_yaml()) else { return };
-        if text == self.written {
+        if *text == *self.written {
             self.pending_edit = None;
             return;
         }
@@ -935,7 +935,7 @@ impl Daemon {
                         endpoint: self.endpoint.clone(),
                         events: self.events.clone(),
                         secret: self.node.cluster_secret.clone(),
-                        cluster_yaml: self.written.clone(),
+                        cluster_yaml: self.written.to_string(),
                         addr,
                         fingerprint,
                     };
@@ -1133,7 +1133,7 @@ impl Daemon {
         let snapshot = blank.snapshot();
         qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
             .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
-        self.written = snapshot.content.to_string();
+        self.written = snapshot.content.clone();
         let (core, out) = Core::new(self.me(), durable, snapshot, self.now(), rand::random());
         self.core = core;
         self.cluster = blank;
