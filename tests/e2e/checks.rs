@@ -95,14 +95,20 @@ fn an_http_target_going_down_and_up_is_seen_by_every_node() {
     cluster.assert_identical_configs(&[0, 1, 2]);
 }
 
-#[test]
-fn an_outage_survives_the_masters_death_without_a_new_transition() {
-    let mut cluster = Cluster::new(3, "2m");
+/// A 3-node cluster whose one check went up, then down (target failing).
+fn outage() -> (Cluster, Target) {
+    let cluster = Cluster::new(3, "2m");
     let target = target();
     add_check(&cluster, &target.url);
     state_everywhere(&cluster, &[0, 1, 2], "up");
     target.up.store(false, Ordering::SeqCst);
     state_everywhere(&cluster, &[0, 1, 2], "down");
+    (cluster, target)
+}
+
+#[test]
+fn an_outage_survives_the_masters_death_without_a_new_transition() {
+    let (mut cluster, target) = outage();
     let master = cluster.wait_converged();
     let transition_before = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
     cluster.nodes[master].kill();
@@ -122,12 +128,7 @@ fn an_outage_survives_the_masters_death_without_a_new_transition() {
 
 #[test]
 fn a_recovery_during_a_failover_is_committed_exactly_once() {
-    let mut cluster = Cluster::new(3, "2m");
-    let target = target();
-    add_check(&cluster, &target.url);
-    state_everywhere(&cluster, &[0, 1, 2], "up");
-    target.up.store(false, Ordering::SeqCst);
-    state_everywhere(&cluster, &[0, 1, 2], "down");
+    let (mut cluster, target) = outage();
     let master = cluster.wait_converged();
     cluster.nodes[master].kill();
     target.up.store(true, Ordering::SeqCst);
