@@ -108,7 +108,7 @@ fn outage() -> (Cluster, Target) {
 
 #[test]
 fn an_outage_survives_the_masters_death_without_a_new_transition() {
-    let (mut cluster, target) = outage();
+    let (mut cluster, _target) = outage();
     let master = cluster.wait_converged();
     let transition_before = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
     cluster.nodes[master].kill();
