@@ -65,7 +65,13 @@ qu_run() { # kind target checks seconds
   for i in $(seq "$3"); do
     QUPTIME_SOCKET="$sock" "$QU" check add "$1" "$1-$i" "$2" --interval 1s --timeout 500ms >/dev/null
   done
-  sleep 3
+  # Steady state: wait until every check has its first verdict committed,
+  # so the window measures probing, not the one-off commits of set-up.
+  for _ in $(seq 100); do
+    QUPTIME_SOCKET="$sock" "$QU" status --json | python3 -c 'import json,sys; c=json.load(sys.stdin)["checks"]; sys.exit(0 if c and all(x["state"]=="up" for x in c) else 1)' && break
+    sleep 0.2
+  done
+  sleep 2
   run_before=$(QUPTIME_SOCKET="$sock" "$QU" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["probes"]["run"])')
   before=$(cpu_ms "$pid")
   sleep "$4"
