@@ -168,3 +168,92 @@ fn start_probe(
         let _ = events.send(Event::Probed { report, lateness }).await;
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A loopback listener that counts the connections it gets.
+    async fn counter() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while listener.accept().await.is_ok() {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        (addr, count)
+    }
+
+    fn tcp(id: &str, target: &str, interval_ms: u64) -> Scheduled {
+        Scheduled {
+            id: id.into(),
+            kind: "tcp".into(),
+            spec: NativeSpec::parse("tcp", target, &Default::default()).unwrap(),
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(interval_ms / 2),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn edits_and_removals_apply_within_an_interval_without_disturbing_others() {
+        let (a, a_count) = counter().await;
+        let (b, b_count) = counter().await;
+        let (c, c_count) = counter().await;
+        let (events, mut results) = mpsc::channel(1024);
+        let (checks, watch_rx) = watch::channel(Arc::new(vec![tcp("one", &a, 200), tcp("two", &b, 200)]));
+        let task = tokio::spawn(run(Probes::new(), watch_rx, events));
+        let drain = tokio::spawn(async move {
+            let mut late = Vec::new();
+            while let Some(Event::Probed { report, lateness }) = results.recv().await {
+                assert_eq!(report.outcome, Outcome::Up, "{report:?}");
+                late.push(lateness);
+            }
+            late
+        });
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let (a1, b1) = (a_count.load(Ordering::SeqCst), b_count.load(Ordering::SeqCst));
+        assert!((3..=6).contains(&a1) && (3..=6).contains(&b1), "fixed rate: {a1} and {b1} probes in 1.1 s at 200 ms");
+
+        // Point "two" elsewhere and add nothing else: "one" keeps its rhythm.
+        checks.send_replace(Arc::new(vec![tcp("one", &a, 200), tcp("two", &c, 200)]));
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let (a2, b2, c2) =
+            (a_count.load(Ordering::SeqCst), b_count.load(Ordering::SeqCst), c_count.load(Ordering::SeqCst));
+        assert!(b2 <= b1 + 1, "the old target is left within one interval ({b1} -> {b2})");
+        assert!(c2 >= 3, "the new target is probed ({c2})");
+        assert!((a1 + 3..=a1 + 6).contains(&a2), "the other check is undisturbed ({a1} -> {a2})");
+
+        // Remove "two": it stops; "one" goes on.
+        checks.send_replace(Arc::new(vec![tcp("one", &a, 200)]));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c3 = c_count.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(c_count.load(Ordering::SeqCst), c3, "a removed check is not probed");
+        assert!(a_count.load(Ordering::SeqCst) >= a2 + 3);
+
+        drop(checks);
+        task.await.unwrap();
+        let late = drain.await.unwrap();
+        assert!(!late.is_empty());
+    }
+
+    #[test]
+    fn offsets_spread_checks_over_the_interval() {
+        let interval = Duration::from_secs(10);
+        let offsets: Vec<Duration> = (0..1000).map(|i| offset(&format!("c{i:07x}"), interval)).collect();
+        assert!(offsets.iter().all(|o| *o < interval));
+        // Every tenth of the interval gets some checks.
+        for bucket in 0..10 {
+            let low = Duration::from_secs(bucket);
+            let high = Duration::from_secs(bucket + 1);
+            let n = offsets.iter().filter(|o| **o >= low && **o < high).count();
+            assert!((50..=150).contains(&n), "bucket {bucket}: {n}");
+        }
+        assert_eq!(offset("web", interval), offset("web", interval), "stable per id");
+    }
+}
