@@ -96,11 +96,6 @@ pub(crate) enum Event {
         summaries: Option<Vec<CheckSummary>>,
         reply: oneshot::Sender<ControlResponse>,
     },
-    /// A probe of this node finished (`lateness`: how late it started).
-    Probed {
-        report: Report,
-        lateness: Duration,
-    },
 }
 
 /// Prefix of refusals that retrying cannot fix (the change itself is wrong).
@@ -172,6 +167,8 @@ pub(crate) struct Daemon {
     /// This node's latest result per check, not yet delivered to the master.
     unsent: BTreeMap<String, Report>,
     next_fanin: u64,
+    /// Probes finished since the last tick (filled by the scheduler).
+    finished: scheduler::Finished,
     probes_run: u64,
     /// Start lateness of the most recent probes, in microseconds.
     lateness_us: VecDeque<u64>,
@@ -226,6 +223,7 @@ pub async fn run(
         verdicts: Verdicts::default(),
         unsent: BTreeMap::new(),
         next_fanin: 0,
+        finished: scheduler::Finished::default(),
         probes_run: 0,
         lateness_us: VecDeque::new(),
     };
@@ -245,7 +243,7 @@ pub async fn run(
 
     daemon.schedule.send_replace(Arc::new(scheduler::scheduled(&daemon.cluster)));
     let scheduler_task =
-        tokio::spawn(scheduler::run(Probes::new(), daemon.schedule.subscribe(), daemon.events.clone()));
+        tokio::spawn(scheduler::run(Probes::new(), daemon.schedule.subscribe(), daemon.finished.clone()));
     let peer_task = tokio::spawn(accept_peers(listeners.peer, endpoint, events.clone()));
     let control_task = tokio::spawn(accept_control(listeners.control, events));
     let mut tick_every = daemon.tick_interval();
@@ -322,6 +320,7 @@ impl Daemon {
             self.refresh_trust();
         }
         self.step(Input::Tick)?;
+        self.collect_probes();
         self.fan_in();
         self.judge();
         self.start_next_mutation()
@@ -445,6 +444,24 @@ impl Daemon {
         }
     }
 
+    /// Takes the probes that finished since the last tick.
+    fn collect_probes(&mut self) {
+        let finished = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
+        for (report, lateness) in finished {
+            self.probes_run += 1;
+            if self.lateness_us.len() >= LATENESS_WINDOW {
+                self.lateness_us.pop_front();
+            }
+            self.lateness_us.push_back(lateness.as_micros().min(u64::MAX as u128) as u64);
+            if lateness > Duration::from_millis(50) {
+                tracing::debug!(check = %report.check_id, lateness_ms = lateness.as_millis() as u64, "probe started late");
+            }
+            if self.unsent.len() < UNSENT_REPORTS_MAX || self.unsent.contains_key(&report.check_id) {
+                self.unsent.insert(report.check_id.clone(), report);
+            }
+        }
+    }
+
     /// The master turns verdicts that held for `hysteresis` rounds into
     /// committed transitions.
     fn judge(&mut self) {
@@ -561,19 +578,6 @@ impl Daemon {
                     view.checks = self.check_views(&summaries, None);
                 }
                 let _ = reply.send(ControlResponse::Status(view));
-            }
-            Event::Probed { report, lateness } => {
-                self.probes_run += 1;
-                if self.lateness_us.len() >= LATENESS_WINDOW {
-                    self.lateness_us.pop_front();
-                }
-                self.lateness_us.push_back(lateness.as_micros().min(u64::MAX as u128) as u64);
-                if lateness > Duration::from_millis(50) {
-                    tracing::debug!(check = %report.check_id, lateness_ms = lateness.as_millis() as u64, "probe started late");
-                }
-                if self.unsent.len() < UNSENT_REPORTS_MAX || self.unsent.contains_key(&report.check_id) {
-                    self.unsent.insert(report.check_id.clone(), report);
-                }
             }
             Event::EditRefused { text } => {
                 self.pending_edit = None;
