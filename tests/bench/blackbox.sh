@@ -25,9 +25,15 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ms() { awk '{print ($14+$15)*10}' "/proc/$1/stat"; }   # utime+stime, 100 ticks/s
 
-# Targets: an HTTP server (which also serves as the TCP target).
+# Targets: an HTTP/1.1 server that keeps connections alive, as most real
+# targets do (it also serves as the TCP target).
 http_port=$(free_port)
-(cd "$work" && exec python3 -m http.server "$http_port" --bind 127.0.0.1 >/dev/null 2>&1) &
+(cd "$work" && exec python3 -c '
+import http.server, sys
+http.server.SimpleHTTPRequestHandler.protocol_version = "HTTP/1.1"
+http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
+' "$http_port" >/dev/null 2>&1) &
 pids+=($!)
 sleep 0.5
 http_url="http://127.0.0.1:$http_port/"

@@ -113,30 +113,21 @@ impl Probes {
             Err(error) => return ProbeResult::new(Outcome::Down, started, http_error(&error, timeout)),
         };
         let status = response.status().as_u16();
+        // The body is always read (up to the cap): only a connection whose
+        // response was read to the end goes back to the pool for reuse.
+        let body = read_body(&mut response, spec.body_match.is_some()).await;
         if !spec.expect.matches(status) {
             return ProbeResult::new(Outcome::Down, started, format!("status {status} (expected {})", spec.expect));
         }
         let Some(needle) = &spec.body_match else {
             return ProbeResult::new(Outcome::Up, started, format!("status {status}"));
         };
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    let room = BODY_BYTES_MAX - body.len();
-                    body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                    if body.len() >= BODY_BYTES_MAX {
-                        break;
-                    }
-                }
-                Ok(None) => break,
-                Err(error) => return ProbeResult::new(Outcome::Down, started, http_error(&error, timeout)),
+        match body {
+            Ok(body) if String::from_utf8_lossy(&body).contains(needle.as_str()) => {
+                ProbeResult::new(Outcome::Up, started, format!("status {status}, body matches"))
             }
-        }
-        if String::from_utf8_lossy(&body).contains(needle.as_str()) {
-            ProbeResult::new(Outcome::Up, started, format!("status {status}, body matches"))
-        } else {
-            ProbeResult::new(Outcome::Down, started, format!("status {status}, body lacks {needle:?}"))
+            Ok(_) => ProbeResult::new(Outcome::Down, started, format!("status {status}, body lacks {needle:?}")),
+            Err(error) => ProbeResult::new(Outcome::Down, started, http_error(&error, timeout)),
         }
     }
 
@@ -195,6 +186,23 @@ fn rand_ident() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let base = (std::process::id() as u16).wrapping_mul(31);
     base.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Reads a response body up to `BODY_BYTES_MAX`, keeping the bytes only
+/// when `keep` (a body match needs them).
+async fn read_body(response: &mut reqwest::Response, keep: bool) -> Result<Vec<u8>, reqwest::Error> {
+    let (mut body, mut seen) = (Vec::new(), 0usize);
+    while let Some(chunk) = response.chunk().await? {
+        let room = BODY_BYTES_MAX - seen;
+        if keep {
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        seen += chunk.len().min(room);
+        if seen >= BODY_BYTES_MAX {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 async fn tcp(host: &str, port: u16, started: Instant) -> ProbeResult {

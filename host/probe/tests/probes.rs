@@ -124,7 +124,12 @@ async fn connections_are_reused_between_probes_of_a_check() {
                     if n == 0 {
                         return;
                     }
-                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                    // A body too large to arrive with the headers: the probe
+                    // must read it for the connection to be reused.
+                    let body = vec![b'x'; 256 * 1024];
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len());
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(&body).await;
                 }
             });
         }
