@@ -80,6 +80,7 @@ fn an_http_target_going_down_and_up_is_seen_by_every_node() {
     let check = &status["checks"][0];
     assert_eq!((check["ok"].as_u64(), check["total"].as_u64()), (Some(3), Some(3)), "{check}");
     assert_eq!(check["detail"], "status 200");
+    assert!(status["probes"]["run"].as_u64().unwrap() > 0, "this node's probes are counted: {}", status["probes"]);
 
     target.up.store(false, Ordering::SeqCst);
     state_everywhere(&cluster, &[0, 1, 2], "down");
@@ -322,4 +323,23 @@ fn one_node_that_cannot_reach_the_target_does_not_make_it_down() {
     for node in &nodes {
         node.wait_status("the check is down", |s| s["checks"][0]["state"] == "down");
     }
+}
+
+#[test]
+fn a_node_without_a_master_shows_committed_states_marked_stale() {
+    let mut cluster = Cluster::new(3, "2m");
+    let target = target();
+    add_check(&cluster, &target.url);
+    state_everywhere(&cluster, &[0, 1, 2], "up");
+    let master = cluster.wait_converged();
+    let others: Vec<usize> = (0..3).filter(|i| *i != master).collect();
+    for i in &others {
+        assert!(cluster.nodes[*i].terminate().success());
+    }
+    let status = cluster.nodes[master].wait_status("no master", |s| s["master"].is_null());
+    let check = &status["checks"][0];
+    assert_eq!(check["state"], "up", "the committed state is still shown");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(detail.contains("(stale: the master's view could not be fetched)"), "{detail}");
+    drop(target);
 }

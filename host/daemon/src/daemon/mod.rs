@@ -146,6 +146,9 @@ pub(crate) struct Daemon {
     links: Links,
     inbound: Vec<Connection<Wire>>,
     started: Instant,
+    /// The parsed config of the snapshot most recently received or proposed,
+    /// with its text, so persisting it does not parse it again.
+    parsed: Option<(Arc<str>, ClusterConfig)>,
     /// The text of cluster.yaml as we last wrote or loaded it.
     written: Arc<str>,
     /// A hand edit already reported as unparseable (so it is logged once).
@@ -214,6 +217,7 @@ pub async fn run(
         written,
         bad_edit: None,
         pending_edit: None,
+        parsed: None,
         next_request: 1,
         inflight: None,
         queue: VecDeque::new(),
@@ -374,8 +378,12 @@ impl Daemon {
     }
 
     fn persist_config(&mut self, snapshot: &Snapshot) -> Result<(), DaemonError> {
-        let cluster =
-            ClusterConfig::parse(&snapshot.content).expect("snapshots are validated before the core sees them");
+        // The config behind this snapshot was usually parsed (received) or
+        // built (proposed) a moment ago; parse again only if not.
+        let cluster = match self.parsed.take() {
+            Some((text, config)) if Arc::ptr_eq(&text, &snapshot.content) => config,
+            _ => ClusterConfig::parse(&snapshot.content).expect("snapshots are validated before the core sees them"),
+        };
         self.set_aside_unreplicated_edit(&cluster);
         qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
             .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
@@ -595,20 +603,24 @@ impl Daemon {
 
     /// A snapshot from the network is re-derived from its content: it must
     /// parse, validate, carry the id it claims and be in canonical form.
-    fn verify_message(&self, msg: Msg) -> Result<Msg, String> {
-        let verify = |snapshot: Snapshot| -> Result<Snapshot, String> {
-            let config = ClusterConfig::parse(&snapshot.content).map_err(|e| e.to_string())?;
-            let rebuilt = config.snapshot();
-            if rebuilt.id != snapshot.id || (snapshot.id.version != 0 && rebuilt.content != snapshot.content) {
-                return Err(format!("snapshot {} does not match its content", snapshot.id));
-            }
-            Ok(rebuilt)
-        };
+    fn verify_message(&mut self, msg: Msg) -> Result<Msg, String> {
         Ok(match msg {
-            Msg::Replicate { term, snapshot, sent_at } => Msg::Replicate { term, snapshot: verify(snapshot)?, sent_at },
-            Msg::PullReply { snapshot } => Msg::PullReply { snapshot: verify(snapshot)? },
+            Msg::Replicate { term, snapshot, sent_at } => {
+                Msg::Replicate { term, snapshot: self.verify_snapshot(snapshot)?, sent_at }
+            }
+            Msg::PullReply { snapshot } => Msg::PullReply { snapshot: self.verify_snapshot(snapshot)? },
             other => other,
         })
+    }
+
+    fn verify_snapshot(&mut self, snapshot: Snapshot) -> Result<Snapshot, String> {
+        let config = ClusterConfig::parse(&snapshot.content).map_err(|e| e.to_string())?;
+        let rebuilt = config.snapshot();
+        if rebuilt.id != snapshot.id || (snapshot.id.version != 0 && rebuilt.content != snapshot.content) {
+            return Err(format!("snapshot {} does not match its content", snapshot.id));
+        }
+        self.parsed = Some((rebuilt.content.clone(), config));
+        Ok(rebuilt)
     }
 
     fn on_peer_request(
@@ -744,7 +756,9 @@ impl Daemon {
                 self.refresh_trust();
             }
             self.inflight = Some(Pending { request, mutation, waiter });
-            self.step(Input::Propose { request, snapshot: next.snapshot(), new_member })?;
+            let snapshot = next.snapshot();
+            self.parsed = Some((snapshot.content.clone(), next));
+            self.step(Input::Propose { request, snapshot, new_member })?;
         }
         Ok(())
     }
@@ -900,7 +914,7 @@ impl Daemon {
             ControlRequest::NodeList => ControlResponse::Nodes { peers: self.peer_views() },
             ControlRequest::Settings => ControlResponse::Settings(self.settings_view()),
             ControlRequest::SettingsSet { key, value } => {
-                self.submit(Mutation::SetSetting { key, value }, Waiter::Control(reply));
+                self.submit_checked(Mutation::SetSetting { key, value }, reply);
                 return;
             }
             ControlRequest::CheckList => ControlResponse::Checks { checks: self.check_list() },
@@ -922,7 +936,7 @@ impl Daemon {
                 return;
             }
             ControlRequest::NodeRemove { node_id } => {
-                self.submit(Mutation::RemovePeer { node_id }, Waiter::Control(reply));
+                self.submit_checked(Mutation::RemovePeer { node_id }, reply);
                 return;
             }
             ControlRequest::NodeProbe { addr } => {
