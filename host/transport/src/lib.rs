@@ -10,6 +10,7 @@
 //! - a frame longer than `FRAME_BYTES_MAX` closes the connection before any
 //!   buffer of that size is allocated.
 
+pub mod client;
 mod conn;
 mod error;
 pub mod frame;

@@ -1,0 +1,167 @@
+//! The sandbox against a hostile plugin (plugins/testing/hostile), real
+//! components built from plugins/, real sockets on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qu_plugin::{CallError, Limits, Plugin, PluginError, Runtime, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn component(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(qu_plugin::ARTIFACTS).join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+async fn hostile(runtime: &Arc<Runtime>, allow: Vec<String>) -> Arc<Plugin> {
+    runtime.load(Some("hostile"), Arc::from(component("hostile")), allow, Limits::default()).await.unwrap()
+}
+
+async fn run(runtime: &Runtime, plugin: &Plugin, target: &str) -> Result<qu_plugin::ProbeOutcome, CallError> {
+    runtime.check(plugin, &[], target, Duration::from_secs(2)).await
+}
+
+fn permanent(result: Result<qu_plugin::ProbeOutcome, CallError>) -> String {
+    match result {
+        Err(CallError::Plugin { error: PluginError::Permanent(message), .. }) => message,
+        other => panic!("expected the plugin's own permanent error, got {other:?}"),
+    }
+}
+
+/// A loopback HTTP server answering every request with `response`;
+/// counts the connections it accepted.
+async fn http_server(response: String) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let response = response.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                let _ = stream.read(&mut buffer).await;
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_plugin_is_stopped_at_its_deadline_and_others_keep_running() {
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = hostile(&runtime, Vec::new()).await;
+    let spin = {
+        let (runtime, plugin) = (runtime.clone(), plugin.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = runtime.check(&plugin, &[], "spin", Duration::from_millis(500)).await;
+            (result, started.elapsed())
+        })
+    };
+    // While it spins, a well-behaved call completes promptly.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ok = run(&runtime, &plugin, "ok").await.unwrap();
+    assert_eq!((ok.status, ok.message.as_str()), (Status::Up, "behaving"));
+    let (result, took) = spin.await.unwrap();
+    assert!(matches!(result, Err(CallError::Timeout { .. })), "{result:?}");
+    assert_eq!(result.unwrap_err().to_string(), "plugin hostile timed out after 500ms");
+    assert!(took < Duration::from_millis(1_500), "stopped near its deadline, took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_file_env_and_panic_each_fail_clearly() {
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = hostile(&runtime, Vec::new()).await;
+
+    let alloc = run(&runtime, &plugin, "alloc").await.unwrap_err();
+    assert_eq!(alloc.to_string(), "plugin hostile exceeded its memory limit of 64 MiB");
+
+    let file = permanent(run(&runtime, &plugin, "read-file").await);
+    assert!(file.starts_with("read /etc/passwd:"), "{file}");
+    assert!(!file.contains("root:"), "no file content leaks: {file}");
+
+    assert_eq!(permanent(run(&runtime, &plugin, "env").await), "no environment variables visible");
+
+    let panic = run(&runtime, &plugin, "panic").await.unwrap_err();
+    assert!(matches!(panic, CallError::Crashed { .. }), "{panic:?}");
+    assert!(panic.to_string().starts_with("plugin hostile crashed: it panicked"), "{panic}");
+    assert!(!panic.to_string().contains("backtrace"), "{panic}");
+
+    // The same plugin still works afterwards: every call is a fresh instance.
+    assert_eq!(run(&runtime, &plugin, "ok").await.unwrap().status, Status::Up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_only_to_allowed_destinations() {
+    let runtime = Runtime::new(None).unwrap();
+    let (port, accepted) =
+        http_server("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".into()).await;
+
+    // Not allowed: neither a raw TCP connect nor an HTTP request gets out.
+    let closed = hostile(&runtime, Vec::new()).await;
+    let tcp = permanent(run(&runtime, &closed, &format!("connect:127.0.0.1:{port}")).await);
+    assert!(tcp.starts_with(&format!("connect 127.0.0.1:{port}:")), "{tcp}");
+    let http = permanent(run(&runtime, &closed, &format!("http:http://127.0.0.1:{port}/")).await);
+    assert!(http.contains("denied by allow-list"), "{http}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the server");
+
+    // Allowed by the plugin's allow list: both work.
+    let open = hostile(&runtime, vec![format!("127.0.0.1:{port}")]).await;
+    let tcp = run(&runtime, &open, &format!("connect:127.0.0.1:{port}")).await.unwrap();
+    assert_eq!(tcp.message, format!("connected to 127.0.0.1:{port}"));
+    let http = run(&runtime, &open, &format!("http:http://127.0.0.1:{port}/")).await.unwrap();
+    assert_eq!(http.message, "status 200");
+    // Another port on the same host stays closed.
+    let other = permanent(run(&runtime, &open, &format!("http:http://127.0.0.1:{}/", port + 1)).await);
+    assert!(other.contains("denied by allow-list"), "{other}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_to_an_unlisted_host_is_denied() {
+    let runtime = Runtime::new(None).unwrap();
+    let (elsewhere, reached) = http_server("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".into()).await;
+    let (port, _) = http_server(format!(
+        "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{elsewhere}/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    ))
+    .await;
+    let plugin = hostile(&runtime, vec![format!("127.0.0.1:{port}")]).await;
+    let denied = permanent(run(&runtime, &plugin, &format!("http:http://127.0.0.1:{port}/")).await);
+    assert!(denied.contains("denied by allow-list"), "{denied}");
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0, "the redirect target was never contacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_and_corrupt_files_are_refused_clearly() {
+    let runtime = Runtime::new(None).unwrap();
+    let load = |bytes: Vec<u8>| {
+        let runtime = runtime.clone();
+        async move { runtime.load(None, Arc::from(bytes), Vec::new(), Limits::default()).await.unwrap_err().to_string() }
+    };
+    assert!(load(b"#!/bin/sh\necho hi\n".to_vec()).await.contains("not a WebAssembly component"));
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    assert!(load(core_module).await.contains("build with `--target wasm32-wasip2`"));
+    let mut truncated = component("echo");
+    truncated.truncate(truncated.len() / 2);
+    assert!(load(truncated).await.starts_with("not a valid component"));
+    assert!(load(vec![0u8; qu_plugin::COMPONENT_BYTES_MAX + 1]).await.contains("more than the 10 MiB"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_components_are_cached_by_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(Some(dir.path().to_path_buf())).unwrap();
+    let bytes: Arc<[u8]> = Arc::from(component("echo"));
+    let first = runtime.load(None, bytes.clone(), Vec::new(), Limits::default()).await.unwrap();
+    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(cached.len(), 1);
+    assert!(cached[0].to_string_lossy().starts_with(&first.sha256));
+    // A corrupt cache entry is recompiled, not trusted.
+    std::fs::write(dir.path().join(&cached[0]), b"garbage").unwrap();
+    let again = runtime.load(None, bytes, Vec::new(), Limits::default()).await.unwrap();
+    assert_eq!(again.info.name, "echo");
+    let answer = runtime.check(&again, &[], "hello", Duration::from_secs(2)).await.unwrap();
+    assert_eq!(answer.message, "hello");
+}

@@ -1,0 +1,78 @@
+//! Used by build scripts (qu-plugin, the test crate): compiles the
+//! `plugins/` workspace for `wasm32-wasip2` with the same cargo, into a
+//! target directory beside the caller's, and says where the components are.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The WebAssembly target plugins are built for.
+pub const TARGET: &str = "wasm32-wasip2";
+
+/// Builds every plugin (release) and returns the directory holding the
+/// `.wasm` components. Panics with a message naming the fix when the
+/// target is missing or a plugin does not compile: a build script cannot
+/// go on without them.
+pub fn build_plugins() -> PathBuf {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
+    let root = manifest_dir
+        .ancestors()
+        .find(|p| p.join("plugins/Cargo.toml").is_file())
+        .expect("plugins/Cargo.toml above this crate")
+        .to_path_buf();
+    for watched in ["plugins/Cargo.toml", "plugins/Cargo.lock", "plugins/dns", "plugins/tls", "plugins/examples"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    for watched in ["plugins/testing", "plugins/sinks", "sdk/src", "sdk/Cargo.toml", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    let target_dir = outer_target_dir().join("plugins");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "--release", "--locked", "--target", TARGET, "--manifest-path"])
+        .arg(root.join("plugins/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir);
+    // Settings meant for the host build must not leak into the guest one.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+        "TARGET",
+        "HOST",
+        "OPT_LEVEL",
+        "DEBUG",
+        "PROFILE",
+        "OUT_DIR",
+        "NUM_JOBS",
+        "CARGO_CFG_TARGET_FEATURE",
+    ] {
+        command.env_remove(var);
+    }
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARGO_PROFILE_") || key.starts_with("CARGO_FEATURE_") {
+            command.env_remove(key);
+        }
+    }
+    let output = command.output().expect("run cargo to build the plugins");
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if stderr.contains("may not be installed") || stderr.contains("can't find crate for `core`") {
+            panic!("the {TARGET} target is missing: run `rustup target add {TARGET}`\n{stderr}");
+        }
+        panic!("building the plugins (plugins/) for {TARGET} failed:\n{stderr}");
+    }
+    target_dir.join(TARGET).join("release")
+}
+
+/// `target/` of the build that runs this script, from `OUT_DIR`
+/// (`<target>/<profile>/build/<crate>-<hash>/out`).
+fn outer_target_dir() -> PathBuf {
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR in a build script"));
+    let build = out.ancestors().find(|p| p.file_name().is_some_and(|n| n == "build")).expect("OUT_DIR under build/");
+    build.parent().and_then(Path::parent).expect("target dir above the profile dir").to_path_buf()
+}
