@@ -11,6 +11,7 @@
 //!   the preferred master's return, removal, hand edits.
 //! - `recovery` — the seed's procedures: restore with version 0, whole-cluster restore,
 //!   shrink, replace, long absence, rolling restart.
+//! - `plugins` — WebAssembly plugins on 3 nodes: add, replicate, verify, run, contain.
 //! - `demo`    — the README's main-job command.
 
 mod checks;
@@ -20,5 +21,6 @@ mod demo;
 mod init;
 mod inproc;
 mod peers;
+mod plugins;
 mod recovery;
 mod serve;

@@ -12,9 +12,10 @@ use crate::{call_ok, unexpected};
 
 #[derive(Subcommand)]
 pub enum CheckCommand {
-    /// Add a check: `qu check add http|tcp|icmp NAME TARGET [flags]`.
+    /// Add a check: `qu check add http|tcp|icmp|PLUGIN NAME TARGET [flags]`.
     Add {
-        /// Check type: http, tcp or icmp.
+        /// Check type: http, tcp, icmp, or a check plugin (built in: dns, tls;
+        /// or one added with `qu plugin add`), whose settings go in --set.
         kind: String,
         /// A unique name.
         name: String,

@@ -4,6 +4,7 @@
 
 mod check;
 mod demo;
+mod plugin;
 mod render;
 
 use std::net::IpAddr;
@@ -61,6 +62,9 @@ enum Command {
     /// Add, list, edit, remove, enable and disable checks.
     #[command(subcommand)]
     Check(check::CheckCommand),
+    /// Add, list, remove, inspect and run WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Run a local demo cluster on loopback in a temporary directory.
     Demo(demo::DemoArgs),
 }
@@ -176,6 +180,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Node(command) => run_node(command),
         Command::Check(command) => check::run(command),
+        Command::Plugin(command) => plugin::run(command),
         Command::Cluster(ClusterCommand::Settings { set, json }) => run_settings(set, json),
         Command::Demo(args) => demo::run(args),
     }

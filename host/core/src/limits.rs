@@ -17,6 +17,8 @@ pub const ALERTS_MAX: usize = 1_000;
 
 /// Plugins in one cluster.
 pub const PLUGINS_MAX: usize = 256;
+/// Largest plugin component, in bytes.
+pub const PLUGIN_BYTES_MAX: u64 = 10 * 1024 * 1024;
 
 /// Shortest cluster secret accepted from an operator, in characters.
 pub const CLUSTER_SECRET_CHARS_MIN: usize = 16;

@@ -30,6 +30,12 @@ pub enum PeerRequest {
     Propose { mutation_json: String },
     /// The master's current view of every check (for `qu status`).
     CheckSummaries,
+    /// A plugin component by the sha256 of its bytes (nodes fetch the blobs
+    /// of `plugins:` entries they lack from any member that has them).
+    PluginBlob { sha256: String },
+    /// Stores a plugin component before its `plugins:` entry is proposed
+    /// (`qu plugin add` on a follower ships the bytes to the master first).
+    PluginPut { bytes: Vec<u8> },
 }
 
 impl PeerRequest {
@@ -71,6 +77,15 @@ pub enum PeerResponse {
     },
     CheckSummaries {
         summaries: Vec<CheckSummary>,
+    },
+    /// The bytes of a plugin component (their sha256 is what was asked for;
+    /// the receiver verifies it anyway).
+    PluginBlob {
+        bytes: Vec<u8>,
+    },
+    /// The component is stored under this sha256.
+    PluginStored {
+        sha256: String,
     },
     /// A request that was understood and refused, with a sentence saying why.
     Refused {

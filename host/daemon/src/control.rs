@@ -61,6 +61,19 @@ pub enum ControlRequest {
         check: String,
         disabled: bool,
     },
+    PluginList,
+    /// `qu plugin add`: the daemon reads the component from `path` (the
+    /// CLI runs as the same user on the same machine).
+    PluginAdd {
+        name: String,
+        path: std::path::PathBuf,
+        allow: Vec<String>,
+        memory_mib: Option<u32>,
+        timeout: Option<std::time::Duration>,
+    },
+    PluginRemove {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +96,9 @@ pub enum ControlResponse {
         node_id: Option<NodeId>,
     },
     Settings(SettingsView),
+    Plugins {
+        plugins: Vec<crate::plugins::PluginView>,
+    },
     Checks {
         checks: Vec<CheckListItem>,
     },

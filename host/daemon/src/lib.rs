@@ -11,6 +11,7 @@ pub mod init;
 pub mod load;
 pub mod paths;
 mod peer;
+pub mod plugins;
 mod scheduler;
 pub mod serve;
 pub mod status;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use qu_core::config::{ClusterConfig, NativeSpec};
 use qu_core::monitor::{Outcome, Report};
 use qu_probe::Probes;
+
+use crate::plugins::Registry;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
@@ -25,6 +27,9 @@ pub struct Scheduled {
     pub kind: String,
     /// `None` for a check type this node cannot run natively (a plugin's).
     pub spec: Option<NativeSpec>,
+    /// Target and settings, as given (what a plugin check receives).
+    pub target: String,
+    pub settings: Vec<(String, String)>,
     pub interval: Duration,
     pub timeout: Duration,
 }
@@ -39,6 +44,8 @@ pub fn scheduled(config: &ClusterConfig) -> Vec<Scheduled> {
             id: c.id.clone(),
             kind: c.kind.clone(),
             spec: NativeSpec::parse(&c.kind, &c.target, &c.settings).ok().flatten(),
+            target: c.target.clone(),
+            settings: c.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             interval: c.interval,
             timeout: c.timeout,
         })
@@ -61,7 +68,13 @@ pub type Finished = Arc<Mutex<Vec<(Report, Duration)>>>;
 /// Finished probes kept while the event loop does not collect them.
 const FINISHED_MAX: usize = 4 * qu_core::limits::CHECKS_MAX;
 
-pub async fn run(probes: Arc<Probes>, mut checks: watch::Receiver<Arc<Vec<Scheduled>>>, finished: Finished) {
+/// Plugin checks run through `plugins` (none: reported unavailable).
+pub async fn run(
+    probes: Arc<Probes>,
+    plugins: Option<Arc<Registry>>,
+    mut checks: watch::Receiver<Arc<Vec<Scheduled>>>,
+    finished: Finished,
+) {
     let permits = Arc::new(Semaphore::new(PROBES_CONCURRENT_MAX));
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut known: HashMap<String, (Instant, Scheduled)> = HashMap::new();
@@ -123,7 +136,7 @@ pub async fn run(probes: Arc<Probes>, mut checks: watch::Receiver<Arc<Vec<Schedu
                     *slot = next_due;
                     queue.insert((next_due, id.clone()));
                     let lateness = now.saturating_duration_since(due);
-                    start_probe(&probes, &permits, &running, &finished, check.clone(), lateness);
+                    start_probe(&probes, &plugins, &permits, &running, &finished, check.clone(), lateness);
                 }
             }
         }
@@ -139,6 +152,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 fn start_probe(
     probes: &Arc<Probes>,
+    plugins: &Option<Arc<Registry>>,
     permits: &Arc<Semaphore>,
     running: &Arc<Mutex<HashSet<String>>>,
     finished: &Finished,
@@ -150,6 +164,7 @@ fn start_probe(
         return;
     }
     let (probes, permits, running, finished) = (probes.clone(), permits.clone(), running.clone(), finished.clone());
+    let plugins = plugins.clone();
     tokio::spawn(async move {
         let report = match &check.spec {
             Some(spec) => {
@@ -162,11 +177,26 @@ fn start_probe(
                     detail: result.detail,
                 }
             }
-            None => Report {
-                check_id: check.id.clone(),
-                outcome: Outcome::Unavailable,
-                latency_ms: 0,
-                detail: format!("plugin {} unavailable: check plugins are not supported by this build", check.kind),
+            None => match &plugins {
+                Some(registry) => {
+                    let plugin = registry.get(&check.kind).map_err(|reason| (check.kind.clone(), reason));
+                    let Ok(_permit) = permits.acquire().await else { return };
+                    crate::plugins::probe(
+                        plugin,
+                        registry.runtime(),
+                        &check.id,
+                        &check.target,
+                        &check.settings,
+                        check.timeout,
+                    )
+                    .await
+                }
+                None => Report {
+                    check_id: check.id.clone(),
+                    outcome: Outcome::Unavailable,
+                    latency_ms: 0,
+                    detail: format!("plugin {} unavailable: no plugin runtime here", check.kind),
+                },
             },
         };
         running.lock().unwrap_or_else(|e| e.into_inner()).remove(&check.id);
@@ -202,6 +232,8 @@ mod tests {
             id: id.into(),
             kind: "tcp".into(),
             spec: NativeSpec::parse("tcp", target, &Default::default()).unwrap(),
+            target: target.into(),
+            settings: Vec::new(),
             interval: Duration::from_millis(interval_ms),
             timeout: Duration::from_millis(interval_ms / 2),
         }
@@ -214,7 +246,7 @@ mod tests {
         let (c, c_count) = counter().await;
         let finished = Finished::default();
         let (checks, watch_rx) = watch::channel(Arc::new(vec![tcp("one", &a, 200), tcp("two", &b, 200)]));
-        let task = tokio::spawn(run(Probes::new(), watch_rx, finished.clone()));
+        let task = tokio::spawn(run(Probes::new(), None, watch_rx, finished.clone()));
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         let (a1, b1) = (a_count.load(Ordering::SeqCst), b_count.load(Ordering::SeqCst));
         assert!((3..=6).contains(&a1) && (3..=6).contains(&b1), "fixed rate: {a1} and {b1} probes in 1.1 s at 200 ms");

@@ -82,6 +82,17 @@ impl DataDir {
     pub fn cert(&self) -> PathBuf {
         self.keys_dir().join("cert.pem")
     }
+    /// Plugin components, content-addressed: `plugins/<sha256>.wasm`.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.root.join("plugins")
+    }
+    pub fn plugin_blob(&self, sha256: &str) -> PathBuf {
+        self.plugins_dir().join(format!("{sha256}.wasm"))
+    }
+    /// Compiled plugins of this node (never replicated; safe to delete).
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        self.root.join("cache").join("plugins")
+    }
 
     /// Creates the directory and `keys/` with mode 0700 (tightening existing
     /// ones), so nothing inside is ever exposed by a loose umask.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, HostPort, NATIVE_TYPES, NativeSpec, Timestamp, parse_yaml};
+use super::{BUILT_IN_CHECK_PLUGINS, ConfigError, HostPort, NATIVE_TYPES, NativeSpec, Timestamp, parse_yaml};
 use crate::consensus::{ConfigId, Snapshot, Timing};
 use crate::limits::{ALERTS_MAX, CHECKS_MAX, CLUSTER_YAML_BYTES_MAX, PEERS_MAX, PLUGINS_MAX};
 use crate::monitor::CheckState;
@@ -386,13 +386,12 @@ impl ClusterConfig {
             }
             if let Err(errors) = NativeSpec::parse(&check.kind, &check.target, &check.settings) {
                 problems.extend(errors.into_iter().map(|e| format!("{at}.{e}")));
-            } else if !NATIVE_TYPES.contains(&check.kind.as_str())
-                && !self.plugins.iter().any(|p| p.name == check.kind && p.kind == PluginKind::Check)
-            {
+            } else if !NATIVE_TYPES.contains(&check.kind.as_str()) && !self.has_check_plugin(&check.kind) {
                 problems.push(format!(
-                    "{at}.type: unknown check type `{}` (native: {}; or a check plugin listed in plugins)",
+                    "{at}.type: unknown check type `{}` (native: {}; built-in plugins: {}; or a check plugin listed in plugins)",
                     check.kind,
-                    NATIVE_TYPES.join(", ")
+                    NATIVE_TYPES.join(", "),
+                    BUILT_IN_CHECK_PLUGINS.join(", ")
                 ));
             }
             if check.timeout.is_zero() || check.timeout >= check.interval {
@@ -421,6 +420,22 @@ impl ClusterConfig {
         }
     }
 
+    /// Whether `name` is a check plugin here: an entry of kind check, or a
+    /// built-in one not overridden by an entry of another kind.
+    pub fn has_check_plugin(&self, name: &str) -> bool {
+        match self.plugins.iter().find(|p| p.name == name) {
+            Some(entry) => entry.kind == PluginKind::Check,
+            None => BUILT_IN_CHECK_PLUGINS.contains(&name),
+        }
+    }
+
+    /// The checks and alerts that use plugin `name`, by name.
+    pub fn plugin_users(&self, name: &str) -> Vec<String> {
+        let checks = self.checks.iter().filter(|c| c.kind == name).map(|c| format!("check {}", c.name));
+        let alerts = self.alerts.iter().filter(|a| a.kind == name).map(|a| format!("alert {}", a.name));
+        checks.chain(alerts).collect()
+    }
+
     fn validate_plugins(&self, problems: &mut Vec<String>) {
         if self.plugins.len() > PLUGINS_MAX {
             problems.push(format!("plugins: {} plugins, more than the {PLUGINS_MAX} supported", self.plugins.len()));
@@ -435,6 +450,24 @@ impl ClusterConfig {
                 && plugin.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
             if !hex_ok {
                 problems.push(format!("plugins[{i}].sha256: expected 64 lowercase hex digits"));
+            }
+            if plugin.size == 0 || plugin.size > crate::limits::PLUGIN_BYTES_MAX {
+                problems.push(format!(
+                    "plugins[{i}].size: {} bytes; a plugin has 1 to {} bytes",
+                    plugin.size,
+                    crate::limits::PLUGIN_BYTES_MAX
+                ));
+            }
+            if NATIVE_TYPES.contains(&plugin.name.as_str()) {
+                problems.push(format!("plugins[{i}].name: `{}` is a native check type", plugin.name));
+            }
+            if plugin.limits.memory_mib.is_some_and(|m| m == 0 || m > 256) {
+                problems.push(format!("plugins[{i}].limits.memory_mib: from 1 to 256"));
+            }
+            for host in &plugin.allow {
+                if host.trim().is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+                    problems.push(format!("plugins[{i}].allow: `{host}` is not HOST or HOST:PORT"));
+                }
             }
         }
     }

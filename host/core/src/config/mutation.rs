@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, CheckStatus, ClusterConfig, Peer, Settings, Timestamp};
+use super::{Check, CheckStatus, ClusterConfig, Peer, PluginEntry, Settings, Timestamp};
 use crate::NodeId;
 use crate::consensus::ConfigId;
 
@@ -51,6 +51,15 @@ pub enum Mutation {
     /// whose `from` is no longer the committed state is stale and skipped.
     RecordTransitions {
         transitions: Vec<Transition>,
+    },
+    /// `qu plugin add`: a new plugin, or a new version (sha256) of one.
+    /// The blob is stored on the proposing node and the master first.
+    AddPlugin {
+        plugin: PluginEntry,
+    },
+    /// `qu plugin remove`: refused while a check or alert uses it.
+    RemovePlugin {
+        name: String,
     },
 }
 
@@ -108,6 +117,8 @@ impl Mutation {
                 [one] => format!("check {}: {} -> {}", one.check_id, one.status.from, one.status.state),
                 many => format!("{} check transitions", many.len()),
             },
+            Mutation::AddPlugin { plugin } => format!("add plugin {} (sha256 {})", plugin.name, plugin.sha256),
+            Mutation::RemovePlugin { name } => format!("remove plugin {name}"),
         }
     }
 
@@ -218,6 +229,49 @@ impl Mutation {
                 if applied == 0 {
                     return Err("every transition is stale (the checks changed or were removed)".into());
                 }
+            }
+            Mutation::AddPlugin { plugin } => {
+                if let Some(existing) = next.plugins.iter_mut().find(|p| p.name == plugin.name) {
+                    if existing.kind != plugin.kind {
+                        let users = current.plugin_users(&plugin.name);
+                        if !users.is_empty() {
+                            return Err(format!(
+                                "plugin {} is a {:?} plugin used by {}; a new version must be of the same kind",
+                                plugin.name,
+                                existing.kind,
+                                users.join(", ")
+                            ));
+                        }
+                    }
+                    *existing = plugin.clone();
+                } else {
+                    next.plugins.push(plugin.clone());
+                }
+            }
+            Mutation::RemovePlugin { name } => {
+                if !current.plugins.iter().any(|p| p.name == *name) {
+                    return Err(
+                        if super::BUILT_IN_CHECK_PLUGINS.contains(&name.as_str())
+                            || super::BUILT_IN_SINK_PLUGINS.contains(&name.as_str())
+                        {
+                            format!("plugin {name} is built in; it cannot be removed")
+                        } else {
+                            format!("no plugin named {name} (see `qu plugin list`)")
+                        },
+                    );
+                }
+                // A built-in of the same name takes over again; only
+                // refuse when nothing would be left to run the users.
+                let users = current.plugin_users(name);
+                let built_in = super::BUILT_IN_CHECK_PLUGINS.contains(&name.as_str())
+                    || super::BUILT_IN_SINK_PLUGINS.contains(&name.as_str());
+                if !users.is_empty() && !built_in {
+                    return Err(format!(
+                        "plugin {name} is still used by {}; remove or change them first",
+                        users.join(", ")
+                    ));
+                }
+                next.plugins.retain(|p| p.name != *name);
             }
         }
         next.version = stamp.id.version;

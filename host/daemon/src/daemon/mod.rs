@@ -55,6 +55,8 @@ pub enum DaemonError {
     Persist { what: &'static str, source: qu_store::StoreError },
     #[error("transport: {0}")]
     Transport(#[from] qu_transport::TransportError),
+    #[error("plugins: {0}")]
+    Plugins(String),
 }
 
 pub(crate) enum Event {
@@ -94,6 +96,12 @@ pub(crate) enum Event {
     /// The master's check summaries, fetched for a `qu status` on a follower.
     StatusFetched {
         summaries: Option<Vec<CheckSummary>>,
+        reply: oneshot::Sender<ControlResponse>,
+    },
+    /// A change checked off the event loop (by a plugin's validation):
+    /// check it against the config again and propose it.
+    SubmitChecked {
+        mutation: Mutation,
         reply: oneshot::Sender<ControlResponse>,
     },
 }
@@ -175,6 +183,8 @@ pub(crate) struct Daemon {
     probes_run: u64,
     /// Start lateness of the most recent probes, in microseconds.
     lateness_us: VecDeque<u64>,
+    /// Built-in and added plugins, and the runtime that runs them.
+    plugins: Arc<crate::plugins::Registry>,
 }
 
 /// Probes whose lateness `qu status --json` summarises.
@@ -202,6 +212,8 @@ pub async fn run(
     let started = Instant::now();
     let (core, boot) = Core::new(node.node_id, durable, cluster.snapshot(), 1, rand::random());
     let written: Arc<str> = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default().into();
+    let plugins = crate::plugins::Registry::new(&data).map_err(DaemonError::Plugins)?;
+    plugins.load_built_in();
     let mut daemon = Daemon {
         links: Links::new(node.node_id),
         data,
@@ -230,6 +242,7 @@ pub async fn run(
         finished: scheduler::Finished::default(),
         probes_run: 0,
         lateness_us: VecDeque::new(),
+        plugins,
     };
     tracing::info!(
         term = daemon.core.term(),
@@ -246,8 +259,13 @@ pub async fn run(
     daemon.refresh_links();
 
     daemon.schedule.send_replace(Arc::new(scheduler::scheduled(&daemon.cluster)));
-    let scheduler_task =
-        tokio::spawn(scheduler::run(Probes::new(), daemon.schedule.subscribe(), daemon.finished.clone()));
+    daemon.plugins.sync(&daemon.cluster, daemon.peer_connections());
+    let scheduler_task = tokio::spawn(scheduler::run(
+        Probes::new(),
+        Some(daemon.plugins.clone()),
+        daemon.schedule.subscribe(),
+        daemon.finished.clone(),
+    ));
     let peer_task = tokio::spawn(accept_peers(listeners.peer, endpoint, events.clone()));
     let control_task = tokio::spawn(accept_control(listeners.control, events));
     let mut tick_every = daemon.tick_interval();
@@ -264,7 +282,13 @@ pub async fn run(
                 None => break Ok(()),
             },
             _ = ticker.tick() => daemon.tick(),
-            _ = file_poll.tick() => { daemon.poll_file(); Ok(()) }
+            _ = file_poll.tick() => {
+                daemon.poll_file();
+                if daemon.plugins.has_unavailable() {
+                    daemon.plugins.sync(&daemon.cluster, daemon.peer_connections());
+                }
+                Ok(())
+            }
             () = &mut shutdown => {
                 tracing::info!("shutting down");
                 break Ok(());
@@ -409,11 +433,22 @@ impl Daemon {
         if members_changed {
             self.refresh_trust();
         }
+        self.plugins.sync(&self.cluster, self.peer_connections());
         self.schedule.send_replace(Arc::new(scheduler::scheduled(&self.cluster)));
         if self.core.role() == Role::Master {
             self.sync_verdicts();
         }
         Ok(())
+    }
+
+    /// Connections to the other members (to fetch plugin blobs from).
+    fn peer_connections(&self) -> Vec<qu_transport::Connection<crate::peer::Wire>> {
+        self.cluster
+            .peers
+            .iter()
+            .filter(|p| p.node_id != self.me())
+            .filter_map(|p| self.links.connection(&p.node_id))
+            .collect()
     }
 
     fn sync_verdicts(&mut self) {
@@ -580,6 +615,7 @@ impl Daemon {
                 self.inbound.retain(|c| !c.is_closed());
                 self.inbound.push(connection);
             }
+            Event::SubmitChecked { mutation, reply } => self.submit_checked(mutation, reply),
             Event::StatusFetched { summaries, reply } => {
                 let mut view = self.status();
                 if let Some(summaries) = summaries {
@@ -646,6 +682,17 @@ impl Daemon {
                     PeerResponse::Refused { reason: self.not_master_reason() }
                 }
             }
+            PeerRequest::PluginBlob { sha256 } => match self.plugins.read_blob(&sha256) {
+                Ok(Some(bytes)) => PeerResponse::PluginBlob { bytes },
+                Ok(None) => {
+                    PeerResponse::Refused { reason: format!("component {sha256} is not stored on {}", self.me()) }
+                }
+                Err(reason) => PeerResponse::Refused { reason },
+            },
+            PeerRequest::PluginPut { bytes } => match self.plugins.store_blob(&bytes) {
+                Ok(sha256) => PeerResponse::PluginStored { sha256 },
+                Err(reason) => PeerResponse::Refused { reason: format!("store plugin component: {reason}") },
+            },
             PeerRequest::Propose { mutation_json } => match serde_json::from_str::<Mutation>(&mutation_json) {
                 Ok(mutation) if self.core.role() == Role::Master => {
                     self.submit(mutation, Waiter::Peer(reply));
@@ -920,11 +967,37 @@ impl Daemon {
             ControlRequest::CheckList => ControlResponse::Checks { checks: self.check_list() },
             ControlRequest::CheckAdd { mut check } => {
                 check.id = format!("c{:07x}", rand::random::<u32>() & 0x0fff_ffff);
-                self.submit_checked(Mutation::AddCheck { check }, reply);
+                let (kind, target, settings) = (check.kind.clone(), check.target.clone(), check.settings.clone());
+                self.submit_validated(Mutation::AddCheck { check }, &kind, target, settings, reply);
                 return;
             }
             ControlRequest::CheckEdit { check, changes } => {
-                self.submit_checked(Mutation::EditCheck { check, changes }, reply);
+                let existing = self.cluster.checks.iter().find(|c| c.id == check || c.name == check).cloned();
+                let mutation = Mutation::EditCheck { check, changes: changes.clone() };
+                match existing {
+                    Some(existing) => {
+                        let target = changes.target.clone().unwrap_or(existing.target.clone());
+                        let mut settings = existing.settings.clone();
+                        for (key, value) in &changes.settings {
+                            if value.is_empty() {
+                                settings.remove(key);
+                            } else {
+                                settings.insert(key.clone(), value.clone());
+                            }
+                        }
+                        self.submit_validated(mutation, &existing.kind, target, settings, reply);
+                    }
+                    None => self.submit_checked(mutation, reply),
+                }
+                return;
+            }
+            ControlRequest::PluginList => ControlResponse::Plugins { plugins: self.plugins.views(&self.cluster) },
+            ControlRequest::PluginRemove { name } => {
+                self.submit_checked(Mutation::RemovePlugin { name }, reply);
+                return;
+            }
+            ControlRequest::PluginAdd { name, path, allow, memory_mib, timeout } => {
+                self.plugin_add(name, path, allow, memory_mib, timeout, reply);
                 return;
             }
             ControlRequest::CheckRemove { check } => {
@@ -963,6 +1036,110 @@ impl Daemon {
             }
         };
         let _ = reply.send(answer);
+    }
+
+    /// Like `submit_checked`, but a check of a plugin type is first shown to
+    /// the plugin's `validate-config` on this node (off the event loop).
+    fn submit_validated(
+        &mut self,
+        mutation: Mutation,
+        kind: &str,
+        target: String,
+        settings: BTreeMap<String, String>,
+        reply: oneshot::Sender<ControlResponse>,
+    ) {
+        if qu_core::config::NATIVE_TYPES.contains(&kind) || !self.cluster.has_check_plugin(kind) {
+            self.submit_checked(mutation, reply);
+            return;
+        }
+        let plugin = match self.plugins.get(kind) {
+            Ok(plugin) => plugin,
+            Err(reason) => {
+                let message = format!("{REFUSED}plugin {kind} is not usable on this node: {reason}");
+                let _ = reply.send(ControlResponse::Error { message });
+                return;
+            }
+        };
+        let (registry, events) = (self.plugins.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let settings: Vec<(String, String)> = settings.into_iter().collect();
+            match registry.runtime().validate_check(&plugin, &settings, &target).await {
+                Ok(()) => {
+                    let _ = events.send(Event::SubmitChecked { mutation, reply }).await;
+                }
+                Err(error) => {
+                    let message = match error {
+                        qu_plugin::CallError::Plugin { plugin, error } => format!("{REFUSED}{plugin}: {error}"),
+                        other => format!("{REFUSED}{other}"),
+                    };
+                    let _ = reply.send(ControlResponse::Error { message });
+                }
+            }
+        });
+    }
+
+    /// `qu plugin add`: validate the component here, store it, ship it to
+    /// the master, then commit its entry.
+    fn plugin_add(
+        &mut self,
+        name: String,
+        path: std::path::PathBuf,
+        allow: Vec<String>,
+        memory_mib: Option<u32>,
+        timeout: Option<Duration>,
+        reply: oneshot::Sender<ControlResponse>,
+    ) {
+        let master = self.core.master().filter(|m| self.core.is_live(m) && *m != self.me());
+        let master_link = master.and_then(|m| self.links.connection(&m));
+        if master.is_some() && master_link.is_none() {
+            let _ = reply.send(ControlResponse::Error { message: self.not_master_reason() });
+            return;
+        }
+        let (registry, events) = (self.plugins.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let fail = |message: String| ControlResponse::Error { message };
+            let answer = async {
+                let bytes = crate::plugins::read_component(&path)?;
+                let limits = qu_core::config::PluginLimits { memory_mib, timeout };
+                let entry_limits = qu_plugin::Limits {
+                    memory: memory_mib.map_or(qu_plugin::MEMORY_DEFAULT, |m| m as usize * 1024 * 1024),
+                    timeout,
+                };
+                let plugin = registry
+                    .runtime()
+                    .load(Some(&name), Arc::from(bytes.clone()), allow.clone(), entry_limits)
+                    .await
+                    .map_err(|e| format!("{REFUSED}{}: {e}", path.display()))?;
+                let sha256 = registry.store_blob(&bytes).map_err(|e| format!("store the component: {e}"))?;
+                if let Some(link) = master_link {
+                    match link.request(PeerRequest::PluginPut { bytes }, Duration::from_secs(30)).await {
+                        Ok(PeerResponse::PluginStored { sha256: stored }) if stored == sha256 => {}
+                        Ok(PeerResponse::Refused { reason }) => {
+                            return Err(format!("the master refused the component: {reason}"));
+                        }
+                        Ok(other) => return Err(format!("the master answered {other:?}")),
+                        Err(error) => return Err(format!("ship the component to the master: {error}")),
+                    }
+                }
+                let kind = match plugin.kind {
+                    qu_plugin::Kind::Check => qu_core::config::PluginKind::Check,
+                    qu_plugin::Kind::Sink => qu_core::config::PluginKind::Sink,
+                };
+                let size = plugin.size as u64;
+                Ok(Mutation::AddPlugin {
+                    plugin: qu_core::config::PluginEntry { name, kind, sha256, size, allow, limits },
+                })
+            }
+            .await;
+            match answer {
+                Ok(mutation) => {
+                    let _ = events.send(Event::SubmitChecked { mutation, reply }).await;
+                }
+                Err(message) => {
+                    let _ = reply.send(fail(message));
+                }
+            }
+        });
     }
 
     /// Checks a change against this node's config first, so bad input gets

@@ -1,0 +1,268 @@
+//! `qu plugin ...`: add, list, remove (through the daemon), and inspect and
+//! run components locally, for plugin authors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use qu_daemon::control::{ControlRequest, ControlResponse};
+use qu_plugin::{CallError, Limits, Plugin, Runtime, Status};
+
+use crate::{call_ok, paths, render, unexpected};
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Add a plugin to the cluster (or a new version of one): validates the
+    /// component here, stores it by sha256, replicates it to every node.
+    Add {
+        /// The name checks (`type: NAME`) and alerts use.
+        name: String,
+        /// The component, built with `cargo build --target wasm32-wasip2 --release`.
+        file: PathBuf,
+        /// A destination the plugin may reach besides the ones its checks or
+        /// alerts name (repeatable): HOST or HOST:PORT.
+        #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+        allow_host: Vec<String>,
+        /// Memory cap of one call, in MiB (default 64, at most 256).
+        #[arg(long, value_name = "MIB")]
+        memory_mib: Option<u32>,
+        /// Wall-time cap of one call, overriding the check's timeout (10 s for sinks).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// List the built-in and added plugins with their state on this node.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an added plugin (refused while a check or alert uses it).
+    Remove { name: String },
+    /// Show what a component is: kind, WIT version, settings, requested capabilities.
+    Inspect {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a check plugin once from this machine, without a daemon (exit 0 when up).
+    Run {
+        /// A component file, or the name of a built-in or added plugin.
+        plugin: String,
+        #[arg(long)]
+        target: String,
+        /// A setting of the check (repeatable): KEY=VALUE.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A destination the plugin may reach besides the target (repeatable).
+        #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+        allow_host: Vec<String>,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::Add { name, file, allow_host, memory_mib, timeout } => {
+            let path = std::fs::canonicalize(&file).with_context(|| format!("{}", file.display()))?;
+            let request =
+                ControlRequest::PluginAdd { name: name.clone(), path, allow: allow_host, memory_mib, timeout };
+            match call_ok(request)? {
+                ControlResponse::Committed { version, .. } => {
+                    println!("plugin {name} added; config version {version}");
+                    Ok(())
+                }
+                other => Err(unexpected(other)),
+            }
+        }
+        PluginCommand::Remove { name } => match call_ok(ControlRequest::PluginRemove { name: name.clone() })? {
+            ControlResponse::Committed { version, .. } => {
+                println!("plugin {name} removed; config version {version}");
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        },
+        PluginCommand::List { json } => {
+            let ControlResponse::Plugins { plugins } = call_ok(ControlRequest::PluginList)? else {
+                bail!("unexpected answer from the daemon");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plugins)?);
+                return Ok(());
+            }
+            let mut rows = vec![["NAME", "KIND", "VERSION", "SOURCE", "SHA256", "STATUS"].map(String::from).to_vec()];
+            for p in &plugins {
+                rows.push(vec![
+                    p.name.clone(),
+                    p.kind.clone(),
+                    if p.version.is_empty() { "-".into() } else { p.version.clone() },
+                    if p.built_in { "built-in".into() } else { "added".into() },
+                    p.sha256.chars().take(16).collect::<String>(),
+                    p.status.clone(),
+                ]);
+            }
+            print!("{}", render::table(&rows));
+            Ok(())
+        }
+        PluginCommand::Inspect { file, json } => inspect(&file, json),
+        PluginCommand::Run { plugin, target, set, allow_host, timeout, json } => {
+            run_once(&plugin, &target, &set, allow_host, timeout, json)
+        }
+    }
+}
+
+fn block_on<T>(future: impl Future<Output = T>) -> anyhow::Result<T> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(future))
+}
+
+fn load(runtime: &Arc<Runtime>, name: Option<&str>, bytes: Vec<u8>, allow: Vec<String>) -> anyhow::Result<Arc<Plugin>> {
+    block_on(runtime.load(name, Arc::from(bytes), allow, Limits::default()))?.map_err(|e| anyhow::anyhow!(e))
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    qu_daemon::plugins::read_component(path).map_err(anyhow::Error::msg)
+}
+
+fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
+    let bytes = read(file)?;
+    let runtime = Runtime::new(None)?;
+    let plugin = load(&runtime, None, bytes, Vec::new()).with_context(|| format!("{}", file.display()))?;
+    let info = &plugin.info;
+    let capabilities: Vec<&String> = plugin.imports.iter().filter(|i| !is_baseline(i)).collect();
+    if json {
+        let fields: Vec<serde_json::Value> = info
+            .fields
+            .iter()
+            .map(|f| {
+                serde_json::json!({"name": f.name, "required": f.required, "default": f.default, "description": f.description})
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "name": info.name, "kind": plugin.kind.as_str(), "version": info.version,
+            "wit_version": qu_plugin::WIT_VERSION, "description": info.description, "target": info.target,
+            "sha256": plugin.sha256, "size": plugin.size, "settings": fields, "imports": plugin.imports,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("name        {}", info.name);
+    println!("kind        {}", plugin.kind.as_str());
+    println!("version     {}", info.version);
+    println!("wit         qu:plugin@{}", qu_plugin::WIT_VERSION);
+    println!("sha256      {}", plugin.sha256);
+    println!("size        {} bytes", plugin.size);
+    println!("about       {}", info.description);
+    if !info.target.is_empty() {
+        println!("target      {}", info.target);
+    }
+    println!("\nSETTINGS");
+    if info.fields.is_empty() {
+        println!("(none)");
+    }
+    for f in &info.fields {
+        let need = if f.required {
+            "required".to_string()
+        } else {
+            f.default.as_ref().map_or("optional".to_string(), |d| format!("default {d}"))
+        };
+        println!("{:<14} {:<16} {}", f.name, need, f.description);
+    }
+    println!("\nCAPABILITIES (beyond clocks, random and logging; all limited to allowed destinations)");
+    if capabilities.is_empty() {
+        println!("(none)");
+    }
+    for c in capabilities {
+        println!("{c}");
+    }
+    Ok(())
+}
+
+/// Imports every Rust component has (std's runtime) or that grant nothing.
+fn is_baseline(import: &str) -> bool {
+    ["wasi:cli/", "wasi:clocks/", "wasi:random/", "wasi:io/", "wasi:filesystem/", "qu:plugin/log@", "qu:plugin/types@"]
+        .iter()
+        .any(|p| import.starts_with(p))
+}
+
+fn run_once(
+    plugin: &str,
+    target: &str,
+    set: &[String],
+    allow: Vec<String>,
+    timeout: Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut settings = Vec::new();
+    for pair in set {
+        let Some((key, value)) = pair.split_once('=') else { bail!("--set {pair}: expected KEY=VALUE") };
+        settings.push((key.trim().to_string(), value.to_string()));
+    }
+    let (name, bytes) = locate(plugin)?;
+    let runtime = Runtime::new(None)?;
+    let plugin = load(&runtime, name.as_deref(), bytes, allow)?;
+    if plugin.kind != qu_plugin::Kind::Check {
+        bail!("{} is a sink plugin; `qu plugin run` runs check plugins (try `qu alert test`)", plugin.name);
+    }
+    let validated = block_on(runtime.validate_check(&plugin, &settings, target))?;
+    if let Err(error) = validated {
+        bail!("{}", error_text(&error));
+    }
+    let answer = block_on(runtime.check(&plugin, &settings, target, timeout))?;
+    let (state, latency, detail, up) = match &answer {
+        Ok(found) => {
+            let state = match found.status {
+                Status::Up => "up",
+                Status::Down => "down",
+                Status::Degraded => "degraded",
+            };
+            (state, found.latency.as_millis(), found.message.clone(), found.status == Status::Up)
+        }
+        Err(error) => ("down", 0, error_text(error), false),
+    };
+    if json {
+        let metrics: Vec<serde_json::Value> = match &answer {
+            Ok(found) => found.metrics.iter().map(|(n, v)| serde_json::json!({"name": n, "value": v})).collect(),
+            Err(_) => Vec::new(),
+        };
+        let doc = serde_json::json!({"state": state, "latency_ms": latency, "detail": detail, "metrics": metrics});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{state}  {latency} ms  {detail}");
+    }
+    if up { Ok(()) } else { std::process::exit(1) }
+}
+
+fn error_text(error: &CallError) -> String {
+    error.to_string()
+}
+
+/// A component file, or a plugin by name: built-in, or added (its blob in
+/// this node's data directory).
+fn locate(plugin: &str) -> anyhow::Result<(Option<String>, Vec<u8>)> {
+    let path = Path::new(plugin);
+    if plugin.ends_with(".wasm") || path.is_file() {
+        return Ok((None, read(path)?));
+    }
+    let paths = paths()?;
+    if let Ok(text) = qu_store::read_text(&paths.data.cluster_yaml())
+        && let Ok(config) = qu_core::config::ClusterConfig::parse(&text)
+        && let Some(entry) = config.plugins.iter().find(|p| p.name == plugin)
+    {
+        let blob = paths.data.plugin_blob(&entry.sha256);
+        let bytes = std::fs::read(&blob).with_context(|| format!("plugin {plugin}: {}", blob.display()))?;
+        if qu_plugin::sha256_hex(&bytes) != entry.sha256 {
+            bail!("plugin {plugin}: {} does not match its sha256; the daemon fetches it again", blob.display());
+        }
+        return Ok((Some(plugin.to_string()), bytes));
+    }
+    match qu_plugin::BUILT_IN.iter().find(|(name, _)| *name == plugin) {
+        Some((name, bytes)) => Ok((Some(name.to_string()), bytes.to_vec())),
+        None => bail!(
+            "no plugin named {plugin} (built-in: {}) and no such file",
+            qu_plugin::BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}

@@ -1,0 +1,307 @@
+//! The node's plugins: the built-in ones embedded in `qu`, and those the
+//! cluster's `plugins:` entries name, whose components are stored by
+//! sha256 under `plugins/` and fetched from peers when missing. A plugin
+//! is used only once its bytes match the sha256 its entry pins.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qu_core::config::{ClusterConfig, PluginEntry};
+use qu_core::monitor::{Outcome, Report};
+use qu_core::wire::{PeerRequest, PeerResponse};
+use qu_plugin::{CallError, Limits, Plugin, PluginError, Runtime, Status};
+use qu_store::DataDir;
+use qu_transport::Connection;
+
+use crate::peer::Wire;
+
+/// How long fetching a blob from one peer may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where a plugin stands on this node.
+#[derive(Clone)]
+enum Slot {
+    Ready(Arc<Plugin>),
+    Loading { sha256: String },
+    Unavailable { sha256: String, reason: String },
+}
+
+/// What `qu plugin list` shows of one plugin on this node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PluginView {
+    pub name: String,
+    pub kind: String,
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    pub built_in: bool,
+    pub allow: Vec<String>,
+    /// `ready`, `loading`, or `unavailable: <why>` on this node.
+    pub status: String,
+    pub description: String,
+}
+
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    data: DataDir,
+    built_in: Mutex<HashMap<String, Slot>>,
+    added: Mutex<HashMap<String, Slot>>,
+}
+
+impl Registry {
+    pub fn new(data: &DataDir) -> Result<Arc<Self>, String> {
+        let runtime = Runtime::new(Some(data.plugin_cache_dir())).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Self { runtime, data: data.clone(), built_in: Mutex::default(), added: Mutex::default() }))
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    /// Compiles the built-in plugins (in the background; checks using
+    /// them report `loading` meanwhile).
+    pub fn load_built_in(self: &Arc<Self>) {
+        for (name, bytes) in qu_plugin::BUILT_IN {
+            let sha256 = qu_plugin::sha256_hex(bytes);
+            self.built_in.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), Slot::Loading { sha256 });
+            let this = self.clone();
+            tokio::spawn(async move {
+                let slot = match this.runtime.load(Some(name), Arc::from(*bytes), Vec::new(), Limits::default()).await {
+                    Ok(plugin) => Slot::Ready(plugin),
+                    Err(error) => {
+                        tracing::error!("plugin {name}: the built-in component does not load: {error}");
+                        Slot::Unavailable { sha256: qu_plugin::sha256_hex(bytes), reason: error.to_string() }
+                    }
+                };
+                this.built_in.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), slot);
+            });
+        }
+    }
+
+    /// Brings the added plugins in line with `config`: keeps those whose
+    /// entry is unchanged, loads new versions from the local store or from
+    /// `peers`, forgets removed ones.
+    pub(crate) fn sync(self: &Arc<Self>, config: &ClusterConfig, peers: Vec<Connection<Wire>>) {
+        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        added.retain(|name, _| config.plugins.iter().any(|p| p.name == *name));
+        for entry in &config.plugins {
+            let current = added.get(&entry.name);
+            let up_to_date = match current {
+                Some(Slot::Ready(plugin)) => {
+                    plugin.sha256 == entry.sha256 && plugin.allow == entry.allow && plugin.limits == limits_of(entry)
+                }
+                Some(Slot::Loading { sha256 }) => *sha256 == entry.sha256,
+                Some(Slot::Unavailable { .. }) | None => false,
+            };
+            if up_to_date {
+                continue;
+            }
+            added.insert(entry.name.clone(), Slot::Loading { sha256: entry.sha256.clone() });
+            let (this, entry, peers) = (self.clone(), entry.clone(), peers.clone());
+            tokio::spawn(async move {
+                let slot = match this.activate(&entry, &peers).await {
+                    Ok(plugin) => {
+                        tracing::info!("plugin {}: sha256 {} active", entry.name, entry.sha256);
+                        Slot::Ready(plugin)
+                    }
+                    Err(reason) => {
+                        tracing::warn!("plugin {}: unavailable: {reason}", entry.name);
+                        Slot::Unavailable { sha256: entry.sha256.clone(), reason }
+                    }
+                };
+                let mut added = this.added.lock().unwrap_or_else(|e| e.into_inner());
+                // Only if the entry did not change meanwhile.
+                if let Some(Slot::Loading { sha256 }) = added.get(&entry.name)
+                    && *sha256 == entry.sha256
+                {
+                    added.insert(entry.name.clone(), slot);
+                }
+            });
+        }
+    }
+
+    /// Whether some added plugin is unavailable (worth another `sync`).
+    pub fn has_unavailable(&self) -> bool {
+        self.added.lock().unwrap_or_else(|e| e.into_inner()).values().any(|s| matches!(s, Slot::Unavailable { .. }))
+    }
+
+    async fn activate(&self, entry: &PluginEntry, peers: &[Connection<Wire>]) -> Result<Arc<Plugin>, String> {
+        let bytes = match self.read_blob(&entry.sha256) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => self.fetch(&entry.sha256, peers).await?,
+            Err(reason) => {
+                tracing::warn!("plugin {}: {reason}; fetching it again", entry.name);
+                self.fetch(&entry.sha256, peers).await?
+            }
+        };
+        self.runtime
+            .load(Some(&entry.name), Arc::from(bytes), entry.allow.clone(), limits_of(entry))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The stored blob with this sha256: `Ok(None)` if absent, `Err` if
+    /// present but corrupt (it is then removed).
+    pub fn read_blob(&self, sha256: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = self.data.plugin_blob(sha256);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("read {}: {e}", path.display())),
+        };
+        if qu_plugin::sha256_hex(&bytes) != sha256 {
+            let _ = std::fs::remove_file(&path);
+            return Err(format!("{} does not match its sha256 (corrupt or tampered with); removed", path.display()));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Stores a component under its sha256 (atomically, 0600).
+    pub fn store_blob(&self, bytes: &[u8]) -> Result<String, String> {
+        if bytes.len() as u64 > qu_core::limits::PLUGIN_BYTES_MAX {
+            return Err(format!("{} bytes, more than the 10 MiB a plugin may have", bytes.len()));
+        }
+        let sha256 = qu_plugin::sha256_hex(bytes);
+        qu_store::create_private_dir(&self.data.plugins_dir()).map_err(|e| e.to_string())?;
+        qu_store::write_atomic(&self.data.plugin_blob(&sha256), bytes, 0o600).map_err(|e| e.to_string())?;
+        Ok(sha256)
+    }
+
+    async fn fetch(&self, sha256: &str, peers: &[Connection<Wire>]) -> Result<Vec<u8>, String> {
+        let mut why = Vec::new();
+        for peer in peers {
+            match peer.request(PeerRequest::PluginBlob { sha256: sha256.to_string() }, FETCH_TIMEOUT).await {
+                Ok(PeerResponse::PluginBlob { bytes }) if qu_plugin::sha256_hex(&bytes) == sha256 => {
+                    self.store_blob(&bytes)?;
+                    return Ok(bytes);
+                }
+                Ok(PeerResponse::PluginBlob { .. }) => why.push("a peer sent bytes with another sha256".to_string()),
+                Ok(PeerResponse::Refused { reason }) => why.push(reason),
+                Ok(other) => why.push(format!("unexpected answer {other:?}")),
+                Err(error) => why.push(error.to_string()),
+            }
+        }
+        Err(if why.is_empty() {
+            format!("component {sha256} is not stored here and no peer is reachable to fetch it from")
+        } else {
+            format!("component {sha256} could not be fetched: {}", why.join("; "))
+        })
+    }
+
+    /// The plugin named `name` as the cluster defines it: an added one
+    /// (kept in line with `plugins:` by [`Registry::sync`]) wins over a
+    /// built-in of the same name.
+    pub fn get(&self, name: &str) -> Result<Arc<Plugin>, String> {
+        let added = self.added.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        let slot = match added {
+            Some(slot) => Some(slot),
+            None => self.built_in.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned(),
+        };
+        match slot {
+            Some(Slot::Ready(plugin)) => Ok(plugin),
+            Some(Slot::Loading { .. }) => Err("loading".into()),
+            Some(Slot::Unavailable { reason, .. }) => Err(reason),
+            None => Err("no such plugin on this node".into()),
+        }
+    }
+
+    /// Every plugin this node knows, for `qu plugin list`.
+    pub fn views(&self, config: &ClusterConfig) -> Vec<PluginView> {
+        let mut out = Vec::new();
+        let view = |name: &str, slot: Option<&Slot>, entry: Option<&PluginEntry>, built_in: bool| {
+            let (status, plugin, sha) = match slot {
+                Some(Slot::Ready(p)) => ("ready".to_string(), Some(p.clone()), p.sha256.clone()),
+                Some(Slot::Loading { sha256 }) => ("loading".to_string(), None, sha256.clone()),
+                Some(Slot::Unavailable { sha256, reason }) => (format!("unavailable: {reason}"), None, sha256.clone()),
+                None => ("unavailable: not loaded".to_string(), None, String::new()),
+            };
+            PluginView {
+                name: name.to_string(),
+                kind: entry
+                    .map(|e| format!("{:?}", e.kind).to_lowercase())
+                    .or_else(|| plugin.as_ref().map(|p| p.kind.as_str().to_string()))
+                    .unwrap_or_default(),
+                version: plugin.as_ref().map(|p| p.info.version.clone()).unwrap_or_default(),
+                sha256: entry.map(|e| e.sha256.clone()).unwrap_or(sha),
+                size: entry.map(|e| e.size).or_else(|| plugin.as_ref().map(|p| p.size as u64)).unwrap_or(0),
+                built_in,
+                allow: entry.map(|e| e.allow.clone()).unwrap_or_default(),
+                status,
+                description: plugin.as_ref().map(|p| p.info.description.clone()).unwrap_or_default(),
+            }
+        };
+        let built_in = self.built_in.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&String> = built_in.keys().collect();
+        names.sort();
+        for name in names {
+            if !config.plugins.iter().any(|p| p.name == *name) {
+                out.push(view(name, built_in.get(name), None, true));
+            }
+        }
+        let added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        for entry in &config.plugins {
+            out.push(view(&entry.name, added.get(&entry.name), Some(entry), false));
+        }
+        out
+    }
+}
+
+/// Reads a component file for `qu plugin add`, refusing what is too big
+/// before reading it.
+pub fn read_component(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+    if size > qu_core::limits::PLUGIN_BYTES_MAX {
+        return Err(format!("{}: {size} bytes, more than the 10 MiB a plugin may have", path.display()));
+    }
+    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub(crate) fn limits_of(entry: &PluginEntry) -> Limits {
+    Limits {
+        memory: entry.limits.memory_mib.map_or(qu_plugin::MEMORY_DEFAULT, |m| m as usize * 1024 * 1024),
+        timeout: entry.limits.timeout,
+    }
+}
+
+/// A check plugin's probe as a report: a plugin's own failure (crash,
+/// memory, bad config, missing) is no vote; the target's is DOWN.
+pub async fn probe(
+    plugin: Result<Arc<Plugin>, (String, String)>,
+    runtime: &Runtime,
+    check_id: &str,
+    target: &str,
+    settings: &[(String, String)],
+    timeout: Duration,
+) -> Report {
+    let report = |outcome, latency: Duration, detail: String| Report {
+        check_id: check_id.to_string(),
+        outcome,
+        latency_ms: latency.as_millis().min(u32::MAX as u128) as u32,
+        detail: detail.chars().take(160).collect(),
+    };
+    let plugin = match plugin {
+        Ok(plugin) => plugin,
+        Err((name, reason)) => {
+            return report(Outcome::Unavailable, Duration::ZERO, format!("plugin {name} unavailable: {reason}"));
+        }
+    };
+    let started = std::time::Instant::now();
+    match runtime.check(&plugin, settings, target, timeout).await {
+        Ok(found) => {
+            let outcome = match found.status {
+                Status::Up => Outcome::Up,
+                Status::Down | Status::Degraded => Outcome::Down,
+            };
+            report(outcome, found.latency, found.message)
+        }
+        Err(CallError::Timeout { after, .. }) => {
+            report(Outcome::Down, started.elapsed(), format!("timeout after {}", humantime::format_duration(after)))
+        }
+        Err(CallError::Plugin { error: PluginError::Config(message), .. }) => {
+            report(Outcome::Unavailable, started.elapsed(), format!("plugin {} configuration: {message}", plugin.name))
+        }
+        Err(CallError::Plugin { error, .. }) => report(Outcome::Down, started.elapsed(), error.to_string()),
+        Err(error) => report(Outcome::Unavailable, started.elapsed(), error.to_string()),
+    }
+}

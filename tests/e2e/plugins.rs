@@ -1,0 +1,146 @@
+//! Plugins on a 3-node cluster: `qu plugin add` on a follower replicates
+//! the component to every node, a check through it gets verdicts, a
+//! tampered copy is refused and fetched again, and removal is refused
+//! while the plugin is in use. Real components built from plugins/.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use qu_tests::{Cluster, eventually};
+
+fn artifact(name: &str) -> PathBuf {
+    PathBuf::from(qu_plugin::ARTIFACTS).join(format!("{name}.wasm"))
+}
+
+fn plugin_status(cluster: &Cluster, node: usize, name: &str) -> Option<serde_json::Value> {
+    let out = cluster.nodes[node].qu(&["plugin", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    list.as_array()?.iter().find(|p| p["name"] == name).cloned()
+}
+
+fn wait_ready(cluster: &Cluster, nodes: &[usize], name: &str, sha256: &str) {
+    for node in nodes {
+        eventually(Duration::from_secs(30), &format!("plugin {name} ready on node {node}"), || {
+            plugin_status(cluster, *node, name).filter(|p| p["status"] == "ready" && p["sha256"] == sha256)
+        });
+        let blob = cluster.nodes[*node].file(&format!("plugins/{sha256}.wasm"));
+        let bytes = std::fs::read(&blob).unwrap_or_else(|e| panic!("{}: {e}", blob.display()));
+        assert_eq!(qu_plugin::sha256_hex(&bytes), sha256, "node {node} holds the verified bytes");
+    }
+}
+
+#[test]
+fn a_plugin_added_on_a_follower_reaches_every_node_and_runs_checks() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let follower = (0..3).find(|i| *i != master).unwrap();
+    let bytes = std::fs::read(artifact("echo")).unwrap();
+    let sha256 = qu_plugin::sha256_hex(&bytes);
+
+    // Junk is refused before anything is committed.
+    let junk = cluster.root().join("junk.wasm");
+    std::fs::write(&junk, b"not a component").unwrap();
+    let version = cluster.nodes[follower].status_json()["config_version"].clone();
+    let refused = cluster.nodes[follower].qu_err(&["plugin", "add", "junk", junk.to_str().unwrap()]);
+    assert!(refused.contains("not a WebAssembly component"), "{refused}");
+    assert_eq!(cluster.nodes[follower].status_json()["config_version"], version, "nothing committed");
+
+    let added = cluster.nodes[follower].qu_ok(&["plugin", "add", "echo", artifact("echo").to_str().unwrap()]);
+    assert!(added.starts_with("plugin echo added; config version"), "{added}");
+    wait_ready(&cluster, &[0, 1, 2], "echo", &sha256);
+
+    cluster.nodes[master].qu_ok(&[
+        "check",
+        "add",
+        "echo",
+        "hello",
+        "greetings",
+        "--set",
+        "message=hi there",
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ]);
+    for node in 0..3 {
+        cluster.nodes[node].wait_status("the plugin check is up", |s| {
+            s["checks"]
+                .as_array()
+                .is_some_and(|c| c.len() == 1 && c[0]["state"] == "up" && c[0]["detail"] == "hi there")
+        });
+    }
+    let check = cluster.nodes[follower].status_json()["checks"][0].clone();
+    assert_eq!(
+        (check["ok"].as_u64(), check["total"].as_u64(), check["type"].as_str()),
+        (Some(3), Some(3), Some("echo"))
+    );
+
+    // The plugin's own validation refuses bad settings at add time.
+    let refused = cluster.nodes[follower].qu_err(&["check", "add", "echo", "bad", "x", "--set", "colour=blue"]);
+    assert!(refused.contains("unknown setting `colour`"), "{refused}");
+
+    // In use: removal is refused and names the user.
+    let refused = cluster.nodes[follower].qu_err(&["plugin", "remove", "echo"]);
+    assert!(refused.contains("still used by check hello"), "{refused}");
+
+    // A node whose copy was tampered with refuses it and fetches it again.
+    let victim = (0..3).find(|i| *i != master && *i != follower).unwrap();
+    cluster.nodes[victim].kill();
+    let blob = cluster.nodes[victim].file(&format!("plugins/{sha256}.wasm"));
+    let mut tampered = std::fs::read(&blob).unwrap();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0xff;
+    std::fs::write(&blob, &tampered).unwrap();
+    cluster.nodes[victim].serve();
+    wait_ready(&cluster, &[victim], "echo", &sha256);
+    let log = cluster.nodes[victim].log_text();
+    assert!(log.contains("does not match its sha256"), "the tampering is logged:\n{log}");
+
+    // Unused again: removal goes through everywhere.
+    cluster.nodes[follower].qu_ok(&["check", "remove", "hello"]);
+    cluster.nodes[follower].qu_ok(&["plugin", "remove", "echo"]);
+    for node in 0..3 {
+        eventually(Duration::from_secs(10), "the plugin is gone", || {
+            plugin_status(&cluster, node, "echo").is_none().then_some(())
+        });
+    }
+    let builtins = plugin_status(&cluster, follower, "dns").unwrap();
+    assert_eq!((builtins["kind"].as_str(), builtins["built_in"].as_bool()), (Some("check"), Some(true)));
+}
+
+#[test]
+fn a_plugin_that_misbehaves_on_a_node_is_no_vote_and_harms_nothing() {
+    let cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    cluster.nodes[master].qu_ok(&["plugin", "add", "hostile", artifact("hostile").to_str().unwrap()]);
+    let sha256 = qu_plugin::sha256_hex(&std::fs::read(artifact("hostile")).unwrap());
+    wait_ready(&cluster, &[0, 1, 2], "hostile", &sha256);
+    for (name, misdeed) in [("spinner", "spin"), ("panicker", "panic"), ("hog", "alloc")] {
+        cluster.nodes[master].qu_ok(&["check", "add", "hostile", name, misdeed, "--interval", "2s", "--timeout", "1s"]);
+    }
+    cluster.nodes[master].qu_ok(&["check", "add", "hostile", "fine", "ok", "--interval", "1s", "--timeout", "500ms"]);
+    std::thread::sleep(Duration::from_secs(6));
+    let status = cluster.nodes[master].status_json();
+    for check in status["checks"].as_array().unwrap() {
+        let (name, state, detail) =
+            (check["name"].as_str().unwrap(), check["state"].as_str().unwrap(), check["detail"].as_str().unwrap_or(""));
+        match name {
+            "fine" => assert_eq!(state, "up", "{check}"),
+            // A spinning plugin hits the check's timeout: a failed probe.
+            "spinner" => assert!(detail.starts_with("timeout after 1s"), "{check}"),
+            // A crash or a memory blow-up is the plugin's fault: no vote, no verdict.
+            "panicker" => {
+                assert_eq!(state, "unknown", "{check}");
+                assert!(detail.contains("crashed: it panicked"), "{check}")
+            }
+            "hog" => {
+                assert_eq!(state, "unknown", "{check}");
+                assert!(detail.contains("exceeded its memory limit"), "{check}")
+            }
+            other => panic!("unexpected check {other}"),
+        }
+    }
+    for node in &cluster.nodes {
+        assert!(node.is_serving(), "every daemon keeps serving");
+    }
+}
