@@ -4,7 +4,7 @@
 //! ```text
 //! cargo build --release -p qu-cli
 //! cargo run --release -p qu-tests --bin qu-bench            # everything
-//! cargo run --release -p qu-tests --bin qu-bench -- commit  # one part: commit | failover | sim | detection | fanin | scale
+//! cargo run --release -p qu-tests --bin qu-bench -- commit  # one part: commit | failover | sim | detection | fanin | scale | plugins
 //! ```
 //!
 //! The machine is shared and noisy: read medians and ratios, not single runs.
@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use qu_daemon::control::{self, ControlRequest, ControlResponse};
 use qu_tests::Cluster;
+
+mod plugins;
 
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).collect();
@@ -39,6 +41,11 @@ fn main() {
     }
     if wants("scale") {
         runtime.block_on(scale(10_000));
+    }
+    if wants("plugins") {
+        let threaded =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        threaded.block_on(plugins::plugins());
     }
 }
 

@@ -46,11 +46,17 @@ impl WasiHttpView for State {
     }
 }
 
+/// Plugins' HTTP client: pooled, so a check plugin probing the same target
+/// every interval reuses its connection, like a native probe.
+pub type HttpClient =
+    hyper_util::client::legacy::Client<qu_transport::client::PluginConnector, wasmtime_wasi_http::WasiBody>;
+
 /// wasi:http behind the rules: a request to a destination the rules do not
 /// allow fails with `HttpRequestDenied` before any lookup.
 pub struct Hooks {
     pub(crate) rules: Arc<Rules>,
     pub(crate) plugin: Arc<str>,
+    pub(crate) client: HttpClient,
 }
 
 impl WasiHttpHooks for Hooks {
@@ -79,14 +85,54 @@ impl WasiHttpHooks for Hooks {
             tracing::warn!(plugin = %self.plugin, "plugin: denied HTTP request to {host}:{port} (not in its allow list)");
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        let client = self.client.clone();
         Box::new(async move {
             use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-            ))
+            let first_byte = options.and_then(|o| o.first_byte_timeout).unwrap_or(Duration::from_secs(600));
+            let response = match tokio::time::timeout(first_byte, client.request(request)).await {
+                Err(_) => return Err(wasmtime_wasi_http::Error::ConnectionReadTimeout),
+                Ok(Err(error)) => return Err(client_error(&error)),
+                Ok(Ok(response)) => response,
+            };
+            let response = response.map(|body| body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync());
+            // The pool drives the connection; nothing more to wait for.
+            let done: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send> =
+                Box::new(async { Ok(()) });
+            Ok((response, done))
         })
+    }
+}
+
+/// The wasi:http error code for a failed request, from the error chain.
+fn client_error(error: &hyper_util::client::legacy::Error) -> wasmtime_wasi_http::Error {
+    use wasmtime_wasi_http::Error;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut text = Vec::new();
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return Error::ConnectionRefused,
+                std::io::ErrorKind::TimedOut => return Error::ConnectionTimeout,
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof => {
+                    return Error::ConnectionTerminated;
+                }
+                _ => {}
+            }
+        }
+        text.push(e.to_string());
+        source = e.source();
+    }
+    let text = text.join(": ");
+    if text.contains("dns error") || text.contains("failed to lookup address") {
+        Error::DnsError { rcode: Some("no such host".into()), info_code: None }
+    } else if text.contains("certificate") || text.contains("UnknownIssuer") {
+        Error::TlsCertificateError
+    } else if text.contains("tls") || text.contains("TLS") {
+        Error::TlsProtocolError
+    } else if error.is_connect() {
+        Error::ConnectionRefused
+    } else {
+        Error::InternalError(Some(text.chars().take(200).collect()))
     }
 }
 

@@ -202,6 +202,7 @@ pub struct Runtime {
     cache_dir: Option<PathBuf>,
     permits: Semaphore,
     resolvers: Arc<Vec<SocketAddr>>,
+    http: host::HttpClient,
     ticker: Ticker,
 }
 
@@ -260,6 +261,13 @@ impl Runtime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        // Reserve only what the largest allowed memory needs (plus a small
+        // guard) instead of wasmtime's default 4 GiB per memory: a node's
+        // address space stays in the tens of GiB, at the price of explicit
+        // bounds checks, which plugin calls do not notice.
+        config.memory_reservation(MEMORY_MAX as u64);
+        config.memory_guard_size(2 * 1024 * 1024);
+        config.memory_reservation_for_growth(0);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(CALLS_CONCURRENT_MAX as u32 * 2);
         pool.total_core_instances(CALLS_CONCURRENT_MAX as u32 * 8);
@@ -280,6 +288,11 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut sinks).map_err(link)?;
         Sink::add_to_linker::<_, wasmtime::component::HasSelf<State>>(&mut sinks, |s| s).map_err(link)?;
 
+        let connector = qu_transport::client::https_connector(Duration::from_secs(10)).map_err(LoadError)?;
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(8)
+            .build(connector);
         let ticker = Ticker::start(engine.clone());
         Ok(Arc::new(Self {
             engine,
@@ -288,6 +301,7 @@ impl Runtime {
             cache_dir,
             permits: Semaphore::new(CALLS_CONCURRENT_MAX),
             resolvers: Arc::new(rules::system_resolvers()),
+            http,
             ticker,
         }))
     }
@@ -426,7 +440,7 @@ impl Runtime {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: Hooks { rules: rules.clone(), plugin: name.clone() },
+            hooks: Hooks { rules: rules.clone(), plugin: name.clone(), client: self.http.clone() },
             limiter: Limiter { memory_max: plugin.limits.memory, exceeded: false },
             plugin: name,
             rules,

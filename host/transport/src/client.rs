@@ -187,6 +187,25 @@ pub async fn inspect(
     Ok(Inspected { chain, chain_error, protocol })
 }
 
+/// What plugins' HTTP requests connect through.
+pub type PluginConnector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// The connector behind plugins' HTTP requests: plain or TLS (HTTP/1.1),
+/// verified against the system roots, with a connect timeout.
+pub fn https_connector(connect_timeout: Duration) -> Result<PluginConnector, String> {
+    let mut config = crate::tls::probe_client_config(false).map_err(|e| e.to_string())?;
+    config.alpn_protocols.clear(); // the connector sets its own
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
+}
+
 /// A verified TLS stream over `stream` to `name` (for implicit TLS and
 /// STARTTLS). Trust: system roots plus `ca_pem`.
 pub async fn connect(stream: TcpStream, name: &str, ca_pem: Option<&str>) -> Result<TlsStream<TcpStream>, String> {
