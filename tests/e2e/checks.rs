@@ -160,7 +160,8 @@ fn check_commands_validate_input_and_change_only_what_they_name() {
             "shorter than the interval",
         ),
         (vec!["check", "add", "http", "odd", "http://x/", "--expect", "600"], "expect `600`"),
-        (vec!["check", "add", "dns", "lookup", "example.com"], "unknown check type `dns`"),
+        (vec!["check", "add", "smtp-banner", "mail", "example.com"], "unknown check type `smtp-banner`"),
+        (vec!["check", "add", "dns", "lookup", "example.com", "--set", "record=SRV"], "`SRV` is not one of"),
         (
             vec!["check", "add", "http", "paged", "http://x/", "--alerts", "pager"],
             "no alert has the name or id `pager`",

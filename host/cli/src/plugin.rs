@@ -142,7 +142,7 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
             .collect();
         let doc = serde_json::json!({
             "name": info.name, "kind": plugin.kind.as_str(), "version": info.version,
-            "wit_version": qu_plugin::WIT_VERSION, "description": info.description, "target": info.target,
+            "wit_version": plugin.wit_version, "description": info.description, "target": info.target,
             "sha256": plugin.sha256, "size": plugin.size, "settings": fields, "imports": plugin.imports,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -151,7 +151,7 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
     println!("name        {}", info.name);
     println!("kind        {}", plugin.kind.as_str());
     println!("version     {}", info.version);
-    println!("wit         qu:plugin@{}", qu_plugin::WIT_VERSION);
+    println!("wit         qu:plugin@{}", plugin.wit_version);
     println!("sha256      {}", plugin.sha256);
     println!("size        {} bytes", plugin.size);
     println!("about       {}", info.description);
@@ -200,11 +200,25 @@ fn run_once(
         let Some((key, value)) = pair.split_once('=') else { bail!("--set {pair}: expected KEY=VALUE") };
         settings.push((key.trim().to_string(), value.to_string()));
     }
-    let (name, bytes) = locate(plugin)?;
+    let (name, bytes, entry) = locate(plugin)?;
     let runtime = Runtime::new(None)?;
-    let plugin = load(&runtime, name.as_deref(), bytes, allow)?;
+    // An added plugin runs with its entry's allow list and limits, as on the cluster.
+    let (allow, limits) = match &entry {
+        Some(entry) => {
+            let mut all = entry.allow.clone();
+            all.extend(allow);
+            let limits = Limits {
+                memory: entry.limits.memory_mib.map_or(qu_plugin::MEMORY_DEFAULT, |m| m as usize * 1024 * 1024),
+                timeout: entry.limits.timeout,
+            };
+            (all, limits)
+        }
+        None => (allow, Limits::default()),
+    };
+    let plugin =
+        block_on(runtime.load(name.as_deref(), Arc::from(bytes), allow, limits))?.map_err(|e| anyhow::anyhow!(e))?;
     if plugin.kind != qu_plugin::Kind::Check {
-        bail!("{} is a sink plugin; `qu plugin run` runs check plugins (try `qu alert test`)", plugin.name);
+        bail!("{} is a sink plugin; `qu plugin run` runs check plugins", plugin.name);
     }
     let validated = block_on(runtime.validate_check(&plugin, &settings, target))?;
     if let Err(error) = validated {
@@ -241,10 +255,10 @@ fn error_text(error: &CallError) -> String {
 
 /// A component file, or a plugin by name: built-in, or added (its blob in
 /// this node's data directory).
-fn locate(plugin: &str) -> anyhow::Result<(Option<String>, Vec<u8>)> {
+fn locate(plugin: &str) -> anyhow::Result<(Option<String>, Vec<u8>, Option<qu_core::config::PluginEntry>)> {
     let path = Path::new(plugin);
     if plugin.ends_with(".wasm") || path.is_file() {
-        return Ok((None, read(path)?));
+        return Ok((None, read(path)?, None));
     }
     let paths = paths()?;
     if let Ok(text) = qu_store::read_text(&paths.data.cluster_yaml())
@@ -256,10 +270,10 @@ fn locate(plugin: &str) -> anyhow::Result<(Option<String>, Vec<u8>)> {
         if qu_plugin::sha256_hex(&bytes) != entry.sha256 {
             bail!("plugin {plugin}: {} does not match its sha256; the daemon fetches it again", blob.display());
         }
-        return Ok((Some(plugin.to_string()), bytes));
+        return Ok((Some(plugin.to_string()), bytes, Some(entry.clone())));
     }
     match qu_plugin::BUILT_IN.iter().find(|(name, _)| *name == plugin) {
-        Some((name, bytes)) => Ok((Some(name.to_string()), bytes.to_vec())),
+        Some((name, bytes)) => Ok((Some(name.to_string()), bytes.to_vec(), None)),
         None => bail!(
             "no plugin named {plugin} (built-in: {}) and no such file",
             qu_plugin::BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use qu_core::config::{ClusterConfig, PluginEntry};
 use qu_core::monitor::{Outcome, Report};
@@ -42,11 +42,29 @@ pub struct PluginView {
     pub description: String,
 }
 
+/// How long a plugin that failed to load waits before the next attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// The plugins of `plugins:` entries on this node.
+#[derive(Default)]
+struct Added {
+    /// What serves each name now.
+    slots: HashMap<String, Slot>,
+    /// Entries being fetched and loaded.
+    inflight: HashMap<String, PluginEntry>,
+    /// Entries that failed to load, and when.
+    failed: HashMap<String, (PluginEntry, Instant)>,
+}
+
+fn matches_entry(plugin: &Plugin, entry: &PluginEntry) -> bool {
+    plugin.sha256 == entry.sha256 && plugin.allow == entry.allow && plugin.limits == limits_of(entry)
+}
+
 pub struct Registry {
     runtime: Arc<Runtime>,
     data: DataDir,
     built_in: Mutex<HashMap<String, Slot>>,
-    added: Mutex<HashMap<String, Slot>>,
+    added: Mutex<Added>,
 }
 
 impl Registry {
@@ -57,6 +75,44 @@ impl Registry {
 
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// Removes what no plugin needs any more: compiled artifacts of other
+    /// components or engine versions, leftovers of interrupted writes, and
+    /// blobs no entry pins (after an hour, so a blob shipped for an add
+    /// that is still being committed is never taken away).
+    pub fn clean_up(&self, config: &ClusterConfig) {
+        let mut wanted: std::collections::HashSet<String> =
+            qu_plugin::BUILT_IN.iter().map(|(_, bytes)| qu_plugin::sha256_hex(bytes)).collect();
+        wanted.extend(config.plugins.iter().map(|p| p.sha256.clone()));
+        let mut removed = 0;
+        if let Ok(entries) = std::fs::read_dir(self.data.plugin_cache_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let keep = name
+                    .split_once('-')
+                    .is_some_and(|(sha, _)| wanted.contains(sha) && name == self.runtime.cache_file_name(sha));
+                if !keep && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.data.plugins_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let pinned = name.strip_suffix(".wasm").is_some_and(|sha| wanted.contains(sha));
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(3_600)));
+                if !pinned && old && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            tracing::info!("plugins: removed {removed} unused file(s) (old blobs, stale compiled artifacts)");
+        }
     }
 
     /// Compiles the built-in plugins (in the background; checks using
@@ -84,46 +140,58 @@ impl Registry {
     /// `peers`, forgets removed ones.
     pub(crate) fn sync(self: &Arc<Self>, config: &ClusterConfig, peers: Vec<Connection<Wire>>) {
         let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
-        added.retain(|name, _| config.plugins.iter().any(|p| p.name == *name));
+        let known = |name: &String| config.plugins.iter().any(|p| p.name == *name);
+        added.slots.retain(|name, _| known(name));
+        added.inflight.retain(|name, _| known(name));
+        added.failed.retain(|name, _| known(name));
         for entry in &config.plugins {
-            let current = added.get(&entry.name);
-            let up_to_date = match current {
-                Some(Slot::Ready(plugin)) => {
-                    plugin.sha256 == entry.sha256 && plugin.allow == entry.allow && plugin.limits == limits_of(entry)
-                }
-                Some(Slot::Loading { sha256 }) => *sha256 == entry.sha256,
-                Some(Slot::Unavailable { .. }) | None => false,
-            };
-            if up_to_date {
+            let serving = matches!(added.slots.get(&entry.name), Some(Slot::Ready(p)) if matches_entry(p, entry));
+            let loading = added.inflight.get(&entry.name) == Some(entry);
+            let backing_off =
+                added.failed.get(&entry.name).is_some_and(|(failed, at)| failed == entry && at.elapsed() < RETRY_AFTER);
+            if serving || loading || backing_off {
                 continue;
             }
-            added.insert(entry.name.clone(), Slot::Loading { sha256: entry.sha256.clone() });
+            added.inflight.insert(entry.name.clone(), entry.clone());
+            // A new version replaces the old one only once it is ready:
+            // until then (and for calls already running) the old one serves.
+            if !matches!(added.slots.get(&entry.name), Some(Slot::Ready(_))) {
+                added.slots.insert(entry.name.clone(), Slot::Loading { sha256: entry.sha256.clone() });
+            }
             let (this, entry, peers) = (self.clone(), entry.clone(), peers.clone());
             tokio::spawn(async move {
-                let slot = match this.activate(&entry, &peers).await {
+                let result = this.activate(&entry, &peers).await;
+                let mut added = this.added.lock().unwrap_or_else(|e| e.into_inner());
+                if added.inflight.get(&entry.name) != Some(&entry) {
+                    return; // the entry changed or went away meanwhile
+                }
+                added.inflight.remove(&entry.name);
+                match result {
                     Ok(plugin) => {
                         tracing::info!("plugin {}: sha256 {} active", entry.name, entry.sha256);
-                        Slot::Ready(plugin)
+                        added.failed.remove(&entry.name);
+                        added.slots.insert(entry.name.clone(), Slot::Ready(plugin));
                     }
                     Err(reason) => {
-                        tracing::warn!("plugin {}: unavailable: {reason}", entry.name);
-                        Slot::Unavailable { sha256: entry.sha256.clone(), reason }
+                        tracing::warn!(
+                            "plugin {}: unavailable: {reason} (retrying in {}s)",
+                            entry.name,
+                            RETRY_AFTER.as_secs()
+                        );
+                        added.failed.insert(entry.name.clone(), (entry.clone(), Instant::now()));
+                        added
+                            .slots
+                            .insert(entry.name.clone(), Slot::Unavailable { sha256: entry.sha256.clone(), reason });
                     }
-                };
-                let mut added = this.added.lock().unwrap_or_else(|e| e.into_inner());
-                // Only if the entry did not change meanwhile.
-                if let Some(Slot::Loading { sha256 }) = added.get(&entry.name)
-                    && *sha256 == entry.sha256
-                {
-                    added.insert(entry.name.clone(), slot);
                 }
             });
         }
     }
 
-    /// Whether some added plugin is unavailable (worth another `sync`).
+    /// Whether some added plugin failed to load and its retry is due.
     pub fn has_unavailable(&self) -> bool {
-        self.added.lock().unwrap_or_else(|e| e.into_inner()).values().any(|s| matches!(s, Slot::Unavailable { .. }))
+        let added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        added.failed.values().any(|(_, at)| at.elapsed() >= RETRY_AFTER)
     }
 
     async fn activate(&self, entry: &PluginEntry, peers: &[Connection<Wire>]) -> Result<Arc<Plugin>, String> {
@@ -152,7 +220,9 @@ impl Registry {
         };
         if qu_plugin::sha256_hex(&bytes) != sha256 {
             let _ = std::fs::remove_file(&path);
-            return Err(format!("{} does not match its sha256 (corrupt or tampered with); removed", path.display()));
+            let why = format!("{} does not match its sha256 (corrupt or tampered with); removed", path.display());
+            tracing::warn!("plugin: {why}");
+            return Err(why);
         }
         Ok(Some(bytes))
     }
@@ -193,7 +263,7 @@ impl Registry {
     /// (kept in line with `plugins:` by [`Registry::sync`]) wins over a
     /// built-in of the same name.
     pub fn get(&self, name: &str) -> Result<Arc<Plugin>, String> {
-        let added = self.added.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+        let added = self.added.lock().unwrap_or_else(|e| e.into_inner()).slots.get(name).cloned();
         let slot = match added {
             Some(slot) => Some(slot),
             None => self.built_in.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned(),
@@ -203,6 +273,20 @@ impl Registry {
             Some(Slot::Loading { .. }) => Err("loading".into()),
             Some(Slot::Unavailable { reason, .. }) => Err(reason),
             None => Err("no such plugin on this node".into()),
+        }
+    }
+
+    /// Like [`Registry::get`], but waits (up to `within`) for a plugin that
+    /// is still loading — a node that just started compiles its built-ins.
+    pub async fn get_ready(&self, name: &str, within: Duration) -> Result<Arc<Plugin>, String> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.get(name) {
+                Err(reason) if reason == "loading" && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
         }
     }
 
@@ -241,7 +325,7 @@ impl Registry {
         }
         let added = self.added.lock().unwrap_or_else(|e| e.into_inner());
         for entry in &config.plugins {
-            out.push(view(&entry.name, added.get(&entry.name), Some(entry), false));
+            out.push(view(&entry.name, added.slots.get(&entry.name), Some(entry), false));
         }
         out
     }
@@ -278,7 +362,7 @@ pub async fn probe(
         check_id: check_id.to_string(),
         outcome,
         latency_ms: latency.as_millis().min(u32::MAX as u128) as u32,
-        detail: detail.chars().take(160).collect(),
+        detail: detail.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect(),
     };
     let plugin = match plugin {
         Ok(plugin) => plugin,

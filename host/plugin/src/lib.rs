@@ -174,6 +174,8 @@ pub struct Plugin {
     pub info: Info,
     /// The interfaces the component imports (its requested capabilities).
     pub imports: Vec<String>,
+    /// The contract version it was built against (from its exports).
+    pub wit_version: String,
     pub allow: Vec<String>,
     pub limits: Limits,
     pre: Pre,
@@ -306,6 +308,11 @@ impl Runtime {
         }))
     }
 
+    /// The file name this runtime caches the compiled `sha256` under.
+    pub fn cache_file_name(&self, sha256: &str) -> String {
+        format!("{sha256}-{:016x}.cwasm", self.compatibility())
+    }
+
     fn compatibility(&self) -> u64 {
         let mut hasher = DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -314,7 +321,7 @@ impl Runtime {
 
     /// Compiles `bytes` (off the async runtime), through the cache.
     async fn compile(self: &Arc<Self>, bytes: Arc<[u8]>, sha256: &str) -> Result<Component, LoadError> {
-        let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{sha256}-{:016x}.cwasm", self.compatibility())));
+        let cached = self.cache_dir.as_ref().map(|d| d.join(self.cache_file_name(sha256)));
         let engine = self.engine.clone();
         tokio::task::spawn_blocking(move || {
             if let Some(path) = &cached
@@ -391,7 +398,13 @@ impl Runtime {
                 if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
             )));
         };
+        let wit_version = exports
+            .iter()
+            .find_map(|e| e.strip_prefix("qu:plugin/probe@").or_else(|| e.strip_prefix("qu:plugin/notify@")))
+            .unwrap_or(WIT_VERSION)
+            .to_string();
         let mut plugin = Plugin {
+            wit_version,
             name: name.unwrap_or("").to_string(),
             kind,
             sha256,

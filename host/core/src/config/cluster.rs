@@ -464,6 +464,9 @@ impl ClusterConfig {
             if plugin.limits.memory_mib.is_some_and(|m| m == 0 || m > 256) {
                 problems.push(format!("plugins[{i}].limits.memory_mib: from 1 to 256"));
             }
+            if plugin.limits.timeout.is_some_and(|t| t < Duration::from_millis(100) || t > Duration::from_secs(600)) {
+                problems.push(format!("plugins[{i}].limits.timeout: from 100ms to 10m"));
+            }
             for host in &plugin.allow {
                 if host.trim().is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
                     problems.push(format!("plugins[{i}].allow: `{host}` is not HOST or HOST:PORT"));

@@ -385,6 +385,56 @@ mod tests {
         assert!(replace(&edited, 1).apply(&base, &stamp(2)).unwrap_err().contains("may not change peers"));
     }
 
+    fn plugin(name: &str, sha: char) -> super::super::PluginEntry {
+        super::super::PluginEntry {
+            name: name.into(),
+            kind: super::super::PluginKind::Check,
+            sha256: sha.to_string().repeat(64),
+            size: 1000,
+            allow: vec![],
+            limits: Default::default(),
+        }
+    }
+
+    #[test]
+    fn plugins_are_added_replaced_and_removed_only_when_unused() {
+        let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
+        // A check of an unknown plugin type is refused; built-ins are known.
+        let mut echo_check = check("greet");
+        echo_check.kind = "echo".into();
+        let err = Mutation::AddCheck { check: Box::new(echo_check.clone()) }.apply(&base, &stamp(2)).unwrap_err();
+        assert!(err.contains("unknown check type `echo`"), "{err}");
+        let mut dns_check = check("resolve");
+        dns_check.kind = "dns".into();
+        dns_check.target = "example.com".into();
+        dns_check.settings.insert("record".into(), "MX".into());
+        Mutation::AddCheck { check: Box::new(dns_check) }.apply(&base, &stamp(2)).unwrap();
+
+        let with = Mutation::AddPlugin { plugin: plugin("echo", 'a') }.apply(&base, &stamp(2)).unwrap();
+        let used = Mutation::AddCheck { check: Box::new(echo_check) }.apply(&with, &stamp(3)).unwrap();
+        // A new version replaces the entry under the same name.
+        let upgraded = Mutation::AddPlugin { plugin: plugin("echo", 'b') }.apply(&used, &stamp(4)).unwrap();
+        assert_eq!(upgraded.plugins.len(), 1);
+        assert_eq!(upgraded.plugins[0].sha256, "b".repeat(64));
+        let err = Mutation::RemovePlugin { name: "echo".into() }.apply(&upgraded, &stamp(5)).unwrap_err();
+        assert!(err.contains("still used by check greet"), "{err}");
+        let unused = Mutation::RemoveCheck { check: "greet".into() }.apply(&upgraded, &stamp(5)).unwrap();
+        let gone = Mutation::RemovePlugin { name: "echo".into() }.apply(&unused, &stamp(6)).unwrap();
+        assert!(gone.plugins.is_empty());
+        let err = Mutation::RemovePlugin { name: "dns".into() }.apply(&gone, &stamp(7)).unwrap_err();
+        assert!(err.contains("built in"), "{err}");
+
+        // Entries are validated: hash, size, name, limits.
+        let mut bad = plugin("http", 'c');
+        bad.sha256 = "XYZ".into();
+        bad.size = 0;
+        bad.limits.memory_mib = Some(1024);
+        let err = Mutation::AddPlugin { plugin: bad }.apply(&base, &stamp(2)).unwrap_err();
+        for part in ["sha256: expected 64", "size: 0 bytes", "is a native check type", "memory_mib: from 1 to 256"] {
+            assert!(err.contains(part), "{part} in {err}");
+        }
+    }
+
     fn check(name: &str) -> Check {
         Check {
             id: format!("id-{name}"),

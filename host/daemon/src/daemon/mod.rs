@@ -213,6 +213,7 @@ pub async fn run(
     let (core, boot) = Core::new(node.node_id, durable, cluster.snapshot(), 1, rand::random());
     let written: Arc<str> = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default().into();
     let plugins = crate::plugins::Registry::new(&data).map_err(DaemonError::Plugins)?;
+    plugins.clean_up(&cluster);
     plugins.load_built_in();
     let mut daemon = Daemon {
         links: Links::new(node.node_id),
@@ -1052,16 +1053,16 @@ impl Daemon {
             self.submit_checked(mutation, reply);
             return;
         }
-        let plugin = match self.plugins.get(kind) {
-            Ok(plugin) => plugin,
-            Err(reason) => {
-                let message = format!("{REFUSED}plugin {kind} is not usable on this node: {reason}");
-                let _ = reply.send(ControlResponse::Error { message });
-                return;
-            }
-        };
-        let (registry, events) = (self.plugins.clone(), self.events.clone());
+        let (registry, events, kind) = (self.plugins.clone(), self.events.clone(), kind.to_string());
         tokio::spawn(async move {
+            let plugin = match registry.get_ready(&kind, Duration::from_secs(30)).await {
+                Ok(plugin) => plugin,
+                Err(reason) => {
+                    let message = format!("{REFUSED}plugin {kind} is not usable on this node: {reason}");
+                    let _ = reply.send(ControlResponse::Error { message });
+                    return;
+                }
+            };
             let settings: Vec<(String, String)> = settings.into_iter().collect();
             match registry.runtime().validate_check(&plugin, &settings, &target).await {
                 Ok(()) => {
