@@ -173,8 +173,17 @@ impl Request {
 
     fn send_once(&self, method: &str, url: &str, body: &[u8]) -> Result<Response, HttpError> {
         let parts = Url::parse(url)?;
-        let fields: Vec<(String, Vec<u8>)> =
-            self.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone().into_bytes())).collect();
+        let mut fields: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("content-length"))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone().into_bytes()))
+            .collect();
+        // A known length, not chunked encoding: many receivers (and small
+        // servers) do not read chunked request bodies.
+        if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
+            fields.push(("content-length".into(), body.len().to_string().into_bytes()));
+        }
         let headers = Fields::from_list(&fields).map_err(|e| HttpError::Other(format!("bad header: {e:?}")))?;
         let request = OutgoingRequest::new(headers);
         let method = match method {

@@ -54,6 +54,14 @@ pub enum CheckCommand {
     Enable { check: String },
     /// Stop probing a check (its state is kept).
     Disable { check: String },
+    /// Send a synthetic transition of a real check through every effective alert (its state is unchanged).
+    Test {
+        check: String,
+        #[arg(long, default_value = "down", value_parser = ["down", "up", "recovered"])]
+        state: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Flags shared by `add` and `edit`.
@@ -116,6 +124,9 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
     let (request, done) = match command {
         CheckCommand::List { json } => return list(json),
         CheckCommand::Run { kind, target, flags } => return run_once(&kind, &target, &flags),
+        CheckCommand::Test { check, state, json } => {
+            return crate::alert::tested(call_ok(ControlRequest::CheckTest { check, state })?, json);
+        }
         CheckCommand::Add { kind, name, target, flags } => {
             let interval = flags.interval.unwrap_or(Duration::from_secs(30));
             let check = Check {

@@ -2,6 +2,7 @@
 //! arguments, calls the daemon (or the daemon library for `init`/`serve`),
 //! renders results. No business logic lives here.
 
+mod alert;
 mod check;
 mod demo;
 mod plugin;
@@ -62,6 +63,9 @@ enum Command {
     /// Add, list, edit, remove, enable and disable checks.
     #[command(subcommand)]
     Check(check::CheckCommand),
+    /// Add, list, edit, remove, enable, disable and test alerts.
+    #[command(subcommand)]
+    Alert(alert::AlertCommand),
     /// Add, list, remove, inspect and run WebAssembly plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -181,6 +185,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Node(command) => run_node(command),
         Command::Check(command) => check::run(command),
         Command::Plugin(command) => plugin::run(command),
+        Command::Alert(command) => alert::run(command),
         Command::Cluster(ClusterCommand::Settings { set, json }) => run_settings(set, json),
         Command::Demo(args) => demo::run(args),
     }

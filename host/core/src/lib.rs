@@ -5,6 +5,7 @@
 //! this crate). The daemon feeds these functions and executes what they
 //! return; the simulator drives the same code.
 
+pub mod alerting;
 pub mod config;
 pub mod consensus;
 pub mod ids;

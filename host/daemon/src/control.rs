@@ -74,6 +74,69 @@ pub enum ControlRequest {
     PluginRemove {
         name: String,
     },
+    AlertList,
+    /// `qu alert add`; the daemon assigns the id.
+    AlertAdd {
+        alert: Box<qu_core::config::Alert>,
+    },
+    AlertEdit {
+        alert: String,
+        changes: Box<qu_core::config::AlertChanges>,
+    },
+    AlertRemove {
+        alert: String,
+    },
+    /// `qu alert test`: a synthetic, marked test event through the real
+    /// sink, from this node, no quorum needed.
+    AlertTest {
+        alert: String,
+    },
+    /// `qu check test`: a synthetic transition of a real check through
+    /// every effective alert; `state` is `down`, `up` or `recovered`.
+    CheckTest {
+        check: String,
+        state: String,
+    },
+}
+
+/// One alert as `qu alert list` shows it (secrets masked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertListItem {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub config: std::collections::BTreeMap<String, String>,
+    pub default: bool,
+    pub disabled: bool,
+    pub subject_template: Option<String>,
+    pub body_template: Option<String>,
+    /// Deliveries committed and not yet finished.
+    pub pending: usize,
+    /// The most recently finished delivery.
+    pub last: Option<DeliveryView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryView {
+    pub key: String,
+    pub check: String,
+    pub verb: String,
+    /// `delivered` or `failed`.
+    pub status: String,
+    pub attempts: u32,
+    pub error: String,
+    pub finished: Option<String>,
+}
+
+/// How one test send went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub alert: String,
+    pub ok: bool,
+    /// The sink's error, verbatim, when not ok.
+    pub error: String,
+    pub millis: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +164,12 @@ pub enum ControlResponse {
     },
     Checks {
         checks: Vec<CheckListItem>,
+    },
+    Alerts {
+        alerts: Vec<AlertListItem>,
+    },
+    Tested {
+        results: Vec<TestResult>,
     },
     Error {
         message: String,

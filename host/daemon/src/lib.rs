@@ -5,6 +5,7 @@
 //! and [`run`], which takes already-bound listeners and a shutdown future so
 //! tests run nodes in-process on port 0.
 
+pub mod alerts;
 pub mod control;
 mod daemon;
 pub mod init;

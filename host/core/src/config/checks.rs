@@ -11,9 +11,8 @@ pub const NATIVE_TYPES: [&str; 3] = ["http", "tcp", "icmp"];
 /// Check plugins built into every `qu` (usable without a `plugins:` entry;
 /// an entry of the same name takes precedence).
 pub const BUILT_IN_CHECK_PLUGINS: [&str; 2] = ["dns", "tls"];
-/// Sink plugins built into every `qu` (the alerting work adds webhook,
-/// discord and email here).
-pub const BUILT_IN_SINK_PLUGINS: [&str; 0] = [];
+/// Sink plugins built into every `qu`.
+pub const BUILT_IN_SINK_PLUGINS: [&str; 3] = ["webhook", "discord", "email"];
 
 /// Settings each native type accepts.
 pub const HTTP_SETTINGS: [&str; 5] = ["method", "expect", "body_match", "insecure", "max_redirects"];

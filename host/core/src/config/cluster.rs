@@ -41,6 +41,41 @@ pub struct ClusterConfig {
     /// resumes from it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub states: BTreeMap<String, CheckStatus>,
+    /// Alert deliveries, by idempotency key `<transition>/<alert id>`:
+    /// committed before the master sends, finished after (see
+    /// [`crate::alerting`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub deliveries: BTreeMap<String, Delivery>,
+}
+
+/// One alert of one transition: committed `pending` before anything is
+/// sent, `delivered` or `failed` after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    pub check_id: String,
+    pub alert_id: String,
+    /// The transition id (`<term>.<version>`).
+    pub transition: String,
+    pub from: CheckState,
+    pub to: CheckState,
+    pub status: DeliveryStatus,
+    /// When the transition was committed.
+    pub created: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Timestamp>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Delivered,
+    Failed,
 }
 
 /// A check's committed state and the transition that made it.
@@ -75,6 +110,11 @@ pub struct Settings {
     pub master_cooldown: Duration,
     /// Consecutive probe rounds a new verdict must hold before it commits.
     pub hysteresis: u32,
+    /// Whether a check's first verdict `unknown -> up` is announced (as UP).
+    pub announce_first_up: bool,
+    /// How long a failing delivery is retried before it is marked failed.
+    #[serde(with = "humantime_serde")]
+    pub delivery_deadline: Duration,
 }
 
 impl Default for Settings {
@@ -84,6 +124,8 @@ impl Default for Settings {
             dead_after: Duration::from_secs(4),
             master_cooldown: Duration::from_secs(120),
             hysteresis: 2,
+            announce_first_up: true,
+            delivery_deadline: Duration::from_secs(3600),
         }
     }
 }
@@ -242,6 +284,7 @@ impl ClusterConfig {
             alerts: Vec::new(),
             plugins: Vec::new(),
             states: BTreeMap::new(),
+            deliveries: BTreeMap::new(),
         }
     }
 
@@ -312,7 +355,28 @@ impl ClusterConfig {
         self.validate_checks(&alert_ids, &mut problems);
         self.validate_plugins(&mut problems);
         self.validate_states(&mut problems);
+        self.validate_deliveries(&mut problems);
         problems
+    }
+
+    fn validate_deliveries(&self, problems: &mut Vec<String>) {
+        for (key, delivery) in &self.deliveries {
+            if !self.alerts.iter().any(|a| a.id == delivery.alert_id) {
+                problems.push(format!("deliveries.{key}: no alert has id `{}`", delivery.alert_id));
+            }
+            if !self.checks.iter().any(|c| c.id == delivery.check_id) {
+                problems.push(format!("deliveries.{key}: no check has id `{}`", delivery.check_id));
+            }
+        }
+    }
+
+    /// Whether `name` is a sink plugin here (an entry of kind sink, or a
+    /// built-in one not overridden).
+    pub fn has_sink_plugin(&self, name: &str) -> bool {
+        match self.plugins.iter().find(|p| p.name == name) {
+            Some(entry) => entry.kind == PluginKind::Sink,
+            None => super::BUILT_IN_SINK_PLUGINS.contains(&name),
+        }
     }
 
     fn validate_peers(&self, problems: &mut Vec<String>) {
@@ -355,6 +419,13 @@ impl ClusterConfig {
             }
             if !names.insert(alert.name.as_str()) {
                 problems.push(format!("alerts[{i}].name: `{}` is used twice", alert.name));
+            }
+            if !self.has_sink_plugin(&alert.kind) {
+                problems.push(format!(
+                    "alerts[{i}].type: unknown sink `{}` (built in: {}; or a sink plugin listed in plugins)",
+                    alert.kind,
+                    super::BUILT_IN_SINK_PLUGINS.join(", ")
+                ));
             }
         }
         ids

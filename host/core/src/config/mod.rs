@@ -16,8 +16,11 @@ pub use addr::HostPort;
 pub use checks::{
     BUILT_IN_CHECK_PLUGINS, BUILT_IN_SINK_PLUGINS, HttpSpec, NATIVE_TYPES, NativeSpec, REDIRECTS_MAX, StatusMatcher,
 };
-pub use cluster::{Alert, Check, CheckStatus, ClusterConfig, Peer, PluginEntry, PluginKind, PluginLimits, Settings};
-pub use mutation::{CheckChanges, Mutation, Stamp, Transition};
+pub use cluster::{
+    Alert, Check, CheckStatus, ClusterConfig, Delivery, DeliveryStatus, Peer, PluginEntry, PluginKind, PluginLimits,
+    Settings,
+};
+pub use mutation::{AlertChanges, CheckChanges, DeliveryResult, Mutation, Stamp, Transition};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
 pub use time::Timestamp;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Check, CheckStatus, ClusterConfig, Peer, PluginEntry, Settings, Timestamp};
+use super::{Alert, Check, CheckStatus, ClusterConfig, DeliveryStatus, Peer, PluginEntry, Settings, Timestamp};
 use crate::NodeId;
 use crate::consensus::ConfigId;
 
@@ -61,6 +61,47 @@ pub enum Mutation {
     RemovePlugin {
         name: String,
     },
+    /// `qu alert add`.
+    AddAlert {
+        alert: Box<Alert>,
+    },
+    /// `qu alert edit`, `enable`, `disable`, `default on|off`: only the
+    /// given fields change.
+    EditAlert {
+        alert: String,
+        changes: Box<AlertChanges>,
+    },
+    /// `qu alert remove`: also drops it from checks' alert lists and its
+    /// pending deliveries.
+    RemoveAlert {
+        alert: String,
+    },
+    /// The master finished deliveries (delivered, or failed for good).
+    FinishDeliveries {
+        results: Vec<DeliveryResult>,
+    },
+}
+
+/// The fields `qu alert edit` may change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertChanges {
+    /// Sink settings to set; an empty value removes the key.
+    pub config: std::collections::BTreeMap<String, String>,
+    pub default: Option<bool>,
+    pub disabled: Option<bool>,
+    /// `Some("")` removes the template (back to the default).
+    pub subject_template: Option<String>,
+    pub body_template: Option<String>,
+}
+
+/// How one delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryResult {
+    pub key: String,
+    pub delivered: bool,
+    pub attempts: u32,
+    /// Why it failed (empty when delivered).
+    pub error: String,
 }
 
 /// One check's new committed state.
@@ -119,6 +160,10 @@ impl Mutation {
             },
             Mutation::AddPlugin { plugin } => format!("add plugin {} (sha256 {})", plugin.name, plugin.sha256),
             Mutation::RemovePlugin { name } => format!("remove plugin {name}"),
+            Mutation::AddAlert { alert } => format!("add alert {} ({})", alert.name, alert.kind),
+            Mutation::EditAlert { alert, .. } => format!("edit alert {alert}"),
+            Mutation::RemoveAlert { alert } => format!("remove alert {alert}"),
+            Mutation::FinishDeliveries { results } => format!("finish {} deliveries", results.len()),
         }
     }
 
@@ -208,6 +253,7 @@ impl Mutation {
                 let index = check_index(current, check)?;
                 let removed = next.checks.remove(index);
                 next.states.remove(&removed.id);
+                next.deliveries.retain(|_, d| d.check_id != removed.id);
             }
             Mutation::SetCheckDisabled { check, disabled } => {
                 let index = check_index(current, check)?;
@@ -223,6 +269,10 @@ impl Mutation {
                     let mut status = t.status.clone();
                     status.transition = format!("{}.{}", stamp.id.term, stamp.id.version);
                     status.since = stamp.at;
+                    // The transition's deliveries commit with it.
+                    if let Some(check) = current.checks.iter().find(|c| c.id == t.check_id) {
+                        next.deliveries.extend(crate::alerting::deliveries_for(current, check, &status));
+                    }
                     next.states.insert(t.check_id.clone(), status);
                     applied += 1;
                 }
@@ -247,6 +297,65 @@ impl Mutation {
                 } else {
                     next.plugins.push(plugin.clone());
                 }
+            }
+            Mutation::AddAlert { alert } => {
+                if current.alerts.iter().any(|a| a.name == alert.name) {
+                    return Err(format!("an alert named `{}` already exists; use `qu alert edit`", alert.name));
+                }
+                if current.alerts.iter().any(|a| a.id == alert.id) {
+                    return Err(format!("alert id `{}` is taken; retry", alert.id));
+                }
+                next.alerts.push((**alert).clone());
+            }
+            Mutation::EditAlert { alert, changes } => {
+                let index = alert_index(current, alert)?;
+                let edited = &mut next.alerts[index];
+                for (key, value) in &changes.config {
+                    if value.is_empty() {
+                        edited.config.remove(key);
+                    } else {
+                        edited.config.insert(key.clone(), value.clone());
+                    }
+                }
+                if let Some(default) = changes.default {
+                    edited.default = default;
+                }
+                if let Some(disabled) = changes.disabled {
+                    edited.disabled = disabled;
+                }
+                if let Some(subject) = &changes.subject_template {
+                    edited.subject_template = (!subject.is_empty()).then(|| subject.clone());
+                }
+                if let Some(body) = &changes.body_template {
+                    edited.body_template = (!body.is_empty()).then(|| body.clone());
+                }
+            }
+            Mutation::RemoveAlert { alert } => {
+                let index = alert_index(current, alert)?;
+                let removed = next.alerts.remove(index);
+                for check in &mut next.checks {
+                    check.alert_ids.retain(|id| *id != removed.id);
+                    check.suppress_alert_ids.retain(|id| *id != removed.id);
+                }
+                next.deliveries.retain(|_, d| d.alert_id != removed.id);
+            }
+            Mutation::FinishDeliveries { results } => {
+                let mut finished = 0;
+                for result in results {
+                    let Some(record) = next.deliveries.get_mut(&result.key) else { continue };
+                    if record.status != DeliveryStatus::Pending {
+                        continue;
+                    }
+                    record.status = if result.delivered { DeliveryStatus::Delivered } else { DeliveryStatus::Failed };
+                    record.finished = Some(stamp.at);
+                    record.attempts = result.attempts;
+                    record.error = result.error.chars().take(500).collect();
+                    finished += 1;
+                }
+                if finished == 0 {
+                    return Err("every delivery result is stale (already finished or removed)".into());
+                }
+                crate::alerting::prune(&mut next.deliveries, stamp.at);
             }
             Mutation::RemovePlugin { name } => {
                 if !current.plugins.iter().any(|p| p.name == *name) {
@@ -286,6 +395,14 @@ impl Mutation {
     }
 }
 
+fn alert_index(config: &ClusterConfig, id_or_name: &str) -> Result<usize, String> {
+    config
+        .alerts
+        .iter()
+        .position(|a| a.id == id_or_name || a.name == id_or_name)
+        .ok_or_else(|| format!("no alert has the name or id `{id_or_name}` (see `qu alert list`)"))
+}
+
 fn check_index(config: &ClusterConfig, id_or_name: &str) -> Result<usize, String> {
     config
         .checks
@@ -309,7 +426,8 @@ fn resolve_alerts(config: &ClusterConfig, refs: &[String]) -> Result<Vec<String>
 }
 
 /// Names `qu cluster settings set` accepts.
-pub const SETTING_KEYS: [&str; 4] = ["heartbeat", "dead_after", "master_cooldown", "hysteresis"];
+pub const SETTING_KEYS: [&str; 6] =
+    ["heartbeat", "dead_after", "master_cooldown", "hysteresis", "announce_first_up", "delivery_deadline"];
 
 fn set_setting(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> {
     let duration = || -> Result<Duration, String> {
@@ -322,6 +440,11 @@ fn set_setting(settings: &mut Settings, key: &str, value: &str) -> Result<(), St
         "hysteresis" => {
             settings.hysteresis = value.parse().map_err(|_| format!("hysteresis: `{value}` is not a whole number"))?
         }
+        "announce_first_up" => {
+            settings.announce_first_up =
+                value.parse().map_err(|_| format!("announce_first_up: `{value}` is not true or false"))?
+        }
+        "delivery_deadline" => settings.delivery_deadline = duration()?,
         other => return Err(format!("unknown setting `{other}`; settable: {}", SETTING_KEYS.join(", "))),
     }
     let problems = settings.validate();

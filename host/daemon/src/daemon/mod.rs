@@ -37,6 +37,8 @@ const HANDSHAKES_MAX: usize = 64;
 const CONTROL_CLIENTS_MAX: usize = 64;
 /// Mutations waiting for the master to be free.
 const QUEUED_MUTATIONS_MAX: usize = 64;
+/// Alert deliveries running at once (per master).
+const DELIVERIES_CONCURRENT_MAX: usize = 16;
 /// How often a hand edit of cluster.yaml is looked for.
 const FILE_POLL: Duration = Duration::from_secs(2);
 
@@ -103,6 +105,13 @@ pub(crate) enum Event {
     SubmitChecked {
         mutation: Mutation,
         reply: oneshot::Sender<ControlResponse>,
+    },
+    /// One attempt to deliver an alert finished.
+    DeliveryAttempt {
+        key: String,
+        attempt: u32,
+        result: Result<(), qu_plugin::CallError>,
+        took: Duration,
     },
 }
 
@@ -185,6 +194,8 @@ pub(crate) struct Daemon {
     lateness_us: VecDeque<u64>,
     /// Built-in and added plugins, and the runtime that runs them.
     plugins: Arc<crate::plugins::Registry>,
+    /// Alert deliveries in flight and waiting (master only).
+    deliverer: crate::alerts::Deliverer,
 }
 
 /// Probes whose lateness `qu status --json` summarises.
@@ -244,6 +255,7 @@ pub async fn run(
         probes_run: 0,
         lateness_us: VecDeque::new(),
         plugins,
+        deliverer: crate::alerts::Deliverer::default(),
     };
     tracing::info!(
         term = daemon.core.term(),
@@ -352,7 +364,291 @@ impl Daemon {
         self.collect_probes();
         self.fan_in();
         self.judge();
+        self.deliver();
         self.start_next_mutation()
+    }
+
+    // ----- alerts --------------------------------------------------------
+
+    /// The master's delivery loop, run every tick: fence when this node may
+    /// not act, start due deliveries, propose finished ones.
+    fn deliver(&mut self) {
+        use qu_core::config::DeliveryStatus;
+        if !(self.core.role() == Role::Master && self.core.can_serve()) {
+            let d = &self.deliverer;
+            if !(d.inflight.is_empty() && d.retry.is_empty() && d.finished.is_empty() && d.committing.is_empty()) {
+                self.deliverer.fence();
+            }
+            return;
+        }
+        let now = Instant::now();
+        let cluster = &self.cluster;
+        let mut again = Vec::new();
+        self.deliverer.committing.retain(|key, (result, at)| {
+            let pending = cluster.deliveries.get(key).is_some_and(|d| d.status == DeliveryStatus::Pending);
+            if pending && at.elapsed() > crate::alerts::RECOMMIT_AFTER {
+                again.push(result.clone());
+                return false;
+            }
+            pending
+        });
+        self.deliverer.finished.extend(again);
+        let room = DELIVERIES_CONCURRENT_MAX.saturating_sub(self.deliverer.inflight.len());
+        let due: Vec<String> = self
+            .cluster
+            .deliveries
+            .iter()
+            .filter(|(_, d)| d.status == DeliveryStatus::Pending)
+            .map(|(k, _)| k.clone())
+            .filter(|k| !self.deliverer.is_busy_with(k, now))
+            .take(room)
+            .collect();
+        for key in due {
+            self.start_delivery(key);
+        }
+        if !self.deliverer.finished.is_empty() && self.queue.len() < QUEUED_MUTATIONS_MAX / 2 {
+            let results = std::mem::take(&mut self.deliverer.finished);
+            for result in &results {
+                self.deliverer.committing.insert(result.key.clone(), (result.clone(), now));
+            }
+            self.queue.push_back((Mutation::FinishDeliveries { results }, Waiter::Internal));
+        }
+    }
+
+    fn start_delivery(&mut self, key: String) {
+        let master = self.me().to_string();
+        let Some((context, alert, at)) = crate::alerts::delivery_context(&self.cluster, &key, &master) else { return };
+        let attempt = self.deliverer.retry.get(&key).map_or(1, |(n, _)| n + 1);
+        let (event, template_error) = crate::alerts::event(&context, &alert, &key, at);
+        if let Some(error) = template_error {
+            tracing::warn!(alert = %alert.name, "alert {}: {error}; sending the default rendering", alert.name);
+        }
+        let settings: Vec<(String, String)> = alert.config.clone().into_iter().collect();
+        let (registry, events, kind, task_key) =
+            (self.plugins.clone(), self.events.clone(), alert.kind.clone(), key.clone());
+        let task = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let result = match registry.get_ready(&kind, Duration::from_secs(30)).await {
+                Ok(plugin) => registry.runtime().send(&plugin, &event, &settings).await,
+                Err(reason) => Err(qu_plugin::CallError::Unavailable { plugin: kind, reason }),
+            };
+            let took = started.elapsed();
+            let _ = events.send(Event::DeliveryAttempt { key: task_key, attempt, result, took }).await;
+        });
+        self.deliverer.inflight.insert(key, task);
+    }
+
+    fn on_delivery_attempt(
+        &mut self,
+        key: String,
+        attempt: u32,
+        result: Result<(), qu_plugin::CallError>,
+        took: Duration,
+    ) {
+        use qu_plugin::{CallError, PluginError};
+        if self.deliverer.inflight.remove(&key).is_none() {
+            return; // fenced meanwhile: the next master takes it from the committed record
+        }
+        let Some(record) = self.cluster.deliveries.get(&key).cloned() else { return };
+        if record.status != qu_core::config::DeliveryStatus::Pending {
+            return;
+        }
+        let alert = self
+            .cluster
+            .alerts
+            .iter()
+            .find(|a| a.id == record.alert_id)
+            .map_or(record.alert_id.clone(), |a| a.name.clone());
+        let check = self
+            .cluster
+            .checks
+            .iter()
+            .find(|c| c.id == record.check_id)
+            .map_or(record.check_id.clone(), |c| c.name.clone());
+        let verb = qu_core::alerting::verb(record.from, record.to);
+        let finish = |delivered: bool, error: String| qu_core::config::DeliveryResult {
+            key: key.clone(),
+            delivered,
+            attempts: attempt,
+            error,
+        };
+        let error = match result {
+            Ok(()) => {
+                tracing::info!(
+                    %alert, %check, key = %key, attempt,
+                    "alert {alert}: {verb} {check} delivered (attempt {attempt}, {} ms)",
+                    took.as_millis()
+                );
+                self.deliverer.retry.remove(&key);
+                self.deliverer.finished.push(finish(true, String::new()));
+                return;
+            }
+            Err(error) => error,
+        };
+        let retry_after = match &error {
+            CallError::Plugin { error: PluginError::Transient { retry_after, .. }, .. } => Some(*retry_after),
+            CallError::Timeout { .. } | CallError::Unavailable { .. } => Some(None),
+            _ => None,
+        };
+        let message = error.to_string();
+        let deadline = self.cluster.settings.delivery_deadline;
+        let give_up_at = record.created.unix_millis() + deadline.as_millis() as u64;
+        let Some(after) = retry_after else {
+            tracing::error!(
+                %alert, %check, key = %key, attempt,
+                "alert {alert}: {verb} {check} FAILED for good (attempt {attempt}): {message}"
+            );
+            self.deliverer.retry.remove(&key);
+            self.deliverer.finished.push(finish(false, message));
+            return;
+        };
+        let delay = after.unwrap_or_else(|| qu_core::alerting::backoff(attempt, rand::random::<f64>()));
+        if self.wall().unix_millis() + delay.as_millis() as u64 > give_up_at {
+            tracing::error!(
+                %alert, %check, key = %key, attempt,
+                "alert {alert}: {verb} {check} FAILED: not delivered within {} after {attempt} attempts; last error: {message}",
+                humantime::format_duration(deadline)
+            );
+            self.deliverer.retry.remove(&key);
+            self.deliverer.finished.push(finish(false, message));
+        } else {
+            tracing::warn!(
+                %alert, %check, key = %key, attempt,
+                "alert {alert}: {verb} {check} not delivered (attempt {attempt}): {message}; retrying in {}",
+                humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
+            );
+            self.deliverer.retry.insert(key, (attempt, Instant::now() + delay));
+        }
+    }
+
+    fn alert_list(&self) -> Vec<crate::control::AlertListItem> {
+        use qu_core::config::DeliveryStatus;
+        let check_name =
+            |id: &str| self.cluster.checks.iter().find(|c| c.id == id).map_or(id.to_string(), |c| c.name.clone());
+        self.cluster
+            .alerts
+            .iter()
+            .map(|a| {
+                let mine: Vec<(&String, &qu_core::config::Delivery)> =
+                    self.cluster.deliveries.iter().filter(|(_, d)| d.alert_id == a.id).collect();
+                let pending = mine.iter().filter(|(_, d)| d.status == DeliveryStatus::Pending).count();
+                let last = mine
+                    .iter()
+                    .filter(|(_, d)| d.status != DeliveryStatus::Pending)
+                    .max_by_key(|(_, d)| d.finished.map(|f| f.unix_millis()))
+                    .map(|(key, d)| crate::control::DeliveryView {
+                        key: (*key).clone(),
+                        check: check_name(&d.check_id),
+                        verb: qu_core::alerting::verb(d.from, d.to).to_string(),
+                        status: if d.status == DeliveryStatus::Delivered {
+                            "delivered".into()
+                        } else {
+                            "failed".into()
+                        },
+                        attempts: d.attempts,
+                        error: d.error.clone(),
+                        finished: d.finished.map(|f| f.to_string()),
+                    });
+                crate::control::AlertListItem {
+                    id: a.id.clone(),
+                    name: a.name.clone(),
+                    kind: a.kind.clone(),
+                    config: crate::alerts::masked(&a.config),
+                    default: a.default,
+                    disabled: a.disabled,
+                    subject_template: a.subject_template.clone(),
+                    body_template: a.body_template.clone(),
+                    pending,
+                    last,
+                }
+            })
+            .collect()
+    }
+
+    /// Validates an alert's templates and, with its sink plugin (off the
+    /// event loop), its settings; then proposes the change.
+    fn submit_alert(
+        &mut self,
+        mutation: Mutation,
+        alert: qu_core::config::Alert,
+        reply: oneshot::Sender<ControlResponse>,
+    ) {
+        let templates =
+            crate::alerts::validate_templates(alert.subject_template.as_deref(), alert.body_template.as_deref());
+        if let Err(problem) = templates {
+            let _ = reply.send(ControlResponse::Error { message: format!("{REFUSED}{problem}") });
+            return;
+        }
+        if !self.cluster.has_sink_plugin(&alert.kind) {
+            // The config's own validation words the refusal.
+            self.submit_checked(mutation, reply);
+            return;
+        }
+        let (registry, events) = (self.plugins.clone(), self.events.clone());
+        tokio::spawn(async move {
+            let plugin = match registry.get_ready(&alert.kind, Duration::from_secs(30)).await {
+                Ok(plugin) => plugin,
+                Err(reason) => {
+                    let message = format!("{REFUSED}sink {} is not usable on this node: {reason}", alert.kind);
+                    let _ = reply.send(ControlResponse::Error { message });
+                    return;
+                }
+            };
+            let settings: Vec<(String, String)> = alert.config.clone().into_iter().collect();
+            let message = match registry.runtime().validate_sink(&plugin, &settings).await {
+                Ok(()) => {
+                    let _ = events.send(Event::SubmitChecked { mutation, reply }).await;
+                    return;
+                }
+                Err(qu_plugin::CallError::Plugin { plugin, error }) => format!("{REFUSED}{plugin}: {error}"),
+                Err(other) => format!("{REFUSED}{other}"),
+            };
+            let _ = reply.send(ControlResponse::Error { message });
+        });
+    }
+
+    /// Sends synthetic test events through real sinks from this node (no
+    /// quorum needed, nothing committed).
+    fn send_tests(
+        &self,
+        sends: Vec<(qu_core::config::Alert, crate::alerts::Context)>,
+        reply: oneshot::Sender<ControlResponse>,
+    ) {
+        let registry = self.plugins.clone();
+        let at = self.wall();
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            for (alert, context) in sends {
+                let key = format!("test-{}/{}", at.unix_millis(), alert.id);
+                let (event, template_error) = crate::alerts::event(&context, &alert, &key, at);
+                let started = std::time::Instant::now();
+                let sent = match registry.get_ready(&alert.kind, Duration::from_secs(30)).await {
+                    Ok(plugin) => {
+                        let settings: Vec<(String, String)> = alert.config.clone().into_iter().collect();
+                        registry.runtime().send(&plugin, &event, &settings).await.map_err(|e| e.to_string())
+                    }
+                    Err(reason) => Err(format!("sink {} is not usable on this node: {reason}", alert.kind)),
+                };
+                let ok = sent.is_ok();
+                let mut error = sent.err().unwrap_or_default();
+                if let Some(problem) = template_error {
+                    let note = format!("the default rendering was used: {problem}");
+                    error = if error.is_empty() { note } else { format!("{error}; {note}") };
+                }
+                if ok {
+                    tracing::info!(alert = %alert.name, "alert {}: test event delivered", alert.name);
+                } else {
+                    tracing::warn!(alert = %alert.name, "alert {}: test event not delivered: {error}", alert.name);
+                }
+                results.push(crate::control::TestResult {
+                    alert: alert.name.clone(),
+                    ok,
+                    error,
+                    millis: started.elapsed().as_millis() as u64,
+                });
+            }
+            let _ = reply.send(ControlResponse::Tested { results });
+        });
     }
 
     /// Executes the core's outputs in order: persist, then send, then apply.
@@ -617,6 +913,9 @@ impl Daemon {
                 self.inbound.push(connection);
             }
             Event::SubmitChecked { mutation, reply } => self.submit_checked(mutation, reply),
+            Event::DeliveryAttempt { key, attempt, result, took } => {
+                self.on_delivery_attempt(key, attempt, result, took)
+            }
             Event::StatusFetched { summaries, reply } => {
                 let mut view = self.status();
                 if let Some(summaries) = summaries {
@@ -990,6 +1289,123 @@ impl Daemon {
                     }
                     None => self.submit_checked(mutation, reply),
                 }
+                return;
+            }
+            ControlRequest::AlertList => ControlResponse::Alerts { alerts: self.alert_list() },
+            ControlRequest::AlertAdd { mut alert } => {
+                alert.id = format!("a{:07x}", rand::random::<u32>() & 0x0fff_ffff);
+                let checked = (*alert).clone();
+                self.submit_alert(Mutation::AddAlert { alert }, checked, reply);
+                return;
+            }
+            ControlRequest::AlertEdit { alert, changes } => {
+                let Some(mut merged) = self.cluster.alerts.iter().find(|a| a.id == alert || a.name == alert).cloned()
+                else {
+                    self.submit_checked(Mutation::EditAlert { alert, changes }, reply);
+                    return;
+                };
+                for (key, value) in &changes.config {
+                    if value.is_empty() {
+                        merged.config.remove(key);
+                    } else {
+                        merged.config.insert(key.clone(), value.clone());
+                    }
+                }
+                if let Some(subject) = &changes.subject_template {
+                    merged.subject_template = (!subject.is_empty()).then(|| subject.clone());
+                }
+                if let Some(body) = &changes.body_template {
+                    merged.body_template = (!body.is_empty()).then(|| body.clone());
+                }
+                self.submit_alert(Mutation::EditAlert { alert, changes }, merged, reply);
+                return;
+            }
+            ControlRequest::AlertRemove { alert } => {
+                self.submit_checked(Mutation::RemoveAlert { alert }, reply);
+                return;
+            }
+            ControlRequest::AlertTest { alert } => {
+                let Some(alert) = self.cluster.alerts.iter().find(|a| a.id == alert || a.name == alert).cloned() else {
+                    let message = format!("no alert has the name or id `{alert}` (see `qu alert list`)");
+                    let _ = reply.send(ControlResponse::Error { message });
+                    return;
+                };
+                let check = qu_core::config::Check {
+                    id: "test".into(),
+                    name: "qu-alert-test".into(),
+                    kind: "test".into(),
+                    target: format!("alert {}", alert.name),
+                    interval: Duration::from_secs(30),
+                    timeout: Duration::from_secs(10),
+                    settings: BTreeMap::new(),
+                    alert_ids: vec![],
+                    suppress_alert_ids: vec![],
+                    disabled: false,
+                };
+                let detail = "a test event from `qu alert test`; nothing is wrong";
+                let (master, at) = (self.me().to_string(), self.wall());
+                let context = crate::alerts::context(
+                    &check,
+                    &alert,
+                    CheckState::Up,
+                    CheckState::Down,
+                    (0, 0, 0),
+                    detail,
+                    &master,
+                    at,
+                    "test",
+                    true,
+                );
+                self.send_tests(vec![(alert, context)], reply);
+                return;
+            }
+            ControlRequest::CheckTest { check, state } => {
+                let Some(check) = self.cluster.check(&check).cloned() else {
+                    let message = format!("no check has the name or id `{check}` (see `qu check list`)");
+                    let _ = reply.send(ControlResponse::Error { message });
+                    return;
+                };
+                let (from, to) = match state.as_str() {
+                    "down" => (CheckState::Up, CheckState::Down),
+                    "up" => (CheckState::Unknown, CheckState::Up),
+                    "recovered" => (CheckState::Down, CheckState::Up),
+                    other => {
+                        let message = format!("--state {other}: expected down, up or recovered");
+                        let _ = reply.send(ControlResponse::Error { message });
+                        return;
+                    }
+                };
+                let alerts: Vec<qu_core::config::Alert> =
+                    qu_core::alerting::effective_alerts(&self.cluster, &check).into_iter().cloned().collect();
+                if alerts.is_empty() {
+                    let message = format!(
+                        "check {} has no effective alerts (none attached or default, or all suppressed or disabled)",
+                        check.name
+                    );
+                    let _ = reply.send(ControlResponse::Error { message });
+                    return;
+                }
+                let detail = "a test transition from `qu check test`; the check's real state is unchanged";
+                let (master, at) = (self.me().to_string(), self.wall());
+                let sends = alerts
+                    .into_iter()
+                    .map(|alert| {
+                        let context = crate::alerts::context(
+                            &check,
+                            &alert,
+                            from,
+                            to,
+                            (0, 0, 0),
+                            detail,
+                            &master,
+                            at,
+                            "test",
+                            true,
+                        );
+                        (alert, context)
+                    })
+                    .collect();
+                self.send_tests(sends, reply);
                 return;
             }
             ControlRequest::PluginList => ControlResponse::Plugins { plugins: self.plugins.views(&self.cluster) },

@@ -1,0 +1,206 @@
+//! Alert bookkeeping, pure: which alerts a check's transition goes to,
+//! the delivery records committed for them, how retries back off, and how
+//! finished records are pruned. The master's sending lives at the edge
+//! (the daemon); everything it decides from is here.
+//!
+//! Invariants:
+//! - A transition's delivery records are created in the same committed
+//!   version as the transition itself, one per effective alert, keyed by
+//!   the idempotency key `<transition>/<alert id>`.
+//! - A record only ever goes `pending -> delivered` or `pending -> failed`;
+//!   finishing a record that is not pending changes nothing.
+//! - Nothing is sent for a record that is not committed `pending`.
+
+use std::time::Duration;
+
+use crate::config::{Alert, Check, CheckStatus, ClusterConfig, Delivery, DeliveryStatus, Timestamp};
+use crate::monitor::CheckState;
+
+/// Finished records are kept this long (for `qu alert list`), then pruned.
+pub const FINISHED_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// At most this many records are kept; the oldest finished go first.
+pub const DELIVERIES_MAX: usize = 10_000;
+/// First retry delay; doubles per attempt up to [`BACKOFF_MAX`].
+pub const BACKOFF_FIRST: Duration = Duration::from_secs(2);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The alerts a check's transitions go to: its own, plus the defaults,
+/// minus the suppressed and the disabled ones, in `alerts:` order.
+pub fn effective_alerts<'a>(config: &'a ClusterConfig, check: &Check) -> Vec<&'a Alert> {
+    config
+        .alerts
+        .iter()
+        .filter(|a| check.alert_ids.contains(&a.id) || a.default)
+        .filter(|a| !check.suppress_alert_ids.contains(&a.id))
+        .filter(|a| !a.disabled)
+        .collect()
+}
+
+/// `DOWN`, `RECOVERED` or `UP`.
+pub fn verb(from: CheckState, to: CheckState) -> &'static str {
+    match (from, to) {
+        (_, CheckState::Down) => "DOWN",
+        (CheckState::Down, CheckState::Up) => "RECOVERED",
+        _ => "UP",
+    }
+}
+
+/// The idempotency key of one alert of one transition.
+pub fn key(transition: &str, alert_id: &str) -> String {
+    format!("{transition}/{alert_id}")
+}
+
+/// Whether a transition is announced at all: a check's first verdict
+/// `unknown -> up` only when the cluster says so.
+pub fn announced(config: &ClusterConfig, status: &CheckStatus) -> bool {
+    !(status.from == CheckState::Unknown && status.state == CheckState::Up && !config.settings.announce_first_up)
+        && status.state != CheckState::Unknown
+}
+
+/// The pending records a committed transition creates.
+pub fn deliveries_for(config: &ClusterConfig, check: &Check, status: &CheckStatus) -> Vec<(String, Delivery)> {
+    if !announced(config, status) {
+        return Vec::new();
+    }
+    effective_alerts(config, check)
+        .into_iter()
+        .map(|alert| {
+            let record = Delivery {
+                check_id: check.id.clone(),
+                alert_id: alert.id.clone(),
+                transition: status.transition.clone(),
+                from: status.from,
+                to: status.state,
+                status: DeliveryStatus::Pending,
+                created: status.since,
+                finished: None,
+                attempts: 0,
+                error: String::new(),
+            };
+            (key(&status.transition, &alert.id), record)
+        })
+        .collect()
+}
+
+/// The delay before retry number `attempt` (1 = the first retry), with
+/// `jitter` in `[0, 1)` spreading it by ±20 %.
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let base = BACKOFF_FIRST.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX);
+    base.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
+}
+
+/// Drops finished records older than [`FINISHED_KEEP`] and, beyond
+/// [`DELIVERIES_MAX`], the oldest finished ones. Pending records stay.
+pub fn prune(deliveries: &mut std::collections::BTreeMap<String, Delivery>, now: Timestamp) {
+    let keep_after = now.unix_millis().saturating_sub(FINISHED_KEEP.as_millis() as u64);
+    deliveries
+        .retain(|_, d| d.status == DeliveryStatus::Pending || d.finished.is_none_or(|f| f.unix_millis() >= keep_after));
+    if deliveries.len() > DELIVERIES_MAX {
+        let mut finished: Vec<(u64, String)> = deliveries
+            .iter()
+            .filter(|(_, d)| d.status != DeliveryStatus::Pending)
+            .map(|(k, d)| (d.finished.map_or(0, |f| f.unix_millis()), k.clone()))
+            .collect();
+        finished.sort();
+        let excess = deliveries.len() - DELIVERIES_MAX;
+        for (_, key) in finished.into_iter().take(excess) {
+            deliveries.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(id: &str, default: bool, disabled: bool) -> Alert {
+        Alert {
+            id: id.into(),
+            name: format!("n-{id}"),
+            kind: "webhook".into(),
+            config: Default::default(),
+            default,
+            disabled,
+            subject_template: None,
+            body_template: None,
+        }
+    }
+
+    fn config_with(alerts: Vec<Alert>) -> ClusterConfig {
+        let mut config: ClusterConfig = serde_yaml::from_str("version: 1\nterm: 1\npeers: []\n").unwrap();
+        config.alerts = alerts;
+        config
+    }
+
+    fn check(alert_ids: &[&str], suppress: &[&str]) -> Check {
+        Check {
+            id: "c1".into(),
+            name: "web".into(),
+            kind: "http".into(),
+            target: "http://x/".into(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            settings: Default::default(),
+            alert_ids: alert_ids.iter().map(|s| s.to_string()).collect(),
+            suppress_alert_ids: suppress.iter().map(|s| s.to_string()).collect(),
+            disabled: false,
+        }
+    }
+
+    #[test]
+    fn the_effective_alert_set() {
+        let config = config_with(vec![
+            alert("a", false, false), // explicit only
+            alert("d", true, false),  // default
+            alert("s", true, false),  // default, suppressed below
+            alert("x", false, true),  // explicit but disabled
+            alert("y", true, true),   // default but disabled
+            alert("z", false, false), // neither
+        ]);
+        let ids = |c: &Check| effective_alerts(&config, c).iter().map(|a| a.id.as_str()).collect::<Vec<_>>();
+        // (explicit, suppressed) -> effective
+        let table: [(&[&str], &[&str], &[&str]); 5] = [
+            (&[], &[], &["d", "s"]),
+            (&["a"], &[], &["a", "d", "s"]),
+            (&["a"], &["s"], &["a", "d"]),
+            (&["x", "z"], &["d", "s"], &["z"]),
+            (&["a", "d"], &["a", "d", "s"], &[]),
+        ];
+        for (explicit, suppressed, want) in table {
+            assert_eq!(ids(&check(explicit, suppressed)), want, "explicit {explicit:?} suppressed {suppressed:?}");
+        }
+    }
+
+    #[test]
+    fn verbs_and_first_up() {
+        assert_eq!(verb(CheckState::Up, CheckState::Down), "DOWN");
+        assert_eq!(verb(CheckState::Unknown, CheckState::Down), "DOWN");
+        assert_eq!(verb(CheckState::Down, CheckState::Up), "RECOVERED");
+        assert_eq!(verb(CheckState::Unknown, CheckState::Up), "UP");
+        let mut config = config_with(vec![alert("d", true, false)]);
+        let status = CheckStatus {
+            state: CheckState::Up,
+            from: CheckState::Unknown,
+            since: Timestamp::from_unix_millis(5),
+            transition: "1.7".into(),
+            ok: 3,
+            failing: 0,
+            total: 3,
+            detail: String::new(),
+        };
+        let made = deliveries_for(&config, &check(&[], &[]), &status);
+        assert_eq!(made.len(), 1);
+        assert_eq!(made[0].0, "1.7/d");
+        config.settings.announce_first_up = false;
+        assert!(deliveries_for(&config, &check(&[], &[]), &status).is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_a_ceiling() {
+        assert_eq!(backoff(1, 0.5), Duration::from_secs(2));
+        assert_eq!(backoff(2, 0.5), Duration::from_secs(4));
+        assert_eq!(backoff(30, 0.5), BACKOFF_MAX);
+        assert_eq!(backoff(1, 0.0), Duration::from_millis(1600));
+        assert_eq!(backoff(1, 1.0), Duration::from_millis(2400));
+    }
+}

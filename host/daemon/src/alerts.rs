@@ -1,0 +1,354 @@
+//! Alerts at the edge: rendering subject and body from templates, building
+//! the event a sink plugin receives, and the master's delivery loop state
+//! (in flight, retry times, results waiting to be committed). What to
+//! deliver and when a record is finished is decided in `qu_core::alerting`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use minijinja::{Environment, UndefinedBehavior};
+use qu_core::alerting;
+use qu_core::config::DeliveryResult;
+use qu_core::config::{Alert, Check, ClusterConfig, Timestamp};
+use qu_core::monitor::CheckState;
+use serde::Serialize;
+
+/// Setting keys whose values are secrets: never printed or logged.
+pub const SECRET_KEYS: [&str; 5] = ["password", "signing_secret", "secret", "token", "webhook"];
+
+/// A copy of an alert's settings with the secrets masked.
+pub fn masked(config: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    config
+        .iter()
+        .map(|(k, v)| (k.clone(), if SECRET_KEYS.contains(&k.as_str()) { "********".to_string() } else { v.clone() }))
+        .collect()
+}
+
+/// What templates see.
+#[derive(Debug, Clone, Serialize)]
+pub struct Context {
+    pub check: CheckContext,
+    pub from: String,
+    pub to: String,
+    pub verb: String,
+    pub ok: u32,
+    pub failing: u32,
+    pub total: u32,
+    pub detail: String,
+    pub master: String,
+    /// When the transition was committed, RFC 3339.
+    pub time: String,
+    pub transition: String,
+    pub alert: String,
+    pub test: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckContext {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub target: String,
+    pub settings: BTreeMap<String, String>,
+}
+
+pub const DEFAULT_SUBJECT: &str = "{{ verb }}: {{ check.name }}";
+
+/// The body used when an alert has none of its own, by check type.
+pub fn default_body(kind: &str) -> &'static str {
+    match kind {
+        "http" => {
+            "{{ check.name }} is {{ verb }}: {{ check.target }}\nExpected status {{ check.settings.expect | default('2xx') }}; {{ detail }}\nReporters: {{ ok }} OK, {{ failing }} failing of {{ total }}\nAt {{ time }} (master {{ master }}, transition {{ transition }})"
+        }
+        "tls" => {
+            "{{ check.name }} is {{ verb }}: the certificate of {{ check.target }}\n{{ detail }}\nReporters: {{ ok }} OK, {{ failing }} failing of {{ total }}\nAt {{ time }} (master {{ master }}, transition {{ transition }})"
+        }
+        "dns" => {
+            "{{ check.name }} is {{ verb }}: {{ check.settings.record | default('A') }} record of {{ check.target }}\n{{ detail }}\nReporters: {{ ok }} OK, {{ failing }} failing of {{ total }}\nAt {{ time }} (master {{ master }}, transition {{ transition }})"
+        }
+        _ => {
+            "{{ check.name }} is {{ verb }}: {{ check.type }} {{ check.target }}\n{{ detail }}\nReporters: {{ ok }} OK, {{ failing }} failing of {{ total }}\nAt {{ time }} (master {{ master }}, transition {{ transition }})"
+        }
+    }
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    // A misspelt variable is an error, not an empty string.
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(false);
+    env
+}
+
+fn render_one(template: &str, context: &Context) -> Result<String, String> {
+    environment().render_str(template, context).map_err(|e| {
+        let mut text = e.to_string();
+        if let Some(detail) = e.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        text
+    })
+}
+
+/// Subject and body for `alert`; a template that fails falls back to the
+/// default rendering, and the error is returned for the log.
+pub fn render(alert: &Alert, context: &Context) -> (String, String, Option<String>) {
+    let mut error = None;
+    let subject = alert
+        .subject_template
+        .as_deref()
+        .and_then(|t| render_one(t, context).map_err(|e| error = Some(format!("subject template: {e}"))).ok())
+        .unwrap_or_else(|| {
+            render_one(DEFAULT_SUBJECT, context).unwrap_or_else(|_| format!("{} {}", context.verb, context.check.name))
+        });
+    let body = alert
+        .body_template
+        .as_deref()
+        .and_then(|t| render_one(t, context).map_err(|e| error = Some(format!("body template: {e}"))).ok())
+        .unwrap_or_else(|| {
+            render_one(default_body(&context.check.kind), context).unwrap_or_else(|_| context.detail.clone())
+        });
+    let subject: String = subject.lines().next().unwrap_or("").trim().to_string();
+    let subject = if context.test && !subject.starts_with("[TEST]") { format!("[TEST] {subject}") } else { subject };
+    (subject, body, error)
+}
+
+/// Checks templates before an alert is committed: they must parse and
+/// render a sample event with only known variables.
+pub fn validate_templates(subject: Option<&str>, body: Option<&str>) -> Result<(), String> {
+    let sample = sample_context();
+    for (what, template) in [("subject", subject), ("body", body)] {
+        if let Some(template) = template {
+            render_one(template, &sample).map_err(|e| format!("{what} template: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn sample_context() -> Context {
+    let mut settings = BTreeMap::new();
+    settings.insert("expect".to_string(), "2xx".to_string());
+    Context {
+        check: CheckContext {
+            id: "c0000000".into(),
+            name: "sample".into(),
+            kind: "http".into(),
+            target: "https://example.com/".into(),
+            settings,
+        },
+        from: "up".into(),
+        to: "down".into(),
+        verb: "DOWN".into(),
+        ok: 1,
+        failing: 2,
+        total: 3,
+        detail: "status 503".into(),
+        master: "00000000-0000-0000-0000-000000000000".into(),
+        time: "2026-01-01T00:00:00.000Z".into(),
+        transition: "1.2".into(),
+        alert: "sample".into(),
+        test: false,
+    }
+}
+
+/// The context of one transition of `check` for `alert`.
+#[allow(clippy::too_many_arguments)]
+pub fn context(
+    check: &Check,
+    alert: &Alert,
+    from: CheckState,
+    to: CheckState,
+    counts: (u32, u32, u32),
+    detail: &str,
+    master: &str,
+    at: Timestamp,
+    transition: &str,
+    test: bool,
+) -> Context {
+    Context {
+        check: CheckContext {
+            id: check.id.clone(),
+            name: check.name.clone(),
+            kind: check.kind.clone(),
+            target: check.target.clone(),
+            settings: check.settings.clone(),
+        },
+        from: from.to_string(),
+        to: to.to_string(),
+        verb: alerting::verb(from, to).to_string(),
+        ok: counts.0,
+        failing: counts.1,
+        total: counts.2,
+        detail: detail.to_string(),
+        master: master.to_string(),
+        time: at.to_string(),
+        transition: transition.to_string(),
+        alert: alert.name.clone(),
+        test,
+    }
+}
+
+/// The event a sink receives.
+pub fn event(context: &Context, alert: &Alert, key: &str, at: Timestamp) -> (qu_plugin::AlertEvent, Option<String>) {
+    let (subject, body, error) = render(alert, context);
+    let event = qu_plugin::AlertEvent {
+        check_id: context.check.id.clone(),
+        check_name: context.check.name.clone(),
+        check_type: context.check.kind.clone(),
+        check_target: context.check.target.clone(),
+        from_state: context.from.clone(),
+        to_state: context.to.clone(),
+        verb: context.verb.clone(),
+        ok: context.ok,
+        failing: context.failing,
+        total: context.total,
+        detail: context.detail.clone(),
+        subject,
+        body,
+        idempotency_key: key.to_string(),
+        timestamp_ms: at.unix_millis(),
+        master: context.master.clone(),
+        test: context.test,
+    };
+    (event, error)
+}
+
+/// The context of a committed delivery record (from its check's state).
+pub fn delivery_context(config: &ClusterConfig, key: &str, master: &str) -> Option<(Context, Alert, Timestamp)> {
+    let record = config.deliveries.get(key)?;
+    let check = config.checks.iter().find(|c| c.id == record.check_id)?;
+    let alert = config.alerts.iter().find(|a| a.id == record.alert_id)?;
+    let status = config.states.get(&check.id);
+    // The state's counts and detail belong to this transition only while it
+    // is still the latest one; otherwise say so rather than show another's.
+    let (counts, detail) = match status {
+        Some(s) if s.transition == record.transition => ((s.ok, s.failing, s.total), s.detail.clone()),
+        _ => ((0, 0, 0), String::new()),
+    };
+    let context = context(
+        check,
+        alert,
+        record.from,
+        record.to,
+        counts,
+        &detail,
+        master,
+        record.created,
+        &record.transition,
+        false,
+    );
+    Some((context, alert.clone(), record.created))
+}
+
+/// The master's delivery loop state. Dropped (and every send aborted) when
+/// this node stops being a master that may act.
+#[derive(Default)]
+pub struct Deliverer {
+    /// Sends running now, by key.
+    pub inflight: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// Attempts made and when the next one is due, by key.
+    pub retry: HashMap<String, (u32, Instant)>,
+    /// Finished deliveries not yet proposed.
+    pub finished: Vec<DeliveryResult>,
+    /// Finished deliveries proposed, and when (re-proposed if they stay
+    /// pending too long, e.g. the proposal was lost).
+    pub committing: HashMap<String, (DeliveryResult, Instant)>,
+}
+
+impl Deliverer {
+    /// Stops every send at once (lease lost, no longer master).
+    pub fn fence(&mut self) {
+        let stopped = self.inflight.len();
+        for (_, task) in self.inflight.drain() {
+            task.abort();
+        }
+        self.retry.clear();
+        self.finished.clear();
+        self.committing.clear();
+        if stopped > 0 {
+            tracing::warn!("alerts: stopped {stopped} delivery attempt(s): this node may no longer act as master");
+        }
+    }
+
+    pub fn is_busy_with(&self, key: &str, now: Instant) -> bool {
+        self.inflight.contains_key(key)
+            || self.committing.contains_key(key)
+            || self.finished.iter().any(|r| r.key == key)
+            || self.retry.get(key).is_some_and(|(_, at)| *at > now)
+    }
+}
+
+/// How long a finished delivery may stay pending before it is proposed again.
+pub const RECOMMIT_AFTER: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(subject: Option<&str>, body: Option<&str>) -> Alert {
+        Alert {
+            id: "a1".into(),
+            name: "ops".into(),
+            kind: "webhook".into(),
+            config: BTreeMap::new(),
+            default: false,
+            disabled: false,
+            subject_template: subject.map(str::to_string),
+            body_template: body.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn every_variable_renders() {
+        let template = "{{ check.id }}|{{ check.name }}|{{ check.type }}|{{ check.target }}|{{ check.settings.expect }}|{{ from }}|{{ to }}|{{ verb }}|{{ ok }}|{{ failing }}|{{ total }}|{{ detail }}|{{ master }}|{{ time }}|{{ transition }}|{{ alert }}|{{ test }}";
+        let (_, body, error) = render(&alert(None, Some(template)), &sample_context());
+        assert_eq!(error, None);
+        assert_eq!(
+            body,
+            "c0000000|sample|http|https://example.com/|2xx|up|down|DOWN|1|2|3|status 503|00000000-0000-0000-0000-000000000000|2026-01-01T00:00:00.000Z|1.2|sample|false"
+        );
+    }
+
+    #[test]
+    fn defaults_are_type_aware() {
+        let mut context = sample_context();
+        let (subject, body, _) = render(&alert(None, None), &context);
+        assert_eq!(subject, "DOWN: sample");
+        assert!(body.contains("Expected status 2xx; status 503"), "{body}");
+        context.check.kind = "tls".into();
+        context.detail = "certificate expires in 6 day(s) (warn at 14)".into();
+        let (_, body, _) = render(&alert(None, None), &context);
+        assert!(body.contains("the certificate of https://example.com/\ncertificate expires in 6 day(s)"), "{body}");
+        context.check.kind = "dns".into();
+        context.check.settings.insert("record".into(), "MX".into());
+        let (_, body, _) = render(&alert(None, None), &context);
+        assert!(body.contains("MX record of"), "{body}");
+        context.test = true;
+        let (subject, _, _) = render(&alert(None, None), &context);
+        assert_eq!(subject, "[TEST] DOWN: sample");
+    }
+
+    #[test]
+    fn template_errors_are_caught_early_and_fall_back_at_send_time() {
+        assert!(validate_templates(Some("{{ verb }} {{ check.name }}"), Some("{{ detail }}")).is_ok());
+        let err = validate_templates(Some("{{ verbb }}"), None).unwrap_err();
+        assert!(err.starts_with("subject template:"), "{err}");
+        let err = validate_templates(None, Some("{% if %}")).unwrap_err();
+        assert!(err.starts_with("body template:"), "{err}");
+        let (subject, body, error) = render(&alert(Some("{{ nope }}"), None), &sample_context());
+        assert_eq!(subject, "DOWN: sample");
+        assert!(body.starts_with("sample is DOWN"));
+        assert!(error.unwrap().starts_with("subject template:"));
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let mut config = BTreeMap::new();
+        config.insert("password".to_string(), "hunter2".to_string());
+        config.insert("host".to_string(), "smtp.example.com".to_string());
+        let shown = masked(&config);
+        assert_eq!(shown["password"], "********");
+        assert_eq!(shown["host"], "smtp.example.com");
+    }
+}

@@ -1,0 +1,120 @@
+//! The built-in `discord` sink: posts the alert as a Discord webhook
+//! message (`content`, at most 2,000 characters, cut at a character
+//! boundary with an ellipsis). A 429 is retried after Discord's
+//! `retry_after`; 5xx is transient; other failures are permanent.
+
+use std::time::Duration;
+
+use qu_sdk::http::HttpError;
+use qu_sdk::{Config, Error, Event, Info, Sink};
+
+/// Discord's limit on a message's `content`.
+const CONTENT_CHARS_MAX: usize = 2000;
+
+struct Discord;
+
+impl Sink for Discord {
+    fn info() -> Info {
+        Info::new("discord", env!("CARGO_PKG_VERSION"), "posts each alert to a Discord channel webhook")
+            .required("webhook", "the channel's webhook URL (https://discord.com/api/webhooks/...)")
+            .optional("username", None, "name the message is posted under")
+            .optional("timeout", Some("10s"), "request timeout")
+    }
+
+    fn validate(config: &Config) -> Result<(), Error> {
+        let url: String = config.required("webhook")?;
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(Error::config(format!("setting `webhook`: expected a webhook URL, got `{url}`")));
+        }
+        config.get_or("timeout", Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    fn send(event: &Event, config: &Config) -> Result<(), Error> {
+        let url: String = config.required("webhook")?;
+        let mut message = serde_json::json!({ "content": content(event) });
+        if let Some(username) = config.optional::<String>("username")? {
+            message["username"] = username.into();
+        }
+        let response = qu_sdk::http::post(&url)
+            .header("content-type", "application/json")
+            .timeout(config.get_or("timeout", Duration::from_secs(10))?)
+            .redirects(0)
+            .body(message.to_string())
+            .send()
+            .map_err(|e| match e {
+                HttpError::Denied(_) | HttpError::InvalidUrl(_) => Error::permanent(e.to_string()),
+                other => Error::transient(other.to_string()),
+            })?;
+        match response.status {
+            200..=299 => Ok(()),
+            429 => {
+                // Discord says how long to wait, in seconds (fractional), in the body.
+                let wait = serde_json::from_slice::<serde_json::Value>(&response.body)
+                    .ok()
+                    .and_then(|v| v["retry_after"].as_f64())
+                    .or_else(|| response.header("retry-after").and_then(|v| v.trim().parse::<f64>().ok()))
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .map(|s| Duration::from_millis((s * 1000.0).ceil() as u64));
+                match wait {
+                    Some(wait) => Err(Error::retry_after("rate limited by Discord (429)", wait)),
+                    None => Err(Error::transient("rate limited by Discord (429)")),
+                }
+            }
+            500..=599 => Err(Error::transient(format!("Discord answered {}", response.status))),
+            status => {
+                let text: String = response.text().chars().take(200).collect();
+                Err(Error::permanent(format!("Discord refused the message ({status}): {text}")))
+            }
+        }
+    }
+}
+
+qu_sdk::export_sink!(Discord);
+
+/// Subject and body, cut to Discord's limit at a character boundary.
+fn content(event: &Event) -> String {
+    let full =
+        if event.body.is_empty() { event.subject.clone() } else { format!("**{}**\n{}", event.subject, event.body) };
+    if full.chars().count() <= CONTENT_CHARS_MAX {
+        return full;
+    }
+    let mut cut: String = full.chars().take(CONTENT_CHARS_MAX - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(subject: &str, body: &str) -> Event {
+        Event {
+            check_id: "c1".into(),
+            check_name: "web".into(),
+            check_type: "http".into(),
+            check_target: "https://example.com".into(),
+            from_state: "up".into(),
+            to_state: "down".into(),
+            verb: "DOWN".into(),
+            ok: 1,
+            failing: 2,
+            total: 3,
+            detail: "status 503".into(),
+            subject: subject.into(),
+            body: body.into(),
+            idempotency_key: "3.14/a1".into(),
+            timestamp_ms: 0,
+            master: "n1".into(),
+            test: false,
+        }
+    }
+
+    #[test]
+    fn content_is_cut_cleanly_at_2000_characters() {
+        assert_eq!(content(&event("DOWN web", "status 503")), "**DOWN web**\nstatus 503");
+        let long = content(&event("s", &"é".repeat(5000)));
+        assert_eq!(long.chars().count(), 2000);
+        assert!(long.ends_with('…'));
+    }
+}
