@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(error, None);
         assert_eq!(
             body,
-            "c0000000|sample|http|https://example.com/|2xx|up|down|DOWN|1|2|3|status 503|00000000-0000-0000-0000-000000000000|2026-01-01T00:00:00.000Z|1.2|sample|false"
+            "c0000000|sample|http|https://example.com/|2xx|up|down|DOWN|1|2|3|status 503|00000000-0000-0000-0000-000000000000|2026-01-01T00:00:00.000Z|1.2|sample|False"
         );
     }
 
