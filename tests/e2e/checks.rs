@@ -2,48 +2,10 @@
 //! verdicts seen the same on every node, and check state that survives the
 //! master's death (no re-announced outage, one recovery).
 
-use std::net::TcpListener as StdListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use qu_tests::{Cluster, eventually};
-
-/// An HTTP target on loopback that answers 200 while `up`, 503 otherwise.
-struct Target {
-    url: String,
-    up: Arc<AtomicBool>,
-}
-
-fn target() -> Target {
-    let listener = StdListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/health", listener.local_addr().unwrap());
-    let up = Arc::new(AtomicBool::new(true));
-    let flag = up.clone();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let flag = flag.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                loop {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {
-                            let status = if flag.load(Ordering::SeqCst) { "200 OK" } else { "503 Unavailable" };
-                            let response = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
-                            if stream.write_all(response.as_bytes()).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    Target { url, up }
-}
+use qu_tests::{Cluster, HttpTarget as Target, eventually, http_target as target};
 
 fn state_everywhere(cluster: &Cluster, nodes: &[usize], want: &str) {
     for i in nodes {

@@ -11,9 +11,11 @@
 //!   the preferred master's return, removal, hand edits.
 //! - `recovery` — the seed's procedures: restore with version 0, whole-cluster restore,
 //!   shrink, replace, long absence, rolling restart.
+//! - `alerts`  — alerts through the webhook sink on 3 nodes: once per incident through failovers.
 //! - `plugins` — WebAssembly plugins on 3 nodes: add, replicate, verify, run, contain.
 //! - `demo`    — the README's main-job command.
 
+mod alerts;
 mod checks;
 mod cluster;
 mod control;

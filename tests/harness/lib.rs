@@ -472,3 +472,131 @@ impl Drop for Tmpfs {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// An HTTP target on loopback that answers 200 while `up`, 503 otherwise
+/// (keep-alive, one thread per connection).
+pub struct HttpTarget {
+    pub url: String,
+    pub up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub fn http_target() -> HttpTarget {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = up.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let flag = flag.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                loop {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let status = if flag.load(Ordering::SeqCst) { "200 OK" } else { "503 Unavailable" };
+                            let response = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
+                            if stream.write_all(response.as_bytes()).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    HttpTarget { url, up }
+}
+
+/// One alert a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub key: String,
+    pub verb: String,
+    pub check: String,
+    pub test: bool,
+    pub json: serde_json::Value,
+}
+
+/// A webhook receiver on loopback: records every POST (the webhook sink's
+/// JSON) and answers 204 while `up`, 503 otherwise (a sink that is down).
+pub struct Receiver {
+    pub url: String,
+    pub up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let got: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+        let (flag, log) = (up.clone(), got.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (flag, log) = (flag.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        let mut length = 0usize;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((k, v)) = line.split_once(':')
+                                && k.eq_ignore_ascii_case("content-length")
+                            {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0u8; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let status = if flag.load(Ordering::SeqCst) {
+                            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                            log.lock().unwrap().push(Received {
+                                key: json["idempotency_key"].as_str().unwrap_or("").to_string(),
+                                verb: json["transition"]["verb"].as_str().unwrap_or("").to_string(),
+                                check: json["check"]["name"].as_str().unwrap_or("").to_string(),
+                                test: json["test"].as_bool().unwrap_or(false),
+                                json,
+                            });
+                            "204 No Content"
+                        } else {
+                            "503 Service Unavailable"
+                        };
+                        if writer
+                            .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Receiver { url, up, got }
+    }
+
+    /// Real (non-test) alerts received with `verb`: (distinct keys, raw count).
+    pub fn count(&self, verb: &str) -> (usize, usize) {
+        let got = self.got.lock().unwrap();
+        let raw: Vec<&Received> = got.iter().filter(|r| !r.test && r.verb == verb).collect();
+        let distinct: std::collections::BTreeSet<&str> = raw.iter().map(|r| r.key.as_str()).collect();
+        (distinct.len(), raw.len())
+    }
+}

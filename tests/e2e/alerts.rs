@@ -1,0 +1,167 @@
+//! Alerts on a 3-node cluster, delivered through the real webhook sink to
+//! a receiver the test runs: exactly one DOWN and one RECOVERED per
+//! incident through master failovers, late but once when the sink was
+//! down, nothing without a quorum; `qu alert test` and `qu check test`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use qu_tests::{Cluster, Receiver, eventually, http_target};
+
+fn state_everywhere(cluster: &Cluster, nodes: &[usize], want: &str) {
+    for i in nodes {
+        cluster.nodes[*i].wait_status(&format!("the check is {want}"), |s| {
+            s["checks"].as_array().is_some_and(|c| c.len() == 1 && c[0]["state"] == want)
+        });
+    }
+}
+
+fn wait_count(receiver: &Receiver, verb: &str, want: usize, within: Duration) {
+    eventually(within, &format!("{want} {verb} alert(s) received"), || (receiver.count(verb).0 >= want).then_some(()));
+}
+
+/// A cluster with a default webhook alert and one HTTP check, up.
+fn watched() -> (Cluster, Receiver, qu_tests::HttpTarget) {
+    let cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let follower = (0..3).find(|i| *i != master).unwrap();
+    let receiver = Receiver::start();
+    let target = http_target();
+    cluster.nodes[follower].qu_ok(&["alert", "add", "webhook", "hook", "--url", &receiver.url, "--default"]);
+    cluster.nodes[follower].qu_ok(&[
+        "check",
+        "add",
+        "http",
+        "web",
+        &target.url,
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ]);
+    state_everywhere(&cluster, &[0, 1, 2], "up");
+    wait_count(&receiver, "UP", 1, Duration::from_secs(15));
+    (cluster, receiver, target)
+}
+
+#[test]
+fn one_down_and_one_recovered_per_incident_through_failovers() {
+    let (mut cluster, receiver, target) = watched();
+
+    // The outage, and the master killed in the middle of it.
+    target.up.store(false, Ordering::SeqCst);
+    state_everywhere(&cluster, &[0, 1, 2], "down");
+    wait_count(&receiver, "DOWN", 1, Duration::from_secs(15));
+    let first = cluster.wait_converged();
+    cluster.nodes[first].kill();
+    let rest = cluster.running();
+    cluster.wait_master(&rest);
+    std::thread::sleep(Duration::from_secs(4));
+    cluster.nodes[first].serve();
+    cluster.wait_converged();
+
+    // Recovery, and the master killed just after it is committed.
+    target.up.store(true, Ordering::SeqCst);
+    state_everywhere(&cluster, &[0, 1, 2], "up");
+    let second = cluster.wait_converged();
+    cluster.nodes[second].kill();
+    let rest = cluster.running();
+    cluster.wait_master(&rest);
+    wait_count(&receiver, "RECOVERED", 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(4));
+
+    for verb in ["UP", "DOWN", "RECOVERED"] {
+        let (distinct, raw) = receiver.count(verb);
+        assert_eq!(distinct, 1, "exactly one {verb} incident announced");
+        assert_eq!(raw, 1, "and delivered once ({verb})");
+    }
+    let got = receiver.got.lock().unwrap().clone();
+    let down = got.iter().find(|r| r.verb == "DOWN").unwrap();
+    assert_eq!(down.check, "web");
+    assert_eq!(down.json["counts"]["total"], 3, "{}", down.json);
+    let master = cluster.wait_master(&rest);
+    let alerts: serde_json::Value =
+        serde_json::from_str(&cluster.nodes[master].qu_ok(&["alert", "list", "--json"])).unwrap();
+    // The idempotency key is `<transition>/<alert id>`.
+    let (transition, alert_id) = down.key.split_once('/').unwrap();
+    assert_eq!(alert_id, alerts[0]["id"].as_str().unwrap());
+    assert_eq!(down.json["transition"]["id"], transition);
+    assert_eq!(alerts[0]["pending"], 0, "{alerts}");
+    assert_eq!(alerts[0]["last"]["status"], "delivered", "{alerts}");
+}
+
+#[test]
+fn a_sink_that_was_down_gets_the_alert_once_when_it_is_back() {
+    let (cluster, receiver, target) = watched();
+    receiver.up.store(false, Ordering::SeqCst);
+    target.up.store(false, Ordering::SeqCst);
+    state_everywhere(&cluster, &[0, 1, 2], "down");
+    let master = cluster.wait_converged();
+    // Retried meanwhile, still pending.
+    eventually(Duration::from_secs(10), "a failed attempt is logged", || {
+        cluster.nodes[master].log_text().contains("not delivered (attempt 1)").then_some(())
+    });
+    let alerts: serde_json::Value =
+        serde_json::from_str(&cluster.nodes[master].qu_ok(&["alert", "list", "--json"])).unwrap();
+    assert_eq!(alerts[0]["pending"], 1, "{alerts}");
+    receiver.up.store(true, Ordering::SeqCst);
+    wait_count(&receiver, "DOWN", 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(receiver.count("DOWN"), (1, 1), "delivered once after the sink came back");
+}
+
+#[test]
+fn nothing_is_sent_without_a_quorum() {
+    let (mut cluster, receiver, target) = watched();
+    let master = cluster.wait_converged();
+    let others: Vec<usize> = (0..3).filter(|i| *i != master).collect();
+    for i in &others {
+        cluster.nodes[*i].kill();
+    }
+    target.up.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(receiver.count("DOWN"), (0, 0), "no quorum: no verdict, no alert");
+    // With the quorum back, the outage is committed and announced once.
+    for i in &others {
+        cluster.nodes[*i].serve();
+    }
+    wait_count(&receiver, "DOWN", 1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(receiver.count("DOWN"), (1, 1));
+}
+
+#[test]
+fn alert_test_and_check_test_go_through_the_real_sink_without_changing_state() {
+    let (cluster, receiver, _target) = watched();
+    let node = &cluster.nodes[1];
+    let out = node.qu_ok(&["alert", "test", "hook"]);
+    assert!(out.starts_with("hook: delivered"), "{out}");
+    let out = node.qu_ok(&["check", "test", "web", "--state", "recovered"]);
+    assert!(out.starts_with("hook: delivered"), "{out}");
+    let tests: Vec<qu_tests::Received> = receiver.got.lock().unwrap().iter().filter(|r| r.test).cloned().collect();
+    assert_eq!(tests.len(), 2, "{tests:?}");
+    assert!(tests[0].json["subject"].as_str().unwrap().starts_with("[TEST]"), "{}", tests[0].json);
+    assert_eq!((tests[1].verb.as_str(), tests[1].check.as_str()), ("RECOVERED", "web"));
+    // Real state is untouched and nothing real was announced.
+    state_everywhere(&cluster, &[0, 1, 2], "up");
+    assert_eq!(receiver.count("RECOVERED"), (0, 0));
+
+    // A sink that fails says so, verbatim, and the command fails.
+    receiver.up.store(false, Ordering::SeqCst);
+    let err = node.qu(&["alert", "test", "hook"]);
+    assert!(!err.status.success());
+    let text = String::from_utf8_lossy(&err.stdout);
+    assert!(text.contains("hook: FAILED: plugin webhook: status 503"), "{text}");
+
+    // Bad input is refused before anything is committed.
+    let refused = node.qu_err(&["alert", "add", "webhook", "bad", "--url", "ftp://x"]);
+    assert!(refused.contains("expected an http:// or https:// URL"), "{refused}");
+    let refused = node.qu_err(&["alert", "add", "webhook", "tpl", "--url", &receiver.url, "--subject", "{{ verbb }}"]);
+    assert!(refused.contains("subject template"), "{refused}");
+    let refused = node.qu_err(&["alert", "add", "pager", "p"]);
+    assert!(refused.contains("unknown sink `pager`"), "{refused}");
+    // Secrets never printed.
+    node.qu_ok(&["alert", "add", "webhook", "signed", "--url", &receiver.url, "--signing-secret", "hunter2"]);
+    let list = node.qu_ok(&["alert", "list", "--json"]);
+    assert!(!list.contains("hunter2") && list.contains("********"), "{list}");
+}
