@@ -4,7 +4,7 @@
 //! ```text
 //! cargo build --release -p qu-cli
 //! cargo run --release -p qu-tests --bin qu-bench            # everything
-//! cargo run --release -p qu-tests --bin qu-bench -- commit  # one part: commit | failover | sim | detection | fanin | scale | plugins
+//! cargo run --release -p qu-tests --bin qu-bench -- commit  # one part: commit | failover | sim | detection | delivery | fanin | scale | plugins
 //! ```
 //!
 //! The machine is shared and noisy: read medians and ratios, not single runs.
@@ -35,6 +35,9 @@ fn main() {
     }
     if wants("detection") {
         runtime.block_on(detection());
+    }
+    if wants("delivery") {
+        delivery();
     }
     if wants("fanin") {
         fan_in_bytes();
@@ -113,6 +116,49 @@ async fn detection() {
     recovered.sort();
     println!(
         "detection, 3 nodes, interval 1s, hysteresis 2: target down -> committed DOWN median {}, max {}; back up -> UP median {} (goal <= 3 s)",
+        ms(percentile(&down, 0.5)),
+        ms(*down.last().unwrap()),
+        ms(percentile(&recovered, 0.5)),
+    );
+}
+
+/// Target down -> the webhook receiver has the DOWN alert (and back up ->
+/// RECOVERED), through the real webhook sink on a 3-node cluster.
+fn delivery() {
+    let cluster = Cluster::new(3, "2m");
+    let receiver = qu_tests::Receiver::start();
+    let target = qu_tests::http_target();
+    let master = cluster.wait_converged();
+    cluster.nodes[master].qu_ok(&["alert", "add", "webhook", "hook", "--url", &receiver.url, "--default"]);
+    cluster.nodes[master].qu_ok(&[
+        "check",
+        "add",
+        "http",
+        "web",
+        &target.url,
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ]);
+    let wait = |verb: &str, want: usize| {
+        let started = Instant::now();
+        qu_tests::eventually(Duration::from_secs(30), verb, || (receiver.count(verb).0 >= want).then_some(()));
+        started.elapsed()
+    };
+    wait("UP", 1);
+    let (mut down, mut recovered) = (Vec::new(), Vec::new());
+    for round in 1..=7 {
+        target.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        down.push(wait("DOWN", round));
+        target.up.store(true, std::sync::atomic::Ordering::SeqCst);
+        recovered.push(wait("RECOVERED", round));
+    }
+    down.sort();
+    recovered.sort();
+    let (distinct, raw) = receiver.count("DOWN");
+    println!(
+        "detection to delivery, 3 nodes, interval 1s, hysteresis 2, webhook sink: target down -> DOWN received median {}, max {}; back up -> RECOVERED received median {} ({distinct} DOWN incidents, {raw} DOWN requests; goal <= 3 s)",
         ms(percentile(&down, 0.5)),
         ms(*down.last().unwrap()),
         ms(percentile(&recovered, 0.5)),

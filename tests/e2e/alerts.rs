@@ -165,3 +165,101 @@ fn alert_test_and_check_test_go_through_the_real_sink_without_changing_state() {
     let list = node.qu_ok(&["alert", "list", "--json"]);
     assert!(!list.contains("hunter2") && list.contains("********"), "{list}");
 }
+
+/// `qu alert test` and `qu check test` through the Discord and email sinks:
+/// a stand-in that answers like Discord's webhook API, and aiosmtpd.
+#[test]
+fn alert_test_through_discord_and_email() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let cluster = Cluster::new(1, "2m");
+    let node = &cluster.nodes[0];
+
+    // Discord: JSON `content`, 204 on success.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let discord = format!("http://{}/api/webhooks/1/token", listener.local_addr().unwrap());
+    let contents: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = contents.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut writer = stream.try_clone().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if let Some((k, v)) = line.split_once(':')
+                    && k.eq_ignore_ascii_case("content-length")
+                {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0u8; length];
+            reader.read_exact(&mut body).unwrap();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            seen.lock().unwrap().push(json["content"].as_str().unwrap_or("").to_string());
+            writer.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+        }
+    });
+    node.qu_ok(&["alert", "add", "discord", "chat", "--webhook", &discord]);
+    let out = node.qu_ok(&["alert", "test", "chat"]);
+    assert!(out.starts_with("chat: delivered"), "{out}");
+    assert!(
+        contents.lock().unwrap()[0].starts_with("**[TEST] DOWN: qu-alert-test**"),
+        "{:?}",
+        contents.lock().unwrap()
+    );
+    let list = node.qu_ok(&["alert", "list", "--json"]);
+    assert!(!list.contains("/api/webhooks/1/token"), "the webhook URL (a secret) is masked: {list}");
+
+    // Email: aiosmtpd on loopback, plain SMTP to localhost.
+    let dir = tempfile::tempdir().unwrap();
+    let port = qu_tests::free_port();
+    let script = r#"
+import os, sys
+from aiosmtpd.controller import Controller
+class Save:
+    async def handle_DATA(self, server, session, envelope):
+        n = len(os.listdir(sys.argv[1]))
+        open(os.path.join(sys.argv[1], "%d.eml" % n), "wb").write(envelope.original_content)
+        return "250 OK"
+c = Controller(Save(), hostname="127.0.0.1", port=int(sys.argv[2]))
+c.start()
+print("READY", flush=True)
+sys.stdin.read()
+"#;
+    let mut smtp = std::process::Command::new("python3")
+        .args(["-c", script, dir.path().to_str().unwrap(), &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with aiosmtpd (.ci/setup installs it)");
+    let mut ready = String::new();
+    BufReader::new(smtp.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "READY");
+    let port_text = port.to_string();
+    node.qu_ok(&[
+        "alert",
+        "add",
+        "email",
+        "mail",
+        "--host",
+        "localhost",
+        "--port",
+        &port_text,
+        "--tls",
+        "none",
+        "--from",
+        "qu@example.com",
+        "--to",
+        "oncall@example.com",
+    ]);
+    let target = http_target();
+    node.qu_ok(&["check", "add", "http", "web", &target.url, "--alerts", "mail,chat"]);
+    let out = node.qu_ok(&["check", "test", "web", "--state", "down"]);
+    assert!(out.contains("chat: delivered") && out.contains("mail: delivered"), "{out}");
+    let message = std::fs::read_to_string(dir.path().join("0.eml")).unwrap();
+    assert!(message.contains("Subject: [TEST] DOWN: web"), "{message}");
+    assert!(message.contains("To: oncall@example.com"), "{message}");
+    drop(smtp.stdin.take());
+    let _ = smtp.wait();
+}

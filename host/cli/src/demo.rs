@@ -103,6 +103,20 @@ fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         "sample targets on loopback: {} stays up; {} flaps every {}s\n",
         targets.stable, targets.flappy, FLAP_SECS
     );
+    let receiver = receive_alerts()?;
+    let alert = qu_core::config::Alert {
+        id: String::new(),
+        name: "demo-hook".into(),
+        kind: "webhook".into(),
+        config: [("url".to_string(), receiver.clone())].into_iter().collect(),
+        default: true,
+        disabled: false,
+        subject_template: None,
+        body_template: None,
+    };
+    expect_committed(call(&nodes[master], ControlRequest::AlertAdd { alert: Box::new(alert) })?)?;
+    println!("$ qu alert add webhook demo-hook --url {receiver} --default");
+    println!("(a webhook receiver on loopback prints every alert it gets, marked >>>)\n");
     let checks = [
         vec!["web", "http", targets.stable.as_str()],
         vec!["flappy", "http", targets.flappy.as_str()],
@@ -302,6 +316,55 @@ fn install_interrupt_flag() -> anyhow::Result<std::sync::Arc<std::sync::atomic::
         });
     });
     Ok(flag)
+}
+
+/// A webhook receiver on loopback that prints each alert it gets.
+fn receive_alerts() -> anyhow::Result<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/alerts", listener.local_addr()?);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let Ok(mut writer) = stream.try_clone() else { return };
+                let mut reader = BufReader::new(stream);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length.min(1 << 20)];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    println!(
+                        ">>> alert received: {}  ({}; key {})",
+                        json["subject"].as_str().unwrap_or("?"),
+                        json["detail"].as_str().unwrap_or(""),
+                        json["idempotency_key"].as_str().unwrap_or("?")
+                    );
+                    if writer.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(url)
 }
 
 /// Seconds the flapping target stays in each state.

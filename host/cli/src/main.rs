@@ -298,6 +298,8 @@ fn run_settings(set: Option<SettingsCommand>, json: bool) -> anyhow::Result<()> 
                     println!("dead_after       {}", view.dead_after);
                     println!("master_cooldown  {}", view.master_cooldown);
                     println!("hysteresis       {}", view.hysteresis);
+                    println!("announce_first_up  {}", view.announce_first_up);
+                    println!("delivery_deadline  {}", view.delivery_deadline);
                 }
                 Ok(())
             }

@@ -23,6 +23,8 @@ pub const DELIVERIES_MAX: usize = 10_000;
 /// First retry delay; doubles per attempt up to [`BACKOFF_MAX`].
 pub const BACKOFF_FIRST: Duration = Duration::from_secs(2);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// The longest wait a sink's `Retry-After` may ask for.
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(3600);
 
 /// The alerts a check's transitions go to: its own, plus the defaults,
 /// minus the suppressed and the disabled ones, in `alerts:` order.

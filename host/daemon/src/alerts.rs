@@ -14,7 +14,7 @@ use qu_core::monitor::CheckState;
 use serde::Serialize;
 
 /// Setting keys whose values are secrets: never printed or logged.
-pub const SECRET_KEYS: [&str; 5] = ["password", "signing_secret", "secret", "token", "webhook"];
+pub const SECRET_KEYS: [&str; 6] = ["password", "signing_secret", "secret", "token", "webhook", "headers"];
 
 /// A copy of an alert's settings with the secrets masked.
 pub fn masked(config: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -73,16 +73,22 @@ pub fn default_body(kind: &str) -> &'static str {
     }
 }
 
-fn environment() -> Environment<'static> {
+/// Strict when validating (a misspelt variable is refused at add/edit),
+/// lenient when sending (a setting one check lacks renders empty rather
+/// than dropping the whole template).
+fn environment(strict: bool) -> Environment<'static> {
     let mut env = Environment::new();
-    // A misspelt variable is an error, not an empty string.
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_undefined_behavior(if strict { UndefinedBehavior::Strict } else { UndefinedBehavior::Lenient });
     env.set_keep_trailing_newline(false);
     env
 }
 
 fn render_one(template: &str, context: &Context) -> Result<String, String> {
-    environment().render_str(template, context).map_err(|e| {
+    render_with(template, context, false)
+}
+
+fn render_with(template: &str, context: &Context, strict: bool) -> Result<String, String> {
+    environment(strict).render_str(template, context).map_err(|e| {
         let mut text = e.to_string();
         if let Some(detail) = e.detail() {
             text.push_str(&format!(" ({detail})"));
@@ -109,7 +115,10 @@ pub fn render(alert: &Alert, context: &Context) -> (String, String, Option<Strin
         .unwrap_or_else(|| {
             render_one(default_body(&context.check.kind), context).unwrap_or_else(|_| context.detail.clone())
         });
-    let subject: String = subject.lines().next().unwrap_or("").trim().to_string();
+    let mut subject: String = subject.lines().next().unwrap_or("").trim().to_string();
+    if subject.is_empty() {
+        subject = format!("{}: {}", context.verb, context.check.name);
+    }
     let subject = if context.test && !subject.starts_with("[TEST]") { format!("[TEST] {subject}") } else { subject };
     (subject, body, error)
 }
@@ -120,15 +129,33 @@ pub fn validate_templates(subject: Option<&str>, body: Option<&str>) -> Result<(
     let sample = sample_context();
     for (what, template) in [("subject", subject), ("body", body)] {
         if let Some(template) = template {
-            render_one(template, &sample).map_err(|e| format!("{what} template: {e}"))?;
+            render_with(template, &sample, true).map_err(|e| format!("{what} template: {e}"))?;
         }
     }
     Ok(())
 }
 
 fn sample_context() -> Context {
-    let mut settings = BTreeMap::new();
-    settings.insert("expect".to_string(), "2xx".to_string());
+    // Every setting a native or built-in check type knows, so a template
+    // may use any of them (a check without one renders it empty).
+    let settings: BTreeMap<String, String> = [
+        "expect",
+        "body_match",
+        "method",
+        "insecure",
+        "max_redirects",
+        "record",
+        "resolver",
+        "timeout",
+        "server_name",
+        "warn_days",
+        "verify_chain",
+        "ca",
+    ]
+    .into_iter()
+    .map(|k| (k.to_string(), String::new()))
+    .chain([("expect".to_string(), "2xx".to_string())])
+    .collect();
     Context {
         check: CheckContext {
             id: "c0000000".into(),
@@ -336,7 +363,8 @@ mod tests {
         assert!(err.starts_with("subject template:"), "{err}");
         let err = validate_templates(None, Some("{% if %}")).unwrap_err();
         assert!(err.starts_with("body template:"), "{err}");
-        let (subject, body, error) = render(&alert(Some("{{ nope }}"), None), &sample_context());
+        // Hand-edited into cluster.yaml, so never validated: falls back.
+        let (subject, body, error) = render(&alert(Some("{% if %}"), None), &sample_context());
         assert_eq!(subject, "DOWN: sample");
         assert!(body.starts_with("sample is DOWN"));
         assert!(error.unwrap().starts_with("subject template:"));

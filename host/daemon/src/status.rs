@@ -63,6 +63,8 @@ pub struct SettingsView {
     pub dead_after: String,
     pub master_cooldown: String,
     pub hysteresis: u32,
+    pub announce_first_up: bool,
+    pub delivery_deadline: String,
     pub config_version: u64,
 }
 

@@ -16,6 +16,10 @@ async fn built_in(runtime: &Arc<Runtime>, name: &str) -> Arc<Plugin> {
     runtime.load(Some(name), Arc::from(*bytes), Vec::new(), Limits::default()).await.unwrap()
 }
 
+fn qu_free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 fn settings(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
@@ -334,10 +338,18 @@ async fn email_over_starttls_with_auth_to_a_real_smtp_server() {
     let refused = permanent(runtime.send(&plugin, &event("x"), &settings(&wrong)).await);
     assert!(refused.starts_with("AUTH PLAIN: the server answered 535"), "{refused}");
     assert!(!refused.contains("nope"), "no password in errors");
-    // Without our CA the server's certificate is not trusted.
+    // Without our CA the server's certificate is not trusted: retrying
+    // would not help, so the delivery fails at once.
     let untrusted: Vec<(&str, &str)> = good.iter().copied().filter(|(k, _)| *k != "ca").collect();
-    let (message, _) = transient(runtime.send(&plugin, &event("x"), &settings(&untrusted)).await);
-    assert!(message.contains("TLS"), "{message}");
+    let message = permanent(runtime.send(&plugin, &event("x"), &settings(&untrusted)).await);
+    assert!(message.contains("TLS") && message.contains("certificate"), "{message}");
+    // A server that is away is worth retrying.
+    let mut away: Vec<(&str, &str)> = good.clone();
+    let closed = qu_free_port().to_string();
+    away.retain(|(k, _)| *k != "port");
+    away.push(("port", closed.as_str()));
+    let (message, _) = transient(runtime.send(&plugin, &event("x"), &settings(&away)).await);
+    assert!(message.contains("connect"), "{message}");
     // Plain SMTP to a remote host needs an explicit opt-in.
     let plain = runtime
         .validate_sink(

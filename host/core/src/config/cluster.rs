@@ -138,6 +138,13 @@ impl Settings {
 
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if self.delivery_deadline < Duration::from_secs(60) || self.delivery_deadline > Duration::from_secs(7 * 86_400)
+        {
+            problems.push(format!(
+                "settings.delivery_deadline: {} is outside 1m..7days",
+                humantime::format_duration(self.delivery_deadline)
+            ));
+        }
         if self.heartbeat < Self::HEARTBEAT_MIN || self.heartbeat > Self::HEARTBEAT_MAX {
             problems.push(format!(
                 "settings.heartbeat: {} is outside {}..{}",

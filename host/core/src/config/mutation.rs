@@ -633,4 +633,88 @@ mod tests {
         let gone = Mutation::RemoveCheck { check: "web".into() }.apply(&down, &stamp(4)).unwrap();
         assert!(gone.states.is_empty(), "a removed check's state goes with it");
     }
+
+    #[test]
+    fn deliveries_commit_with_their_transition_and_finish_once() {
+        use crate::monitor::CheckState;
+        let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
+        let alert = |id: &str, default: bool| Alert {
+            id: id.into(),
+            name: format!("n-{id}"),
+            kind: "webhook".into(),
+            config: Default::default(),
+            default,
+            disabled: false,
+            subject_template: None,
+            body_template: None,
+        };
+        let a = Mutation::AddAlert { alert: Box::new(alert("a1", true)) }.apply(&base, &stamp(2)).unwrap();
+        let b = Mutation::AddAlert { alert: Box::new(alert("a2", false)) }.apply(&a, &stamp(3)).unwrap();
+        let mut named_twice = alert("a3", false);
+        named_twice.name = "n-a1".into();
+        assert!(
+            Mutation::AddAlert { alert: Box::new(named_twice) }
+                .apply(&b, &stamp(4))
+                .unwrap_err()
+                .contains("already exists")
+        );
+        let mut pager = alert("a4", false);
+        pager.kind = "pager".into();
+        assert!(
+            Mutation::AddAlert { alert: Box::new(pager) }
+                .apply(&b, &stamp(4))
+                .unwrap_err()
+                .contains("unknown sink `pager`")
+        );
+        let mut web = check("web");
+        web.alert_ids = vec!["n-a2".into()];
+        let c = Mutation::AddCheck { check: Box::new(web) }.apply(&b, &stamp(4)).unwrap();
+        assert_eq!(c.checks[0].alert_ids, vec!["a2".to_string()], "names resolve to ids");
+
+        let down = Mutation::RecordTransitions {
+            transitions: vec![Transition {
+                check_id: "id-web".into(),
+                status: CheckStatus {
+                    state: CheckState::Down,
+                    from: CheckState::Unknown,
+                    since: Timestamp::from_unix_millis(0),
+                    transition: String::new(),
+                    ok: 0,
+                    failing: 3,
+                    total: 3,
+                    detail: String::new(),
+                },
+            }],
+        }
+        .apply(&c, &stamp(5))
+        .unwrap();
+        // One pending record per effective alert (a2 explicit, a1 default), in the same version.
+        let keys: Vec<&String> = down.deliveries.keys().collect();
+        assert_eq!(keys, vec!["3.5/a1", "3.5/a2"]);
+        assert!(down.deliveries.values().all(|d| d.status == DeliveryStatus::Pending && d.to == CheckState::Down));
+
+        let finish =
+            |key: &str, delivered| DeliveryResult { key: key.into(), delivered, attempts: 2, error: "boom".into() };
+        let done =
+            Mutation::FinishDeliveries { results: vec![finish("3.5/a1", true)] }.apply(&down, &stamp(6)).unwrap();
+        assert_eq!(done.deliveries["3.5/a1"].status, DeliveryStatus::Delivered);
+        assert_eq!(done.deliveries["3.5/a1"].attempts, 2);
+        // Finishing again (a re-proposal after a lost answer) changes nothing and is refused as stale.
+        let again = Mutation::FinishDeliveries { results: vec![finish("3.5/a1", false)] }.apply(&done, &stamp(7));
+        assert!(again.unwrap_err().contains("stale"));
+        let failed =
+            Mutation::FinishDeliveries { results: vec![finish("3.5/a2", false)] }.apply(&done, &stamp(7)).unwrap();
+        assert_eq!(failed.deliveries["3.5/a2"].status, DeliveryStatus::Failed);
+        assert_eq!(failed.deliveries["3.5/a2"].error, "boom");
+
+        // Removing an alert drops its records and the checks' references.
+        let removed = Mutation::RemoveAlert { alert: "n-a2".into() }.apply(&down, &stamp(8)).unwrap();
+        assert!(removed.checks[0].alert_ids.is_empty());
+        assert_eq!(removed.deliveries.keys().collect::<Vec<_>>(), vec!["3.5/a1"]);
+        // Edits change only what they name; disabled alerts get nothing.
+        let changes = AlertChanges { disabled: Some(true), ..Default::default() };
+        let off =
+            Mutation::EditAlert { alert: "a1".into(), changes: Box::new(changes) }.apply(&removed, &stamp(9)).unwrap();
+        assert!(off.alerts[0].disabled && off.alerts[0].default);
+    }
 }

@@ -393,6 +393,24 @@ impl Daemon {
             pending
         });
         self.deliverer.finished.extend(again);
+        // A record whose alert was disabled after the transition is not sent.
+        let disabled: Vec<String> = self
+            .cluster
+            .deliveries
+            .iter()
+            .filter(|(k, d)| d.status == DeliveryStatus::Pending && !self.deliverer.is_busy_with(k, now))
+            .filter(|(_, d)| self.cluster.alerts.iter().any(|a| a.id == d.alert_id && a.disabled))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in disabled {
+            tracing::warn!(key = %key, "alerts: delivery {key} not sent: its alert was disabled");
+            self.deliverer.finished.push(qu_core::config::DeliveryResult {
+                key,
+                delivered: false,
+                attempts: 0,
+                error: "the alert was disabled before delivery".into(),
+            });
+        }
         let room = DELIVERIES_CONCURRENT_MAX.saturating_sub(self.deliverer.inflight.len());
         let due: Vec<String> = self
             .cluster
@@ -406,7 +424,14 @@ impl Daemon {
         for key in due {
             self.start_delivery(key);
         }
+        self.queue_finished();
+    }
+
+    /// Proposes the finished deliveries (at once: the shorter the time
+    /// between a send and its commit, the rarer a re-send after a crash).
+    fn queue_finished(&mut self) {
         if !self.deliverer.finished.is_empty() && self.queue.len() < QUEUED_MUTATIONS_MAX / 2 {
+            let now = Instant::now();
             let results = std::mem::take(&mut self.deliverer.finished);
             for result in &results {
                 self.deliverer.committing.insert(result.key.clone(), (result.clone(), now));
@@ -502,7 +527,10 @@ impl Daemon {
             self.deliverer.finished.push(finish(false, message));
             return;
         };
-        let delay = after.unwrap_or_else(|| qu_core::alerting::backoff(attempt, rand::random::<f64>()));
+        // A sink's own hint wins, within reason.
+        let delay = after
+            .map(|d| d.min(qu_core::alerting::RETRY_AFTER_MAX))
+            .unwrap_or_else(|| qu_core::alerting::backoff(attempt, rand::random::<f64>()));
         if self.wall().unix_millis() + delay.as_millis() as u64 > give_up_at {
             tracing::error!(
                 %alert, %check, key = %key, attempt,
@@ -618,8 +646,9 @@ impl Daemon {
         let at = self.wall();
         tokio::spawn(async move {
             let mut results = Vec::new();
-            for (alert, context) in sends {
-                let key = format!("test-{}/{}", at.unix_millis(), alert.id);
+            for (alert, mut context) in sends {
+                context.transition = format!("test-{}", at.unix_millis());
+                let key = format!("{}/{}", context.transition, alert.id);
                 let (event, template_error) = crate::alerts::event(&context, &alert, &key, at);
                 let started = std::time::Instant::now();
                 let sent = match registry.get_ready(&alert.kind, Duration::from_secs(30)).await {
@@ -914,7 +943,11 @@ impl Daemon {
             }
             Event::SubmitChecked { mutation, reply } => self.submit_checked(mutation, reply),
             Event::DeliveryAttempt { key, attempt, result, took } => {
-                self.on_delivery_attempt(key, attempt, result, took)
+                self.on_delivery_attempt(key, attempt, result, took);
+                if self.core.can_serve() {
+                    self.queue_finished();
+                    self.start_next_mutation()?;
+                }
             }
             Event::StatusFetched { summaries, reply } => {
                 let mut view = self.status();
@@ -1604,6 +1637,8 @@ impl Daemon {
             dead_after: humantime::format_duration(s.dead_after).to_string(),
             master_cooldown: humantime::format_duration(s.master_cooldown).to_string(),
             hysteresis: s.hysteresis,
+            announce_first_up: s.announce_first_up,
+            delivery_deadline: humantime::format_duration(s.delivery_deadline).to_string(),
             config_version: self.cluster.version,
         }
     }

@@ -61,7 +61,7 @@ impl Sink for Discord {
                     None => Err(Error::transient("rate limited by Discord (429)")),
                 }
             }
-            500..=599 => Err(Error::transient(format!("Discord answered {}", response.status))),
+            408 | 500..=599 => Err(Error::transient(format!("Discord answered {}", response.status))),
             status => {
                 let text: String = response.text().chars().take(200).collect();
                 Err(Error::permanent(format!("Discord refused the message ({status}): {text}")))

@@ -15,16 +15,16 @@ use qu_sdk::{Config, Error, Event, Info, Sink};
 struct Email;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tls {
+enum Mode {
     StartTls,
     Implicit,
-    None,
+    Plain,
 }
 
 struct Settings {
     host: String,
     port: u16,
-    tls: Tls,
+    tls: Mode,
     from: String,
     to: Vec<String>,
     user: Option<String>,
@@ -54,13 +54,13 @@ impl Sink for Email {
 
     fn send(event: &Event, config: &Config) -> Result<(), Error> {
         let s = settings(config)?;
-        let security = if s.tls == Tls::Implicit { Security::Implicit } else { Security::None };
+        let security = if s.tls == Mode::Implicit { Security::Implicit } else { Security::None };
         let mut smtp = Smtp {
-            stream: Stream::connect(&s.host, s.port, security, s.ca.as_deref(), s.timeout).map_err(Error::transient)?,
+            stream: Stream::connect(&s.host, s.port, security, s.ca.as_deref(), s.timeout).map_err(connection_error)?,
         };
         smtp.expect(220, "greeting")?;
         let mut features = smtp.ehlo()?;
-        if s.tls == Tls::StartTls {
+        if s.tls == Mode::StartTls {
             if !features.iter().any(|f| f.eq_ignore_ascii_case("STARTTLS")) {
                 return Err(Error::permanent(format!(
                     "{} does not offer STARTTLS (set tls=implicit or tls=none)",
@@ -68,7 +68,7 @@ impl Sink for Email {
                 )));
             }
             smtp.command("STARTTLS", 220, "STARTTLS")?;
-            smtp.stream.start_tls().map_err(Error::transient)?;
+            smtp.stream.start_tls().map_err(connection_error)?;
             features = smtp.ehlo()?;
         }
         if let (Some(user), Some(password)) = (&s.user, &s.password) {
@@ -101,23 +101,32 @@ impl Sink for Email {
 
 qu_sdk::export_sink!(Email);
 
+/// A connection or TLS failure: retrying helps with a server that is
+/// away, not with a destination the allow list refuses or a certificate
+/// that does not verify.
+fn connection_error(message: String) -> Error {
+    let lasting =
+        ["denied by allow-list", "certificate", "CA certificate", "no PEM certificate", "not a valid TLS server name"];
+    if lasting.iter().any(|m| message.contains(m)) { Error::permanent(message) } else { Error::transient(message) }
+}
+
 fn settings(config: &Config) -> Result<Settings, Error> {
     let tls = match config.get_or("tls", "starttls".to_string())?.to_ascii_lowercase().as_str() {
-        "starttls" => Tls::StartTls,
-        "implicit" => Tls::Implicit,
-        "none" => Tls::None,
+        "starttls" => Mode::StartTls,
+        "implicit" => Mode::Implicit,
+        "none" => Mode::Plain,
         other => {
             return Err(Error::config(format!("setting `tls`: expected starttls, implicit or none, got `{other}`")));
         }
     };
     let default_port = match tls {
-        Tls::StartTls => 587,
-        Tls::Implicit => 465,
-        Tls::None => 25,
+        Mode::StartTls => 587,
+        Mode::Implicit => 465,
+        Mode::Plain => 25,
     };
     let host: String = config.required("host")?;
     let local = matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1" | "[::1]");
-    if tls == Tls::None && !local && !config.get_or("allow_plain_remote", false)? {
+    if tls == Mode::Plain && !local && !config.get_or("allow_plain_remote", false)? {
         return Err(Error::config(format!(
             "tls=none sends the password and the alert in clear text; to {host} that needs allow_plain_remote=true"
         )));
@@ -136,6 +145,10 @@ fn settings(config: &Config) -> Result<Settings, Error> {
     if user.is_some() != password.is_some() {
         return Err(Error::config("settings `user` and `password` go together"));
     }
+    let ca: Option<String> = config.optional("ca")?;
+    if ca.as_ref().is_some_and(|pem| !pem.contains("-----BEGIN CERTIFICATE-----")) {
+        return Err(Error::config("setting `ca`: expected a PEM certificate (-----BEGIN CERTIFICATE-----)"));
+    }
     Ok(Settings {
         host,
         port: config.get_or("port", default_port)?,
@@ -144,7 +157,7 @@ fn settings(config: &Config) -> Result<Settings, Error> {
         to,
         user,
         password,
-        ca: config.optional("ca")?,
+        ca,
         timeout: config.get_or("timeout", Duration::from_secs(10))?,
     })
 }
