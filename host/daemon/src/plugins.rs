@@ -42,8 +42,13 @@ pub struct PluginView {
     pub description: String,
 }
 
-/// How long a plugin that failed to load waits before the next attempt.
-const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// How long a plugin that failed to load waits before the next attempt:
+/// 1 s, doubling to at most 30 s (a node that just started has no peer
+/// links yet to fetch from; a component that never loads is not retried
+/// every poll).
+fn retry_after(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(5)).min(Duration::from_secs(30))
+}
 
 /// The plugins of `plugins:` entries on this node.
 #[derive(Default)]
@@ -52,8 +57,8 @@ struct Added {
     slots: HashMap<String, Slot>,
     /// Entries being fetched and loaded.
     inflight: HashMap<String, PluginEntry>,
-    /// Entries that failed to load, and when.
-    failed: HashMap<String, (PluginEntry, Instant)>,
+    /// Entries that failed to load: when, and how many times in a row.
+    failed: HashMap<String, (PluginEntry, Instant, u32)>,
 }
 
 fn matches_entry(plugin: &Plugin, entry: &PluginEntry) -> bool {
@@ -147,8 +152,10 @@ impl Registry {
         for entry in &config.plugins {
             let serving = matches!(added.slots.get(&entry.name), Some(Slot::Ready(p)) if matches_entry(p, entry));
             let loading = added.inflight.get(&entry.name) == Some(entry);
-            let backing_off =
-                added.failed.get(&entry.name).is_some_and(|(failed, at)| failed == entry && at.elapsed() < RETRY_AFTER);
+            let backing_off = added
+                .failed
+                .get(&entry.name)
+                .is_some_and(|(failed, at, n)| failed == entry && at.elapsed() < retry_after(*n));
             if serving || loading || backing_off {
                 continue;
             }
@@ -173,12 +180,16 @@ impl Registry {
                         added.slots.insert(entry.name.clone(), Slot::Ready(plugin));
                     }
                     Err(reason) => {
+                        let failures = match added.failed.get(&entry.name) {
+                            Some((failed, _, n)) if *failed == entry => n + 1,
+                            _ => 1,
+                        };
                         tracing::warn!(
                             "plugin {}: unavailable: {reason} (retrying in {}s)",
                             entry.name,
-                            RETRY_AFTER.as_secs()
+                            retry_after(failures).as_secs()
                         );
-                        added.failed.insert(entry.name.clone(), (entry.clone(), Instant::now()));
+                        added.failed.insert(entry.name.clone(), (entry.clone(), Instant::now(), failures));
                         added
                             .slots
                             .insert(entry.name.clone(), Slot::Unavailable { sha256: entry.sha256.clone(), reason });
@@ -191,7 +202,7 @@ impl Registry {
     /// Whether some added plugin failed to load and its retry is due.
     pub fn has_unavailable(&self) -> bool {
         let added = self.added.lock().unwrap_or_else(|e| e.into_inner());
-        added.failed.values().any(|(_, at)| at.elapsed() >= RETRY_AFTER)
+        added.failed.values().any(|(_, at, n)| at.elapsed() >= retry_after(*n))
     }
 
     async fn activate(&self, entry: &PluginEntry, peers: &[Connection<Wire>]) -> Result<Arc<Plugin>, String> {
