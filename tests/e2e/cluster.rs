@@ -19,12 +19,15 @@ fn committed_lines(node: &Node) -> usize {
 #[test]
 fn three_nodes_form_through_the_secret_flow_and_agree_byte_for_byte() {
     let cluster = Cluster::new(3, "1s");
-    let master = cluster.wait_converged();
+    cluster.wait_converged();
+    // With a 1 s cooldown the role may move to the lowest id meanwhile: each
+    // node names a member as master (that they agree is asserted below).
+    let ids: Vec<String> = cluster.nodes.iter().map(|n| n.node_id()).collect();
     for node in &cluster.nodes {
         let status = node.status_json();
         assert_eq!(status["quorum_size"], 2);
         assert_eq!(status["peers"].as_array().unwrap().len(), 3);
-        assert_eq!(status["master"], cluster.nodes[master].node_id().as_str());
+        assert!(ids.iter().any(|id| status["master"] == id.as_str()), "{}", status["master"]);
         let list: serde_json::Value = serde_json::from_str(&node.qu_ok(&["node", "list", "--json"])).unwrap();
         assert_eq!(list.as_array().unwrap().len(), 3);
     }
