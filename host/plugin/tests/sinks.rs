@@ -231,6 +231,38 @@ async fn discord_posts_content_cut_at_2000_characters_and_honours_429() {
     let content = json["content"].as_str().unwrap();
     assert_eq!(content.chars().count(), 2000);
     assert!(content.starts_with("**DOWN: web — café**\nxxx") && content.ends_with('…'), "{}", &content[..40]);
+
+    // A Discord that does not answer: a timeout, worth retrying.
+    let (silent, _) = receiver(|_| ("hang".into(), String::new())).await;
+    let config = settings(&[("webhook", &format!("http://127.0.0.1:{silent}/api/webhooks/1/t")), ("timeout", "500ms")]);
+    let (message, _) = transient(runtime.send(&plugin, &event("x"), &config).await);
+    assert_eq!(message, "timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_to_a_server_that_never_greets_times_out() {
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = built_in(&runtime, "email").await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream); // accepted, never answered
+        }
+    });
+    let config = settings(&[
+        ("host", "127.0.0.1"),
+        ("port", &port),
+        ("tls", "none"),
+        ("from", "qu@example.com"),
+        ("to", "oncall@example.com"),
+        ("timeout", "500ms"),
+    ]);
+    let started = std::time::Instant::now();
+    let (message, _) = transient(runtime.send(&plugin, &event("x"), &config).await);
+    assert!(message.starts_with("read: timeout"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(5), "every step has a timeout");
 }
 
 const SMTP_SERVER: &str = r#"
