@@ -1824,11 +1824,8 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
 /// A check's alerts: its own plus the defaults, minus suppressed and
 /// disabled ones; names, with `*` on defaults.
 fn effective_alerts(cluster: &ClusterConfig, check: &qu_core::config::Check) -> Vec<String> {
-    cluster
-        .alerts
-        .iter()
-        .filter(|a| !a.disabled)
-        .filter(|a| (check.alert_ids.contains(&a.id) || a.default) && !check.suppress_alert_ids.contains(&a.id))
+    qu_core::alerting::effective_alerts(cluster, check)
+        .into_iter()
         .map(|a| if a.default { format!("{}*", a.name) } else { a.name.clone() })
         .collect()
 }
