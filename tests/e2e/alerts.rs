@@ -263,3 +263,35 @@ sys.stdin.read()
     drop(smtp.stdin.take());
     let _ = smtp.wait();
 }
+
+/// A master that loses its lease stops sending at once: with both
+/// followers frozen, its pending delivery is not sent even when the sink
+/// comes back; with the quorum back, it is delivered once.
+#[test]
+fn a_master_without_its_lease_sends_nothing() {
+    use rustix::process::Signal;
+    let (cluster, receiver, target) = watched();
+    let master = cluster.wait_converged();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != master).collect();
+    receiver.up.store(false, Ordering::SeqCst);
+    target.up.store(false, Ordering::SeqCst);
+    state_everywhere(&cluster, &[0, 1, 2], "down");
+    eventually(Duration::from_secs(10), "the master is retrying", || {
+        cluster.nodes[master].log_text().contains("not delivered (attempt 1)").then_some(())
+    });
+    for i in &followers {
+        cluster.nodes[*i].signal(Signal::STOP);
+    }
+    // dead_after (4 s) passes: the lease is gone, and with it the sends.
+    std::thread::sleep(Duration::from_secs(6));
+    receiver.up.store(true, Ordering::SeqCst);
+    // Long enough for the retry backoff (2, 4, 8, 16 s) to have fired again.
+    std::thread::sleep(Duration::from_secs(20));
+    assert_eq!(receiver.count("DOWN"), (0, 0), "nothing sent without a lease");
+    for i in &followers {
+        cluster.nodes[*i].signal(Signal::CONT);
+    }
+    wait_count(&receiver, "DOWN", 1, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(receiver.count("DOWN"), (1, 1), "delivered once the quorum is back");
+}
