@@ -295,3 +295,30 @@ fn a_master_without_its_lease_sends_nothing() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(receiver.count("DOWN"), (1, 1), "delivered once the quorum is back");
 }
+
+/// A sink that stays down past `delivery_deadline`: the delivery is marked
+/// failed, logged loudly, and not sent when the sink returns.
+#[test]
+fn a_delivery_past_its_deadline_is_marked_failed_and_not_sent_late() {
+    let (cluster, receiver, target) = watched();
+    let master = cluster.wait_converged();
+    cluster.nodes[master].qu_ok(&["cluster", "settings", "set", "delivery_deadline", "1m"]);
+    receiver.up.store(false, Ordering::SeqCst);
+    target.up.store(false, Ordering::SeqCst);
+    state_everywhere(&cluster, &[0, 1, 2], "down");
+    let failed = |cluster: &Cluster| -> Option<serde_json::Value> {
+        let master = cluster.wait_converged();
+        let alerts: serde_json::Value =
+            serde_json::from_str(&cluster.nodes[master].qu_ok(&["alert", "list", "--json"])).ok()?;
+        (alerts[0]["last"]["status"] == "failed").then(|| alerts[0].clone())
+    };
+    let alert = eventually(Duration::from_secs(100), "the delivery is marked failed", || failed(&cluster));
+    assert_eq!(alert["pending"], 0, "{alert}");
+    assert_eq!(alert["last"]["verb"], "DOWN", "{alert}");
+    assert!(alert["last"]["error"].as_str().unwrap().contains("status 503"), "{alert}");
+    let logged = cluster.nodes.iter().any(|n| n.log_text().contains("FAILED: not delivered within 1m"));
+    assert!(logged, "the failure is logged at ERROR");
+    receiver.up.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(receiver.count("DOWN"), (0, 0), "a failed delivery is not sent late");
+}
