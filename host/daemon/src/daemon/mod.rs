@@ -393,43 +393,22 @@ impl Daemon {
             pending
         });
         self.deliverer.finished.extend(again);
-        // A record already past its deadline (a master that was down for
-        // longer) is failed without a late send.
-        let deadline = self.cluster.settings.delivery_deadline.as_millis() as u64;
-        let wall = self.wall().unix_millis();
-        let expired: Vec<String> = self
+        // Pending records that must not be sent any more fail at once.
+        let wall = self.wall();
+        let unsendable: Vec<(String, &'static str)> = self
             .cluster
             .deliveries
             .iter()
             .filter(|(k, d)| d.status == DeliveryStatus::Pending && !self.deliverer.is_busy_with(k, now))
-            .filter(|(_, d)| d.created.unix_millis() + deadline < wall)
-            .map(|(k, _)| k.clone())
+            .filter_map(|(k, d)| qu_core::alerting::unsendable(&self.cluster, d, wall).map(|why| (k.clone(), why)))
             .collect();
-        for key in expired {
-            tracing::error!(key = %key, "alerts: delivery {key} FAILED: its deadline passed before it could be sent");
+        for (key, why) in unsendable {
+            tracing::error!(key = %key, "alerts: delivery {key} FAILED: {why}");
             self.deliverer.finished.push(qu_core::config::DeliveryResult {
                 key,
                 delivered: false,
                 attempts: 0,
-                error: "the delivery deadline passed before it could be sent".into(),
-            });
-        }
-        // A record whose alert was disabled after the transition is not sent.
-        let disabled: Vec<String> = self
-            .cluster
-            .deliveries
-            .iter()
-            .filter(|(k, d)| d.status == DeliveryStatus::Pending && !self.deliverer.is_busy_with(k, now))
-            .filter(|(_, d)| self.cluster.alerts.iter().any(|a| a.id == d.alert_id && a.disabled))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in disabled {
-            tracing::warn!(key = %key, "alerts: delivery {key} not sent: its alert was disabled");
-            self.deliverer.finished.push(qu_core::config::DeliveryResult {
-                key,
-                delivered: false,
-                attempts: 0,
-                error: "the alert was disabled before delivery".into(),
+                error: why.to_string(),
             });
         }
         let room = DELIVERIES_CONCURRENT_MAX.saturating_sub(self.deliverer.inflight.len());
