@@ -207,11 +207,7 @@ fn run_once(
         Some(entry) => {
             let mut all = entry.allow.clone();
             all.extend(allow);
-            let limits = Limits {
-                memory: entry.limits.memory_mib.map_or(qu_plugin::MEMORY_DEFAULT, |m| m as usize * 1024 * 1024),
-                timeout: entry.limits.timeout,
-            };
-            (all, limits)
+            (all, qu_daemon::plugins::limits_of(&entry.limits))
         }
         None => (allow, Limits::default()),
     };

@@ -62,7 +62,7 @@ struct Added {
 }
 
 fn matches_entry(plugin: &Plugin, entry: &PluginEntry) -> bool {
-    plugin.sha256 == entry.sha256 && plugin.allow == entry.allow && plugin.limits == limits_of(entry)
+    plugin.sha256 == entry.sha256 && plugin.allow == entry.allow && plugin.limits == limits_of(&entry.limits)
 }
 
 pub struct Registry {
@@ -215,7 +215,7 @@ impl Registry {
             }
         };
         self.runtime
-            .load(Some(&entry.name), Arc::from(bytes), entry.allow.clone(), limits_of(entry))
+            .load(Some(&entry.name), Arc::from(bytes), entry.allow.clone(), limits_of(&entry.limits))
             .await
             .map_err(|e| e.to_string())
     }
@@ -352,10 +352,11 @@ pub fn read_component(path: &std::path::Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-pub(crate) fn limits_of(entry: &PluginEntry) -> Limits {
+/// The sandbox limits a `plugins:` entry asks for (unset: the defaults).
+pub fn limits_of(limits: &qu_core::config::PluginLimits) -> Limits {
     Limits {
-        memory: entry.limits.memory_mib.map_or(qu_plugin::MEMORY_DEFAULT, |m| m as usize * 1024 * 1024),
-        timeout: entry.limits.timeout,
+        memory: limits.memory_mib.map_or(qu_plugin::MEMORY_DEFAULT, |m| m as usize * 1024 * 1024),
+        timeout: limits.timeout,
     }
 }
 
@@ -373,7 +374,7 @@ pub async fn probe(
         check_id: check_id.to_string(),
         outcome,
         latency_ms: latency.as_millis().min(u32::MAX as u128) as u32,
-        detail: detail.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(160).collect(),
+        detail: qu_probe::short_detail(&detail),
     };
     let plugin = match plugin {
         Ok(plugin) => plugin,

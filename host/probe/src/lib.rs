@@ -31,12 +31,20 @@ pub struct ProbeResult {
 
 impl ProbeResult {
     fn new(outcome: Outcome, started: Instant, detail: impl Into<String>) -> Self {
-        let mut detail: String = detail.into().split_whitespace().collect::<Vec<_>>().join(" ");
-        if detail.chars().count() > DETAIL_CHARS_MAX {
-            detail = detail.chars().take(DETAIL_CHARS_MAX - 1).collect::<String>() + "…";
-        }
+        let detail = short_detail(&detail.into());
         Self { outcome, latency_ms: started.elapsed().as_millis().min(u32::MAX as u128) as u32, detail }
     }
+}
+
+/// A probe's detail as `qu status` shows it: one line, whitespace
+/// collapsed, at most 160 characters (cut with `…`). Plugin checks' details
+/// go through it too.
+pub fn short_detail(text: &str) -> String {
+    let mut detail: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if detail.chars().count() > DETAIL_CHARS_MAX {
+        detail = detail.chars().take(DETAIL_CHARS_MAX - 1).collect::<String>() + "…";
+    }
+    detail
 }
 
 /// The probe engine of one node: HTTP clients kept per check (so
@@ -263,4 +271,17 @@ fn find_io(error: &reqwest::Error) -> Option<&std::io::Error> {
         cause = current.source();
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_detail;
+
+    #[test]
+    fn details_are_one_short_line() {
+        assert_eq!(short_detail("status 503\n  (expected\t2xx)"), "status 503 (expected 2xx)");
+        let long = short_detail(&"é".repeat(500));
+        assert_eq!(long.chars().count(), 160);
+        assert!(long.ends_with('…'));
+    }
 }

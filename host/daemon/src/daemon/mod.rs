@@ -1551,10 +1551,7 @@ impl Daemon {
             let answer = async {
                 let bytes = crate::plugins::read_component(&path)?;
                 let limits = qu_core::config::PluginLimits { memory_mib, timeout };
-                let entry_limits = qu_plugin::Limits {
-                    memory: memory_mib.map_or(qu_plugin::MEMORY_DEFAULT, |m| m as usize * 1024 * 1024),
-                    timeout,
-                };
+                let entry_limits = crate::plugins::limits_of(&limits);
                 let plugin = registry
                     .runtime()
                     .load(Some(&name), Arc::from(bytes.clone()), allow.clone(), entry_limits)
