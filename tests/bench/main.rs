@@ -52,34 +52,6 @@ fn main() {
     }
 }
 
-/// An HTTP target that answers 200 while `up`, 503 otherwise.
-fn http_target() -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let flag = up.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let flag = flag.clone();
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut buf = [0u8; 2048];
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        return;
-                    }
-                    let status = if flag.load(std::sync::atomic::Ordering::SeqCst) { "200 OK" } else { "503 X" };
-                    if stream.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, up)
-}
-
 async fn check_state(socket: &Path) -> Option<String> {
     match control::call(socket, &ControlRequest::Status, Duration::from_secs(2)).await {
         Ok(ControlResponse::Status(view)) => view.checks.first().map(|c| c.state.clone()),
@@ -100,7 +72,7 @@ async fn wait_state(socket: &Path, want: &str) -> Duration {
 /// (interval 1 s, hysteresis 2), and back to UP.
 async fn detection() {
     let cluster = Cluster::new(3, "2m");
-    let (url, up) = http_target();
+    let qu_tests::HttpTarget { url, up } = qu_tests::http_target();
     let master = cluster.wait_converged();
     cluster.nodes[master].qu_ok(&["check", "add", "http", "web", &url, "--interval", "1s", "--timeout", "500ms"]);
     let socket = cluster.nodes[master].socket.clone();
@@ -125,28 +97,12 @@ async fn detection() {
 /// Target down -> the webhook receiver has the DOWN alert (and back up ->
 /// RECOVERED), through the real webhook sink on a 3-node cluster.
 fn delivery() {
-    let cluster = Cluster::new(3, "2m");
-    let receiver = qu_tests::Receiver::start();
-    let target = qu_tests::http_target();
-    let master = cluster.wait_converged();
-    cluster.nodes[master].qu_ok(&["alert", "add", "webhook", "hook", "--url", &receiver.url, "--default"]);
-    cluster.nodes[master].qu_ok(&[
-        "check",
-        "add",
-        "http",
-        "web",
-        &target.url,
-        "--interval",
-        "1s",
-        "--timeout",
-        "500ms",
-    ]);
+    let (_cluster, receiver, target) = qu_tests::alerting_cluster();
     let wait = |verb: &str, want: usize| {
         let started = Instant::now();
         qu_tests::eventually(Duration::from_secs(30), verb, || (receiver.count(verb).0 >= want).then_some(()));
         started.elapsed()
     };
-    wait("UP", 1);
     let (mut down, mut recovered) = (Vec::new(), Vec::new());
     for round in 1..=7 {
         target.up.store(false, std::sync::atomic::Ordering::SeqCst);

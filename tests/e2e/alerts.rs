@@ -20,27 +20,10 @@ fn wait_count(receiver: &Receiver, verb: &str, want: usize, within: Duration) {
     eventually(within, &format!("{want} {verb} alert(s) received"), || (receiver.count(verb).0 >= want).then_some(()));
 }
 
-/// A cluster with a default webhook alert and one HTTP check, up.
+/// A cluster with a default webhook alert and one HTTP check, up on every node.
 fn watched() -> (Cluster, Receiver, qu_tests::HttpTarget) {
-    let cluster = Cluster::new(3, "2m");
-    let master = cluster.wait_converged();
-    let follower = (0..3).find(|i| *i != master).unwrap();
-    let receiver = Receiver::start();
-    let target = http_target();
-    cluster.nodes[follower].qu_ok(&["alert", "add", "webhook", "hook", "--url", &receiver.url, "--default"]);
-    cluster.nodes[follower].qu_ok(&[
-        "check",
-        "add",
-        "http",
-        "web",
-        &target.url,
-        "--interval",
-        "1s",
-        "--timeout",
-        "500ms",
-    ]);
+    let (cluster, receiver, target) = qu_tests::alerting_cluster();
     state_everywhere(&cluster, &[0, 1, 2], "up");
-    wait_count(&receiver, "UP", 1, Duration::from_secs(15));
     (cluster, receiver, target)
 }
 

@@ -600,3 +600,28 @@ impl Receiver {
         (distinct.len(), raw.len())
     }
 }
+
+/// A 3-node cluster with a default webhook alert `hook` to a [`Receiver`]
+/// and an HTTP check `web` (1 s interval) on an [`HttpTarget`], both added
+/// through a follower; returns once the check's first UP alert arrived.
+pub fn alerting_cluster() -> (Cluster, Receiver, HttpTarget) {
+    let cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let follower = (0..3).find(|i| *i != master).unwrap();
+    let receiver = Receiver::start();
+    let target = http_target();
+    cluster.nodes[follower].qu_ok(&["alert", "add", "webhook", "hook", "--url", &receiver.url, "--default"]);
+    cluster.nodes[follower].qu_ok(&[
+        "check",
+        "add",
+        "http",
+        "web",
+        &target.url,
+        "--interval",
+        "1s",
+        "--timeout",
+        "500ms",
+    ]);
+    eventually(Duration::from_secs(20), "the first UP alert", || (receiver.count("UP").0 >= 1).then_some(()));
+    (cluster, receiver, target)
+}

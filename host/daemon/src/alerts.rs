@@ -375,8 +375,10 @@ mod tests {
         let mut config = BTreeMap::new();
         config.insert("password".to_string(), "hunter2".to_string());
         config.insert("host".to_string(), "smtp.example.com".to_string());
+        config.insert("headers".to_string(), "Authorization: Bearer t0ken".to_string());
         let shown = masked(&config);
         assert_eq!(shown["password"], "********");
+        assert_eq!(shown["headers"], "********");
         assert_eq!(shown["host"], "smtp.example.com");
     }
 }

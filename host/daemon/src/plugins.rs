@@ -401,3 +401,53 @@ pub async fn probe(
         Err(error) => report(Outcome::Unavailable, started.elapsed(), error.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use qu_core::config::{ClusterConfig, PluginEntry, PluginKind};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn start_up_removes_only_what_no_plugin_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        let registry = Registry::new(&data).unwrap();
+        let pinned = registry.store_blob(b"pinned component bytes").unwrap();
+        let fresh = registry.store_blob(b"just shipped, entry not committed yet").unwrap();
+        let old = registry.store_blob(b"an old version nobody pins").unwrap();
+        let an_hour_ago = SystemTime::now() - Duration::from_secs(7_200);
+        for sha in [&pinned, &old] {
+            std::fs::File::options()
+                .write(true)
+                .open(data.plugin_blob(sha))
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap();
+        }
+        let cache = data.plugin_cache_dir();
+        std::fs::create_dir_all(&cache).unwrap();
+        let current = registry.runtime().cache_file_name(&pinned);
+        for name in [current.clone(), format!("{pinned}-0000000000000000.cwasm"), format!("{old}-x.cwasm.partial")] {
+            std::fs::write(cache.join(name), b"compiled").unwrap();
+        }
+        let mut config: ClusterConfig = serde_yaml::from_str("version: 1\nterm: 1\npeers: []\n").unwrap();
+        config.plugins.push(PluginEntry {
+            name: "mine".into(),
+            kind: PluginKind::Check,
+            sha256: pinned.clone(),
+            size: 22,
+            allow: vec![],
+            limits: Default::default(),
+        });
+        registry.clean_up(&config);
+        assert!(data.plugin_blob(&pinned).exists(), "a pinned blob stays");
+        assert!(data.plugin_blob(&fresh).exists(), "a recent unpinned blob stays (its add may be committing)");
+        assert!(!data.plugin_blob(&old).exists(), "an old unpinned blob goes");
+        let left: Vec<String> =
+            std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(left, vec![current], "only this engine's artifact of a wanted component stays");
+    }
+}

@@ -16,6 +16,7 @@ async fn a_plugin_built_against_0_1_0_still_runs() {
     let plugin = runtime.load(None, Arc::from(FIXTURE), Vec::new(), Limits::default()).await.unwrap();
     assert_eq!(plugin.kind, Kind::Check);
     assert_eq!(plugin.info.name, "echo");
+    assert_eq!(plugin.wit_version, "0.1.0", "read from the component's exports");
     assert!(plugin.imports.iter().any(|i| i == "qu:plugin/types@0.1.0"), "{:?}", plugin.imports);
     let config = vec![("message".to_string(), "still here".to_string())];
     runtime.validate_check(&plugin, &config, "x").await.unwrap();

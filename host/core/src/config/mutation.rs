@@ -635,6 +635,19 @@ mod tests {
     }
 
     #[test]
+    fn alert_settings_are_validated() {
+        let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
+        let set = |key: &str, value: &str| {
+            Mutation::SetSetting { key: key.into(), value: value.into() }.apply(&base, &stamp(2))
+        };
+        assert!(set("delivery_deadline", "10s").unwrap_err().contains("outside 1m..7days"));
+        assert!(set("delivery_deadline", "30days").unwrap_err().contains("outside 1m..7days"));
+        assert_eq!(set("delivery_deadline", "2h").unwrap().settings.delivery_deadline, Duration::from_secs(7_200));
+        assert!(!set("announce_first_up", "false").unwrap().settings.announce_first_up);
+        assert!(set("announce_first_up", "maybe").unwrap_err().contains("not true or false"));
+    }
+
+    #[test]
     fn deliveries_commit_with_their_transition_and_finish_once() {
         use crate::monitor::CheckState;
         let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
