@@ -50,6 +50,8 @@ mod check;
 #[cfg(feature = "check")]
 pub use check::{Check, Metric, Outcome, Status};
 #[cfg(feature = "check")]
+pub mod system;
+#[cfg(feature = "check")]
 pub mod tls;
 
 #[cfg(feature = "sink")]

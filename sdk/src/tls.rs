@@ -19,8 +19,3 @@ pub fn inspect(
 ) -> Result<Handshake, String> {
     wit::inspect(host, port, server_name, ca_pem, timeout.as_millis().min(u32::MAX as u128) as u32)
 }
-
-/// The node's DNS resolvers as `ip:port` (check plugins may query them).
-pub fn system_resolvers() -> Vec<String> {
-    crate::__checker::system::resolvers()
-}

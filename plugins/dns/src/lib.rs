@@ -79,7 +79,7 @@ fn parse_resolver(text: &str) -> Option<SocketAddr> {
 }
 
 fn system_resolver() -> Result<SocketAddr, Error> {
-    qu_sdk::tls::system_resolvers()
+    qu_sdk::system::resolvers()
         .iter()
         .find_map(|r| parse_resolver(r))
         .ok_or_else(|| Error::config("this node has no resolver configured; set `resolver`"))
