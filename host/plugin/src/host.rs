@@ -252,11 +252,7 @@ pub struct TcpConnection {
 
 enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls_stream::TlsStream>),
-}
-
-mod tokio_rustls_stream {
-    pub type TlsStream = qu_transport::client::ClientTlsStream<tokio::net::TcpStream>;
+    Tls(Box<qu_transport::client::ClientTlsStream<TcpStream>>),
 }
 
 impl tcp::Host for State {}
