@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use qu_tests::{Cluster, HttpTarget as Target, eventually, http_target as target};
+use qu_tests::{Cluster, ConfigWatch, HttpTarget as Target, Netns, http_target as target};
 
 fn state_everywhere(cluster: &Cluster, nodes: &[usize], want: &str) {
     for i in nodes {
@@ -13,16 +13,6 @@ fn state_everywhere(cluster: &Cluster, nodes: &[usize], want: &str) {
             s["checks"].as_array().is_some_and(|c| c.len() == 1 && c[0]["state"] == want)
         });
     }
-}
-
-fn transitions(cluster: &Cluster, to: &str) -> usize {
-    cluster
-        .nodes
-        .iter()
-        .map(|n| {
-            n.log_text().lines().filter(|l| l.contains("check web: ") && l.contains(&format!("-> {to} ("))).count()
-        })
-        .sum()
 }
 
 /// Adds the check through a follower, so the change is forwarded.
@@ -35,6 +25,7 @@ fn add_check(cluster: &Cluster, url: &str) {
 #[test]
 fn an_http_target_going_down_and_up_is_seen_by_every_node() {
     let cluster = Cluster::new(3, "2m");
+    let watch = ConfigWatch::start(&cluster);
     let target = target();
     add_check(&cluster, &target.url);
     state_everywhere(&cluster, &[0, 1, 2], "up");
@@ -50,28 +41,33 @@ fn an_http_target_going_down_and_up_is_seen_by_every_node() {
     assert_eq!(check["detail"], "status 503 (expected 2xx)");
     target.up.store(true, Ordering::SeqCst);
     state_everywhere(&cluster, &[0, 1, 2], "up");
-    eventually(Duration::from_secs(5), "the recovery is logged", || (transitions(&cluster, "up") >= 2).then_some(()));
-    assert_eq!(transitions(&cluster, "down"), 1, "exactly one DOWN committed");
-    assert_eq!(transitions(&cluster, "up"), 2, "unknown -> up, then the recovery");
+    cluster.wait_converged();
+    assert_eq!(watch.transitions("web", "down").len(), 1, "exactly one DOWN committed: {:?}", watch.seen().len());
+    assert_eq!(watch.transitions("web", "up").len(), 2, "unknown -> up, then the recovery");
     let list: serde_json::Value = serde_json::from_str(&cluster.nodes[2].qu_ok(&["check", "list", "--json"])).unwrap();
     assert_eq!(list[0]["name"], "web");
     cluster.assert_identical_configs(&[0, 1, 2]);
 }
 
 /// A 3-node cluster whose one check went up, then down (target failing).
-fn outage() -> (Cluster, Target) {
+/// The watch sees every node's cluster.yaml from before the check was added.
+fn outage() -> (Cluster, Target, ConfigWatch) {
     let cluster = Cluster::new(3, "2m");
+    let watch = ConfigWatch::start(&cluster);
     let target = target();
     add_check(&cluster, &target.url);
     state_everywhere(&cluster, &[0, 1, 2], "up");
     target.up.store(false, Ordering::SeqCst);
     state_everywhere(&cluster, &[0, 1, 2], "down");
-    (cluster, target)
+    qu_tests::eventually(Duration::from_secs(5), "the watch sees the DOWN", || {
+        (watch.transitions("web", "down").len() == 1).then_some(())
+    });
+    (cluster, target, watch)
 }
 
 #[test]
 fn an_outage_survives_the_masters_death_without_a_new_transition() {
-    let (mut cluster, _target) = outage();
+    let (mut cluster, _target, watch) = outage();
     let master = cluster.wait_converged();
     let transition_before = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
     cluster.nodes[master].kill();
@@ -80,7 +76,8 @@ fn an_outage_survives_the_masters_death_without_a_new_transition() {
     // Several rounds pass on the new master: the outage is not re-announced.
     std::thread::sleep(Duration::from_secs(4));
     state_everywhere(&cluster, &rest, "down");
-    assert_eq!(transitions(&cluster, "down"), 1, "the outage was committed once");
+    assert_eq!(watch.transitions("web", "down").len(), 1, "the outage was committed once");
+    assert_eq!(watch.transitions("web", "up").len(), 1, "and nothing else since the first UP");
     let transition_of = |yaml: &str| {
         let config: qu_core::config::ClusterConfig = serde_yaml::from_str(yaml).unwrap();
         config.states.values().next().map(|s| s.transition.clone())
@@ -91,18 +88,17 @@ fn an_outage_survives_the_masters_death_without_a_new_transition() {
 
 #[test]
 fn a_recovery_during_a_failover_is_committed_exactly_once() {
-    let (mut cluster, target) = outage();
+    let (mut cluster, target, watch) = outage();
     let master = cluster.wait_converged();
     cluster.nodes[master].kill();
     target.up.store(true, Ordering::SeqCst);
     let rest = cluster.running();
     cluster.wait_master(&rest);
     state_everywhere(&cluster, &rest, "up");
-    eventually(Duration::from_secs(5), "the recovery is logged", || (transitions(&cluster, "up") >= 2).then_some(()));
-    // A few more rounds: nothing is committed twice.
+    // A few more rounds (hysteresis 2 at a 1 s interval): nothing is committed twice.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(transitions(&cluster, "down"), 1);
-    assert_eq!(transitions(&cluster, "up"), 2, "unknown -> up and exactly one recovery");
+    assert_eq!(watch.transitions("web", "down").len(), 1);
+    assert_eq!(watch.transitions("web", "up").len(), 2, "unknown -> up and exactly one recovery");
 }
 
 #[test]
@@ -205,85 +201,32 @@ fn icmp_works_unprivileged_through_datagram_sockets_and_says_why_when_it_cannot(
     }
 }
 
-/// A network namespace with a veth link to this one, removed when dropped.
-struct Netns {
-    name: String,
-    host_ip: String,
-    ns_ip: String,
-}
-
-impl Netns {
-    fn create() -> Self {
-        let id = std::process::id() % 250 + 1;
-        let name = format!("qu-test-{}", std::process::id());
-        let (host_if, ns_if) = (format!("qh{id}"), format!("qn{id}"));
-        let (host_ip, ns_ip) = (format!("10.231.{id}.1"), format!("10.231.{id}.2"));
-        let ip = |args: &[&str]| {
-            let out = std::process::Command::new("ip").args(args).output().expect("iproute2");
-            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        ip(&["netns", "add", &name]);
-        let netns = Self { name: name.clone(), host_ip: host_ip.clone(), ns_ip: ns_ip.clone() };
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
-        ip(&["link", "set", &ns_if, "netns", &name]);
-        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
-        ip(&["-n", &name, "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if]);
-        ip(&["-n", &name, "link", "set", &ns_if, "up"]);
-        ip(&["-n", &name, "link", "set", "lo", "up"]);
-        netns
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Deleting the namespace removes the veth pair with it.
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
-    }
-}
-
 #[test]
 fn one_node_that_cannot_reach_the_target_does_not_make_it_down() {
     assert!(rustix::process::geteuid().is_root(), "this test creates a network namespace (CI runs as root)");
     let netns = Netns::create();
-    let root = tempfile::tempdir().unwrap();
-    let mut nodes: Vec<qu_tests::Node> =
-        (0..3).map(|i| qu_tests::Node::in_dir(root.path(), &format!("n{i}"))).collect();
     // n0 and n1 live here; n2 lives in the namespace, where 127.0.0.1 is its
     // own loopback: the target (on this namespace's 127.0.0.1) is out of its reach.
-    let port = qu_tests::free_port;
-    let out = nodes[0].qu_ok(&["init", "--advertise", &format!("{}:{}", netns.host_ip, port()), "--json"]);
-    let secret =
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster_secret"].as_str().unwrap().to_string();
-    nodes[1].qu_ok(&["init", "--advertise", &format!("{}:{}", netns.host_ip, port()), "--secret", &secret]);
-    nodes[2].qu_ok(&["init", "--advertise", &format!("{}:{}", netns.ns_ip, port()), "--secret", &secret]);
-    nodes[2].wrapper = ["ip", "netns", "exec", netns.name.as_str()].map(String::from).to_vec();
-    for node in &mut nodes {
-        node.serve();
-    }
-    nodes[0].qu_ok(&["cluster", "settings", "set", "heartbeat", "100ms"]);
-    nodes[0].qu_ok(&["cluster", "settings", "set", "dead_after", "500ms"]);
-    for i in [1, 2] {
-        let addr = nodes[i].advertise();
-        nodes[0].qu_ok(&["node", "add", &addr, "--yes"]);
-    }
+    let cluster = Cluster::with_last_in(&netns, 3);
+    let nodes = &cluster.nodes;
+    let watch = ConfigWatch::start(&cluster);
     let target = target();
     nodes[0].qu_ok(&["check", "add", "http", "web", &target.url, "--interval", "1s", "--timeout", "500ms"]);
-    for node in &nodes {
+    for node in nodes {
         node.wait_status("two of three see the target", |s| {
             s["checks"][0]["state"] == "up" && s["checks"][0]["ok"] == 2 && s["checks"][0]["total"] == 3
         });
     }
     // Rounds pass with n2 failing: no DOWN.
     std::thread::sleep(Duration::from_secs(4));
-    for node in &nodes {
+    for node in nodes {
         let check = node.status_json()["checks"][0].clone();
         assert_eq!(check["state"], "up", "{}: {check}", node.name);
-        assert!(!node.log_text().contains("-> down"), "{}: a DOWN was committed", node.name);
     }
+    assert!(watch.transitions("web", "down").is_empty(), "a DOWN was committed");
     // When the target really fails, the majority agrees: DOWN.
     target.up.store(false, Ordering::SeqCst);
-    for node in &nodes {
+    for node in nodes {
         node.wait_status("the check is down", |s| s["checks"][0]["state"] == "down");
     }
 }

@@ -24,12 +24,14 @@ async fn a_node_runs_in_process_on_port_zero_and_stops_on_its_shutdown_future() 
         let _ = stopped.await;
     }));
 
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let view = loop {
         let answer = control::call(&socket, &ControlRequest::Status, Duration::from_secs(5)).await.unwrap();
         let ControlResponse::Status(view) = answer else { panic!("unexpected {answer:?}") };
         if view.config_version == 2 {
             break view;
         }
+        assert!(tokio::time::Instant::now() < deadline, "config version 2 within 20 s; still {}", view.config_version);
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(view.node_id, report.node_id);

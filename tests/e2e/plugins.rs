@@ -108,39 +108,97 @@ fn a_plugin_added_on_a_follower_reaches_every_node_and_runs_checks() {
     assert_eq!((builtins["kind"].as_str(), builtins["built_in"].as_bool()), (Some("check"), Some(true)));
 }
 
+/// Adds the hostile plugin and one check per misdeed (`spinner`, `panicker`,
+/// `hog`) plus a well-behaved `fine`, each with `extra` settings.
+fn hostile_checks(cluster: &Cluster, via: usize, extra: &[&str]) {
+    cluster.nodes[via].qu_ok(&["plugin", "add", "hostile", artifact("hostile").to_str().unwrap()]);
+    let sha256 = qu_plugin::sha256_hex(&std::fs::read(artifact("hostile")).unwrap());
+    wait_ready(cluster, &[0, 1, 2], "hostile", &sha256);
+    for (name, misdeed, interval, timeout) in [
+        ("spinner", "spin", "2s", "1s"),
+        ("panicker", "panic", "2s", "1s"),
+        ("hog", "alloc", "2s", "1s"),
+        ("fine", "ok", "1s", "500ms"),
+    ] {
+        let mut args = vec!["check", "add", "hostile", name, misdeed, "--interval", interval, "--timeout", timeout];
+        args.extend_from_slice(extra);
+        cluster.nodes[via].qu_ok(&args);
+    }
+}
+
+/// The checks of `qu status --json` by name, once all four have a committed
+/// verdict or a settled `unknown` that `settled` accepts.
+fn hostile_status(node: &qu_tests::Node, settled: impl Fn(&str, &serde_json::Value) -> bool) -> serde_json::Value {
+    node.wait_status("every hostile check settled", |s| {
+        let Some(checks) = s["checks"].as_array() else { return false };
+        let names: std::collections::BTreeSet<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+        names == ["fine", "hog", "panicker", "spinner"].into_iter().collect()
+            && checks.iter().all(|c| settled(c["name"].as_str().unwrap(), c))
+    })
+}
+
+fn by_name<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()
+}
+
+/// Each daemon still runs and answers on its socket.
+fn all_alive(cluster: &Cluster) {
+    for node in &cluster.nodes {
+        assert!(node.is_alive(), "{} exited:\n{}", node.name, node.log_text());
+        assert!(node.try_status().is_some(), "{} does not answer", node.name);
+    }
+}
+
 #[test]
-fn a_plugin_that_misbehaves_on_a_node_is_no_vote_and_harms_nothing() {
+fn a_plugin_that_misbehaves_everywhere_is_no_vote_and_harms_nothing() {
     let cluster = Cluster::new(3, "2m");
     let master = cluster.wait_converged();
-    cluster.nodes[master].qu_ok(&["plugin", "add", "hostile", artifact("hostile").to_str().unwrap()]);
-    let sha256 = qu_plugin::sha256_hex(&std::fs::read(artifact("hostile")).unwrap());
-    wait_ready(&cluster, &[0, 1, 2], "hostile", &sha256);
-    for (name, misdeed) in [("spinner", "spin"), ("panicker", "panic"), ("hog", "alloc")] {
-        cluster.nodes[master].qu_ok(&["check", "add", "hostile", name, misdeed, "--interval", "2s", "--timeout", "1s"]);
+    hostile_checks(&cluster, master, &[]);
+    let status = hostile_status(&cluster.nodes[master], |name, c| match name {
+        "fine" => c["state"] == "up",
+        // A spinning plugin hits the check's timeout: a failed probe, DOWN.
+        "spinner" => c["state"] == "down",
+        _ => c["detail"].as_str().is_some_and(|d| !d.is_empty()),
+    });
+    let fine = by_name(&status, "fine");
+    assert_eq!((fine["ok"].as_u64(), fine["total"].as_u64()), (Some(3), Some(3)), "{fine}");
+    let spinner = by_name(&status, "spinner");
+    assert!(spinner["detail"].as_str().unwrap().starts_with("timeout after 1s"), "{spinner}");
+    assert_eq!((spinner["ok"].as_u64(), spinner["total"].as_u64()), (Some(0), Some(3)), "{spinner}");
+    // A crash or a memory blow-up is the plugin's fault: no vote, no verdict.
+    for (name, why) in [("panicker", "crashed: it panicked"), ("hog", "exceeded its memory limit")] {
+        let check = by_name(&status, name);
+        assert_eq!(check["state"], "unknown", "{check}");
+        assert!(check["detail"].as_str().unwrap().contains(why), "{check}");
+        assert_eq!(check["total"].as_u64(), Some(0), "no node voted: {check}");
     }
-    cluster.nodes[master].qu_ok(&["check", "add", "hostile", "fine", "ok", "--interval", "1s", "--timeout", "500ms"]);
-    std::thread::sleep(Duration::from_secs(6));
-    let status = cluster.nodes[master].status_json();
-    for check in status["checks"].as_array().unwrap() {
-        let (name, state, detail) =
-            (check["name"].as_str().unwrap(), check["state"].as_str().unwrap(), check["detail"].as_str().unwrap_or(""));
-        match name {
-            "fine" => assert_eq!(state, "up", "{check}"),
-            // A spinning plugin hits the check's timeout: a failed probe.
-            "spinner" => assert!(detail.starts_with("timeout after 1s"), "{check}"),
-            // A crash or a memory blow-up is the plugin's fault: no vote, no verdict.
-            "panicker" => {
-                assert_eq!(state, "unknown", "{check}");
-                assert!(detail.contains("crashed: it panicked"), "{check}")
-            }
-            "hog" => {
-                assert_eq!(state, "unknown", "{check}");
-                assert!(detail.contains("exceeded its memory limit"), "{check}")
-            }
-            other => panic!("unexpected check {other}"),
+    all_alive(&cluster);
+}
+
+/// The node cut off from an address misbehaves; the two that reach it
+/// answer: their votes decide, the bad node's crash is no vote, and its
+/// timeout is one DOWN vote among UP ones.
+#[test]
+fn a_plugin_that_misbehaves_on_one_node_is_outvoted_and_harms_nothing() {
+    assert!(rustix::process::geteuid().is_root(), "this test creates a network namespace (CI runs as root)");
+    let netns = qu_tests::Netns::create();
+    let cluster = Cluster::with_last_in(&netns, 3);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reachable = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || for _ in listener.incoming() {});
+    let setting = format!("unless_reachable={reachable}");
+    hostile_checks(&cluster, 0, &["--set", &setting]);
+    for node in &cluster.nodes {
+        let status = hostile_status(node, |name, c| match name {
+            "fine" | "spinner" => c["state"] == "up" && c["total"] == 3,
+            _ => c["state"] == "up" && c["total"] == 2,
+        });
+        // `ok` is no misdeed: all three answer it.
+        assert_eq!(by_name(&status, "fine")["ok"].as_u64(), Some(3), "{}: {status}", node.name);
+        for name in ["spinner", "panicker", "hog"] {
+            let check = by_name(&status, name);
+            assert_eq!(check["ok"].as_u64(), Some(2), "{}: {check}", node.name);
         }
     }
-    for node in &cluster.nodes {
-        assert!(node.is_serving(), "every daemon keeps serving");
-    }
+    all_alive(&cluster);
 }

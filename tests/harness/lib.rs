@@ -10,24 +10,57 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The built `qu` binary: `$QU_BIN`, or `target/<profile>/qu` next to this
-/// test executable (the README's test command builds it first).
+/// The `qu` binary of this checkout, freshly built: the first call runs
+/// `cargo build -p qu-cli --bin qu` for the profile and target directory
+/// this test executable was built with (a no-op when nothing changed) and
+/// takes the path cargo reports. Nothing inherited from the environment
+/// can point the suite at another binary, and a stale one is rebuilt.
 pub fn qu_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("QU_BIN") {
-        return PathBuf::from(path);
-    }
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(build_qu).clone()
+}
+
+fn build_qu() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // A test runs as target/<profile>/deps/e2e-HASH, a bench binary as
-    // target/<profile>/qu-bench: `qu` sits in target/<profile>.
-    let dir = exe.parent().expect("executable directory");
-    let candidates = [dir.join("qu"), dir.parent().map(|p| p.join("qu")).unwrap_or_default()];
-    let qu = candidates.iter().find(|c| c.is_file()).cloned();
-    qu.unwrap_or_else(|| {
-        panic!(
-            "{} not found: build it first with `cargo build -p qu-cli` (add --release for benchmarks), or set QU_BIN",
-            candidates[1].display()
-        )
-    })
+    // A test runs as <target>/<profile>/deps/e2e-HASH, a bench binary as
+    // <target>/<profile>/qu-bench.
+    let mut profile_dir = exe.parent().expect("executable directory");
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().expect("profile directory");
+    }
+    let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile directory name").to_string();
+    let target_dir = profile_dir.parent().expect("target directory");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args(["build", "-p", "qu-cli", "--bin", "qu", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            command.arg("--release");
+        }
+        other => {
+            command.args(["--profile", other]);
+        }
+    }
+    let output = command.output().expect("run cargo to build qu");
+    assert!(output.status.success(), "building qu failed (cargo build -p qu-cli --bin qu, profile {profile})");
+    let found = String::from_utf8_lossy(&output.stdout).lines().find_map(|line| {
+        let json: serde_json::Value = serde_json::from_str(line).ok()?;
+        let is_qu = json["reason"] == "compiler-artifact"
+            && json["target"]["name"] == "qu"
+            && json["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "bin"));
+        is_qu.then(|| json["executable"].as_str().map(PathBuf::from)).flatten()
+    });
+    let bin = found.expect("cargo reported no `qu` executable");
+    assert!(bin.is_file(), "{} is not a file", bin.display());
+    bin
 }
 
 static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -295,6 +328,39 @@ impl Cluster {
         cluster
     }
 
+    /// `size` nodes with short timers whose last one runs inside `netns`.
+    /// The others advertise the namespace's host-side address, so every
+    /// node reaches every other one, but the last one's 127.0.0.1 is its
+    /// own: a target on this loopback is out of its reach.
+    pub fn with_last_in(netns: &Netns, size: usize) -> Self {
+        let root = tempfile::Builder::new().prefix("qu-e2e-").tempdir().unwrap();
+        let mut nodes: Vec<Node> = (0..size).map(|i| Node::in_dir(root.path(), &format!("n{i}"))).collect();
+        let advertise = |i: usize| {
+            let ip = if i + 1 == size { &netns.ns_ip } else { &netns.host_ip };
+            format!("{ip}:{}", free_port())
+        };
+        let out = nodes[0].qu_ok(&["init", "--advertise", &advertise(0), "--json"]);
+        let secret =
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster_secret"].as_str().unwrap().to_string();
+        for (i, node) in nodes.iter_mut().enumerate().skip(1) {
+            node.qu_ok(&["init", "--advertise", &advertise(i), "--secret", &secret]);
+        }
+        nodes[size - 1].wrapper = netns.wrapper();
+        for node in &mut nodes {
+            node.serve();
+        }
+        nodes[0].qu_ok(&["cluster", "settings", "set", "heartbeat", &format!("{HEARTBEAT_MS}ms")]);
+        nodes[0].qu_ok(&["cluster", "settings", "set", "dead_after", &format!("{DEAD_AFTER_MS}ms")]);
+        nodes[0].qu_ok(&["cluster", "settings", "set", "master_cooldown", "2m"]);
+        for i in 1..size {
+            let addr = nodes[i].advertise();
+            nodes[0].qu_ok(&["node", "add", &addr, "--yes"]);
+        }
+        let cluster = Self { nodes, secret, root };
+        cluster.wait_converged();
+        cluster
+    }
+
     /// Initialises, starts and adds one more node (through node 0's CLI, or
     /// the first running node's).
     pub fn add_node(&mut self) -> usize {
@@ -373,8 +439,20 @@ impl Node {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// Started by this harness and not stopped or killed by it since
+    /// (whether the process still runs is [`Node::is_alive`]).
     pub fn is_serving(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// The daemon process exists and has not exited: it is neither gone
+    /// nor a zombie waiting to be reaped (a crash leaves one behind).
+    pub fn is_alive(&self) -> bool {
+        let Some(child) = &self.child else { return false };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", child.id())) else { return false };
+        // `pid (comm) STATE ...`: comm may hold spaces and parentheses.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, None | Some('Z') | Some('X'))
     }
 
     /// `qu status --json`, or `None` if the daemon does not answer.
@@ -511,7 +589,7 @@ pub fn http_target() -> HttpTarget {
     HttpTarget { url, up }
 }
 
-/// One alert a [`Receiver`] got.
+/// One request a [`Receiver`] got, and how it was answered.
 #[derive(Debug, Clone)]
 pub struct Received {
     pub key: String,
@@ -519,29 +597,46 @@ pub struct Received {
     pub check: String,
     pub test: bool,
     pub json: serde_json::Value,
+    /// The status it was answered with; `None` while it is held open, `Some(0)`
+    /// when the sender hung up before an answer.
+    pub status: Option<u16>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
-/// A webhook receiver on loopback: records every POST (the webhook sink's
-/// JSON) and answers 204 while `up`, 503 otherwise (a sink that is down).
+impl Received {
+    /// Answered with a 2xx status: the sender was told it was delivered.
+    pub fn accepted(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
+/// A webhook receiver on loopback that records every POST (the webhook
+/// sink's JSON) with the answer it got: 204 while `up`, 503 otherwise (a
+/// sink that is down). While `hold` is set, a request is kept open without
+/// an answer until `hold` is cleared or the sender hangs up.
 pub struct Receiver {
     pub url: String,
     pub up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
 }
 
 impl Receiver {
     pub fn start() -> Self {
-        use std::io::{BufRead, BufReader, Read, Write};
-        use std::sync::atomic::Ordering;
+        use std::io::{BufRead, BufReader, Read};
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let got: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
-        let (flag, log) = (up.clone(), got.clone());
+        let up = Arc::new(AtomicBool::new(true));
+        let hold = Arc::new(AtomicBool::new(false));
+        let got: Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+        let (flag, held, log) = (up.clone(), hold.clone(), got.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (flag, log) = (flag.clone(), log.clone());
+                let (flag, held, log) = (flag.clone(), held.clone(), log.clone());
                 std::thread::spawn(move || {
                     let mut writer = stream.try_clone().unwrap();
                     let mut reader = BufReader::new(stream);
@@ -566,38 +661,79 @@ impl Receiver {
                         if reader.read_exact(&mut body).is_err() {
                             return;
                         }
-                        let status = if flag.load(Ordering::SeqCst) {
-                            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                            log.lock().unwrap().push(Received {
+                        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let index = {
+                            let mut log = log.lock().unwrap();
+                            log.push(Received {
                                 key: json["idempotency_key"].as_str().unwrap_or("").to_string(),
                                 verb: json["transition"]["verb"].as_str().unwrap_or("").to_string(),
                                 check: json["check"]["name"].as_str().unwrap_or("").to_string(),
                                 test: json["test"].as_bool().unwrap_or(false),
                                 json,
+                                status: None,
+                                at: Instant::now(),
                             });
-                            "204 No Content"
-                        } else {
-                            "503 Service Unavailable"
+                            log.len() - 1
                         };
-                        if writer
-                            .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
-                            .is_err()
-                        {
+                        let answered = answer(&mut writer, &flag, &held);
+                        log.lock().unwrap()[index].status = Some(answered);
+                        if answered == 0 {
                             return;
                         }
                     }
                 });
             }
         });
-        Receiver { url, up, got }
+        Receiver { url, up, hold, got }
     }
 
-    /// Real (non-test) alerts received with `verb`: (distinct keys, raw count).
+    /// Real (non-test) alerts with `verb` that were accepted (2xx):
+    /// (distinct keys, raw count).
     pub fn count(&self, verb: &str) -> (usize, usize) {
         let got = self.got.lock().unwrap();
-        let raw: Vec<&Received> = got.iter().filter(|r| !r.test && r.verb == verb).collect();
+        let raw: Vec<&Received> = got.iter().filter(|r| !r.test && r.verb == verb && r.accepted()).collect();
         let distinct: std::collections::BTreeSet<&str> = raw.iter().map(|r| r.key.as_str()).collect();
         (distinct.len(), raw.len())
+    }
+
+    /// Every real (non-test) request, whatever it was answered, in arrival order.
+    pub fn requests(&self) -> Vec<Received> {
+        self.got.lock().unwrap().iter().filter(|r| !r.test).cloned().collect()
+    }
+
+    /// Real requests that arrived after `since`, whatever they were answered.
+    pub fn requests_since(&self, since: Instant) -> Vec<Received> {
+        self.requests().into_iter().filter(|r| r.at >= since).collect()
+    }
+}
+
+/// Answers one request as the flags say: holds it while `hold` is set
+/// (returning 0 if the sender hangs up meanwhile), then 204 or 503.
+fn answer(
+    writer: &mut std::net::TcpStream,
+    up: &std::sync::atomic::AtomicBool,
+    hold: &std::sync::atomic::AtomicBool,
+) -> u16 {
+    use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if hold.load(Ordering::SeqCst) {
+        writer.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut probe = [0u8; 1];
+        while hold.load(Ordering::SeqCst) {
+            match writer.peek(&mut probe) {
+                Ok(0) => return 0,
+                Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return 0,
+            }
+        }
+        writer.set_read_timeout(None).unwrap();
+    }
+    let (code, status) =
+        if up.load(Ordering::SeqCst) { (204, "204 No Content") } else { (503, "503 Service Unavailable") };
+    match writer.write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes()) {
+        Ok(()) => code,
+        Err(_) => 0,
     }
 }
 
@@ -624,4 +760,136 @@ pub fn alerting_cluster() -> (Cluster, Receiver, HttpTarget) {
     ]);
     eventually(Duration::from_secs(20), "the first UP alert", || (receiver.count("UP").0 >= 1).then_some(()));
     (cluster, receiver, target)
+}
+
+/// One copy of cluster.yaml that a [`ConfigWatch`] saw on a node.
+#[derive(Debug, Clone)]
+pub struct SeenConfig {
+    pub node: usize,
+    pub config: qu_core::config::ClusterConfig,
+}
+
+/// Reads every watched node's cluster.yaml every 10 ms in the background
+/// and keeps each distinct copy it sees, so a test can assert on the
+/// states a cluster went through (transitions committed, versions
+/// written) instead of on log lines. Stops when dropped.
+pub struct ConfigWatch {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<SeenConfig>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConfigWatch {
+    /// Watches the cluster.yaml of every node of `cluster` (by index).
+    pub fn start(cluster: &Cluster) -> Self {
+        Self::paths(cluster.nodes.iter().map(|n| n.file("cluster.yaml")).collect())
+    }
+
+    pub fn paths(paths: Vec<PathBuf>) -> Self {
+        use std::sync::atomic::Ordering;
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<SeenConfig>>> = Default::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (log, done) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut last: Vec<String> = vec![String::new(); paths.len()];
+            while !done.load(Ordering::SeqCst) {
+                for (node, path) in paths.iter().enumerate() {
+                    let Ok(text) = fs::read_to_string(path) else { continue };
+                    if text == last[node] {
+                        continue;
+                    }
+                    // A hand edit in progress or a file being replaced: skip it.
+                    let Ok(config) = serde_yaml::from_str::<qu_core::config::ClusterConfig>(&text) else { continue };
+                    last[node] = text;
+                    log.lock().unwrap().push(SeenConfig { node, config });
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Self { seen, stop, thread: Some(thread) }
+    }
+
+    /// Every distinct copy seen so far, in the order seen.
+    pub fn seen(&self) -> Vec<SeenConfig> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The distinct committed transitions of check `name` into `to`
+    /// (`up`, `down`) that any node held, by transition id.
+    pub fn transitions(&self, name: &str, to: &str) -> std::collections::BTreeSet<String> {
+        let mut found = std::collections::BTreeSet::new();
+        for seen in self.seen.lock().unwrap().iter() {
+            let Some(check) = seen.config.checks.iter().find(|c| c.name == name) else { continue };
+            if let Some(status) = seen.config.states.get(&check.id)
+                && status.state.to_string() == to
+            {
+                found.insert(status.transition.clone());
+            }
+        }
+        found
+    }
+}
+
+impl Drop for ConfigWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A network namespace with a veth link to this one (a /30 in
+/// 10.231.ID.0), removed when dropped. Inside it, 127.0.0.1 is the
+/// namespace's own loopback: what listens on this one is out of reach.
+pub struct Netns {
+    pub name: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+impl Netns {
+    pub fn create() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("iproute2");
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+        };
+        // Tests run in parallel processes: take the first free id.
+        let start = std::process::id() * 7 + NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        for offset in 0..250 {
+            let id = (start + offset) % 250 + 1;
+            let name = format!("qu-test-{id}");
+            if !ip(&["netns", "add", &name]).0 {
+                continue;
+            }
+            let netns = Self { name: name.clone(), host_ip: format!("10.231.{id}.1"), ns_ip: format!("10.231.{id}.2") };
+            let (host_if, ns_if) = (format!("qh{id}"), format!("qn{id}"));
+            let must = |args: &[&str]| {
+                let (ok, err) = ip(args);
+                assert!(ok, "ip {args:?}: {err}");
+            };
+            must(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+            must(&["link", "set", &ns_if, "netns", &name]);
+            must(&["addr", "add", &format!("{}/30", netns.host_ip), "dev", &host_if]);
+            must(&["link", "set", &host_if, "up"]);
+            must(&["-n", &name, "addr", "add", &format!("{}/30", netns.ns_ip), "dev", &ns_if]);
+            must(&["-n", &name, "link", "set", &ns_if, "up"]);
+            must(&["-n", &name, "link", "set", "lo", "up"]);
+            return netns;
+        }
+        panic!("no free network namespace id (ip netns add qu-test-N failed for every N; is this root?)");
+    }
+
+    /// The wrapper that runs a command inside the namespace.
+    pub fn wrapper(&self) -> Vec<String> {
+        ["ip", "netns", "exec", self.name.as_str()].map(String::from).to_vec()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes the veth pair with it.
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
 }
