@@ -1,8 +1,22 @@
 //! A plugin that misbehaves on request, for the sandbox tests. The target
 //! names the misdeed; each must end in a clear, specific failure of that
 //! one call and nothing else.
+//!
+//! With `unless_reachable` (IP:PORT) the plugin first tries a TCP connect
+//! there and behaves when it succeeds, so an end-to-end test can make
+//! exactly one node misbehave — the one cut off from that address — while
+//! the others vote normally.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use qu_sdk::{Check, Config, Error, Info, Outcome};
+
+/// How long the `unless_reachable` connect may take. Short, so that a node
+/// whose packets are dropped (rather than refused) still gets to its
+/// misdeed well within the check's timeout.
+const REACH_TIMEOUT_MS: u64 = 1_000;
 
 struct Hostile;
 
@@ -10,50 +24,246 @@ impl Check for Hostile {
     fn info() -> Info {
         Info::new("hostile", env!("CARGO_PKG_VERSION"), "misbehaves on request (tests only)")
             .target("spin | alloc | read-file | env | connect:HOST:PORT | http:URL | panic | ok")
+            .optional(
+                "unless_reachable",
+                None,
+                "IP:PORT; when a TCP connect there succeeds (within 1s), answer UP instead of misbehaving \
+                 (give the check a timeout above 1s)",
+            )
     }
 
-    fn check(_config: &Config, target: &str) -> Result<Outcome, Error> {
-        match target {
-            "ok" => Ok(Outcome::up("behaving")),
-            "spin" => {
+    fn validate(config: &Config, _target: &str) -> Result<(), Error> {
+        settings(config)?;
+        Ok(())
+    }
+
+    fn check(config: &Config, target: &str) -> Result<Outcome, Error> {
+        let settings = settings(config)?;
+        let misdeed = Misdeed::parse(target)?;
+        if let Some(address) = settings.unless_reachable {
+            let timeout = Duration::from_millis(REACH_TIMEOUT_MS);
+            if let Some(behaving) = behaves(address, connect(address, timeout))? {
+                return Ok(behaving);
+            }
+        }
+        misdeed.perform()
+    }
+}
+
+qu_sdk::export_check!(Hostile);
+
+struct Settings {
+    unless_reachable: Option<SocketAddr>,
+}
+
+fn settings(config: &Config) -> Result<Settings, Error> {
+    // An IP address, not a name: the sandbox resolves no names, so a name
+    // would never be reachable and every node would misbehave.
+    Ok(Settings { unless_reachable: config.optional("unless_reachable")? })
+}
+
+/// What the target asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Misdeed<'a> {
+    /// `ok`: no misdeed at all.
+    Behave,
+    Spin,
+    Alloc,
+    ReadFile,
+    Env,
+    Panic,
+    /// `connect:HOST:PORT`
+    Connect(&'a str),
+    /// `http:URL`
+    Http(&'a str),
+}
+
+impl<'a> Misdeed<'a> {
+    fn parse(target: &'a str) -> Result<Self, Error> {
+        Ok(match target {
+            "ok" => Self::Behave,
+            "spin" => Self::Spin,
+            "alloc" => Self::Alloc,
+            "read-file" => Self::ReadFile,
+            "env" => Self::Env,
+            "panic" => Self::Panic,
+            other => {
+                if let Some(address) = other.strip_prefix("connect:") {
+                    Self::Connect(address)
+                } else if let Some(url) = other.strip_prefix("http:") {
+                    Self::Http(url)
+                } else {
+                    return Err(Error::config(format!("unknown misdeed `{other}`")));
+                }
+            }
+        })
+    }
+
+    fn perform(self) -> Result<Outcome, Error> {
+        match self {
+            Self::Behave => Ok(Outcome::up("behaving")),
+            Self::Spin => {
                 let mut x: u64 = 0;
                 loop {
                     x = std::hint::black_box(x.wrapping_add(1));
                 }
             }
-            "alloc" => {
+            Self::Alloc => {
                 let mut v: Vec<u8> = Vec::new();
                 v.resize(1 << 30, 1);
                 Ok(Outcome::up(format!("allocated {} bytes", std::hint::black_box(&v).len())))
             }
-            "read-file" => match std::fs::read_to_string("/etc/passwd") {
+            Self::ReadFile => match std::fs::read_to_string("/etc/passwd") {
                 Ok(text) => Ok(Outcome::up(format!("read /etc/passwd: {} bytes", text.len()))),
                 Err(e) => Err(Error::permanent(format!("read /etc/passwd: {e}"))),
             },
-            "env" => {
-                let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
-                if vars.is_empty() {
-                    Err(Error::permanent("no environment variables visible"))
-                } else {
-                    Ok(Outcome::up(format!("saw {} variables: {}", vars.len(), vars.join(","))))
-                }
-            }
-            "panic" => panic!("hostile plugin panics on purpose"),
-            other => {
-                if let Some(address) = other.strip_prefix("connect:") {
-                    return match std::net::TcpStream::connect(address) {
-                        Ok(_) => Ok(Outcome::up(format!("connected to {address}"))),
-                        Err(e) => Err(Error::permanent(format!("connect {address}: {e}"))),
-                    };
-                }
-                if let Some(url) = other.strip_prefix("http:") {
-                    let response = qu_sdk::http::get(url).send().map_err(|e| Error::permanent(e.to_string()))?;
-                    return Ok(Outcome::up(format!("status {}", response.status)));
-                }
-                Err(Error::config(format!("unknown misdeed `{other}`")))
+            Self::Env => env_report(std::env::vars().map(|(k, _)| k).collect()),
+            Self::Panic => panic!("hostile plugin panics on purpose"),
+            Self::Connect(address) => match TcpStream::connect(address) {
+                Ok(_) => Ok(Outcome::up(format!("connected to {address}"))),
+                Err(e) => Err(Error::permanent(format!("connect {address}: {e}"))),
+            },
+            Self::Http(url) => {
+                let response = qu_sdk::http::get(url).send().map_err(|e| Error::permanent(e.to_string()))?;
+                Ok(Outcome::up(format!("status {}", response.status)))
             }
         }
     }
 }
 
-qu_sdk::export_check!(Hostile);
+/// The `env` misdeed's answer, from the names of the variables it saw.
+fn env_report(names: Vec<String>) -> Result<Outcome, Error> {
+    if names.is_empty() {
+        Err(Error::permanent("no environment variables visible"))
+    } else {
+        Ok(Outcome::up(format!("saw {} variables: {}", names.len(), names.join(","))))
+    }
+}
+
+fn connect(address: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let stream = TcpStream::connect_timeout(&address, timeout)?;
+    // On wasm32-wasip2 `connect_timeout` also reports success for a connect
+    // that was refused (the libc's SO_ERROR stays 0); only a socket that
+    // really connected has a peer address.
+    stream.peer_addr().map(drop)
+}
+
+/// Whether to behave, given how the `unless_reachable` connect went: UP
+/// when it connected, misbehave (`None`) when it did not. A connect the
+/// sandbox refuses is a configuration problem, not a node cut off: every
+/// node would misbehave.
+fn behaves(address: SocketAddr, connected: io::Result<()>) -> Result<Option<Outcome>, Error> {
+    match connected {
+        Ok(()) => Ok(Some(Outcome::up(format!("behaving: {address} reachable")))),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            Err(Error::config(format!("setting `unless_reachable`: the sandbox denied a connect to {address}: {e}")))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn targets_name_misdeeds() {
+        let cases: &[(&str, Result<Misdeed, Error>)] = &[
+            ("ok", Ok(Misdeed::Behave)),
+            ("spin", Ok(Misdeed::Spin)),
+            ("alloc", Ok(Misdeed::Alloc)),
+            ("read-file", Ok(Misdeed::ReadFile)),
+            ("env", Ok(Misdeed::Env)),
+            ("panic", Ok(Misdeed::Panic)),
+            ("connect:127.0.0.1:9", Ok(Misdeed::Connect("127.0.0.1:9"))),
+            ("http:http://127.0.0.1:8080/x", Ok(Misdeed::Http("http://127.0.0.1:8080/x"))),
+            ("OK", Err(Error::config("unknown misdeed `OK`"))),
+            ("", Err(Error::config("unknown misdeed ``"))),
+            ("explode", Err(Error::config("unknown misdeed `explode`"))),
+        ];
+        for (target, expected) in cases {
+            assert_eq!(&Misdeed::parse(target), expected, "target {target:?}");
+        }
+    }
+
+    #[test]
+    fn ok_behaves_and_an_unknown_misdeed_is_a_config_error() {
+        assert_eq!(Hostile::check(&Config::default(), "ok"), Ok(Outcome::up("behaving")));
+        assert_eq!(Hostile::check(&Config::default(), "fly"), Err(Error::config("unknown misdeed `fly`")));
+    }
+
+    #[test]
+    fn env_reports_the_variables_it_sees() {
+        assert_eq!(env_report(Vec::new()), Err(Error::permanent("no environment variables visible")));
+        assert_eq!(env_report(vec!["HOME".into(), "PATH".into()]), Ok(Outcome::up("saw 2 variables: HOME,PATH")));
+    }
+
+    #[test]
+    fn the_connect_outcome_decides_whether_to_behave() {
+        let address: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let refused = || io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        // (how the connect went, the decision)
+        let cases = [
+            (Ok(()), Ok(Some(Outcome::up("behaving: 127.0.0.1:7000 reachable")))),
+            (Err(refused()), Ok(None)),
+            (Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")), Ok(None)),
+            (Err(io::Error::new(io::ErrorKind::HostUnreachable, "no route")), Ok(None)),
+            (
+                Err(io::Error::new(io::ErrorKind::PermissionDenied, "access denied")),
+                Err(Error::config(
+                    "setting `unless_reachable`: the sandbox denied a connect to 127.0.0.1:7000: access denied",
+                )),
+            ),
+        ];
+        for (connected, expected) in cases {
+            let shown = format!("{connected:?}");
+            assert_eq!(behaves(address, connected), expected, "connect gave {shown}");
+        }
+    }
+
+    #[test]
+    fn a_reachable_address_stops_the_misdeed() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let config = config(&[("unless_reachable", &address.to_string())]);
+        // `panic` would fail the test if it were performed.
+        assert_eq!(Hostile::check(&config, "panic"), Ok(Outcome::up(format!("behaving: {address} reachable"))));
+        // A misdeed the plugin does not know is refused all the same.
+        assert_eq!(Hostile::check(&config, "fly"), Err(Error::config("unknown misdeed `fly`")));
+    }
+
+    #[test]
+    fn an_unreachable_address_lets_the_misdeed_happen() {
+        // A port nothing listens on any more: the connect is refused.
+        let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let config = config(&[("unless_reachable", &address.to_string())]);
+        let error = Hostile::check(&config, &format!("connect:{address}")).unwrap_err();
+        let Error::Permanent(message) = error else { panic!("expected a permanent error, got {error:?}") };
+        assert!(message.starts_with(&format!("connect {address}: ")), "{message}");
+        assert_eq!(Hostile::check(&config, "ok"), Ok(Outcome::up("behaving")));
+    }
+
+    #[test]
+    fn unless_reachable_must_be_an_ip_address_and_port() {
+        assert_eq!(Hostile::validate(&config(&[("unless_reachable", "127.0.0.1:8080")]), "spin"), Ok(()));
+        assert_eq!(Hostile::validate(&config(&[("unless_reachable", "[::1]:8080")]), "spin"), Ok(()));
+        for bad in ["localhost:8080", "127.0.0.1", "127.0.0.1:99999", ""] {
+            let expected = Error::config(format!(
+                "setting `unless_reachable`: expected an address such as 192.0.2.1:53 or [2001:db8::1]:53, got `{bad}`"
+            ));
+            assert_eq!(Hostile::validate(&config(&[("unless_reachable", bad)]), "spin"), Err(expected.clone()));
+            assert_eq!(Hostile::check(&config(&[("unless_reachable", bad)]), "ok"), Err(expected));
+        }
+        let info = Hostile::info();
+        let field = info.fields.iter().find(|f| f.name == "unless_reachable").unwrap();
+        assert_eq!((field.required, field.default.as_deref()), (false, None));
+        // The help text states the connect timeout the code uses.
+        assert!(field.description.contains(&format!("within {}s", REACH_TIMEOUT_MS / 1_000)), "{}", field.description);
+    }
+}
