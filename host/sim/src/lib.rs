@@ -5,8 +5,11 @@
 //! too); nodes crash (in the middle of executing their outputs: whatever was
 //! not yet persisted is lost), restart from what they persisted, pause (as
 //! under SIGSTOP) and run with skewed clocks; clients propose random
-//! mutations. After every step the invariants are checked; a violation
-//! reports the seed, and `qu-sim --seed N` replays the same run exactly.
+//! mutations. Invariants are checked as the run goes: some after every
+//! event, some at each persist or commit, convergence once at the end
+//! (docs/ARCHITECTURE.md, "What the simulator checks", lists which is
+//! which). A violation reports the seed, and `qu-sim --seed N` replays the
+//! same run exactly.
 //!
 //! Clocks: each node's monotonic clock runs at the true rate with its own
 //! offset, and pauses stand in for jumps (a paused node sees time leap
