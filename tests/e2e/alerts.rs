@@ -4,9 +4,10 @@
 //! down, nothing without a quorum; `qu alert test` and `qu check test`.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use qu_tests::{Cluster, Receiver, eventually, http_target};
+use rustix::process::Signal;
 
 fn state_everywhere(cluster: &Cluster, nodes: &[usize], want: &str) {
     for i in nodes {
@@ -18,6 +19,33 @@ fn state_everywhere(cluster: &Cluster, nodes: &[usize], want: &str) {
 
 fn wait_count(receiver: &Receiver, verb: &str, want: usize, within: Duration) {
     eventually(within, &format!("{want} {verb} alert(s) received"), || (receiver.count(verb).0 >= want).then_some(()));
+}
+
+/// Waits until the receiver holds a refused (503) or open request for `verb`.
+fn wait_request(receiver: &Receiver, verb: &str, open: bool) -> qu_tests::Received {
+    let what = if open { "held open" } else { "refused" };
+    eventually(Duration::from_secs(20), &format!("a {verb} request {what}"), || {
+        receiver
+            .requests()
+            .into_iter()
+            .find(|r| r.verb == verb && if open { r.status.is_none() } else { r.status == Some(503) })
+    })
+}
+
+/// The first alert's bookkeeping as the master's `qu alert list --json` shows it.
+fn first_alert(cluster: &Cluster) -> serde_json::Value {
+    let master = cluster.wait_master(&cluster.running());
+    let alerts: serde_json::Value =
+        serde_json::from_str(&cluster.nodes[master].qu_ok(&["alert", "list", "--json"])).unwrap();
+    alerts[0].clone()
+}
+
+/// Waits until no delivery is pending and the last one is `status`.
+fn wait_finished(cluster: &Cluster, status: &str) -> serde_json::Value {
+    eventually(Duration::from_secs(30), &format!("the delivery is committed {status}"), || {
+        let alert = first_alert(cluster);
+        (alert["pending"] == 0 && alert["last"]["status"] == status).then_some(alert)
+    })
 }
 
 /// A cluster with a default webhook alert and one HTTP check, up on every node.
@@ -79,18 +107,22 @@ fn a_sink_that_was_down_gets_the_alert_once_when_it_is_back() {
     receiver.up.store(false, Ordering::SeqCst);
     target.up.store(false, Ordering::SeqCst);
     state_everywhere(&cluster, &[0, 1, 2], "down");
-    let master = cluster.wait_converged();
-    // Retried meanwhile, still pending.
-    eventually(Duration::from_secs(10), "a failed attempt is logged", || {
-        cluster.nodes[master].log_text().contains("not delivered (attempt 1)").then_some(())
+    // Refused, and retried: still pending.
+    let refused = wait_request(&receiver, "DOWN", false);
+    eventually(Duration::from_secs(20), "a second attempt", || {
+        (receiver.requests().iter().filter(|r| r.key == refused.key).count() >= 2).then_some(())
     });
-    let alerts: serde_json::Value =
-        serde_json::from_str(&cluster.nodes[master].qu_ok(&["alert", "list", "--json"])).unwrap();
-    assert_eq!(alerts[0]["pending"], 1, "{alerts}");
+    assert_eq!(first_alert(&cluster)["pending"], 1);
     receiver.up.store(true, Ordering::SeqCst);
-    wait_count(&receiver, "DOWN", 1, Duration::from_secs(20));
-    std::thread::sleep(Duration::from_secs(5));
+    wait_count(&receiver, "DOWN", 1, Duration::from_secs(40));
+    let alert = wait_finished(&cluster, "delivered");
+    assert_eq!(alert["last"]["verb"], "DOWN", "{alert}");
     assert_eq!(receiver.count("DOWN"), (1, 1), "delivered once after the sink came back");
+    // Every attempt carried the same key, and none came after the accepted one.
+    let requests = receiver.requests();
+    assert!(requests.iter().filter(|r| r.verb == "DOWN").all(|r| r.key == refused.key), "{requests:?}");
+    let last = requests.iter().rfind(|r| r.verb == "DOWN").unwrap();
+    assert!(last.accepted(), "the accepted attempt is the last one: {requests:?}");
 }
 
 #[test]
@@ -102,14 +134,16 @@ fn nothing_is_sent_without_a_quorum() {
         cluster.nodes[*i].kill();
     }
     target.up.store(false, Ordering::SeqCst);
+    // Four times hysteresis x interval: a verdict would have been reached.
     std::thread::sleep(Duration::from_secs(8));
-    assert_eq!(receiver.count("DOWN"), (0, 0), "no quorum: no verdict, no alert");
+    let sent: Vec<_> = receiver.requests().into_iter().filter(|r| r.verb == "DOWN").collect();
+    assert!(sent.is_empty(), "no quorum: no verdict, no alert: {sent:?}");
     // With the quorum back, the outage is committed and announced once.
     for i in &others {
         cluster.nodes[*i].serve();
     }
     wait_count(&receiver, "DOWN", 1, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_finished(&cluster, "delivered");
     assert_eq!(receiver.count("DOWN"), (1, 1));
 }
 
@@ -248,35 +282,98 @@ sys.stdin.read()
 }
 
 /// A master that loses its lease stops sending at once: with both
-/// followers frozen, its pending delivery is not sent even when the sink
-/// comes back; with the quorum back, it is delivered once.
+/// followers frozen, its pending delivery is not attempted again, not even
+/// refused (the receiver records every request); with the quorum back,
+/// it is delivered once.
 #[test]
 fn a_master_without_its_lease_sends_nothing() {
-    use rustix::process::Signal;
     let (cluster, receiver, target) = watched();
     let master = cluster.wait_converged();
     let followers: Vec<usize> = (0..3).filter(|i| *i != master).collect();
     receiver.up.store(false, Ordering::SeqCst);
     target.up.store(false, Ordering::SeqCst);
     state_everywhere(&cluster, &[0, 1, 2], "down");
-    eventually(Duration::from_secs(10), "the master is retrying", || {
-        cluster.nodes[master].log_text().contains("not delivered (attempt 1)").then_some(())
-    });
+    let first = wait_request(&receiver, "DOWN", false);
     for i in &followers {
         cluster.nodes[*i].signal(Signal::STOP);
     }
-    // dead_after (4 s) passes: the lease is gone, and with it the sends.
-    std::thread::sleep(Duration::from_secs(6));
+    // dead_after (500 ms) passes: the lease is gone, and with it the sends.
+    let lease_gone = Instant::now() + Duration::from_secs(2);
+    std::thread::sleep(Duration::from_secs(3));
     receiver.up.store(true, Ordering::SeqCst);
-    // Long enough for the retry backoff (2, 4, 8, 16 s) to have fired again.
+    // Without the fence, the retries 2, 3 and 4 (about 2, 6 and 14 s after
+    // the first refusal) would land in this window.
     std::thread::sleep(Duration::from_secs(20));
-    assert_eq!(receiver.count("DOWN"), (0, 0), "nothing sent without a lease");
+    let late = receiver.requests_since(lease_gone);
+    assert!(late.is_empty(), "sent without a lease: {late:?}");
     for i in &followers {
         cluster.nodes[*i].signal(Signal::CONT);
     }
     wait_count(&receiver, "DOWN", 1, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(3));
+    wait_finished(&cluster, "delivered");
     assert_eq!(receiver.count("DOWN"), (1, 1), "delivered once the quorum is back");
+    assert!(receiver.requests().iter().filter(|r| r.verb == "DOWN").all(|r| r.key == first.key));
+}
+
+/// The master is killed while its DOWN request is open at the sink: the
+/// new master sends it again, and the receiver answers exactly one.
+#[test]
+fn a_master_killed_during_a_send_leaves_one_delivery_to_its_successor() {
+    let (mut cluster, receiver, target) = watched();
+    receiver.hold.store(true, Ordering::SeqCst);
+    target.up.store(false, Ordering::SeqCst);
+    let open = wait_request(&receiver, "DOWN", true);
+    let master = cluster.wait_master(&[0, 1, 2]);
+    cluster.nodes[master].kill();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(10), "the killed master's request is dropped", || {
+        receiver.requests().iter().any(|r| r.key == open.key && r.status == Some(0)).then_some(())
+    });
+    receiver.hold.store(false, Ordering::SeqCst);
+    let rest = cluster.running();
+    cluster.wait_master(&rest);
+    wait_count(&receiver, "DOWN", 1, Duration::from_secs(30));
+    wait_finished(&cluster, "delivered");
+    let after: Vec<_> = receiver.requests_since(killed).into_iter().filter(|r| r.verb == "DOWN").collect();
+    assert_eq!(after.len(), 1, "exactly one request after the failover: {after:?}");
+    assert!(after[0].accepted() && after[0].key == open.key, "{after:?}");
+    assert_eq!(receiver.count("DOWN"), (1, 1));
+}
+
+/// The sink accepts, but the master is killed before "delivered" can
+/// commit: both followers are frozen from before the answer (so the
+/// master's proposal of "delivered" sits unread in their sockets) and are
+/// killed with it, the documented crash case. The followers come back,
+/// one of them is master, never learned of the send, and sends again:
+/// exactly one raw duplicate, with the same idempotency key.
+#[test]
+fn a_master_killed_between_the_send_and_its_commit_duplicates_once_with_the_same_key() {
+    let (mut cluster, receiver, target) = watched();
+    receiver.hold.store(true, Ordering::SeqCst);
+    target.up.store(false, Ordering::SeqCst);
+    let open = wait_request(&receiver, "DOWN", true);
+    let master = cluster.wait_master(&[0, 1, 2]);
+    let followers: Vec<usize> = (0..3).filter(|i| *i != master).collect();
+    for i in &followers {
+        cluster.nodes[*i].signal(Signal::STOP);
+    }
+    receiver.hold.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(10), "the sink accepted the send", || {
+        receiver.requests().iter().any(|r| r.key == open.key && r.accepted()).then_some(())
+    });
+    cluster.nodes[master].kill();
+    for i in &followers {
+        cluster.nodes[*i].kill();
+    }
+    for i in &followers {
+        cluster.nodes[*i].serve();
+    }
+    cluster.wait_master(&followers);
+    wait_count(&receiver, "DOWN", 1, Duration::from_secs(30));
+    wait_finished(&cluster, "delivered");
+    assert_eq!(receiver.count("DOWN"), (1, 2), "one incident, one raw duplicate after the crash");
+    let requests: Vec<_> = receiver.requests().into_iter().filter(|r| r.verb == "DOWN").collect();
+    assert!(requests.iter().all(|r| r.key == open.key && r.accepted()), "{requests:?}");
 }
 
 /// A sink that stays down past `delivery_deadline`: the delivery is marked
@@ -299,9 +396,19 @@ fn a_delivery_past_its_deadline_is_marked_failed_and_not_sent_late() {
     assert_eq!(alert["pending"], 0, "{alert}");
     assert_eq!(alert["last"]["verb"], "DOWN", "{alert}");
     assert!(alert["last"]["error"].as_str().unwrap().contains("status 503"), "{alert}");
+    let failed_at = Instant::now();
     let logged = cluster.nodes.iter().any(|n| n.log_text().contains("FAILED: not delivered within 1m"));
     assert!(logged, "the failure is logged at ERROR");
+    // Had the record still been retried, the next attempt would come one
+    // backoff (at most +20 % jitter) after the last one: wait past that,
+    // the sink still refusing (and recording), then with the sink back.
+    let attempts: Vec<_> = receiver.requests().into_iter().filter(|r| r.verb == "DOWN").collect();
+    let last = attempts.last().expect("attempts were made").at;
+    let next_retry = last + qu_core::alerting::backoff(attempts.len() as u32, 1.0) + Duration::from_secs(2);
+    std::thread::sleep(next_retry.saturating_duration_since(Instant::now()));
     receiver.up.store(true, Ordering::SeqCst);
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(receiver.count("DOWN"), (0, 0), "a failed delivery is not sent late");
+    std::thread::sleep(Duration::from_secs(3));
+    let late = receiver.requests_since(failed_at);
+    assert!(late.is_empty(), "a failed delivery is not sent late: {late:?}");
+    assert_eq!(receiver.count("DOWN"), (0, 0));
 }
