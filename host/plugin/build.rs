@@ -1,5 +1,6 @@
 //! Compiles the plugins in `plugins/` for wasm32-wasip2 and embeds the
-//! built-in ones (`dns`, `tls`, and the sinks when present) in the crate.
+//! built-in ones (`dns`, `tls` and the sinks) in the crate; a built-in
+//! that does not build fails the build.
 
 use std::fmt::Write;
 
@@ -11,10 +12,15 @@ fn main() {
     let mut code =
         String::from("/// Built-in plugins: (name, component bytes).\npub static BUILT_IN: &[(&str, &[u8])] = &[\n");
     for name in BUILT_IN {
+        // Every built-in is part of what `qu` promises: one that did not
+        // come out of the build stops it, rather than shipping without it.
         let path = dir.join(format!("{name}.wasm"));
-        if path.is_file() {
-            writeln!(code, "    ({name:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
-        }
+        assert!(
+            path.is_file(),
+            "built-in plugin {name}: the plugins build produced no {} (is it a member of plugins/Cargo.toml and in qu_wasm_build::GROUPS?)",
+            path.display()
+        );
+        writeln!(code, "    ({name:?}, include_bytes!({:?})),", path.display().to_string()).unwrap();
     }
     code.push_str("];\n");
     writeln!(

@@ -206,6 +206,24 @@ pub struct Runtime {
     resolvers: Arc<Vec<SocketAddr>>,
     http: host::HttpClient,
     ticker: Ticker,
+    compiles: Arc<CompileCounts>,
+}
+
+/// How this runtime's components were compiled since it started: from
+/// their bytes, or taken from the on-disk cache.
+#[derive(Debug, Default)]
+struct CompileCounts {
+    compiled: std::sync::atomic::AtomicU64,
+    from_cache: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of [`Runtime::compile_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompileStats {
+    /// Components compiled from their bytes (cache misses, or no cache).
+    pub compiled: u64,
+    /// Components loaded from a cached artifact.
+    pub from_cache: u64,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -305,7 +323,18 @@ impl Runtime {
             resolvers: Arc::new(rules::system_resolvers()),
             http,
             ticker,
+            compiles: Arc::default(),
         }))
+    }
+
+    /// How many components this runtime compiled, and how many it took
+    /// from the cache, since it started.
+    pub fn compile_stats(&self) -> CompileStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        CompileStats {
+            compiled: self.compiles.compiled.load(Relaxed),
+            from_cache: self.compiles.from_cache.load(Relaxed),
+        }
     }
 
     /// The file name this runtime caches the compiled `sha256` under.
@@ -323,12 +352,17 @@ impl Runtime {
     async fn compile(self: &Arc<Self>, bytes: Arc<[u8]>, sha256: &str) -> Result<Component, LoadError> {
         let cached = self.cache_dir.as_ref().map(|d| d.join(self.cache_file_name(sha256)));
         let engine = self.engine.clone();
+        let counts = self.compiles.clone();
         tokio::task::spawn_blocking(move || {
+            use std::sync::atomic::Ordering::Relaxed;
             if let Some(path) = &cached
                 && path.is_file()
             {
                 match load_cached(&engine, path) {
-                    Ok(component) => return Ok(component),
+                    Ok(component) => {
+                        counts.from_cache.fetch_add(1, Relaxed);
+                        return Ok(component);
+                    }
                     Err(error) => {
                         tracing::warn!(
                             "plugin: cached artifact {} unusable ({error}); compiling again",
@@ -340,6 +374,7 @@ impl Runtime {
             }
             let component = Component::new(&engine, &bytes)
                 .map_err(|e| LoadError(format!("not a valid component: {}", short(&e))))?;
+            counts.compiled.fetch_add(1, Relaxed);
             if let Some(path) = &cached
                 && let Err(error) = store_cached(&component, path)
             {

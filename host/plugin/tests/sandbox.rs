@@ -151,17 +151,37 @@ async fn foreign_and_corrupt_files_are_refused_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compiled_components_are_cached_by_hash() {
+    use qu_plugin::CompileStats;
     let dir = tempfile::tempdir().unwrap();
     let runtime = Runtime::new(Some(dir.path().to_path_buf())).unwrap();
     let bytes: Arc<[u8]> = Arc::from(component("echo"));
     let first = runtime.load(None, bytes.clone(), Vec::new(), Limits::default()).await.unwrap();
+    assert_eq!(runtime.compile_stats(), CompileStats { compiled: 1, from_cache: 0 }, "compiled once, cached");
     let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(cached.len(), 1);
     assert!(cached[0].to_string_lossy().starts_with(&first.sha256));
-    // A corrupt cache entry is recompiled, not trusted.
-    std::fs::write(dir.path().join(&cached[0]), b"garbage").unwrap();
-    let again = runtime.load(None, bytes, Vec::new(), Limits::default()).await.unwrap();
+    let artifact = dir.path().join(&cached[0]);
+    let written = std::fs::read(&artifact).unwrap();
+
+    // A restarted node (a new runtime on the same directory) takes it from
+    // the cache: no compile, the artifact untouched, and it runs.
+    let restarted = Runtime::new(Some(dir.path().to_path_buf())).unwrap();
+    let hit = restarted.load(None, bytes.clone(), Vec::new(), Limits::default()).await.unwrap();
+    assert_eq!(restarted.compile_stats(), CompileStats { compiled: 0, from_cache: 1 }, "a cache hit");
+    assert_eq!(std::fs::read(&artifact).unwrap(), written, "the artifact was not rewritten");
+    let answer = restarted.check(&hit, &[], "hello", Duration::from_secs(2)).await.unwrap();
+    assert_eq!(answer.message, "hello");
+
+    // A corrupt cache entry is recompiled, not trusted. (A new file: the
+    // loaded artifact is mapped from the old one, and truncating a mapped
+    // file in place would fault the process that maps it.)
+    drop(hit);
+    std::fs::remove_file(&artifact).unwrap();
+    std::fs::write(&artifact, b"garbage").unwrap();
+    let again = restarted.load(None, bytes, Vec::new(), Limits::default()).await.unwrap();
+    assert_eq!(restarted.compile_stats(), CompileStats { compiled: 1, from_cache: 1 }, "recompiled");
     assert_eq!(again.info.name, "echo");
-    let answer = runtime.check(&again, &[], "hello", Duration::from_secs(2)).await.unwrap();
+    assert_ne!(std::fs::read(&artifact).unwrap(), b"garbage", "the entry was replaced");
+    let answer = restarted.check(&again, &[], "hello", Duration::from_secs(2)).await.unwrap();
     assert_eq!(answer.message, "hello");
 }

@@ -167,6 +167,7 @@ async fn webhook_delivers_signed_json_and_classifies_failures() {
     assert!(request.head.starts_with("POST /ok HTTP/1.1"), "{}", request.head);
     assert_eq!(request.header("idempotency-key").as_deref(), Some("3.14/a1"));
     assert_eq!(request.header("x-team").as_deref(), Some("ops"));
+    assert_eq!(request.header("authorization").as_deref(), Some("Bearer t"), "configured headers arrive");
     assert_eq!(request.header("content-type").as_deref(), Some("application/json"));
     let signature = request.header("x-qu-signature").unwrap();
     assert_eq!(signature, format!("sha256={}", hmac_sha256(b"s3cret", &request.body)), "verifiable signature");
