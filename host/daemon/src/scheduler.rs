@@ -2,7 +2,9 @@
 //! probe is due one interval after the previous was *due*, whatever the
 //! probe took), first probes spread over the interval by a hash of the
 //! check id, at most `PROBES_CONCURRENT_MAX` at once, and a check never
-//! overlapping itself. Results go to the event loop.
+//! overlapping itself (a round that comes due while the previous probe of
+//! the check still runs is skipped, and counted). Results go to the event
+//! loop.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -60,14 +62,25 @@ fn offset(id: &str, interval: Duration) -> Duration {
     Duration::from_millis(hasher.finish() % millis)
 }
 
-/// Runs until `checks` is dropped.
-/// Finished probes (report, start lateness), collected by the event loop on
-/// its tick: probes wake nobody when they finish.
-pub type Finished = Arc<Mutex<Vec<(Report, Duration)>>>;
+/// What happened to the rounds that came due since the event loop last
+/// collected, which it does on its tick: probes wake nobody when they finish.
+pub type Finished = Arc<Mutex<Rounds>>;
+
+#[derive(Debug, Default)]
+pub struct Rounds {
+    /// Finished probes: the report, and how late the probe started (once it
+    /// had its concurrency permit) against the time it was due.
+    pub probed: Vec<(Report, Duration)>,
+    /// Rounds that came due and were not probed: the check's previous probe
+    /// was still running (or waiting for a permit), or the scheduler fell
+    /// more than a whole interval behind.
+    pub skipped: u64,
+}
 
 /// Finished probes kept while the event loop does not collect them.
 const FINISHED_MAX: usize = 4 * qu_core::limits::CHECKS_MAX;
 
+/// Runs until `checks` is dropped.
 /// Plugin checks run through `plugins` (none: reported unavailable).
 pub async fn run(
     probes: Arc<Probes>,
@@ -128,15 +141,20 @@ pub async fn run(
                     }
                     queue.remove(&(due, id.clone()));
                     let Some((slot, check)) = known.get_mut(&id) else { continue };
-                    // Fixed rate: the next one is due an interval after this one was.
+                    // Fixed rate: the next one is due an interval after this one was;
+                    // rounds the scheduler fell behind on are skipped, and counted.
                     let mut next_due = due + check.interval;
+                    let mut behind = 0;
                     while next_due <= now {
                         next_due += check.interval;
+                        behind += 1;
                     }
                     *slot = next_due;
                     queue.insert((next_due, id.clone()));
-                    let lateness = now.saturating_duration_since(due);
-                    start_probe(&probes, &plugins, &permits, &running, &finished, check.clone(), lateness);
+                    if behind > 0 {
+                        finished.lock().unwrap_or_else(|e| e.into_inner()).skipped += behind;
+                    }
+                    start_probe(&probes, &plugins, &permits, &running, &finished, check.clone(), due);
                 }
             }
         }
@@ -157,31 +175,38 @@ fn start_probe(
     running: &Arc<Mutex<HashSet<String>>>,
     finished: &Finished,
     check: Scheduled,
-    lateness: Duration,
+    due: Instant,
 ) {
     if !running.lock().unwrap_or_else(|e| e.into_inner()).insert(check.id.clone()) {
         tracing::debug!(check = %check.id, "previous probe still running; skipping this round");
+        finished.lock().unwrap_or_else(|e| e.into_inner()).skipped += 1;
         return;
     }
     let (probes, permits, running, finished) = (probes.clone(), permits.clone(), running.clone(), finished.clone());
     let plugins = plugins.clone();
     tokio::spawn(async move {
-        let report = match &check.spec {
+        // Lateness is taken when the probe really starts, after its wait for
+        // a permit: that wait is part of how late it is.
+        let late = || Instant::now().saturating_duration_since(due);
+        let (report, lateness) = match &check.spec {
             Some(spec) => {
                 let Ok(_permit) = permits.acquire().await else { return };
+                let lateness = late();
                 let result = probes.run(&check.id, spec, check.timeout).await;
-                Report {
+                let report = Report {
                     check_id: check.id.clone(),
                     outcome: result.outcome,
                     latency_ms: result.latency_ms,
                     detail: result.detail,
-                }
+                };
+                (report, lateness)
             }
             None => match &plugins {
                 Some(registry) => {
                     let plugin = registry.get(&check.kind).map_err(|reason| (check.kind.clone(), reason));
                     let Ok(_permit) = permits.acquire().await else { return };
-                    crate::plugins::probe(
+                    let lateness = late();
+                    let report = crate::plugins::probe(
                         plugin,
                         registry.runtime(),
                         &check.id,
@@ -189,20 +214,24 @@ fn start_probe(
                         &check.settings,
                         check.timeout,
                     )
-                    .await
+                    .await;
+                    (report, lateness)
                 }
-                None => Report {
-                    check_id: check.id.clone(),
-                    outcome: Outcome::Unavailable,
-                    latency_ms: 0,
-                    detail: format!("plugin {} unavailable: no plugin runtime here", check.kind),
-                },
+                None => {
+                    let report = Report {
+                        check_id: check.id.clone(),
+                        outcome: Outcome::Unavailable,
+                        latency_ms: 0,
+                        detail: format!("plugin {} unavailable: no plugin runtime here", check.kind),
+                    };
+                    (report, late())
+                }
             },
         };
         running.lock().unwrap_or_else(|e| e.into_inner()).remove(&check.id);
         let mut finished = finished.lock().unwrap_or_else(|e| e.into_inner());
-        if finished.len() < FINISHED_MAX {
-            finished.push((report, lateness));
+        if finished.probed.len() < FINISHED_MAX {
+            finished.probed.push((report, lateness));
         }
     });
 }
@@ -271,8 +300,50 @@ mod tests {
         drop(checks);
         task.await.unwrap();
         let done = finished.lock().unwrap();
-        assert!(done.len() >= a2 + c3, "every probe reported: {}", done.len());
-        assert!(done.iter().all(|(report, _)| report.outcome == Outcome::Up));
+        assert!(done.probed.len() >= a2 + c3, "every probe reported: {}", done.probed.len());
+        assert!(done.probed.iter().all(|(report, _)| report.outcome == Outcome::Up));
+    }
+
+    /// A loopback HTTP server that accepts connections and never answers.
+    async fn silent() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        url
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_that_outlasts_its_interval_skips_rounds_and_counts_them() {
+        let url = silent().await;
+        let check = Scheduled {
+            id: "slow".into(),
+            kind: "http".into(),
+            spec: NativeSpec::parse("http", &url, &Default::default()).unwrap(),
+            target: url,
+            settings: Vec::new(),
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(400),
+        };
+        let finished = Finished::default();
+        let (checks, watch_rx) = watch::channel(Arc::new(vec![check]));
+        let task = tokio::spawn(run(Probes::new(), None, watch_rx, finished.clone()));
+        // The first probe waits out its timeout; the rounds that come due
+        // meanwhile (every 50 ms) start no second probe, and are counted.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while finished.lock().unwrap().probed.is_empty() {
+            assert!(Instant::now() < deadline, "the slow probe never finished");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(checks);
+        task.await.unwrap();
+        let done = finished.lock().unwrap();
+        assert!(done.skipped >= 1, "rounds due while the probe ran are counted: {}", done.skipped);
+        assert!(done.probed.iter().all(|(report, _)| report.outcome == Outcome::Down), "{:?}", done.probed);
     }
 
     #[test]

@@ -23,8 +23,16 @@ pub struct StatusView {
 pub struct ProbeStats {
     /// Probes run since the daemon started.
     pub run: u64,
+    /// Rounds not probed since the daemon started: the check's previous
+    /// probe was still running (or waiting for one of the node's probe
+    /// slots) when the next came due, or the scheduler fell a whole interval
+    /// behind. Anything but 0 means checks are probed less often than their
+    /// interval says. (Absent from daemons before it was added: 0.)
+    #[serde(default)]
+    pub skipped: u64,
     /// Start lateness against the fixed-rate schedule, in microseconds,
-    /// over the last (up to) 10,000 probes.
+    /// over the last (up to) 10,000 probes: from the time a probe was due
+    /// to the time it started, after waiting for a probe slot.
     pub lateness_p50_us: u64,
     pub lateness_p99_us: u64,
 }

@@ -190,6 +190,8 @@ pub(crate) struct Daemon {
     /// Probes finished since the last tick (filled by the scheduler).
     finished: scheduler::Finished,
     probes_run: u64,
+    /// Rounds the scheduler skipped since start (see `scheduler::Rounds`).
+    probes_skipped: u64,
     /// Start lateness of the most recent probes, in microseconds.
     lateness_us: VecDeque<u64>,
     /// Built-in and added plugins, and the runtime that runs them.
@@ -253,6 +255,7 @@ pub async fn run(
         next_fanin: 0,
         finished: scheduler::Finished::default(),
         probes_run: 0,
+        probes_skipped: 0,
         lateness_us: VecDeque::new(),
         plugins,
         deliverer: crate::alerts::Deliverer::default(),
@@ -815,8 +818,9 @@ impl Daemon {
 
     /// Takes the probes that finished since the last tick.
     fn collect_probes(&mut self) {
-        let finished = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
-        for (report, lateness) in finished {
+        let rounds = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
+        self.probes_skipped += rounds.skipped;
+        for (report, lateness) in rounds.probed {
             self.probes_run += 1;
             if self.lateness_us.len() >= LATENESS_WINDOW {
                 self.lateness_us.pop_front();
@@ -1691,7 +1695,12 @@ impl Daemon {
         sorted.sort_unstable();
         let at =
             |p: f64| sorted.get(((sorted.len().saturating_sub(1)) as f64 * p).round() as usize).copied().unwrap_or(0);
-        ProbeStats { run: self.probes_run, lateness_p50_us: at(0.5), lateness_p99_us: at(0.99) }
+        ProbeStats {
+            run: self.probes_run,
+            skipped: self.probes_skipped,
+            lateness_p50_us: at(0.5),
+            lateness_p99_us: at(0.99),
+        }
     }
 
     /// The master's view of every check: committed state, current counts.
