@@ -33,6 +33,23 @@ fn build_qu() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
+    // Run from `cargo run` or `cargo test`, this process carries the outer
+    // package's CARGO_* variables; build scripts that watch them (ring's)
+    // would rerun and rebuild half the tree. Drop those; keep the user's
+    // own cargo settings (CARGO_HOME, CARGO_BUILD_*, CARGO_PROFILE_*, ...).
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let per_package = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                key,
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "CARGO_RUSTC_CURRENT_DIR"
+            );
+        if per_package {
+            command.env_remove(key);
+        }
+    }
     command
         .args(["build", "-p", "qu-cli", "--bin", "qu", "--message-format=json-render-diagnostics", "--manifest-path"])
         .arg(&manifest)

@@ -1,14 +1,12 @@
-//! Alerts at the edge: rendering subject and body from templates, building
-//! the event a sink plugin receives, and the master's delivery loop state
-//! (in flight, retry times, results waiting to be committed). What to
-//! deliver and when a record is finished is decided in `qu_core::alerting`.
+//! Alerts at the edge: rendering subject and body from templates and
+//! building the event a sink plugin receives. What to deliver, when, and
+//! when a record is finished is decided in `qu_core::alerting` (the
+//! dispatcher); the daemon's `delivery` room runs the sends.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior};
 use qu_core::alerting;
-use qu_core::config::DeliveryResult;
 use qu_core::config::{Alert, Check, ClusterConfig, Timestamp};
 use qu_core::monitor::CheckState;
 use serde::Serialize;
@@ -267,47 +265,6 @@ pub fn delivery_context(config: &ClusterConfig, key: &str, master: &str) -> Opti
     );
     Some((context, alert.clone(), record.created))
 }
-
-/// The master's delivery loop state. Dropped (and every send aborted) when
-/// this node stops being a master that may act.
-#[derive(Default)]
-pub struct Deliverer {
-    /// Sends running now, by key.
-    pub inflight: HashMap<String, tokio::task::JoinHandle<()>>,
-    /// Attempts made and when the next one is due, by key.
-    pub retry: HashMap<String, (u32, Instant)>,
-    /// Finished deliveries not yet proposed.
-    pub finished: Vec<DeliveryResult>,
-    /// Finished deliveries proposed, and when (re-proposed if they stay
-    /// pending too long, e.g. the proposal was lost).
-    pub committing: HashMap<String, (DeliveryResult, Instant)>,
-}
-
-impl Deliverer {
-    /// Stops every send at once (lease lost, no longer master).
-    pub fn fence(&mut self) {
-        let stopped = self.inflight.len();
-        for (_, task) in self.inflight.drain() {
-            task.abort();
-        }
-        self.retry.clear();
-        self.finished.clear();
-        self.committing.clear();
-        if stopped > 0 {
-            tracing::warn!("alerts: stopped {stopped} delivery attempt(s): this node may no longer act as master");
-        }
-    }
-
-    pub fn is_busy_with(&self, key: &str, now: Instant) -> bool {
-        self.inflight.contains_key(key)
-            || self.committing.contains_key(key)
-            || self.finished.iter().any(|r| r.key == key)
-            || self.retry.get(key).is_some_and(|(_, at)| *at > now)
-    }
-}
-
-/// How long a finished delivery may stay pending before it is proposed again.
-pub const RECOMMIT_AFTER: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,8 @@
 //! Alert bookkeeping, pure: which alerts a check's transition goes to,
 //! the delivery records committed for them, how retries back off, and how
-//! finished records are pruned. The master's sending lives at the edge
-//! (the daemon); everything it decides from is here.
+//! finished records are pruned; and the [`Dispatcher`], which decides
+//! what the master sends when. The sends themselves live at the edge (the
+//! daemon); everything they are decided from is here.
 //!
 //! Invariants:
 //! - A transition's delivery records are created in the same committed
@@ -11,8 +12,14 @@
 //!   finishing a record that is not pending changes nothing.
 //! - Nothing is sent for a record that is not committed `pending`.
 
+mod dispatcher;
+
 use std::time::Duration;
 
+pub use self::dispatcher::{
+    CommittedView, Decision, DispatchInput, DispatchLimits, DispatchOutput, Dispatcher, FailReason, PendingRecord,
+    SendOutcome, TransitionOrder,
+};
 use crate::config::{Alert, Check, CheckStatus, ClusterConfig, Delivery, DeliveryStatus, Timestamp};
 use crate::monitor::CheckState;
 
@@ -82,17 +89,6 @@ pub fn deliveries_for(config: &ClusterConfig, check: &Check, status: &CheckStatu
             (key(&status.transition, &alert.id), record)
         })
         .collect()
-}
-
-/// Why a pending record must not be sent any more, if so: its alert was
-/// disabled after the transition, or its deadline passed (the cluster had
-/// no master that long). Such records are finished `failed`, not sent late.
-pub fn unsendable(config: &ClusterConfig, delivery: &Delivery, now: Timestamp) -> Option<&'static str> {
-    if config.alerts.iter().any(|a| a.id == delivery.alert_id && a.disabled) {
-        return Some("the alert was disabled before delivery");
-    }
-    let deadline = delivery.created.unix_millis() + config.settings.delivery_deadline.as_millis() as u64;
-    (now.unix_millis() > deadline).then_some("the delivery deadline passed before it could be sent")
 }
 
 /// The delay before retry number `attempt` (1 = the first retry), with
@@ -206,34 +202,6 @@ mod tests {
         assert_eq!(made[0].0, "1.7/d");
         config.settings.announce_first_up = false;
         assert!(deliveries_for(&config, &check(&[], &[]), &status).is_empty());
-    }
-
-    #[test]
-    fn records_of_disabled_alerts_or_past_their_deadline_are_not_sent() {
-        let mut config = config_with(vec![alert("a", false, false)]);
-        let record = Delivery {
-            check_id: "c1".into(),
-            alert_id: "a".into(),
-            transition: "1.2".into(),
-            from: CheckState::Up,
-            to: CheckState::Down,
-            status: DeliveryStatus::Pending,
-            created: Timestamp::from_unix_millis(1_000),
-            finished: None,
-            attempts: 0,
-            error: String::new(),
-        };
-        let hour = 3_600_000;
-        assert_eq!(unsendable(&config, &record, Timestamp::from_unix_millis(1_000 + hour)), None);
-        assert_eq!(
-            unsendable(&config, &record, Timestamp::from_unix_millis(1_001 + hour)),
-            Some("the delivery deadline passed before it could be sent")
-        );
-        config.alerts[0].disabled = true;
-        assert_eq!(
-            unsendable(&config, &record, Timestamp::from_unix_millis(2_000)),
-            Some("the alert was disabled before delivery")
-        );
     }
 
     #[test]

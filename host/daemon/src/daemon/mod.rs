@@ -2,6 +2,7 @@
 //! of events in order. It feeds the consensus core and executes what the
 //! core returns in order: persist, then send, then apply.
 
+mod delivery;
 mod join;
 mod links;
 
@@ -38,7 +39,6 @@ const CONTROL_CLIENTS_MAX: usize = 64;
 /// Mutations waiting for the master to be free.
 const QUEUED_MUTATIONS_MAX: usize = 64;
 /// Alert deliveries running at once (per master).
-const DELIVERIES_CONCURRENT_MAX: usize = 16;
 /// How often a hand edit of cluster.yaml is looked for.
 const FILE_POLL: Duration = Duration::from_secs(2);
 
@@ -197,7 +197,8 @@ pub(crate) struct Daemon {
     /// Built-in and added plugins, and the runtime that runs them.
     plugins: Arc<crate::plugins::Registry>,
     /// Alert deliveries in flight and waiting (master only).
-    deliverer: crate::alerts::Deliverer,
+    /// Alert delivery: the pure dispatcher and the sends it runs.
+    delivery: delivery::Delivery,
 }
 
 /// Probes whose lateness `qu status --json` summarises.
@@ -258,7 +259,7 @@ pub async fn run(
         probes_skipped: 0,
         lateness_us: VecDeque::new(),
         plugins,
-        deliverer: crate::alerts::Deliverer::default(),
+        delivery: delivery::Delivery::new(rand::random()),
     };
     tracing::info!(
         term = daemon.core.term(),
@@ -373,182 +374,54 @@ impl Daemon {
 
     // ----- alerts --------------------------------------------------------
 
-    /// The master's delivery loop, run every tick: fence when this node may
-    /// not act, start due deliveries, propose finished ones.
+    /// Whether this node may send alerts: master with a lease. (The
+    /// dispatcher sends nothing until a commit of this tenure, so a master
+    /// that has not made its fresh commit yet sends nothing either.)
+    fn may_act(&self) -> bool {
+        self.core.role() == Role::Master && self.core.can_serve()
+    }
+
+    /// Every tick: tells the dispatcher whether this node may act (it
+    /// aborts sends on the edge) and lets it start what is due.
     fn deliver(&mut self) {
-        use qu_core::config::DeliveryStatus;
-        if !(self.core.role() == Role::Master && self.core.can_serve()) {
-            let d = &self.deliverer;
-            if !(d.inflight.is_empty() && d.retry.is_empty() && d.finished.is_empty() && d.committing.is_empty()) {
-                self.deliverer.fence();
-            }
+        let (now, acting, master) = (self.now(), self.may_act(), self.me());
+        let cx = delivery::Context { cluster: &self.cluster, master, plugins: &self.plugins, events: &self.events };
+        let results = self.delivery.may_act(now, acting, &cx);
+        self.propose_results(results);
+    }
+
+    /// A proposal of this master committed: the applied config is now
+    /// the committed one, the only one the dispatcher acts on.
+    fn delivery_committed(&mut self, id: qu_core::consensus::ConfigId) {
+        if self.cluster.version != id.version || self.cluster.term != id.term {
             return;
         }
-        let now = Instant::now();
-        let cluster = &self.cluster;
-        let mut again = Vec::new();
-        self.deliverer.committing.retain(|key, (result, at)| {
-            let pending = cluster.deliveries.get(key).is_some_and(|d| d.status == DeliveryStatus::Pending);
-            if pending && at.elapsed() > crate::alerts::RECOMMIT_AFTER {
-                again.push(result.clone());
-                return false;
-            }
-            pending
-        });
-        self.deliverer.finished.extend(again);
-        // Pending records that must not be sent any more fail at once.
-        let wall = self.wall();
-        let unsendable: Vec<(String, &'static str)> = self
-            .cluster
-            .deliveries
-            .iter()
-            .filter(|(k, d)| d.status == DeliveryStatus::Pending && !self.deliverer.is_busy_with(k, now))
-            .filter_map(|(k, d)| qu_core::alerting::unsendable(&self.cluster, d, wall).map(|why| (k.clone(), why)))
-            .collect();
-        for (key, why) in unsendable {
-            tracing::error!(key = %key, "alerts: delivery {key} FAILED: {why}");
-            self.deliverer.finished.push(qu_core::config::DeliveryResult {
-                key,
-                delivered: false,
-                attempts: 0,
-                error: why.to_string(),
-            });
-        }
-        let room = DELIVERIES_CONCURRENT_MAX.saturating_sub(self.deliverer.inflight.len());
-        let due: Vec<String> = self
-            .cluster
-            .deliveries
-            .iter()
-            .filter(|(_, d)| d.status == DeliveryStatus::Pending)
-            .map(|(k, _)| k.clone())
-            .filter(|k| !self.deliverer.is_busy_with(k, now))
-            .take(room)
-            .collect();
-        for key in due {
-            self.start_delivery(key);
-        }
-        self.queue_finished();
+        let (now, acting, master) = (self.now(), self.may_act(), self.me());
+        let cx = delivery::Context { cluster: &self.cluster, master, plugins: &self.plugins, events: &self.events };
+        let mut results = self.delivery.may_act(now, acting, &cx);
+        results.extend(self.delivery.committed(now, &cx));
+        self.propose_results(results);
     }
 
-    /// Proposes the finished deliveries (at once: the shorter the time
-    /// between a send and its commit, the rarer a re-send after a crash).
-    fn queue_finished(&mut self) {
-        if !self.deliverer.finished.is_empty() && self.queue.len() < QUEUED_MUTATIONS_MAX / 2 {
-            let now = Instant::now();
-            let results = std::mem::take(&mut self.deliverer.finished);
-            for result in &results {
-                self.deliverer.committing.insert(result.key.clone(), (result.clone(), now));
-            }
-            self.queue.push_back((Mutation::FinishDeliveries { results }, Waiter::Internal));
-        }
-    }
-
-    fn start_delivery(&mut self, key: String) {
-        let master = self.me().to_string();
-        let Some((context, alert, at)) = crate::alerts::delivery_context(&self.cluster, &key, &master) else { return };
-        let attempt = self.deliverer.retry.get(&key).map_or(1, |(n, _)| n + 1);
-        let (event, template_error) = crate::alerts::event(&context, &alert, &key, at);
-        if let Some(error) = template_error {
-            tracing::warn!(alert = %alert.name, "alert {}: {error}; sending the default rendering", alert.name);
-        }
-        let settings: Vec<(String, String)> = alert.config.clone().into_iter().collect();
-        let (registry, events, kind, task_key) =
-            (self.plugins.clone(), self.events.clone(), alert.kind.clone(), key.clone());
-        let task = tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let result = match registry.get_ready(&kind, Duration::from_secs(30)).await {
-                Ok(plugin) => registry.runtime().send(&plugin, &event, &settings).await,
-                Err(reason) => Err(qu_plugin::CallError::Unavailable { plugin: kind, reason }),
-            };
-            let took = started.elapsed();
-            let _ = events.send(Event::DeliveryAttempt { key: task_key, attempt, result, took }).await;
-        });
-        self.deliverer.inflight.insert(key, task);
-    }
-
-    fn on_delivery_attempt(
+    fn delivery_attempted(
         &mut self,
         key: String,
         attempt: u32,
         result: Result<(), qu_plugin::CallError>,
         took: Duration,
     ) {
-        use qu_plugin::{CallError, PluginError};
-        if self.deliverer.inflight.remove(&key).is_none() {
-            return; // fenced meanwhile: the next master takes it from the committed record
-        }
-        let Some(record) = self.cluster.deliveries.get(&key).cloned() else { return };
-        if record.status != qu_core::config::DeliveryStatus::Pending {
-            return;
-        }
-        let alert = self
-            .cluster
-            .alerts
-            .iter()
-            .find(|a| a.id == record.alert_id)
-            .map_or(record.alert_id.clone(), |a| a.name.clone());
-        let check = self
-            .cluster
-            .checks
-            .iter()
-            .find(|c| c.id == record.check_id)
-            .map_or(record.check_id.clone(), |c| c.name.clone());
-        let verb = qu_core::alerting::verb(record.from, record.to);
-        let finish = |delivered: bool, error: String| qu_core::config::DeliveryResult {
-            key: key.clone(),
-            delivered,
-            attempts: attempt,
-            error,
-        };
-        let error = match result {
-            Ok(()) => {
-                tracing::info!(
-                    %alert, %check, key = %key, attempt,
-                    "alert {alert}: {verb} {check} delivered (attempt {attempt}, {} ms)",
-                    took.as_millis()
-                );
-                self.deliverer.retry.remove(&key);
-                self.deliverer.finished.push(finish(true, String::new()));
-                return;
-            }
-            Err(error) => error,
-        };
-        let retry_after = match &error {
-            CallError::Plugin { error: PluginError::Transient { retry_after, .. }, .. } => Some(*retry_after),
-            CallError::Timeout { .. } | CallError::Unavailable { .. } => Some(None),
-            _ => None,
-        };
-        let message = error.to_string();
-        let deadline = self.cluster.settings.delivery_deadline;
-        let give_up_at = record.created.unix_millis() + deadline.as_millis() as u64;
-        let Some(after) = retry_after else {
-            tracing::error!(
-                %alert, %check, key = %key, attempt,
-                "alert {alert}: {verb} {check} FAILED for good (attempt {attempt}): {message}"
-            );
-            self.deliverer.retry.remove(&key);
-            self.deliverer.finished.push(finish(false, message));
-            return;
-        };
-        // A sink's own hint wins, within reason.
-        let delay = after
-            .map(|d| d.min(qu_core::alerting::RETRY_AFTER_MAX))
-            .unwrap_or_else(|| qu_core::alerting::backoff(attempt, rand::random::<f64>()));
-        if self.wall().unix_millis() + delay.as_millis() as u64 > give_up_at {
-            tracing::error!(
-                %alert, %check, key = %key, attempt,
-                "alert {alert}: {verb} {check} FAILED: not delivered within {} after {attempt} attempts; last error: {message}",
-                humantime::format_duration(deadline)
-            );
-            self.deliverer.retry.remove(&key);
-            self.deliverer.finished.push(finish(false, message));
-        } else {
-            tracing::warn!(
-                %alert, %check, key = %key, attempt,
-                "alert {alert}: {verb} {check} not delivered (attempt {attempt}): {message}; retrying in {}",
-                humantime::format_duration(Duration::from_millis(delay.as_millis() as u64))
-            );
-            self.deliverer.retry.insert(key, (attempt, Instant::now() + delay));
+        let (now, master) = (self.now(), self.me());
+        let cx = delivery::Context { cluster: &self.cluster, master, plugins: &self.plugins, events: &self.events };
+        let results = self.delivery.attempted(now, key, attempt, result, took, &cx);
+        self.propose_results(results);
+    }
+
+    /// Proposes finished deliveries at once (the shorter the time between a
+    /// send and its commit, the rarer a re-send after a crash). With the
+    /// queue full they wait: the dispatcher proposes them again.
+    fn propose_results(&mut self, results: Vec<qu_core::config::DeliveryResult>) {
+        if !results.is_empty() && self.queue.len() < QUEUED_MUTATIONS_MAX / 2 {
+            self.queue.push_back((Mutation::FinishDeliveries { results }, Waiter::Internal));
         }
     }
 
@@ -947,9 +820,8 @@ impl Daemon {
             }
             Event::SubmitChecked { mutation, reply } => self.submit_checked(mutation, reply),
             Event::DeliveryAttempt { key, attempt, result, took } => {
-                self.on_delivery_attempt(key, attempt, result, took);
+                self.delivery_attempted(key, attempt, result, took);
                 if self.core.can_serve() {
-                    self.queue_finished();
                     self.start_next_mutation()?;
                 }
             }
@@ -1182,6 +1054,7 @@ impl Daemon {
             Ok(id) => {
                 tracing::info!(version = id.version, term = id.term, change = %pending.mutation.describe(), "config version {} committed", id.version);
                 pending.waiter.finish(Ok((id.term, id.version)), new_member);
+                self.delivery_committed(id);
             }
             Err(error) => {
                 tracing::warn!(change = %pending.mutation.describe(), %error, "change not committed");
