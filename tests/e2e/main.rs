@@ -12,6 +12,7 @@
 //! - `recovery` — the seed's procedures: restore with version 0, whole-cluster restore,
 //!   shrink, replace, long absence, rolling restart.
 //! - `alerts`  — alerts through the webhook sink on 3 nodes: once per incident through failovers.
+//! - `delivery` — delivery under faults: committed-only, in order through an outage, clock steps.
 //! - `plugins` — WebAssembly plugins on 3 nodes: add, replicate, verify, run, contain.
 //! - `demo`    — the README's main-job command.
 
@@ -19,6 +20,7 @@ mod alerts;
 mod checks;
 mod cluster;
 mod control;
+mod delivery;
 mod demo;
 mod init;
 mod inproc;

@@ -327,8 +327,22 @@ impl Cluster {
 
     /// `size` nodes with the given timers (durations as `qu cluster settings set` takes them).
     pub fn with_timers(size: usize, heartbeat: &str, dead_after: &str, master_cooldown: &str) -> Self {
+        Self::prepared(size, heartbeat, dead_after, master_cooldown, |_| {})
+    }
+
+    /// Like [`Cluster::with_timers`], with `prepare` run on each of the
+    /// first `size` nodes before it is initialised (to give it a disk or an
+    /// environment of its own).
+    pub fn prepared(
+        size: usize,
+        heartbeat: &str,
+        dead_after: &str,
+        master_cooldown: &str,
+        mut prepare: impl FnMut(&mut Node),
+    ) -> Self {
         let root = tempfile::Builder::new().prefix("qu-e2e-").tempdir().unwrap();
         let mut first = Node::in_dir(root.path(), "n0");
+        prepare(&mut first);
         let out = first.init(free_port(), &["--json"]);
         let secret =
             serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster_secret"].as_str().unwrap().to_string();
@@ -339,7 +353,7 @@ impl Cluster {
         first.qu_ok(&["cluster", "settings", "set", "master_cooldown", master_cooldown]);
         let mut cluster = Self { nodes: vec![first], secret, root };
         for _ in 1..size {
-            cluster.add_node();
+            cluster.add_prepared_node(&mut prepare);
         }
         cluster.wait_converged();
         cluster
@@ -381,8 +395,13 @@ impl Cluster {
     /// Initialises, starts and adds one more node (through node 0's CLI, or
     /// the first running node's).
     pub fn add_node(&mut self) -> usize {
+        self.add_prepared_node(&mut |_| {})
+    }
+
+    fn add_prepared_node(&mut self, prepare: &mut dyn FnMut(&mut Node)) -> usize {
         let index = self.nodes.len();
         let mut node = Node::in_dir(self.root.path(), &format!("n{index}"));
+        prepare(&mut node);
         node.init(free_port(), &["--secret", &self.secret]);
         node.serve();
         let addr = node.advertise();
@@ -758,7 +777,11 @@ fn answer(
 /// and an HTTP check `web` (1 s interval) on an [`HttpTarget`], both added
 /// through a follower; returns once the check's first UP alert arrived.
 pub fn alerting_cluster() -> (Cluster, Receiver, HttpTarget) {
-    let cluster = Cluster::new(3, "2m");
+    alerting(Cluster::new(3, "2m"))
+}
+
+/// [`alerting_cluster`] on a cluster of 3 built by the caller.
+pub fn alerting(cluster: Cluster) -> (Cluster, Receiver, HttpTarget) {
     let master = cluster.wait_converged();
     let follower = (0..3).find(|i| *i != master).unwrap();
     let receiver = Receiver::start();
@@ -908,5 +931,91 @@ impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace removes the veth pair with it.
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// One node's wall clock, steppable while it runs: the node's processes
+/// run under libfaketime (`LD_PRELOAD`), reading their offset from a file
+/// on every call; monotonic clocks are left alone, as a real clock step
+/// leaves them.
+pub struct WallClock {
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Where Debian's libfaketime puts its multi-threaded library.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+impl WallClock {
+    /// Puts `node` (every later command of it) on a steppable clock, at +0.
+    pub fn for_node(node: &mut Node) -> Self {
+        assert!(Path::new(LIBFAKETIME).is_file(), "{LIBFAKETIME} is missing (apt-get install libfaketime; .ci/setup does)");
+        let dir = tempfile::Builder::new().prefix("qu-clock-").tempdir().unwrap();
+        let file = dir.path().join("offset");
+        fs::write(&file, "+0\n").unwrap();
+        node.env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME_TIMESTAMP_FILE", file.to_str().unwrap())
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        Self { file, _dir: dir }
+    }
+
+    /// Steps the wall clock to `offset` from real time (`+2h`, `-30m`, `+0`).
+    pub fn set(&self, offset: &str) {
+        fs::write(&self.file, format!("{offset}\n")).unwrap();
+    }
+}
+
+/// A node's data directory on an ext4 image of its own that a test can
+/// freeze (`fsfreeze`): every write and fsync there blocks until thawed,
+/// as on a disk that stopped answering. Thawed and unmounted when dropped.
+pub struct FreezableDisk {
+    mount: PathBuf,
+    frozen: std::cell::Cell<bool>,
+    _image: tempfile::TempDir,
+}
+
+impl FreezableDisk {
+    /// Mounts a fresh 64 MiB ext4 at `node`'s data directory (before `init`).
+    pub fn under(node: &Node) -> Self {
+        let image_dir = tempfile::Builder::new().prefix("qu-disk-").tempdir().unwrap();
+        let image = image_dir.path().join("disk.img");
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        fs::File::create(&image).unwrap().set_len(64 << 20).unwrap();
+        run("mkfs.ext4", &["-q".as_ref(), image.as_os_str()]);
+        fs::create_dir_all(&node.dir).unwrap();
+        run("mount", &["-o".as_ref(), "loop".as_ref(), image.as_os_str(), node.dir.as_os_str()]);
+        let _ = fs::remove_dir(node.dir.join("lost+found"));
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&node.dir, fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        Self { mount: node.dir.clone(), frozen: std::cell::Cell::new(false), _image: image_dir }
+    }
+
+    pub fn freeze(&self) {
+        let ok = Command::new("fsfreeze").arg("-f").arg(&self.mount).status().unwrap().success();
+        assert!(ok, "fsfreeze -f {}", self.mount.display());
+        self.frozen.set(true);
+    }
+
+    pub fn thaw(&self) {
+        if self.frozen.replace(false) {
+            let ok = Command::new("fsfreeze").arg("-u").arg(&self.mount).status().unwrap().success();
+            assert!(ok, "fsfreeze -u {}", self.mount.display());
+        }
+    }
+}
+
+impl Drop for FreezableDisk {
+    fn drop(&mut self) {
+        // A process blocked on a frozen disk cannot even be killed: thaw first.
+        if self.frozen.get() {
+            let _ = Command::new("fsfreeze").arg("-u").arg(&self.mount).status();
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
     }
 }
