@@ -92,8 +92,7 @@ fn pages_of_a_flapping_check_arrive_in_transition_order_after_a_sink_outage() {
     receiver.up.store(true, Ordering::SeqCst);
     wait_accepted(&receiver, "RECOVERED", 2, Duration::from_secs(90));
     wait_all_delivered(&cluster);
-    let accepted: Vec<_> =
-        receiver.requests().into_iter().filter(|r| r.accepted() && r.verb != "UP").collect();
+    let accepted: Vec<_> = receiver.requests().into_iter().filter(|r| r.accepted() && r.verb != "UP").collect();
     let verbs: Vec<&str> = accepted.iter().map(|r| r.verb.as_str()).collect();
     assert_eq!(verbs, ["DOWN", "RECOVERED", "DOWN", "RECOVERED"], "{accepted:?}");
     let orders: Vec<TransitionOrder> =
@@ -111,8 +110,7 @@ fn pages_of_a_flapping_check_arrive_in_transition_order_after_a_sink_outage() {
 #[test]
 fn a_wall_clock_step_on_the_master_neither_fails_nor_repeats_a_pending_page() {
     let mut clocks = Vec::new();
-    let cluster =
-        Cluster::prepared(3, "100ms", "500ms", "2m", |node| clocks.push(WallClock::for_node(node)));
+    let cluster = Cluster::prepared(3, "100ms", "500ms", "2m", |node| clocks.push(WallClock::for_node(node)));
     let (cluster, receiver, target) = qu_tests::alerting(cluster);
     state_everywhere(&cluster, "up");
     let master = cluster.wait_converged();
@@ -133,4 +131,47 @@ fn a_wall_clock_step_on_the_master_neither_fails_nor_repeats_a_pending_page() {
     assert_eq!(receiver.count("DOWN"), (1, 1), "delivered once");
     let alert = first_alert(&cluster);
     assert_eq!(alert["last"]["status"], "delivered", "{alert}");
+}
+
+/// The sink accepts, then the master's only other live member freezes for
+/// under a second: "delivered" cannot commit and the master's lease runs
+/// out. When the member wakes, whichever of the two wins the election
+/// holds the master's proposal of "delivered" (the member reads it from
+/// its socket on waking; if it had not, its older config could not win a
+/// vote and the master would win with its memory of the send): no second
+/// request either way.
+#[test]
+fn a_master_that_loses_its_lease_briefly_after_a_send_does_not_send_again() {
+    use rustix::process::Signal;
+    let (mut cluster, receiver, target) = qu_tests::alerting_cluster();
+    state_everywhere(&cluster, "up");
+    let master = cluster.wait_converged();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != master).collect();
+    let (member, gone) = (followers[0], followers[1]);
+    cluster.nodes[gone].kill();
+    assert_eq!(cluster.wait_master(&[master, member]), master);
+    receiver.hold.store(true, Ordering::SeqCst);
+    target.up.store(false, Ordering::SeqCst);
+    let open = eventually(Duration::from_secs(20), "the DOWN held open", || {
+        receiver.requests().into_iter().find(|r| r.verb == "DOWN" && r.status.is_none())
+    });
+    let term = cluster.nodes[master].status_json()["term"].as_u64().unwrap();
+    cluster.nodes[member].signal(Signal::STOP);
+    let stopped = Instant::now();
+    receiver.hold.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(5), "the sink accepted", || {
+        receiver.requests().iter().any(|r| r.key == open.key && r.accepted()).then_some(())
+    });
+    cluster.nodes[master].wait_status("the master lost its lease", |s| s["quorum"] == false);
+    assert!(stopped.elapsed() < Duration::from_millis(900), "the lease ran out late: {:?}", stopped.elapsed());
+    std::thread::sleep(Duration::from_millis(900).saturating_sub(stopped.elapsed()));
+    cluster.nodes[member].signal(Signal::CONT);
+    let winner = cluster.wait_master(&[master, member]);
+    eprintln!("after the lease loss: {} is master", if winner == master { "the same node" } else { "the member" });
+    let now = cluster.nodes[winner].status_json()["term"].as_u64().unwrap();
+    assert!(now > term, "through an election (term {term} -> {now}): the lease was really lost");
+    wait_all_delivered(&cluster);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(receiver.count("DOWN"), (1, 1), "the send was remembered, not repeated");
+    assert_eq!(receiver.requests().iter().filter(|r| r.verb == "DOWN").count(), 1, "no attempt at all");
 }

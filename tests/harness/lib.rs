@@ -949,7 +949,10 @@ pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.
 impl WallClock {
     /// Puts `node` (every later command of it) on a steppable clock, at +0.
     pub fn for_node(node: &mut Node) -> Self {
-        assert!(Path::new(LIBFAKETIME).is_file(), "{LIBFAKETIME} is missing (apt-get install libfaketime; .ci/setup does)");
+        assert!(
+            Path::new(LIBFAKETIME).is_file(),
+            "{LIBFAKETIME} is missing (apt-get install libfaketime; .ci/setup does)"
+        );
         let dir = tempfile::Builder::new().prefix("qu-clock-").tempdir().unwrap();
         let file = dir.path().join("offset");
         fs::write(&file, "+0\n").unwrap();

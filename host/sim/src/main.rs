@@ -1,4 +1,5 @@
-//! `qu-sim`: run many seeds of the consensus simulator, or replay one.
+//! `qu-sim`: run many seeds of the simulator (consensus and alert delivery),
+//! or replay one. Prints the consensus and delivery counts per node count.
 //!
 //! ```text
 //! qu-sim                          # 1000 seeds each with 3 and with 5 nodes
@@ -10,7 +11,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use qu_sim::{SimConfig, run};
+use qu_sim::{DeliveryStats, SimConfig, run};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,15 +43,18 @@ fn main() -> ExitCode {
             cfg.fault_ms *= 10;
         }
         let started = Instant::now();
-        let (mut steps, mut commits, mut elections, mut max_term) = (0u64, 0u64, 0u64, 0u64);
+        let (mut steps, mut commits, mut elections, mut crashes, mut max_term) = (0u64, 0u64, 0u64, 0u64, 0u64);
         let mut failures = 0;
+        let mut delivery = DeliveryStats::default();
         for &seed in &seeds {
             match run(seed, &cfg) {
                 Ok(stats) => {
                     steps += stats.steps;
                     commits += stats.commits;
                     elections += stats.elections;
+                    crashes += stats.crashes;
                     max_term = max_term.max(stats.max_term);
+                    delivery.add(&stats.delivery);
                 }
                 Err(violation) => {
                     failures += 1;
@@ -60,10 +64,37 @@ fn main() -> ExitCode {
         }
         let secs = started.elapsed().as_secs_f64();
         println!(
-            "{nodes} nodes: {} seeds, {failures} violations, {:.0} schedules/s, {:.0} steps/s, {commits} commits, {elections} elections, max term {max_term}",
+            "{nodes} nodes: {} seeds, {failures} violations, {:.0} schedules/s, {:.0} steps/s, {commits} commits, {elections} elections, {crashes} crashes, max term {max_term}",
             seeds.len(),
             seeds.len() as f64 / secs,
             steps as f64 / secs,
+        );
+        let d = &delivery;
+        println!(
+            "  deliveries: {} records committed ({} delivered, {} failed), {} sends, {} accepted; sink: {} ok, {} transient, {} transient with retry-after, {} permanent, {} hung, {} crash after accept",
+            d.records_committed,
+            d.delivered_committed,
+            d.failed_committed,
+            d.sends,
+            d.accepted,
+            d.succeeded,
+            d.transient,
+            d.transient_retry_after,
+            d.permanent,
+            d.hung,
+            d.crash_after_accept,
+        );
+        println!(
+            "  {} crashes between a send and its commit, {} aborted, {} raw duplicates ({} after a crash, {} after an abort, {} after a lease loss), {} sends after the lease ran out since the core's last step, {} beside a stale sender, {} stuck behind a hang at the end",
+            d.crash_between_send_and_commit,
+            d.aborted,
+            d.raw_duplicates,
+            d.duplicates_after_crash,
+            d.duplicates_after_abort,
+            d.duplicates_after_lease_lost,
+            d.sends_after_lease_ran_out,
+            d.beside_a_stale_sender,
+            d.stuck_behind_hang,
         );
         failed |= failures > 0;
     }

@@ -378,7 +378,8 @@ impl Daemon {
     /// dispatcher sends nothing until a commit of this tenure, so a master
     /// that has not made its fresh commit yet sends nothing either.)
     fn may_act(&self) -> bool {
-        self.core.role() == Role::Master && self.core.can_serve()
+        // The lease as of now, not only as of the core's last step.
+        self.core.role() == Role::Master && self.core.can_serve() && self.core.lease_valid_at(self.now())
     }
 
     /// Every tick: tells the dispatcher whether this node may act (it
@@ -410,9 +411,12 @@ impl Daemon {
         result: Result<(), qu_plugin::CallError>,
         took: Duration,
     ) {
-        let (now, master) = (self.now(), self.me());
+        let (now, acting, master) = (self.now(), self.may_act(), self.me());
         let cx = delivery::Context { cluster: &self.cluster, master, plugins: &self.plugins, events: &self.events };
-        let results = self.delivery.attempted(now, key, attempt, result, took, &cx);
+        // Whether it may still act first: an answer between two ticks must
+        // not start the next send on a lease that ran out meanwhile.
+        let mut results = self.delivery.may_act(now, acting, &cx);
+        results.extend(self.delivery.attempted(now, key, attempt, result, took, &cx));
         self.propose_results(results);
     }
 

@@ -1,0 +1,185 @@
+//! The simulator's replicated content: the mutations a snapshot contains
+//! and its delivery records. The consensus core treats content as opaque
+//! bytes; only the simulator builds and reads it, the way the daemon
+//! builds and reads `cluster.yaml`.
+//!
+//! Format (one line, canonical, so one logical content has one spelling):
+//!
+//! ```text
+//! genesis,m1,m2,m7|3.7/a0=c1:p;3.7/a1=c1:d;4.2/a0=c2:f
+//! ```
+//!
+//! Before `|`: every mutation the snapshot contains, in commit order. After
+//! it (absent when there are no records): the delivery records, sorted by
+//! key, each `<key>=<check>:<status>` with status `p` (pending), `d`
+//! (delivered) or `f` (failed). The key is `<term>.<version>/<alert>`, the
+//! id of the snapshot that created the record and the alert it goes to.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use qu_core::alerting::{CommittedView, PendingRecord, TransitionOrder};
+use qu_core::config::DeliveryResult;
+use qu_core::consensus::ConfigId;
+
+/// The checks a transition may be for, and the alerts every check has.
+pub const CHECKS: u64 = 3;
+pub const ALERTS: [&str; 2] = ["a0", "a1"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub check: String,
+    pub alert: String,
+    /// `<term>.<version>`: the transition, and the record's order.
+    pub transition: String,
+    pub status: Status,
+}
+
+/// A parsed snapshot content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content {
+    pub mutations: Vec<String>,
+    pub records: BTreeMap<String, Record>,
+}
+
+/// What a client or the dispatcher asks to change.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Nothing but the mutation's name.
+    Plain,
+    /// Check `check` changed state: a pending record for each of its alerts.
+    Transition { check: u64 },
+    /// The dispatcher's results. A record that is not pending stays as it is.
+    Finish(Vec<DeliveryResult>),
+}
+
+/// The mutation names of `content`, without parsing its records.
+pub fn mutations(content: &str) -> impl Iterator<Item = &str> {
+    content.split('|').next().unwrap_or("").split(',')
+}
+
+impl Content {
+    pub fn parse(text: &str) -> Self {
+        let (mutations, records) = text.split_once('|').unwrap_or((text, ""));
+        let records = records
+            .split(';')
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let (key, rest) = r.split_once('=').expect("record key");
+                let (check, status) = rest.split_once(':').expect("record status");
+                let (transition, alert) = key.split_once('/').expect("key transition");
+                let status = match status {
+                    "p" => Status::Pending,
+                    "d" => Status::Delivered,
+                    "f" => Status::Failed,
+                    other => panic!("unknown record status {other:?} in {r:?}"),
+                };
+                let record = Record { check: check.into(), alert: alert.into(), transition: transition.into(), status };
+                (key.to_string(), record)
+            })
+            .collect();
+        Self { mutations: mutations.split(',').map(str::to_string).collect(), records }
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = self.mutations.join(",");
+        if !self.records.is_empty() {
+            text.push('|');
+            let records: Vec<String> = self
+                .records
+                .iter()
+                .map(|(key, r)| {
+                    let status = match r.status {
+                        Status::Pending => 'p',
+                        Status::Delivered => 'd',
+                        Status::Failed => 'f',
+                    };
+                    format!("{key}={}:{status}", r.check)
+                })
+                .collect();
+            text.push_str(&records.join(";"));
+        }
+        text
+    }
+
+    /// `text` with mutation `name` applied, for the snapshot with id `id`.
+    pub fn apply(text: &str, id: ConfigId, name: &str, change: &Change) -> String {
+        let mut content = Self::parse(text);
+        content.mutations.push(name.to_string());
+        match change {
+            Change::Plain => {}
+            Change::Transition { check } => {
+                let transition = format!("{}.{}", id.term, id.version);
+                for alert in ALERTS {
+                    let record = Record {
+                        check: format!("c{check}"),
+                        alert: alert.into(),
+                        transition: transition.clone(),
+                        status: Status::Pending,
+                    };
+                    content.records.insert(format!("{transition}/{alert}"), record);
+                }
+            }
+            Change::Finish(results) => {
+                for result in results {
+                    if let Some(record) = content.records.get_mut(&result.key)
+                        && record.status == Status::Pending
+                    {
+                        record.status = if result.delivered { Status::Delivered } else { Status::Failed };
+                    }
+                }
+            }
+        }
+        content.render()
+    }
+
+    /// What the dispatcher is told of this content once it is committed.
+    pub fn view(&self, deadline: Duration) -> CommittedView {
+        let pending = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.status == Status::Pending)
+            .map(|(key, r)| PendingRecord {
+                key: key.clone(),
+                check_id: r.check.clone(),
+                alert_id: r.alert.clone(),
+                order: TransitionOrder::of(&r.transition),
+                blocked: None,
+            })
+            .collect();
+        CommittedView { pending, deadline }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_round_trips_and_finishing_only_touches_pending_records() {
+        assert_eq!(Content::parse("genesis"), Content { mutations: vec!["genesis".into()], records: BTreeMap::new() });
+        let id = ConfigId { term: 3, version: 7 };
+        let text = Content::apply("genesis,m1", id, "m2", &Change::Transition { check: 1 });
+        assert_eq!(text, "genesis,m1,m2|3.7/a0=c1:p;3.7/a1=c1:p");
+        assert_eq!(Content::parse(&text).render(), text);
+        assert_eq!(mutations(&text).collect::<Vec<_>>(), ["genesis", "m1", "m2"]);
+        let result =
+            |key: &str, delivered| DeliveryResult { key: key.into(), delivered, attempts: 1, error: String::new() };
+        let next = ConfigId { term: 3, version: 8 };
+        let text =
+            Content::apply(&text, next, "m3", &Change::Finish(vec![result("3.7/a0", true), result("9.9/a0", true)]));
+        assert_eq!(text, "genesis,m1,m2,m3|3.7/a0=c1:d;3.7/a1=c1:p");
+        let text = Content::apply(&text, next, "m4", &Change::Finish(vec![result("3.7/a0", false)]));
+        assert_eq!(text, "genesis,m1,m2,m3,m4|3.7/a0=c1:d;3.7/a1=c1:p", "a finished record stays finished");
+        let view = Content::parse(&text).view(Duration::from_secs(5));
+        assert_eq!(view.pending.len(), 1);
+        assert_eq!((view.pending[0].key.as_str(), view.pending[0].check_id.as_str()), ("3.7/a1", "c1"));
+    }
+}
