@@ -1,11 +1,14 @@
 //! A small blocking HTTP client over `wasi:http`.
 //!
-//! ```ignore
+//! ```no_run
+//! # fn main() -> Result<(), qu_sdk::http::HttpError> {
 //! let response = qu_sdk::http::get("https://example.com/health")
 //!     .header("accept", "application/json")
 //!     .timeout(std::time::Duration::from_secs(5))
 //!     .send()?;
 //! assert_eq!(response.status, 200);
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! The host decides where a plugin may connect: a destination outside the

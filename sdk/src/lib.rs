@@ -1,9 +1,11 @@
 //! The qu plugin SDK: write an extra check type or an alert sink as a
 //! WebAssembly component for qu (contract `qu:plugin@0.1.0`, see `wit/`).
 //!
-//! A plugin is one type implementing [`Check`] or [`Sink`] plus one macro:
+//! A plugin is one type implementing [`Check`] or [`Sink`] plus one macro
+//! (compiled as a doctest in the `check` build):
 //!
-//! ```ignore
+#![cfg_attr(feature = "check", doc = "```no_run")]
+#![cfg_attr(not(feature = "check"), doc = "```text")]
 //! use qu_sdk::{Check, Config, Error, Info, Outcome};
 //!
 //! struct Hello;
