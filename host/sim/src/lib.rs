@@ -22,12 +22,11 @@
 //!
 //! Every node runs a [`Dispatcher`] beside its core; it is created when the
 //! node starts and lost when it crashes. The simulator drives it the way the
-//! daemon does: `MayAct(role == Master && can_serve())` at every tick (a
-//! resumed node ticks first), and when one of the master's own proposals
-//! commits (its fresh commit included), `MayAct` and then `Committed` with
-//! the pending records of that snapshot. One addition the daemon lacks: a
-//! sink's answer is preceded by `MayAct` too (see `Sim::attempted` for the
-//! seed that showed why). The dispatcher's `Propose` results wait in a
+//! daemon does: `MayAct(role == Master && can_serve() && lease valid now)`
+//! at every tick (a resumed node ticks first) and before every sink answer
+//! (see `Sim::attempted` for the seed that showed why), and when one of the
+//! master's own proposals commits (its fresh commit included), `MayAct` and
+//! then `Committed` with the pending records of that snapshot. The dispatcher's `Propose` results wait in a
 //! queue (the daemon's) and go out as "finish" mutations whenever the master
 //! can serve and is idle; a finish that does not commit is lost, and the
 //! dispatcher proposes it again. 30 % of the other client proposals are a
@@ -36,8 +35,8 @@
 //! content format is in `content.rs`).
 //!
 //! A fake sink (`sink.rs`) answers each send after a random delay, with a
-//! behaviour drawn from the run's RNG: success, a transient failure (half
-//! the time with a `Retry-After`), a permanent failure, a hang (never
+//! behaviour drawn from the run's RNG: success, a transient failure (a third
+//! of them with a `Retry-After`), a permanent failure, a hang (never
 //! answered; only an abort or the sender's crash ends it), or "accept, then
 //! the sender crashes before it learns so". An answer reaches only the
 //! incarnation that sent it, and not after an `AbortAll`; one that reaches a
@@ -755,10 +754,11 @@ impl Sim {
         self.dispatch(i, DispatchInput::MayAct(self.may_act(i)))
     }
 
-    /// What the daemon feeds `MayAct`: master, with a lease and a commit in
-    /// its term.
+    /// What the daemon feeds `MayAct`: master, with a commit in its term
+    /// and a lease that holds now on its own clock.
     fn may_act(&self, i: usize) -> bool {
-        self.nodes[i].core.as_ref().is_some_and(|c| c.role() == Role::Master && c.can_serve())
+        let now = self.local_now(i);
+        self.nodes[i].core.as_ref().is_some_and(|c| c.role() == Role::Master && c.can_serve() && c.lease_valid_at(now))
     }
 
     /// Whether `node`, still in `incarnation`, holds a lease on its own
@@ -951,12 +951,11 @@ impl Sim {
 
     /// A sink's answer reaches node `i`: `MayAct` first, then the answer.
     ///
-    /// The daemon feeds `MayAct` only per tick and before a commit's view,
-    /// not before an answer, so between two ticks its dispatcher may act on
-    /// a stale "yes": seed 17404 (3 nodes, 20,000-seed sweep) had a master
-    /// apply its own membership change, lose `can_serve()` at once, and then
-    /// start the next record of a queue when an answer came in before its
-    /// next tick. The daemon's `delivery_attempted` needs the same `MayAct`.
+    /// Fed per tick only, a dispatcher may act on a stale "yes" between two
+    /// ticks: seed 17404 (3 nodes, 20,000-seed sweep) had a master apply its
+    /// own membership change, lose `can_serve()` at once, and then start the
+    /// next record of a queue when an answer came in before its next tick.
+    /// The daemon's `delivery_attempted` feeds `MayAct` first in the same way.
     fn attempted(&mut self, i: usize, answer: DispatchInput) -> Result<(), Violation> {
         self.dispatch(i, DispatchInput::MayAct(self.may_act(i)))?;
         self.dispatch(i, answer)

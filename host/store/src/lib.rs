@@ -1,7 +1,10 @@
 //! Durable storage: the data directory's layout, atomic fsynced writes, and
 //! permissions.
 //!
-//! The only crate that writes files. Invariants:
+//! The node's own state files (node.yaml, cluster.yaml, state.yaml, keys)
+//! are written only through this crate; plugin blobs and compiled
+//! artifacts are written and removed by qu-plugin and the daemon's plugin
+//! registry (docs/ARCHITECTURE.md lists them). Invariants:
 //! - a file is replaced by writing a temp file beside it, fsyncing it,
 //!   renaming it over the old one and fsyncing the directory, so a crash
 //!   leaves either the old or the new content, never a mix;

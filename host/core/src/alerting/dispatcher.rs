@@ -244,7 +244,7 @@ impl Dispatcher {
     }
 
     /// Whether `key` is being sent, waiting for a retry, or finished here
-    /// but not yet committed (for `qu alert list`).
+    /// but not yet committed.
     pub fn knows(&self, key: &str) -> bool {
         self.tracks.contains_key(key)
     }

@@ -1,6 +1,7 @@
 //! The event loop: one task owns the node's state and handles a closed set
 //! of events in order. It feeds the consensus core and executes what the
-//! core returns in order: persist, then send, then apply.
+//! core returns, in the order returned (a config is applied as part of
+//! persisting it).
 
 mod delivery;
 mod join;
@@ -196,7 +197,6 @@ pub(crate) struct Daemon {
     lateness_us: VecDeque<u64>,
     /// Built-in and added plugins, and the runtime that runs them.
     plugins: Arc<crate::plugins::Registry>,
-    /// Alert deliveries in flight and waiting (master only).
     /// Alert delivery: the pure dispatcher and the sends it runs.
     delivery: delivery::Delivery,
 }
@@ -560,7 +560,7 @@ impl Daemon {
         });
     }
 
-    /// Executes the core's outputs in order: persist, then send, then apply.
+    /// Executes the core's outputs in the order the core gave them.
     fn execute(&mut self, outputs: Vec<Output>) -> Result<(), DaemonError> {
         for output in outputs {
             match output {
