@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use qu_plugin::{Kind, Limits, Runtime, Status};
 
-const FIXTURE: &[u8] = include_bytes!("fixtures/echo-0.1.0.wasm");
+const FIXTURE: &[u8] = include_bytes!("../fixtures/echo-0.1.0.wasm");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_built_against_0_1_0_still_runs() {
