@@ -175,3 +175,134 @@ fn a_master_that_loses_its_lease_briefly_after_a_send_does_not_send_again() {
     assert_eq!(receiver.count("DOWN"), (1, 1), "the send was remembered, not repeated");
     assert_eq!(receiver.requests().iter().filter(|r| r.verb == "DOWN").count(), 1, "no attempt at all");
 }
+
+/// Five nodes under kill -9 of the master, SIGSTOP, wall-clock steps and a
+/// sink outage while the check flaps, for 40 s. Once the faults stop: one
+/// accepted page per committed transition record (the final config's
+/// deliveries), nothing for a transition the cluster does not hold, in
+/// transition order, and raw duplicates (same key) only as many as there
+/// were crashes and freezes. `QU_FAULT_SEED=N` replays a schedule.
+#[test]
+fn five_nodes_under_faults_page_once_per_committed_transition_in_order() {
+    use rand::{Rng, SeedableRng};
+    use rustix::process::Signal;
+    let seed = std::env::var("QU_FAULT_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    });
+    eprintln!("fault schedule seed {seed} (replay: QU_FAULT_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut clocks = Vec::new();
+    let cluster = Cluster::prepared(5, "100ms", "500ms", "2m", |node| clocks.push(WallClock::for_node(node)));
+    let (mut cluster, receiver, target) = qu_tests::alerting(cluster);
+    state_everywhere(&cluster, "up");
+
+    // Down nodes (killed or stopped) and when they come back.
+    let mut down: Vec<(usize, Instant, bool)> = Vec::new();
+    let (mut interruptions, mut sink_back, mut next_flip) = (0usize, None::<Instant>, Instant::now());
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(40) {
+        let now = Instant::now();
+        for (node, until, killed) in down.clone() {
+            if now >= until {
+                if killed {
+                    cluster.nodes[node].spawn_serve();
+                } else {
+                    cluster.nodes[node].signal(Signal::CONT);
+                }
+                down.retain(|(n, _, _)| *n != node);
+            }
+        }
+        if sink_back.is_some_and(|at| now >= at) {
+            receiver.up.store(true, Ordering::SeqCst);
+            sink_back = None;
+        }
+        if now >= next_flip {
+            target.up.store(!target.up.load(Ordering::SeqCst), Ordering::SeqCst);
+            next_flip = now + Duration::from_millis(rng.random_range(2_500..5_000));
+        }
+        let up: Vec<usize> = (0..5).filter(|i| !down.iter().any(|(n, _, _)| n == i)).collect();
+        match rng.random_range(0..4) {
+            // The master (as the up nodes see it), killed.
+            0 if down.len() < 2 => {
+                let master = up.iter().find_map(|i| {
+                    let s = cluster.nodes[*i].try_status()?;
+                    (s["master"] == s["node_id"]).then_some(*i)
+                });
+                if let Some(master) = master {
+                    eprintln!("fault: kill -9 n{master}");
+                    cluster.nodes[master].kill();
+                    down.push((master, now + Duration::from_millis(rng.random_range(1_000..4_000)), true));
+                    interruptions += 1;
+                }
+            }
+            1 if down.len() < 2 => {
+                let node = up[rng.random_range(0..up.len())];
+                eprintln!("fault: SIGSTOP n{node}");
+                cluster.nodes[node].signal(Signal::STOP);
+                down.push((node, now + Duration::from_millis(rng.random_range(300..3_000)), false));
+                interruptions += 1;
+            }
+            2 => {
+                let node = rng.random_range(0..5);
+                let step = ["+30", "+900", "+2h", "-5m", "+0"][rng.random_range(0..5)];
+                eprintln!("fault: n{node} wall clock {step}");
+                clocks[node].set(step);
+            }
+            _ if sink_back.is_none() => {
+                eprintln!("fault: the sink answers 503");
+                receiver.up.store(false, Ordering::SeqCst);
+                sink_back = Some(now + Duration::from_millis(rng.random_range(1_000..6_000)));
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(700..2_000)));
+    }
+    // Faults stop: everyone back, clocks true, the sink up, the target up.
+    for (node, _, killed) in down.drain(..) {
+        if killed {
+            cluster.nodes[node].spawn_serve();
+        } else {
+            cluster.nodes[node].signal(Signal::CONT);
+        }
+    }
+    for clock in &clocks {
+        clock.set("+0");
+    }
+    receiver.up.store(true, Ordering::SeqCst);
+    target.up.store(true, Ordering::SeqCst);
+    for node in &mut cluster.nodes {
+        node.wait_answering();
+    }
+    cluster.wait_converged();
+    state_everywhere(&cluster, "up");
+    wait_all_delivered(&cluster);
+
+    let master = cluster.wait_converged();
+    let text = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
+    let config: qu_core::config::ClusterConfig = serde_yaml::from_str(&text).unwrap();
+    let committed: std::collections::BTreeSet<String> = config.deliveries.keys().cloned().collect();
+    let statuses: Vec<_> = config.deliveries.values().map(|d| d.status).collect();
+    assert!(
+        statuses.iter().all(|s| *s == qu_core::config::DeliveryStatus::Delivered),
+        "every committed record delivered: {:?}",
+        config.deliveries
+    );
+    let accepted: Vec<qu_tests::Received> = receiver.requests().into_iter().filter(|r| r.accepted()).collect();
+    let mut first_seen: Vec<String> = Vec::new();
+    for r in &accepted {
+        if !first_seen.contains(&r.key) {
+            first_seen.push(r.key.clone());
+        }
+    }
+    let distinct: std::collections::BTreeSet<String> = first_seen.iter().cloned().collect();
+    assert_eq!(distinct, committed, "one page per committed transition, none for an uncommitted one");
+    let orders: Vec<TransitionOrder> =
+        first_seen.iter().map(|k| TransitionOrder::of(k.split_once('/').unwrap().0)).collect();
+    assert!(orders.windows(2).all(|w| w[0] < w[1]), "pages in transition order: {first_seen:?}");
+    let duplicates = accepted.len() - distinct.len();
+    eprintln!(
+        "{} transitions paged, {duplicates} raw duplicates, {interruptions} kills and freezes",
+        distinct.len()
+    );
+    assert!(duplicates <= interruptions, "{duplicates} duplicates for {interruptions} kills and freezes");
+}
