@@ -1,0 +1,99 @@
+//! Driving the consensus core: stepping it, and executing its outputs in
+//! the order it gives them (persisting a config applies it).
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn step(&mut self, input: Input) -> Result<(), DaemonError> {
+        let now = self.now();
+        let out = self.core.step(now, input);
+        self.execute(out)
+    }
+
+    /// Executes the core's outputs in the order the core gave them.
+    pub(super) fn execute(&mut self, outputs: Vec<Output>) -> Result<(), DaemonError> {
+        for output in outputs {
+            match output {
+                Output::PersistDurable(durable) => self.persist_durable(&durable)?,
+                // Parsing, validating and fsyncing a large cluster.yaml is
+                // blocking work: let the runtime move other tasks (the probe
+                // scheduler) off this thread meanwhile.
+                Output::PersistConfig(snapshot) => blocking(|| self.persist_config(&snapshot))?,
+                Output::Send { to, msg } => self.send(to, msg),
+                Output::ProposalDone { request, result } => self.proposal_done(request, result),
+                Output::RoleChanged { term, role, master } => self.log_role(term, role, master),
+                Output::NeedFreshCommit { .. } => {
+                    self.queue.push_front((Mutation::Restamp, Waiter::Internal));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn log_role(&mut self, term: u64, role: Role, master: Option<NodeId>) {
+        match (role, master) {
+            (Role::Master, _) => tracing::info!(term, master = %self.me(), "term {term}: this node is master"),
+            (_, Some(master)) => tracing::info!(term, %master, "term {term}: master is {master}"),
+            (Role::Candidate, None) => tracing::info!(term, "term {term}: election in progress"),
+            (Role::Follower, None) => tracing::info!(term, "term {term}: no master"),
+        }
+        if role == Role::Master {
+            // Start from the committed states and fresh reports only.
+            self.verdicts.forget_reports();
+            self.sync_verdicts();
+        }
+        if role != Role::Master {
+            // Whatever was waiting for this master's turn must go elsewhere.
+            let waiting: Vec<_> = self.queue.drain(..).collect();
+            for (_, waiter) in waiting {
+                waiter.finish(Err(format!("the master stepped down (term {term}); retry")), None);
+            }
+        }
+    }
+
+    pub(super) fn persist_durable(&mut self, durable: &Durable) -> Result<(), DaemonError> {
+        let text = serde_yaml::to_string(durable).expect("durable state serialises");
+        qu_store::write_atomic(&self.data.state_yaml(), text.as_bytes(), SECRET_FILE_MODE)
+            .map_err(|source| DaemonError::Persist { what: "state.yaml", source })
+    }
+
+    pub(super) fn persist_config(&mut self, snapshot: &Snapshot) -> Result<(), DaemonError> {
+        // The config behind this snapshot was usually parsed (received) or
+        // built (proposed) a moment ago; parse again only if not.
+        let cluster = match self.parsed.take() {
+            Some((text, config)) if Arc::ptr_eq(&text, &snapshot.content) => config,
+            _ => ClusterConfig::parse(&snapshot.content).expect("snapshots are validated before the core sees them"),
+        };
+        self.set_aside_unreplicated_edit(&cluster);
+        qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
+            .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
+        self.written = snapshot.content.clone();
+        self.bad_edit = None;
+        let members_changed = cluster.peers != self.cluster.peers;
+        if let Some(master) = self.core.master()
+            && master != self.me()
+            && cluster.peer(&master).is_none()
+            && let Some(peer) = self.cluster.peer(&master)
+        {
+            let until = self.now() + 3 * cluster.settings.dead_after.as_millis() as u64;
+            self.departing = Some((peer.clone(), until));
+        }
+        self.cluster = cluster;
+        tracing::info!(
+            version = snapshot.id.version,
+            term = snapshot.id.term,
+            "config version {} applied (term {})",
+            snapshot.id.version,
+            snapshot.id.term
+        );
+        if members_changed {
+            self.refresh_trust();
+        }
+        self.plugins.sync(&self.cluster, self.peer_connections());
+        self.schedule.send_replace(Arc::new(scheduler::scheduled(&self.cluster)));
+        if self.core.role() == Role::Master {
+            self.sync_verdicts();
+        }
+        Ok(())
+    }
+}

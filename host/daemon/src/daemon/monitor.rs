@@ -1,0 +1,93 @@
+//! Probe results: collected from the scheduler, batched to the master
+//! (fan-in), and judged there into committed transitions.
+
+use super::*;
+
+impl Daemon {
+    pub(super) fn sync_verdicts(&mut self) {
+        let checks: Vec<(String, u64, CheckState)> = self
+            .cluster
+            .checks
+            .iter()
+            .filter(|c| !c.disabled)
+            .map(|c| (c.id.clone(), c.interval.as_millis() as u64, self.cluster.check_state(&c.id)))
+            .collect();
+        let now = self.now();
+        self.verdicts.sync(&checks, now);
+    }
+
+    /// Sends this node's latest results to the master (or, on the master,
+    /// hands them to its verdicts). Undelivered results stay for the next try.
+    pub(super) fn fan_in(&mut self) {
+        let now = self.now();
+        if now < self.next_fanin || self.unsent.is_empty() {
+            return;
+        }
+        self.next_fanin = now + FANIN_MS;
+        if self.core.role() == Role::Master {
+            let me = self.me();
+            for report in std::mem::take(&mut self.unsent).into_values() {
+                self.verdicts.record(me, &report, now);
+            }
+            return;
+        }
+        let Some(master) = self.core.master().filter(|m| self.core.is_live(m)) else { return };
+        let batch: Vec<Report> = self.unsent.values().cloned().collect();
+        let endpoint = self.endpoint.clone();
+        match self.links.send(master, PeerNotice::Results(batch), now, &endpoint, &self.events) {
+            Ok(()) => self.unsent.clear(),
+            Err(error) => tracing::debug!(%master, %error, "results not delivered yet"),
+        }
+    }
+
+    /// Takes the probes that finished since the last tick.
+    pub(super) fn collect_probes(&mut self) {
+        let rounds = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
+        self.probes_skipped += rounds.skipped;
+        for (report, lateness) in rounds.probed {
+            self.probes_run += 1;
+            if self.lateness_us.len() >= LATENESS_WINDOW {
+                self.lateness_us.pop_front();
+            }
+            self.lateness_us.push_back(lateness.as_micros().min(u64::MAX as u128) as u64);
+            if lateness > Duration::from_millis(50) {
+                tracing::debug!(check = %report.check_id, lateness_ms = lateness.as_millis() as u64, "probe started late");
+            }
+            if self.unsent.len() < UNSENT_REPORTS_MAX || self.unsent.contains_key(&report.check_id) {
+                self.unsent.insert(report.check_id.clone(), report);
+            }
+        }
+    }
+
+    /// The master turns verdicts that held for `hysteresis` rounds into
+    /// committed transitions.
+    pub(super) fn judge(&mut self) {
+        if !self.core.can_serve() {
+            return;
+        }
+        let members = self.core.config().members.clone();
+        let now = self.now();
+        let since = self.wall();
+        let transitions: Vec<Transition> = self
+            .verdicts
+            .evaluate(&members, self.cluster.settings.hysteresis, now)
+            .into_iter()
+            .map(|proposal| Transition {
+                check_id: proposal.check_id,
+                status: CheckStatus {
+                    state: proposal.to,
+                    from: proposal.from,
+                    since,
+                    transition: String::new(),
+                    ok: proposal.ok,
+                    failing: proposal.failing,
+                    total: proposal.total,
+                    detail: proposal.detail,
+                },
+            })
+            .collect();
+        if !transitions.is_empty() {
+            self.queue.push_back((Mutation::RecordTransitions { transitions }, Waiter::Internal));
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The peer side: messages checked against the committed membership,
+//! peer requests answered, links kept to every member, and this node
+//! joining a cluster.
+
+use super::*;
+
+impl Daemon {
+    /// A snapshot from the network is re-derived from its content: it must
+    /// parse, validate, carry the id it claims and be in canonical form.
+    pub(super) fn verify_message(&mut self, msg: Msg) -> Result<Msg, String> {
+        Ok(match msg {
+            Msg::Replicate { term, snapshot, sent_at } => {
+                Msg::Replicate { term, snapshot: self.verify_snapshot(snapshot)?, sent_at }
+            }
+            Msg::PullReply { snapshot } => Msg::PullReply { snapshot: self.verify_snapshot(snapshot)? },
+            other => other,
+        })
+    }
+
+    pub(super) fn verify_snapshot(&mut self, snapshot: Snapshot) -> Result<Snapshot, String> {
+        let config = ClusterConfig::parse(&snapshot.content).map_err(|e| e.to_string())?;
+        let rebuilt = config.snapshot();
+        if rebuilt.id != snapshot.id || (snapshot.id.version != 0 && rebuilt.content != snapshot.content) {
+            return Err(format!("snapshot {} does not match its content", snapshot.id));
+        }
+        self.parsed = Some((rebuilt.content.clone(), config));
+        Ok(rebuilt)
+    }
+
+    pub(super) fn on_peer_request(
+        &mut self,
+        from: Caller,
+        request: PeerRequest,
+        reply: oneshot::Sender<PeerResponse>,
+    ) -> Result<(), DaemonError> {
+        let response = match request {
+            PeerRequest::Identify => PeerResponse::Identity {
+                node_id: self.me(),
+                advertise: self.node.advertise.clone(),
+                version: crate::VERSION.to_string(),
+            },
+            PeerRequest::JoinHello { proof, cluster_yaml } => self.on_join_hello(&from, &proof, &cluster_yaml)?,
+            PeerRequest::Ping => {
+                PeerResponse::Pong { node_id: self.me(), term: self.core.term(), config_version: self.cluster.version }
+            }
+            PeerRequest::CheckSummaries => {
+                if self.core.role() == Role::Master {
+                    PeerResponse::CheckSummaries { summaries: self.summaries() }
+                } else {
+                    PeerResponse::Refused { reason: self.not_master_reason() }
+                }
+            }
+            PeerRequest::PluginBlob { sha256 } => match self.plugins.read_blob(&sha256) {
+                Ok(Some(bytes)) => PeerResponse::PluginBlob { bytes },
+                Ok(None) => {
+                    PeerResponse::Refused { reason: format!("component {sha256} is not stored on {}", self.me()) }
+                }
+                Err(reason) => PeerResponse::Refused { reason },
+            },
+            PeerRequest::PluginPut { bytes } => match self.plugins.store_blob(&bytes) {
+                Ok(sha256) => PeerResponse::PluginStored { sha256 },
+                Err(reason) => PeerResponse::Refused { reason: format!("store plugin component: {reason}") },
+            },
+            PeerRequest::Propose { mutation_json } => match serde_json::from_str::<Mutation>(&mutation_json) {
+                Ok(mutation) if self.core.role() == Role::Master => {
+                    self.submit(mutation, Waiter::Peer(reply));
+                    return Ok(());
+                }
+                Ok(_) => PeerResponse::Refused { reason: self.not_master_reason() },
+                Err(error) => PeerResponse::Refused {
+                    reason: format!("unreadable change (is this node the same version?): {error}"),
+                },
+            },
+        };
+        let _ = reply.send(response);
+        Ok(())
+    }
+
+    pub(super) fn not_master_reason(&self) -> String {
+        match self.core.master() {
+            Some(master) if self.core.is_live(&master) => format!("this node is not the master (master is {master})"),
+            _ => {
+                let (live, members, need) =
+                    (self.core.live_members(), self.cluster.peers.len(), self.cluster.quorum_size());
+                if self.core.is_member() && live >= need {
+                    format!(
+                        "no master yet: an election is in progress ({live} of {members} members reachable); retry in a few seconds"
+                    )
+                } else {
+                    ProposeError::NoQuorum { live, members, need }.to_string()
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_join_hello(
+        &mut self,
+        from: &Caller,
+        proof: &[u8],
+        cluster_yaml: &str,
+    ) -> Result<PeerResponse, DaemonError> {
+        let verdict = join::accept(&self.node, &self.fingerprint, from, proof, cluster_yaml, &self.core);
+        let (blank, response) = match verdict {
+            Ok(accepted) => accepted,
+            Err(reason) => return Ok(PeerResponse::Refused { reason }),
+        };
+        let cert_pem = qu_store::read_text(&self.data.cert())
+            .map_err(|source| DaemonError::Persist { what: "keys/cert.pem", source })?;
+        // Start over as a blank node that trusts the inviter's cluster and
+        // takes the master's first configuration.
+        let durable = Durable::default();
+        self.persist_durable(&durable)?;
+        let snapshot = blank.snapshot();
+        qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
+            .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
+        self.written = snapshot.content.clone();
+        let (core, out) = Core::new(self.me(), durable, snapshot, self.now(), rand::random());
+        self.core = core;
+        self.cluster = blank;
+        self.refresh_trust();
+        self.execute(out)?;
+        tracing::info!(inviter = %from.remote_addr, "join accepted: waiting for the master's configuration");
+        Ok(PeerResponse::JoinHelloOk {
+            proof: response,
+            node_id: self.me(),
+            advertise: self.node.advertise.clone(),
+            cert_pem,
+        })
+    }
+
+    /// Trust exactly the members (and a node being added), and close every
+    /// connection to a key that is no longer trusted.
+    pub(super) fn refresh_trust(&mut self) {
+        let mut trusted: Vec<(Fingerprint, NodeId)> =
+            self.cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)).collect();
+        if let Some(peer) = &self.joining {
+            trusted.push((peer.fingerprint.clone(), peer.node_id));
+        }
+        if let Some((peer, _)) = &self.departing {
+            trusted.push((peer.fingerprint.clone(), peer.node_id));
+        }
+        self.trust.replace(trusted);
+        self.inbound.retain(|c| {
+            let keep = !c.is_closed() && c.peer_member().is_some();
+            if !keep {
+                c.close();
+            }
+            keep
+        });
+        self.refresh_links();
+    }
+
+    pub(super) fn refresh_links(&mut self) {
+        let mut peers: Vec<qu_core::config::Peer> = self.cluster.peers.clone();
+        peers.extend(self.joining.clone());
+        peers.extend(self.departing.as_ref().map(|(peer, _)| peer.clone()));
+        self.links.set_peers(&peers);
+    }
+
+    pub(super) fn send(&mut self, to: NodeId, msg: Msg) {
+        let now = self.now();
+        let pulling = matches!(msg, Msg::Pull);
+        let kind = msg_kind(&msg);
+        match self.links.send(to, PeerNotice::Consensus(msg), now, &self.endpoint, &self.events) {
+            Err(error) if pulling => tracing::warn!(peer = %to, "replicate: pull from {to}: {error}"),
+            Err(error) => tracing::debug!(peer = %to, kind, %error, "message dropped"),
+            Ok(()) => tracing::trace!(peer = %to, kind, "sent"),
+        }
+    }
+
+    /// Connections to the other members (to fetch plugin blobs from).
+    pub(super) fn peer_connections(&self) -> Vec<qu_transport::Connection<crate::peer::Wire>> {
+        self.cluster
+            .peers
+            .iter()
+            .filter(|p| p.node_id != self.me())
+            .filter_map(|p| self.links.connection(&p.node_id))
+            .collect()
+    }
+}
