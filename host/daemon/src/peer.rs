@@ -5,7 +5,7 @@ use qu_core::wire::{PeerNotice, PeerRequest, PeerResponse};
 use qu_transport::{Caller, Handler, Protocol};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::daemon::Event;
+use crate::daemon::{Event, PeerEvent};
 
 pub(crate) struct Wire;
 
@@ -28,13 +28,13 @@ pub(crate) struct ToEventLoop {
 impl Handler<Wire> for ToEventLoop {
     async fn on_request(&self, from: Caller, request: PeerRequest) -> PeerResponse {
         let (reply, answer) = oneshot::channel();
-        if self.events.send(Event::PeerRequest { from, request, reply }).await.is_err() {
+        if self.events.send(Event::Peer(PeerEvent::Request { from, request, reply })).await.is_err() {
             return PeerResponse::Refused { reason: "the node is shutting down".into() };
         }
         answer.await.unwrap_or(PeerResponse::Refused { reason: "the node is shutting down".into() })
     }
 
     async fn on_notice(&self, from: Caller, notice: PeerNotice) {
-        let _ = self.events.send(Event::PeerNotice { from, notice }).await;
+        let _ = self.events.send(Event::Peer(PeerEvent::Notice { from, notice })).await;
     }
 }

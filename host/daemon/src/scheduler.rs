@@ -16,7 +16,7 @@ use qu_core::monitor::{Outcome, Report};
 use qu_probe::Probes;
 
 use crate::plugins::Registry;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
 /// Probes running at once on one node.
@@ -62,23 +62,25 @@ fn offset(id: &str, interval: Duration) -> Duration {
     Duration::from_millis(hasher.finish() % millis)
 }
 
-/// What happened to the rounds that came due since the event loop last
-/// collected, which it does on its tick: probes wake nobody when they finish.
-pub type Finished = Arc<Mutex<Rounds>>;
-
-#[derive(Debug, Default)]
-pub struct Rounds {
-    /// Finished probes: the report, and how late the probe started (once it
-    /// had its concurrency permit) against the time it was due.
-    pub probed: Vec<(Report, Duration)>,
+/// What the scheduler tells the event loop, through a bounded channel.
+#[derive(Debug)]
+pub enum Round {
+    /// A finished probe: its report, and how late it started (once it had
+    /// its concurrency permit) against the time it was due.
+    Probed(Report, Duration),
     /// Rounds that came due and were not probed: the check's previous probe
     /// was still running (or waiting for a permit), or the scheduler fell
     /// more than a whole interval behind.
-    pub skipped: u64,
+    Skipped(u64),
 }
 
-/// Finished probes kept while the event loop does not collect them.
-const FINISHED_MAX: usize = 4 * qu_core::limits::CHECKS_MAX;
+/// The scheduler's end of the channel; the event loop holds the receiver.
+/// A finished probe that finds it full waits for room (it is never
+/// dropped); a count of skipped rounds that finds it full is lost.
+pub type Finished = mpsc::Sender<Round>;
+
+/// Room in the channel: reports waiting for the event loop.
+pub const FINISHED_MAX: usize = 4_096;
 
 /// Runs until `checks` is dropped.
 /// Plugin checks run through `plugins` (none: reported unavailable).
@@ -152,7 +154,7 @@ pub async fn run(
                     *slot = next_due;
                     queue.insert((next_due, id.clone()));
                     if behind > 0 {
-                        finished.lock().unwrap_or_else(|e| e.into_inner()).skipped += behind;
+                        let _ = finished.try_send(Round::Skipped(behind));
                     }
                     start_probe(&probes, &plugins, &permits, &running, &finished, check.clone(), due);
                 }
@@ -179,7 +181,7 @@ fn start_probe(
 ) {
     if !running.lock().unwrap_or_else(|e| e.into_inner()).insert(check.id.clone()) {
         tracing::debug!(check = %check.id, "previous probe still running; skipping this round");
-        finished.lock().unwrap_or_else(|e| e.into_inner()).skipped += 1;
+        let _ = finished.try_send(Round::Skipped(1));
         return;
     }
     let (probes, permits, running, finished) = (probes.clone(), permits.clone(), running.clone(), finished.clone());
@@ -229,10 +231,7 @@ fn start_probe(
             },
         };
         running.lock().unwrap_or_else(|e| e.into_inner()).remove(&check.id);
-        let mut finished = finished.lock().unwrap_or_else(|e| e.into_inner());
-        if finished.probed.len() < FINISHED_MAX {
-            finished.probed.push((report, lateness));
-        }
+        let _ = finished.send(Round::Probed(report, lateness)).await;
     });
 }
 
@@ -273,9 +272,9 @@ mod tests {
         let (a, a_count) = counter().await;
         let (b, b_count) = counter().await;
         let (c, c_count) = counter().await;
-        let finished = Finished::default();
+        let (finished, mut rounds) = mpsc::channel(FINISHED_MAX);
         let (checks, watch_rx) = watch::channel(Arc::new(vec![tcp("one", &a, 200), tcp("two", &b, 200)]));
-        let task = tokio::spawn(run(Probes::new(), None, watch_rx, finished.clone()));
+        let task = tokio::spawn(run(Probes::new(), None, watch_rx, finished));
         tokio::time::sleep(Duration::from_millis(1_100)).await;
         let (a1, b1) = (a_count.load(Ordering::SeqCst), b_count.load(Ordering::SeqCst));
         assert!((3..=6).contains(&a1) && (3..=6).contains(&b1), "fixed rate: {a1} and {b1} probes in 1.1 s at 200 ms");
@@ -299,9 +298,10 @@ mod tests {
 
         drop(checks);
         task.await.unwrap();
-        let done = finished.lock().unwrap();
-        assert!(done.probed.len() >= a2 + c3, "every probe reported: {}", done.probed.len());
-        assert!(done.probed.iter().all(|(report, _)| report.outcome == Outcome::Up));
+        tokio::time::sleep(Duration::from_millis(300)).await; // probes still in flight report
+        let (probed, _) = drain(&mut rounds);
+        assert!(probed.len() >= a2 + c3, "every probe reported: {}", probed.len());
+        assert!(probed.iter().all(|(report, _)| report.outcome == Outcome::Up));
     }
 
     /// A loopback HTTP server that accepts connections and never answers.
@@ -329,21 +329,37 @@ mod tests {
             interval: Duration::from_millis(50),
             timeout: Duration::from_millis(400),
         };
-        let finished = Finished::default();
+        let (finished, mut rounds) = mpsc::channel(FINISHED_MAX);
         let (checks, watch_rx) = watch::channel(Arc::new(vec![check]));
-        let task = tokio::spawn(run(Probes::new(), None, watch_rx, finished.clone()));
+        let task = tokio::spawn(run(Probes::new(), None, watch_rx, finished));
         // The first probe waits out its timeout; the rounds that come due
         // meanwhile (every 50 ms) start no second probe, and are counted.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while finished.lock().unwrap().probed.is_empty() {
+        let (mut probed, mut skipped) = (Vec::new(), 0);
+        while probed.is_empty() {
             assert!(Instant::now() < deadline, "the slow probe never finished");
             tokio::time::sleep(Duration::from_millis(10)).await;
+            let (more, skips) = drain(&mut rounds);
+            probed.extend(more);
+            skipped += skips;
         }
         drop(checks);
         task.await.unwrap();
-        let done = finished.lock().unwrap();
-        assert!(done.skipped >= 1, "rounds due while the probe ran are counted: {}", done.skipped);
-        assert!(done.probed.iter().all(|(report, _)| report.outcome == Outcome::Down), "{:?}", done.probed);
+        skipped += drain(&mut rounds).1;
+        assert!(skipped >= 1, "rounds due while the probe ran are counted: {skipped}");
+        assert!(probed.iter().all(|(report, _)| report.outcome == Outcome::Down), "{probed:?}");
+    }
+
+    /// Everything the scheduler reported so far: (probes, skipped rounds).
+    fn drain(rounds: &mut mpsc::Receiver<Round>) -> (Vec<(Report, Duration)>, u64) {
+        let (mut probed, mut skipped) = (Vec::new(), 0);
+        while let Ok(round) = rounds.try_recv() {
+            match round {
+                Round::Probed(report, lateness) => probed.push((report, lateness)),
+                Round::Skipped(n) => skipped += n,
+            }
+        }
+        (probed, skipped)
     }
 
     #[test]

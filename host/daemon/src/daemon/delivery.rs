@@ -16,7 +16,7 @@ use qu_core::alerting::{
 use qu_core::config::{ClusterConfig, DeliveryResult};
 use tokio::sync::mpsc;
 
-use super::Event;
+use super::{DeliveryEvent, Event};
 use crate::plugins::Registry;
 
 /// Sends in flight at once.
@@ -116,7 +116,9 @@ impl Delivery {
                     plugin: "alert".into(),
                     reason: format!("delivery {key} is not in this node's config"),
                 });
-                let _ = events.send(Event::DeliveryAttempt { key, attempt, result, took: Duration::ZERO }).await;
+                let _ = events
+                    .send(Event::Delivery(DeliveryEvent::Attempt { key, attempt, result, took: Duration::ZERO }))
+                    .await;
             });
             return;
         };
@@ -134,7 +136,7 @@ impl Delivery {
                 Err(reason) => Err(qu_plugin::CallError::Unavailable { plugin: kind, reason }),
             };
             let took = started.elapsed();
-            let _ = events.send(Event::DeliveryAttempt { key: task_key, attempt, result, took }).await;
+            let _ = events.send(Event::Delivery(DeliveryEvent::Attempt { key: task_key, attempt, result, took })).await;
         });
         if let Some(old) = self.sends.insert(key, task) {
             old.abort();

@@ -71,7 +71,7 @@ impl Daemon {
             if let Ok(ControlResponse::Error { message }) = answer.await {
                 if message.contains(REFUSED) {
                     tracing::warn!("manual-edit: not replicated: {message}; fix cluster.yaml and save again");
-                    let _ = events.send(Event::EditRefused { text }).await;
+                    let _ = events.send(Event::Control(ControlEvent::EditRefused { text })).await;
                 } else {
                     tracing::warn!("manual-edit: not replicated yet: {message}; retrying while the edit stands");
                 }

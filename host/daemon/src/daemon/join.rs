@@ -65,7 +65,7 @@ pub(super) fn invite(invite: Invite, reply: oneshot::Sender<ControlResponse>) {
         if let Err(error) = &result {
             tracing::warn!(%error, "node add failed");
         }
-        let _ = events.send(Event::Invited { result, reply }).await;
+        let _ = events.send(Event::Control(super::ControlEvent::Invited { result, reply })).await;
     });
 }
 

@@ -12,7 +12,7 @@ use qu_core::{Fingerprint, NodeId};
 use qu_transport::{Connection, Endpoint, Expect};
 use tokio::sync::mpsc;
 
-use super::Event;
+use super::{Event, PeerEvent};
 use crate::peer::{ToEventLoop, Wire};
 
 /// Longest wait between dial attempts, in milliseconds.
@@ -93,8 +93,8 @@ impl Links {
             tokio::spawn(async move {
                 let handler = Arc::new(ToEventLoop { events: events.clone() });
                 let event = match endpoint.connect(&advertise, Expect::Pinned(fingerprint), handler).await {
-                    Ok(connection) => Event::Connected { node: to, connection },
-                    Err(error) => Event::ConnectFailed { node: to, error: error.to_string() },
+                    Ok(connection) => Event::Peer(PeerEvent::Connected { node: to, connection }),
+                    Err(error) => Event::Peer(PeerEvent::ConnectFailed { node: to, error: error.to_string() }),
                 };
                 let _ = events.send(event).await;
             });

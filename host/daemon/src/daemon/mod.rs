@@ -69,30 +69,24 @@ pub enum DaemonError {
     Plugins(String),
 }
 
+/// Everything the event loop handles: one closed set, grouped by where it
+/// comes from. Helper tasks (joins, sends, validations, fetches, links)
+/// report back through it, never through shared state.
 pub(crate) enum Event {
-    Control {
+    /// The control socket, and helper tasks finishing a control request.
+    Control(ControlEvent),
+    /// Peers: requests, notices and the links to them.
+    Peer(PeerEvent),
+    /// The delivery room's sends.
+    Delivery(DeliveryEvent),
+    /// The probe scheduler (through a bounded channel of its own).
+    Probe(scheduler::Round),
+}
+
+pub(crate) enum ControlEvent {
+    Request {
         request: ControlRequest,
         reply: oneshot::Sender<ControlResponse>,
-    },
-    PeerRequest {
-        from: Caller,
-        request: PeerRequest,
-        reply: oneshot::Sender<PeerResponse>,
-    },
-    PeerNotice {
-        from: Caller,
-        notice: PeerNotice,
-    },
-    Connected {
-        node: NodeId,
-        connection: Connection<Wire>,
-    },
-    ConnectFailed {
-        node: NodeId,
-        error: String,
-    },
-    Inbound {
-        connection: Connection<Wire>,
     },
     /// A node passed the join handshake (run on a helper task): add it.
     Invited {
@@ -114,13 +108,19 @@ pub(crate) enum Event {
         mutation: Mutation,
         reply: oneshot::Sender<ControlResponse>,
     },
+}
+
+pub(crate) enum PeerEvent {
+    Request { from: Caller, request: PeerRequest, reply: oneshot::Sender<PeerResponse> },
+    Notice { from: Caller, notice: PeerNotice },
+    Connected { node: NodeId, connection: Connection<Wire> },
+    ConnectFailed { node: NodeId, error: String },
+    Inbound { connection: Connection<Wire> },
+}
+
+pub(crate) enum DeliveryEvent {
     /// One attempt to deliver an alert finished.
-    DeliveryAttempt {
-        key: String,
-        attempt: u32,
-        result: Result<(), qu_plugin::CallError>,
-        took: Duration,
-    },
+    Attempt { key: String, attempt: u32, result: Result<(), qu_plugin::CallError>, took: Duration },
 }
 
 /// Prefix of refusals that retrying cannot fix (the change itself is wrong).
@@ -195,8 +195,6 @@ pub(crate) struct Daemon {
     /// This node's latest result per check, not yet delivered to the master.
     unsent: BTreeMap<String, Report>,
     next_fanin: u64,
-    /// Probes finished since the last tick (filled by the scheduler).
-    finished: scheduler::Finished,
     probes_run: u64,
     /// Rounds the scheduler skipped since start (see `scheduler::Rounds`).
     probes_skipped: u64,
@@ -218,6 +216,68 @@ const FANIN_MS: u64 = 200;
 /// Checks whose unsent results a node keeps while no master is reachable.
 const UNSENT_REPORTS_MAX: usize = qu_core::limits::CHECKS_MAX;
 
+impl Daemon {
+    /// The node's state from what was loaded, with the core's boot outputs
+    /// still to execute.
+    fn start(loaded: LoadedNode, events: mpsc::Sender<Event>) -> Result<(Self, Vec<Output>), DaemonError> {
+        let LoadedNode { data, node, identity, cluster, durable } = loaded;
+        let trust = TrustStore::new(cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)));
+        let fingerprint = identity.fingerprint.clone();
+        let endpoint = Arc::new(Endpoint::<Wire>::new(identity, trust.clone())?.with_source_ip(Some(node.bind)));
+        let started = Instant::now();
+        let (core, boot) = Core::new(node.node_id, durable, cluster.snapshot(), 1, rand::random());
+        let written: Arc<str> = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default().into();
+        let plugins = crate::plugins::Registry::new(&data).map_err(DaemonError::Plugins)?;
+        plugins.clean_up(&cluster);
+        plugins.load_built_in();
+        let daemon = Daemon {
+            links: Links::new(node.node_id),
+            data,
+            node,
+            fingerprint,
+            core,
+            cluster,
+            trust,
+            endpoint: endpoint.clone(),
+            events,
+            inbound: Vec::new(),
+            started,
+            written,
+            bad_edit: None,
+            pending_edit: None,
+            parsed: None,
+            next_request: 1,
+            inflight: None,
+            queue: VecDeque::new(),
+            joining: None,
+            departing: None,
+            schedule: watch::channel(Arc::new(Vec::new())).0,
+            verdicts: Verdicts::default(),
+            unsent: BTreeMap::new(),
+            next_fanin: 0,
+            probes_run: 0,
+            probes_skipped: 0,
+            lateness_us: VecDeque::new(),
+            plugins,
+            delivery: delivery::Delivery::new(rand::random()),
+        };
+        tracing::info!(
+            term = daemon.core.term(),
+            version = daemon.cluster.version,
+            members = daemon.cluster.peers.len(),
+            "config version {} loaded (term {})",
+            daemon.cluster.version,
+            daemon.cluster.term
+        );
+        if !daemon.core.is_member() {
+            tracing::warn!(
+                "this node is not a member of the cluster in cluster.yaml; it answers only the join handshake"
+            );
+        }
+        Ok((daemon, boot))
+    }
+}
+
 /// Runs a node until `shutdown` resolves. Returns after the listeners are
 /// closed, connections are dropped and the control socket is removed.
 pub async fn run(
@@ -225,70 +285,20 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), DaemonError> {
-    let LoadedNode { data, node, identity, cluster, durable } = loaded;
-    let trust = TrustStore::new(cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)));
-    let fingerprint = identity.fingerprint.clone();
-    let endpoint = Arc::new(Endpoint::<Wire>::new(identity, trust.clone())?.with_source_ip(Some(node.bind)));
     let (events, mut inbox) = mpsc::channel(EVENTS_MAX);
-    let started = Instant::now();
-    let (core, boot) = Core::new(node.node_id, durable, cluster.snapshot(), 1, rand::random());
-    let written: Arc<str> = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default().into();
-    let plugins = crate::plugins::Registry::new(&data).map_err(DaemonError::Plugins)?;
-    plugins.clean_up(&cluster);
-    plugins.load_built_in();
-    let mut daemon = Daemon {
-        links: Links::new(node.node_id),
-        data,
-        node,
-        fingerprint,
-        core,
-        cluster,
-        trust,
-        endpoint: endpoint.clone(),
-        events: events.clone(),
-        inbound: Vec::new(),
-        started,
-        written,
-        bad_edit: None,
-        pending_edit: None,
-        parsed: None,
-        next_request: 1,
-        inflight: None,
-        queue: VecDeque::new(),
-        joining: None,
-        departing: None,
-        schedule: watch::channel(Arc::new(Vec::new())).0,
-        verdicts: Verdicts::default(),
-        unsent: BTreeMap::new(),
-        next_fanin: 0,
-        finished: scheduler::Finished::default(),
-        probes_run: 0,
-        probes_skipped: 0,
-        lateness_us: VecDeque::new(),
-        plugins,
-        delivery: delivery::Delivery::new(rand::random()),
-    };
-    tracing::info!(
-        term = daemon.core.term(),
-        version = daemon.cluster.version,
-        members = daemon.cluster.peers.len(),
-        "config version {} loaded (term {})",
-        daemon.cluster.version,
-        daemon.cluster.term
-    );
-    if !daemon.core.is_member() {
-        tracing::warn!("this node is not a member of the cluster in cluster.yaml; it answers only the join handshake");
-    }
+    let (mut daemon, boot) = Daemon::start(loaded, events.clone())?;
+    let endpoint = daemon.endpoint.clone();
     daemon.execute(boot)?;
     daemon.refresh_links();
 
     daemon.schedule.send_replace(Arc::new(scheduler::scheduled(&daemon.cluster)));
     daemon.plugins.sync(&daemon.cluster, daemon.peer_connections());
+    let (finished, mut rounds) = mpsc::channel(scheduler::FINISHED_MAX);
     let scheduler_task = tokio::spawn(scheduler::run(
         Probes::new(),
         Some(daemon.plugins.clone()),
         daemon.schedule.subscribe(),
-        daemon.finished.clone(),
+        finished,
     ));
     let peer_task = tokio::spawn(accept_peers(listeners.peer, endpoint, events.clone()));
     let control_task = tokio::spawn(accept_control(listeners.control, events));
@@ -305,6 +315,7 @@ pub async fn run(
                 Some(event) => daemon.handle(event),
                 None => break Ok(()),
             },
+            Some(round) = rounds.recv() => daemon.handle(Event::Probe(round)),
             _ = ticker.tick() => daemon.tick(),
             _ = file_poll.tick() => {
                 daemon.poll_file();
@@ -366,7 +377,6 @@ impl Daemon {
             self.refresh_trust();
         }
         self.step(Input::Tick)?;
-        self.collect_probes();
         self.fan_in();
         self.judge();
         self.deliver();
@@ -377,66 +387,83 @@ impl Daemon {
 
     fn handle(&mut self, event: Event) -> Result<(), DaemonError> {
         match event {
-            Event::Control { request, reply } => self.on_control(request, reply),
-            Event::PeerRequest { from, request, reply } => self.on_peer_request(from, request, reply)?,
-            Event::PeerNotice { from, notice } => {
-                let Some(member) = from.node_id else { return Ok(()) };
-                let msg = match notice {
-                    PeerNotice::Consensus(msg) => msg,
-                    PeerNotice::Results(reports) => {
-                        // Timestamped on receipt, attributed to the TLS identity.
-                        if self.core.role() == Role::Master {
-                            let now = self.now();
-                            for report in &reports {
-                                self.verdicts.record(member, report, now);
-                            }
-                        }
-                        return Ok(());
-                    }
-                };
-                match self.verify_message(msg) {
-                    Ok(msg) => {
-                        tracing::trace!(peer = %member, kind = msg_kind(&msg), "received");
-                        self.step(Input::Receive { from: member, msg })?
-                    }
-                    Err(error) => tracing::warn!(peer = %member, %error, "dropped an invalid message"),
-                }
-            }
-            Event::Connected { node, connection } => self.links.connected(node, connection),
-            Event::ConnectFailed { node, error } => {
-                let now = self.now();
-                self.links.failed(node, &error, now);
-            }
-            Event::Inbound { connection } => {
-                self.inbound.retain(|c| !c.is_closed());
-                self.inbound.push(connection);
-            }
-            Event::SubmitChecked { mutation, reply } => self.submit_checked(mutation, reply),
-            Event::DeliveryAttempt { key, attempt, result, took } => {
+            Event::Control(event) => self.on_control_event(event),
+            Event::Peer(event) => self.on_peer_event(event)?,
+            Event::Delivery(DeliveryEvent::Attempt { key, attempt, result, took }) => {
                 self.delivery_attempted(key, attempt, result, took);
-                if self.core.can_serve() {
-                    self.start_next_mutation()?;
-                }
             }
-            Event::StatusFetched { summaries, reply } => {
+            Event::Probe(round) => {
+                self.on_round(round);
+                return Ok(());
+            }
+        }
+        self.start_next_mutation()
+    }
+
+    fn on_control_event(&mut self, event: ControlEvent) {
+        match event {
+            ControlEvent::Request { request, reply } => self.on_control(request, reply),
+            ControlEvent::SubmitChecked { mutation, reply } => self.submit_checked(mutation, reply),
+            ControlEvent::StatusFetched { summaries, reply } => {
                 let mut view = self.status();
                 if let Some(summaries) = summaries {
                     view.checks = self.check_views(&summaries, None);
                 }
                 let _ = reply.send(ControlResponse::Status(view));
             }
-            Event::EditRefused { text } => {
+            ControlEvent::EditRefused { text } => {
                 self.pending_edit = None;
                 self.bad_edit = Some(text);
             }
-            Event::Invited { result, reply } => match result {
+            ControlEvent::Invited { result, reply } => match result {
                 Ok(peer) => self.submit(Mutation::AddPeer { peer }, Waiter::Control(reply)),
                 Err(message) => {
                     let _ = reply.send(ControlResponse::Error { message });
                 }
             },
         }
-        self.start_next_mutation()
+    }
+
+    fn on_peer_event(&mut self, event: PeerEvent) -> Result<(), DaemonError> {
+        match event {
+            PeerEvent::Request { from, request, reply } => self.on_peer_request(from, request, reply)?,
+            PeerEvent::Notice { from, notice } => self.on_peer_notice(from, notice)?,
+            PeerEvent::Connected { node, connection } => self.links.connected(node, connection),
+            PeerEvent::ConnectFailed { node, error } => {
+                let now = self.now();
+                self.links.failed(node, &error, now);
+            }
+            PeerEvent::Inbound { connection } => {
+                self.inbound.retain(|c| !c.is_closed());
+                self.inbound.push(connection);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_peer_notice(&mut self, from: Caller, notice: PeerNotice) -> Result<(), DaemonError> {
+        let Some(member) = from.node_id else { return Ok(()) };
+        let msg = match notice {
+            PeerNotice::Consensus(msg) => msg,
+            PeerNotice::Results(reports) => {
+                // Timestamped on receipt, attributed to the TLS identity.
+                if self.core.role() == Role::Master {
+                    let now = self.now();
+                    for report in &reports {
+                        self.verdicts.record(member, report, now);
+                    }
+                }
+                return Ok(());
+            }
+        };
+        match self.verify_message(msg) {
+            Ok(msg) => {
+                tracing::trace!(peer = %member, kind = msg_kind(&msg), "received");
+                self.step(Input::Receive { from: member, msg })?
+            }
+            Err(error) => tracing::warn!(peer = %member, %error, "dropped an invalid message"),
+        }
+        Ok(())
     }
 }
 
@@ -499,7 +526,7 @@ async fn accept_peers(listener: TcpListener, endpoint: Arc<Endpoint<Wire>>, even
         tokio::spawn(async move {
             match endpoint.accept(tcp, handler).await {
                 Ok(connection) => {
-                    let _ = events.send(Event::Inbound { connection }).await;
+                    let _ = events.send(Event::Peer(PeerEvent::Inbound { connection })).await;
                 }
                 Err(error) => tracing::debug!(peer = %addr, %error, "peer handshake failed"),
             }
@@ -521,7 +548,7 @@ async fn accept_control(listener: UnixListener, events: mpsc::Sender<Event>) {
             let response = match control::read_request(&mut stream).await {
                 Ok(request) => {
                     let (reply, answer) = oneshot::channel();
-                    if events.send(Event::Control { request, reply }).await.is_err() {
+                    if events.send(Event::Control(ControlEvent::Request { request, reply })).await.is_err() {
                         ControlResponse::Error { message: "the daemon is shutting down".into() }
                     } else {
                         answer.await.unwrap_or(ControlResponse::Error { message: "the daemon is shutting down".into() })

@@ -40,22 +40,25 @@ impl Daemon {
         }
     }
 
-    /// Takes the probes that finished since the last tick.
-    pub(super) fn collect_probes(&mut self) {
-        let rounds = std::mem::take(&mut *self.finished.lock().unwrap_or_else(|e| e.into_inner()));
-        self.probes_skipped += rounds.skipped;
-        for (report, lateness) in rounds.probed {
-            self.probes_run += 1;
-            if self.lateness_us.len() >= LATENESS_WINDOW {
-                self.lateness_us.pop_front();
+    /// One report from the scheduler: a finished probe, or rounds skipped.
+    pub(super) fn on_round(&mut self, round: scheduler::Round) {
+        let (report, lateness) = match round {
+            scheduler::Round::Skipped(n) => {
+                self.probes_skipped += n;
+                return;
             }
-            self.lateness_us.push_back(lateness.as_micros().min(u64::MAX as u128) as u64);
-            if lateness > Duration::from_millis(50) {
-                tracing::debug!(check = %report.check_id, lateness_ms = lateness.as_millis() as u64, "probe started late");
-            }
-            if self.unsent.len() < UNSENT_REPORTS_MAX || self.unsent.contains_key(&report.check_id) {
-                self.unsent.insert(report.check_id.clone(), report);
-            }
+            scheduler::Round::Probed(report, lateness) => (report, lateness),
+        };
+        self.probes_run += 1;
+        if self.lateness_us.len() >= LATENESS_WINDOW {
+            self.lateness_us.pop_front();
+        }
+        self.lateness_us.push_back(lateness.as_micros().min(u64::MAX as u128) as u64);
+        if lateness > Duration::from_millis(50) {
+            tracing::debug!(check = %report.check_id, lateness_ms = lateness.as_millis() as u64, "probe started late");
+        }
+        if self.unsent.len() < UNSENT_REPORTS_MAX || self.unsent.contains_key(&report.check_id) {
+            self.unsent.insert(report.check_id.clone(), report);
         }
     }
 

@@ -7,221 +7,219 @@ use super::*;
 impl Daemon {
     pub(super) fn on_control(&mut self, request: ControlRequest, reply: oneshot::Sender<ControlResponse>) {
         let answer = match request {
-            ControlRequest::Status => {
-                // A follower shows the master's view of the checks.
-                let master = self.core.master().filter(|m| *m != self.me() && self.core.is_live(m));
-                let connection = master.and_then(|m| self.links.connection(&m));
-                match connection {
-                    Some(connection) if !self.cluster.checks.is_empty() => {
-                        let events = self.events.clone();
-                        tokio::spawn(async move {
-                            let answer = connection.request(PeerRequest::CheckSummaries, STATUS_FETCH_TIMEOUT).await;
-                            let summaries = match answer {
-                                Ok(PeerResponse::CheckSummaries { summaries }) => Some(summaries),
-                                _ => None,
-                            };
-                            let _ = events.send(Event::StatusFetched { summaries, reply }).await;
-                        });
-                        return;
-                    }
-                    _ => ControlResponse::Status(self.status()),
-                }
-            }
+            ControlRequest::Status => return self.control_status(reply),
             ControlRequest::NodeList => ControlResponse::Nodes { peers: self.peer_views() },
             ControlRequest::Settings => ControlResponse::Settings(self.settings_view()),
-            ControlRequest::SettingsSet { key, value } => {
-                self.submit_checked(Mutation::SetSetting { key, value }, reply);
-                return;
-            }
             ControlRequest::CheckList => ControlResponse::Checks { checks: self.check_list() },
+            ControlRequest::AlertList => ControlResponse::Alerts { alerts: self.alert_list() },
+            ControlRequest::PluginList => ControlResponse::Plugins { plugins: self.plugins.views(&self.cluster) },
+            ControlRequest::AlertTest { alert } => return self.alert_test(alert, reply),
+            ControlRequest::CheckTest { check, state } => return self.check_test(check, state, reply),
+            ControlRequest::NodeProbe { addr } => {
+                return join::probe(self.endpoint.clone(), self.events.clone(), addr, reply);
+            }
+            ControlRequest::NodeAdd { addr, fingerprint } => return self.node_add(addr, fingerprint, reply),
+            change => return self.on_change_request(change, reply),
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Requests that change the cluster: validated, then proposed.
+    fn on_change_request(&mut self, request: ControlRequest, reply: oneshot::Sender<ControlResponse>) {
+        let mutation = match request {
+            ControlRequest::SettingsSet { key, value } => Mutation::SetSetting { key, value },
             ControlRequest::CheckAdd { mut check } => {
                 check.id = format!("c{:07x}", rand::random::<u32>() & 0x0fff_ffff);
                 let (kind, target, settings) = (check.kind.clone(), check.target.clone(), check.settings.clone());
-                self.submit_validated(Mutation::AddCheck { check }, &kind, target, settings, reply);
-                return;
+                return self.submit_validated(Mutation::AddCheck { check }, &kind, target, settings, reply);
             }
-            ControlRequest::CheckEdit { check, changes } => {
-                let existing = self.cluster.checks.iter().find(|c| c.id == check || c.name == check).cloned();
-                let mutation = Mutation::EditCheck { check, changes: changes.clone() };
-                match existing {
-                    Some(existing) => {
-                        let target = changes.target.clone().unwrap_or(existing.target.clone());
-                        let mut settings = existing.settings.clone();
-                        for (key, value) in &changes.settings {
-                            if value.is_empty() {
-                                settings.remove(key);
-                            } else {
-                                settings.insert(key.clone(), value.clone());
-                            }
-                        }
-                        self.submit_validated(mutation, &existing.kind, target, settings, reply);
-                    }
-                    None => self.submit_checked(mutation, reply),
-                }
-                return;
-            }
-            ControlRequest::AlertList => ControlResponse::Alerts { alerts: self.alert_list() },
+            ControlRequest::CheckEdit { check, changes } => return self.check_edit(check, changes, reply),
             ControlRequest::AlertAdd { mut alert } => {
                 alert.id = format!("a{:07x}", rand::random::<u32>() & 0x0fff_ffff);
                 let checked = (*alert).clone();
-                self.submit_alert(Mutation::AddAlert { alert }, checked, reply);
-                return;
+                return self.submit_alert(Mutation::AddAlert { alert }, checked, reply);
             }
-            ControlRequest::AlertEdit { alert, changes } => {
-                let Some(mut merged) = self.cluster.alerts.iter().find(|a| a.id == alert || a.name == alert).cloned()
-                else {
-                    self.submit_checked(Mutation::EditAlert { alert, changes }, reply);
-                    return;
-                };
-                for (key, value) in &changes.config {
-                    if value.is_empty() {
-                        merged.config.remove(key);
-                    } else {
-                        merged.config.insert(key.clone(), value.clone());
-                    }
-                }
-                if let Some(subject) = &changes.subject_template {
-                    merged.subject_template = (!subject.is_empty()).then(|| subject.clone());
-                }
-                if let Some(body) = &changes.body_template {
-                    merged.body_template = (!body.is_empty()).then(|| body.clone());
-                }
-                self.submit_alert(Mutation::EditAlert { alert, changes }, merged, reply);
-                return;
-            }
-            ControlRequest::AlertRemove { alert } => {
-                self.submit_checked(Mutation::RemoveAlert { alert }, reply);
-                return;
-            }
-            ControlRequest::AlertTest { alert } => {
-                let Some(alert) = self.cluster.alerts.iter().find(|a| a.id == alert || a.name == alert).cloned() else {
-                    let message = format!("no alert has the name or id `{alert}` (see `qu alert list`)");
-                    let _ = reply.send(ControlResponse::Error { message });
-                    return;
-                };
-                let check = qu_core::config::Check {
-                    id: "test".into(),
-                    name: "qu-alert-test".into(),
-                    kind: "test".into(),
-                    target: format!("alert {}", alert.name),
-                    interval: Duration::from_secs(30),
-                    timeout: Duration::from_secs(10),
-                    settings: BTreeMap::new(),
-                    alert_ids: vec![],
-                    suppress_alert_ids: vec![],
-                    disabled: false,
-                };
-                let detail = "a test event from `qu alert test`; nothing is wrong";
-                let (master, at) = (self.me().to_string(), self.wall());
-                let context = crate::alerts::context(
-                    &check,
-                    &alert,
-                    CheckState::Up,
-                    CheckState::Down,
-                    (0, 0, 0),
-                    detail,
-                    &master,
-                    at,
-                    "test",
-                    true,
-                );
-                self.send_tests(vec![(alert, context)], reply);
-                return;
-            }
-            ControlRequest::CheckTest { check, state } => {
-                let Some(check) = self.cluster.check(&check).cloned() else {
-                    let message = format!("no check has the name or id `{check}` (see `qu check list`)");
-                    let _ = reply.send(ControlResponse::Error { message });
-                    return;
-                };
-                let (from, to) = match state.as_str() {
-                    "down" => (CheckState::Up, CheckState::Down),
-                    "up" => (CheckState::Unknown, CheckState::Up),
-                    "recovered" => (CheckState::Down, CheckState::Up),
-                    other => {
-                        let message = format!("--state {other}: expected down, up or recovered");
-                        let _ = reply.send(ControlResponse::Error { message });
-                        return;
-                    }
-                };
-                let alerts: Vec<qu_core::config::Alert> =
-                    qu_core::alerting::effective_alerts(&self.cluster, &check).into_iter().cloned().collect();
-                if alerts.is_empty() {
-                    let message = format!(
-                        "check {} has no effective alerts (none attached or default, or all suppressed or disabled)",
-                        check.name
-                    );
-                    let _ = reply.send(ControlResponse::Error { message });
-                    return;
-                }
-                let detail = "a test transition from `qu check test`; the check's real state is unchanged";
-                let (master, at) = (self.me().to_string(), self.wall());
-                let sends = alerts
-                    .into_iter()
-                    .map(|alert| {
-                        let context = crate::alerts::context(
-                            &check,
-                            &alert,
-                            from,
-                            to,
-                            (0, 0, 0),
-                            detail,
-                            &master,
-                            at,
-                            "test",
-                            true,
-                        );
-                        (alert, context)
-                    })
-                    .collect();
-                self.send_tests(sends, reply);
-                return;
-            }
-            ControlRequest::PluginList => ControlResponse::Plugins { plugins: self.plugins.views(&self.cluster) },
-            ControlRequest::PluginRemove { name } => {
-                self.submit_checked(Mutation::RemovePlugin { name }, reply);
-                return;
-            }
+            ControlRequest::AlertEdit { alert, changes } => return self.alert_edit(alert, changes, reply),
+            ControlRequest::AlertRemove { alert } => Mutation::RemoveAlert { alert },
+            ControlRequest::PluginRemove { name } => Mutation::RemovePlugin { name },
             ControlRequest::PluginAdd { name, path, allow, memory_mib, timeout } => {
-                self.plugin_add(name, path, allow, memory_mib, timeout, reply);
-                return;
+                return self.plugin_add(name, path, allow, memory_mib, timeout, reply);
             }
-            ControlRequest::CheckRemove { check } => {
-                self.submit_checked(Mutation::RemoveCheck { check }, reply);
+            ControlRequest::CheckRemove { check } => Mutation::RemoveCheck { check },
+            ControlRequest::CheckSetDisabled { check, disabled } => Mutation::SetCheckDisabled { check, disabled },
+            ControlRequest::NodeRemove { node_id } => Mutation::RemovePeer { node_id },
+            other => {
+                let message = format!("not a change: {other:?}");
+                let _ = reply.send(ControlResponse::Error { message });
                 return;
-            }
-            ControlRequest::CheckSetDisabled { check, disabled } => {
-                self.submit_checked(Mutation::SetCheckDisabled { check, disabled }, reply);
-                return;
-            }
-            ControlRequest::NodeRemove { node_id } => {
-                self.submit_checked(Mutation::RemovePeer { node_id }, reply);
-                return;
-            }
-            ControlRequest::NodeProbe { addr } => {
-                join::probe(self.endpoint.clone(), self.events.clone(), addr, reply);
-                return;
-            }
-            ControlRequest::NodeAdd { addr, fingerprint } => {
-                if !self.core.is_member() {
-                    ControlResponse::Error {
-                        message: "this node is not a member of a cluster; run `qu node add` on a member".into(),
-                    }
-                } else {
-                    let invite = join::Invite {
-                        endpoint: self.endpoint.clone(),
-                        events: self.events.clone(),
-                        secret: self.node.cluster_secret.clone(),
-                        cluster_yaml: self.written.to_string(),
-                        addr,
-                        fingerprint,
-                    };
-                    join::invite(invite, reply);
-                    return;
-                }
             }
         };
-        let _ = reply.send(answer);
+        self.submit_checked(mutation, reply);
+    }
+
+    /// `qu check edit`: a plugin check's merged settings go to its plugin first.
+    fn check_edit(
+        &mut self,
+        check: String,
+        changes: Box<qu_core::config::CheckChanges>,
+        reply: oneshot::Sender<ControlResponse>,
+    ) {
+        let existing = self.cluster.checks.iter().find(|c| c.id == check || c.name == check).cloned();
+        let mutation = Mutation::EditCheck { check, changes: changes.clone() };
+        let Some(existing) = existing else { return self.submit_checked(mutation, reply) };
+        let target = changes.target.clone().unwrap_or(existing.target.clone());
+        let mut settings = existing.settings.clone();
+        for (key, value) in &changes.settings {
+            if value.is_empty() {
+                settings.remove(key);
+            } else {
+                settings.insert(key.clone(), value.clone());
+            }
+        }
+        self.submit_validated(mutation, &existing.kind, target, settings, reply);
+    }
+
+    /// `qu alert edit`: the merged alert goes to its sink's validation first.
+    fn alert_edit(
+        &mut self,
+        alert: String,
+        changes: Box<qu_core::config::AlertChanges>,
+        reply: oneshot::Sender<ControlResponse>,
+    ) {
+        let Some(mut merged) = self.cluster.alerts.iter().find(|a| a.id == alert || a.name == alert).cloned() else {
+            return self.submit_checked(Mutation::EditAlert { alert, changes }, reply);
+        };
+        for (key, value) in &changes.config {
+            if value.is_empty() {
+                merged.config.remove(key);
+            } else {
+                merged.config.insert(key.clone(), value.clone());
+            }
+        }
+        if let Some(subject) = &changes.subject_template {
+            merged.subject_template = (!subject.is_empty()).then(|| subject.clone());
+        }
+        if let Some(body) = &changes.body_template {
+            merged.body_template = (!body.is_empty()).then(|| body.clone());
+        }
+        self.submit_alert(Mutation::EditAlert { alert, changes }, merged, reply);
+    }
+
+    /// `qu status`: a follower shows the master's view of the checks.
+    fn control_status(&mut self, reply: oneshot::Sender<ControlResponse>) {
+        // A follower shows the master's view of the checks.
+        let master = self.core.master().filter(|m| *m != self.me() && self.core.is_live(m));
+        let connection = master.and_then(|m| self.links.connection(&m));
+        match connection {
+            Some(connection) if !self.cluster.checks.is_empty() => {
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    let answer = connection.request(PeerRequest::CheckSummaries, STATUS_FETCH_TIMEOUT).await;
+                    let summaries = match answer {
+                        Ok(PeerResponse::CheckSummaries { summaries }) => Some(summaries),
+                        _ => None,
+                    };
+                    let _ = events.send(Event::Control(ControlEvent::StatusFetched { summaries, reply })).await;
+                });
+            }
+            _ => {
+                let _ = reply.send(ControlResponse::Status(self.status()));
+            }
+        }
+    }
+
+    /// `qu alert test`: a synthetic DOWN through one alert's sink.
+    fn alert_test(&mut self, alert: String, reply: oneshot::Sender<ControlResponse>) {
+        let Some(alert) = self.cluster.alerts.iter().find(|a| a.id == alert || a.name == alert).cloned() else {
+            let message = format!("no alert has the name or id `{alert}` (see `qu alert list`)");
+            let _ = reply.send(ControlResponse::Error { message });
+            return;
+        };
+        let check = qu_core::config::Check {
+            id: "test".into(),
+            name: "qu-alert-test".into(),
+            kind: "test".into(),
+            target: format!("alert {}", alert.name),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+            settings: BTreeMap::new(),
+            alert_ids: vec![],
+            suppress_alert_ids: vec![],
+            disabled: false,
+        };
+        let detail = "a test event from `qu alert test`; nothing is wrong";
+        let (master, at) = (self.me().to_string(), self.wall());
+        let context = crate::alerts::context(
+            &check,
+            &alert,
+            CheckState::Up,
+            CheckState::Down,
+            (0, 0, 0),
+            detail,
+            &master,
+            at,
+            "test",
+            true,
+        );
+        self.send_tests(vec![(alert, context)], reply);
+    }
+
+    /// `qu check test`: a synthetic transition through a check's effective alerts.
+    fn check_test(&mut self, check: String, state: String, reply: oneshot::Sender<ControlResponse>) {
+        let Some(check) = self.cluster.check(&check).cloned() else {
+            let message = format!("no check has the name or id `{check}` (see `qu check list`)");
+            let _ = reply.send(ControlResponse::Error { message });
+            return;
+        };
+        let (from, to) = match state.as_str() {
+            "down" => (CheckState::Up, CheckState::Down),
+            "up" => (CheckState::Unknown, CheckState::Up),
+            "recovered" => (CheckState::Down, CheckState::Up),
+            other => {
+                let message = format!("--state {other}: expected down, up or recovered");
+                let _ = reply.send(ControlResponse::Error { message });
+                return;
+            }
+        };
+        let alerts: Vec<qu_core::config::Alert> =
+            qu_core::alerting::effective_alerts(&self.cluster, &check).into_iter().cloned().collect();
+        if alerts.is_empty() {
+            let message = format!(
+                "check {} has no effective alerts (none attached or default, or all suppressed or disabled)",
+                check.name
+            );
+            let _ = reply.send(ControlResponse::Error { message });
+            return;
+        }
+        let detail = "a test transition from `qu check test`; the check's real state is unchanged";
+        let (master, at) = (self.me().to_string(), self.wall());
+        let sends = alerts
+            .into_iter()
+            .map(|alert| {
+                let context =
+                    crate::alerts::context(&check, &alert, from, to, (0, 0, 0), detail, &master, at, "test", true);
+                (alert, context)
+            })
+            .collect();
+        self.send_tests(sends, reply);
+    }
+
+    /// `qu node add`: the join handshake on a helper task, then the change.
+    fn node_add(&mut self, addr: String, fingerprint: qu_core::Fingerprint, reply: oneshot::Sender<ControlResponse>) {
+        if !self.core.is_member() {
+            let message = "this node is not a member of a cluster; run `qu node add` on a member".into();
+            let _ = reply.send(ControlResponse::Error { message });
+        } else {
+            let invite = join::Invite {
+                endpoint: self.endpoint.clone(),
+                events: self.events.clone(),
+                secret: self.node.cluster_secret.clone(),
+                cluster_yaml: self.written.to_string(),
+                addr,
+                fingerprint,
+            };
+            join::invite(invite, reply);
+        }
     }
 
     /// Like `submit_checked`, but a check of a plugin type is first shown to
@@ -251,7 +249,7 @@ impl Daemon {
             let settings: Vec<(String, String)> = settings.into_iter().collect();
             match registry.runtime().validate_check(&plugin, &settings, &target).await {
                 Ok(()) => {
-                    let _ = events.send(Event::SubmitChecked { mutation, reply }).await;
+                    let _ = events.send(Event::Control(ControlEvent::SubmitChecked { mutation, reply })).await;
                 }
                 Err(error) => {
                     let message = match error {
@@ -316,7 +314,7 @@ impl Daemon {
             .await;
             match answer {
                 Ok(mutation) => {
-                    let _ = events.send(Event::SubmitChecked { mutation, reply }).await;
+                    let _ = events.send(Event::Control(ControlEvent::SubmitChecked { mutation, reply })).await;
                 }
                 Err(message) => {
                     let _ = reply.send(fail(message));
@@ -368,7 +366,7 @@ impl Daemon {
             let settings: Vec<(String, String)> = alert.config.clone().into_iter().collect();
             let message = match registry.runtime().validate_sink(&plugin, &settings).await {
                 Ok(()) => {
-                    let _ = events.send(Event::SubmitChecked { mutation, reply }).await;
+                    let _ = events.send(Event::Control(ControlEvent::SubmitChecked { mutation, reply })).await;
                     return;
                 }
                 Err(qu_plugin::CallError::Plugin { plugin, error }) => format!("{REFUSED}{plugin}: {error}"),
