@@ -19,6 +19,19 @@ use crate::peer::Wire;
 /// How long fetching a blob from one peer may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a plugin cannot take a call on this node right now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// It is still being compiled or fetched.
+    #[error("loading")]
+    Loading,
+    /// Its last load failed, with why.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("no such plugin on this node")]
+    Missing,
+}
+
 /// Where a plugin stands on this node.
 #[derive(Clone)]
 enum Slot {
@@ -273,7 +286,7 @@ impl Registry {
     /// The plugin named `name` as the cluster defines it: an added one
     /// (kept in line with `plugins:` by [`Registry::sync`]) wins over a
     /// built-in of the same name.
-    pub fn get(&self, name: &str) -> Result<Arc<Plugin>, String> {
+    pub fn get(&self, name: &str) -> Result<Arc<Plugin>, NotReady> {
         let added = self.added.lock().unwrap_or_else(|e| e.into_inner()).slots.get(name).cloned();
         let slot = match added {
             Some(slot) => Some(slot),
@@ -281,19 +294,19 @@ impl Registry {
         };
         match slot {
             Some(Slot::Ready(plugin)) => Ok(plugin),
-            Some(Slot::Loading { .. }) => Err("loading".into()),
-            Some(Slot::Unavailable { reason, .. }) => Err(reason),
-            None => Err("no such plugin on this node".into()),
+            Some(Slot::Loading { .. }) => Err(NotReady::Loading),
+            Some(Slot::Unavailable { reason, .. }) => Err(NotReady::Unavailable(reason)),
+            None => Err(NotReady::Missing),
         }
     }
 
     /// Like [`Registry::get`], but waits (up to `within`) for a plugin that
     /// is still loading — a node that just started compiles its built-ins.
-    pub async fn get_ready(&self, name: &str, within: Duration) -> Result<Arc<Plugin>, String> {
+    pub async fn get_ready(&self, name: &str, within: Duration) -> Result<Arc<Plugin>, NotReady> {
         let deadline = Instant::now() + within;
         loop {
             match self.get(name) {
-                Err(reason) if reason == "loading" && Instant::now() < deadline => {
+                Err(NotReady::Loading) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 other => return other,

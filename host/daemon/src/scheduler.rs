@@ -205,7 +205,7 @@ fn start_probe(
             }
             None => match &plugins {
                 Some(registry) => {
-                    let plugin = registry.get(&check.kind).map_err(|reason| (check.kind.clone(), reason));
+                    let plugin = registry.get(&check.kind).map_err(|reason| (check.kind.clone(), reason.to_string()));
                     let Ok(_permit) = permits.acquire().await else { return };
                     let lateness = late();
                     let report = crate::plugins::probe(

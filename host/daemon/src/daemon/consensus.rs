@@ -46,7 +46,7 @@ impl Daemon {
             // Whatever was waiting for this master's turn must go elsewhere.
             let waiting: Vec<_> = self.queue.drain(..).collect();
             for (_, waiter) in waiting {
-                waiter.finish(Err(format!("the master stepped down (term {term}); retry")), None);
+                waiter.finish(Err(Failure::NotNow(format!("the master stepped down (term {term}); retry"))), None);
             }
         }
     }

@@ -133,7 +133,7 @@ impl Delivery {
             let started = std::time::Instant::now();
             let result = match registry.get_ready(&kind, Duration::from_secs(30)).await {
                 Ok(plugin) => registry.runtime().send(&plugin, &event, &settings).await,
-                Err(reason) => Err(qu_plugin::CallError::Unavailable { plugin: kind, reason }),
+                Err(reason) => Err(qu_plugin::CallError::Unavailable { plugin: kind, reason: reason.to_string() }),
             };
             let took = started.elapsed();
             let _ = events.send(Event::Delivery(DeliveryEvent::Attempt { key: task_key, attempt, result, took })).await;

@@ -65,16 +65,20 @@ impl Daemon {
         self.pending_edit = Some((text.clone(), edited.clone()));
         let mutation = Mutation::Replace { config: Box::new(edited), base_version: self.cluster.version };
         let (reply, answer) = oneshot::channel();
-        self.submit(mutation, Waiter::Control(reply));
+        self.submit(mutation, Waiter::Edit(reply));
         let events = self.events.clone();
         tokio::spawn(async move {
-            if let Ok(ControlResponse::Error { message }) = answer.await {
-                if message.contains(REFUSED) {
+            match answer.await {
+                Ok(Err(failure @ Failure::Refused(_))) => {
+                    let message = failure.message();
                     tracing::warn!("manual-edit: not replicated: {message}; fix cluster.yaml and save again");
                     let _ = events.send(Event::Control(ControlEvent::EditRefused { text })).await;
-                } else {
+                }
+                Ok(Err(failure)) => {
+                    let message = failure.message();
                     tracing::warn!("manual-edit: not replicated yet: {message}; retrying while the edit stands");
                 }
+                Ok(Ok(())) | Err(_) => {}
             }
         });
     }

@@ -123,32 +123,76 @@ pub(crate) enum DeliveryEvent {
     Attempt { key: String, attempt: u32, result: Result<(), qu_plugin::CallError>, took: Duration },
 }
 
-/// Prefix of refusals that retrying cannot fix (the change itself is wrong).
+/// How operators (and followers, over the peer protocol's text) are told
+/// that a change was refused for good.
 const REFUSED: &str = "change refused: ";
+
+/// Why a change did not commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// The change itself is wrong; retrying cannot fix it.
+    Refused(String),
+    /// It may go through later: no master, no quorum, busy, stepped down.
+    NotNow(String),
+}
+
+impl Failure {
+    /// The sentence an operator reads (and a follower receives).
+    fn message(&self) -> String {
+        match self {
+            Failure::Refused(reason) => format!("{REFUSED}{reason}"),
+            Failure::NotNow(message) => message.clone(),
+        }
+    }
+
+    /// The master's answer to a forwarded change, mapped once, here at the
+    /// wire's edge (the peer protocol carries the sentence).
+    fn from_master(reason: &str) -> Self {
+        match reason.strip_prefix(REFUSED) {
+            Some(reason) => Failure::Refused(reason.to_string()),
+            None => Failure::NotNow(reason.to_string()),
+        }
+    }
+}
 
 /// Who is waiting for a mutation's outcome.
 enum Waiter {
     Control(oneshot::Sender<ControlResponse>),
     Peer(oneshot::Sender<PeerResponse>),
+    /// A hand edit's own bookkeeping.
+    Edit(oneshot::Sender<Result<(), Failure>>),
     Internal,
 }
 
 impl Waiter {
-    fn finish(self, result: Result<(u64, u64), String>, node_id: Option<NodeId>) {
+    fn finish(self, result: Result<(u64, u64), Failure>, node_id: Option<NodeId>) {
         match (self, result) {
             (Waiter::Control(reply), Ok((term, version))) => {
                 let _ = reply.send(ControlResponse::Committed { term, version, node_id });
             }
-            (Waiter::Control(reply), Err(message)) => {
-                let _ = reply.send(ControlResponse::Error { message });
+            (Waiter::Control(reply), Err(failure)) => {
+                let _ = reply.send(ControlResponse::Error { message: failure.message() });
             }
             (Waiter::Peer(reply), Ok((term, version))) => {
                 let _ = reply.send(PeerResponse::Committed { term, version });
             }
-            (Waiter::Peer(reply), Err(reason)) => {
-                let _ = reply.send(PeerResponse::Refused { reason });
+            (Waiter::Peer(reply), Err(failure)) => {
+                let _ = reply.send(PeerResponse::Refused { reason: failure.message() });
+            }
+            (Waiter::Edit(reply), result) => {
+                let _ = reply.send(result.map(|_| ()));
             }
             (Waiter::Internal, _) => {}
+        }
+    }
+
+    /// The outcome of a change this follower forwarded to `master`.
+    fn forwarded(self, master: &NodeId, result: Result<(u64, u64), Failure>, node_id: Option<NodeId>) {
+        match (self, result) {
+            (Waiter::Control(reply), Err(failure)) => {
+                let _ = reply.send(propose_failed(master, failure.message()));
+            }
+            (waiter, result) => waiter.finish(result, node_id),
         }
     }
 }

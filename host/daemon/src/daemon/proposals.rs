@@ -10,16 +10,16 @@ impl Daemon {
     pub(super) fn submit(&mut self, mutation: Mutation, waiter: Waiter) {
         if self.core.role() == Role::Master {
             if self.queue.len() >= QUEUED_MUTATIONS_MAX {
-                waiter.finish(Err("the master has too many changes queued; retry".into()), None);
+                waiter.finish(Err(Failure::NotNow("the master has too many changes queued; retry".into())), None);
             } else {
                 self.queue.push_back((mutation, waiter));
             }
             return;
         }
-        let Waiter::Control(reply) = waiter else {
-            waiter.finish(Err(self.not_master_reason()), None);
+        if !matches!(waiter, Waiter::Control(_) | Waiter::Edit(_)) {
+            waiter.finish(Err(Failure::NotNow(self.not_master_reason())), None);
             return;
-        };
+        }
         let new_member = mutation.new_member();
         match self
             .core
@@ -30,21 +30,19 @@ impl Daemon {
             Some((master, connection)) => {
                 let timeout = self.commit_wait();
                 tokio::spawn(async move {
-                    let answer = match connection.request(PeerRequest::propose(&mutation), timeout).await {
-                        Ok(PeerResponse::Committed { term, version }) => {
-                            ControlResponse::Committed { term, version, node_id: new_member }
-                        }
-                        Ok(PeerResponse::Refused { reason }) => propose_failed(&master, reason),
-                        Ok(other) => propose_failed(&master, format!("unexpected answer {other:?}")),
-                        Err(error) => propose_failed(&master, error.to_string()),
+                    let result = match connection.request(PeerRequest::propose(&mutation), timeout).await {
+                        Ok(PeerResponse::Committed { term, version }) => Ok((term, version)),
+                        Ok(PeerResponse::Refused { reason }) => Err(Failure::from_master(&reason)),
+                        Ok(other) => Err(Failure::NotNow(format!("unexpected answer {other:?}"))),
+                        Err(error) => Err(Failure::NotNow(error.to_string())),
                     };
-                    let _ = reply.send(answer);
+                    waiter.forwarded(&master, result, new_member);
                 });
             }
             None => {
                 let reason = self.not_master_reason();
                 tracing::warn!("propose to master: {reason}");
-                let _ = reply.send(ControlResponse::Error { message: format!("propose to master: {reason}") });
+                waiter.finish(Err(Failure::NotNow(format!("propose to master: {reason}"))), None);
             }
         }
     }
@@ -68,7 +66,7 @@ impl Daemon {
                 Ok(next) => next,
                 Err(reason) => {
                     tracing::warn!(change = %mutation.describe(), %reason, "change refused");
-                    waiter.finish(Err(format!("{REFUSED}{reason}")), None);
+                    waiter.finish(Err(Failure::Refused(reason.to_string())), None);
                     continue;
                 }
             };
@@ -127,7 +125,7 @@ impl Daemon {
             }
             Err(error) => {
                 tracing::warn!(change = %pending.mutation.describe(), %error, "change not committed");
-                pending.waiter.finish(Err(error.to_string()), None);
+                pending.waiter.finish(Err(Failure::NotNow(error.to_string())), None);
             }
         }
         if let Some((text, _)) = &self.pending_edit
