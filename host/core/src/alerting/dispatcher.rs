@@ -354,11 +354,24 @@ impl Dispatcher {
 
     fn schedule(&mut self, now_ms: u64, out: &mut Vec<DispatchOutput>) {
         let Some(committed) = &self.committed else { return };
-        let mut propose = Vec::new();
-        // Blocked records fail at once (unless a send is in flight).
+        Self::fail_blocked(committed, &mut self.tracks, out);
+        let mut propose = Self::due_results(committed, &mut self.tracks, now_ms, self.limits.recommit_after);
+        self.start_heads(now_ms, &mut propose, out);
+        if !propose.is_empty() {
+            out.push(DispatchOutput::Propose(propose));
+        }
+    }
+
+    /// Records of disabled or removed alerts fail at once (unless a send
+    /// is in flight).
+    fn fail_blocked(
+        committed: &BTreeMap<String, PendingRecord>,
+        tracks: &mut BTreeMap<String, Track>,
+        out: &mut Vec<DispatchOutput>,
+    ) {
         for record in committed.values() {
             let Some(reason) = record.blocked else { continue };
-            let track = self.tracks.entry(record.key.clone()).or_insert(Track {
+            let track = tracks.entry(record.key.clone()).or_insert(Track {
                 attempts: 0,
                 first_ready_ms: None,
                 stage: Stage::Waiting { not_before_ms: 0 },
@@ -379,9 +392,19 @@ impl Dispatcher {
                 });
             }
         }
-        // Results to propose: new ones, and old ones still pending.
-        let recommit_ms = self.limits.recommit_after.as_millis() as u64;
-        for track in self.tracks.values_mut() {
+    }
+
+    /// Results to propose: new ones, and old ones still pending after
+    /// `recommit_after`.
+    fn due_results(
+        committed: &BTreeMap<String, PendingRecord>,
+        tracks: &mut BTreeMap<String, Track>,
+        now_ms: u64,
+        recommit_after: Duration,
+    ) -> Vec<DeliveryResult> {
+        let mut propose = Vec::new();
+        let recommit_ms = recommit_after.as_millis() as u64;
+        for track in tracks.values_mut() {
             if let Stage::Finished { result, proposed_ms } = &mut track.stage {
                 let due = proposed_ms.is_none_or(|at| now_ms >= at + recommit_ms);
                 if due && committed.contains_key(&result.key) {
@@ -390,6 +413,13 @@ impl Dispatcher {
                 }
             }
         }
+        propose
+    }
+
+    /// Starts the head of each (check, alert) queue when it is due, or
+    /// fails it when it waited past its deadline.
+    fn start_heads(&mut self, now_ms: u64, propose: &mut Vec<DeliveryResult>, out: &mut Vec<DispatchOutput>) {
+        let Some(committed) = &self.committed else { return };
         // The head of each (check, alert) queue, in transition order: the
         // first record not delivered here. The ones after it wait (behind a
         // failure until it is committed: see the module doc).
@@ -450,9 +480,6 @@ impl Dispatcher {
             track.stage = Stage::InFlight;
             in_flight += 1;
             out.push(DispatchOutput::Send { key: record.key.clone(), attempt: track.attempts });
-        }
-        if !propose.is_empty() {
-            out.push(DispatchOutput::Propose(propose));
         }
     }
 }

@@ -173,215 +173,21 @@ impl Mutation {
         let mut next = current.clone();
         match self {
             Mutation::Restamp => {}
-            Mutation::AddPeer { peer } => {
-                if current.peer(&peer.node_id).is_some() {
-                    return Err(format!("node {} is already a member", peer.node_id));
-                }
-                if let Some(other) = current.peers.iter().find(|p| p.fingerprint == peer.fingerprint) {
-                    return Err(format!("key {} already belongs to member {}", peer.fingerprint, other.node_id));
-                }
-                next.peers.push(peer.clone());
-            }
-            Mutation::RemovePeer { node_id } => {
-                if current.peer(node_id).is_none() {
-                    return Err(format!("no member has id {node_id} (see `qu node list`)"));
-                }
-                if current.peers.len() == 1 {
-                    return Err("cannot remove the last member of a cluster".into());
-                }
-                next.peers.retain(|p| p.node_id != *node_id);
-            }
+            Mutation::AddPeer { peer } => add_peer(current, &mut next, peer)?,
+            Mutation::RemovePeer { node_id } => remove_peer(current, &mut next, node_id)?,
             Mutation::SetSetting { key, value } => set_setting(&mut next.settings, key, value)?,
-            Mutation::Replace { config, base_version } => {
-                if *base_version != current.version {
-                    return Err(format!(
-                        "the edit was made on version {base_version}, but the cluster is at version {}; \
-                         re-apply it to the current cluster.yaml",
-                        current.version
-                    ));
-                }
-                if config.members() != current.members()
-                    || config.peers.iter().any(|p| current.peer(&p.node_id) != Some(p))
-                {
-                    return Err("a hand edit may not change peers while the cluster runs; use `qu node add` / \
-                                `qu node remove` (editing peers is only for the offline shrink procedure)"
-                        .into());
-                }
-                next = (**config).clone();
-            }
-            Mutation::AddCheck { check } => {
-                if current.check(&check.name).is_some() {
-                    return Err(format!("a check named `{}` already exists; use `qu check edit`", check.name));
-                }
-                if current.checks.iter().any(|c| c.id == check.id) {
-                    return Err(format!("check id `{}` is taken; retry", check.id));
-                }
-                let mut check = (**check).clone();
-                check.alert_ids = resolve_alerts(current, &check.alert_ids)?;
-                check.suppress_alert_ids = resolve_alerts(current, &check.suppress_alert_ids)?;
-                next.checks.push(check);
-            }
-            Mutation::EditCheck { check, changes } => {
-                let index = check_index(current, check)?;
-                let alert_ids = changes.alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
-                let suppress = changes.suppress_alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
-                let edited = &mut next.checks[index];
-                if let Some(target) = &changes.target {
-                    edited.target = target.clone();
-                }
-                if let Some(interval) = changes.interval {
-                    edited.interval = interval;
-                }
-                if let Some(timeout) = changes.timeout {
-                    edited.timeout = timeout;
-                }
-                for (key, value) in &changes.settings {
-                    if value.is_empty() {
-                        edited.settings.remove(key);
-                    } else {
-                        edited.settings.insert(key.clone(), value.clone());
-                    }
-                }
-                if let Some(alert_ids) = alert_ids {
-                    edited.alert_ids = alert_ids;
-                }
-                if let Some(suppress) = suppress {
-                    edited.suppress_alert_ids = suppress;
-                }
-            }
-            Mutation::RemoveCheck { check } => {
-                let index = check_index(current, check)?;
-                let removed = next.checks.remove(index);
-                next.states.remove(&removed.id);
-                next.deliveries.retain(|_, d| d.check_id != removed.id);
-            }
-            Mutation::SetCheckDisabled { check, disabled } => {
-                let index = check_index(current, check)?;
-                next.checks[index].disabled = *disabled;
-            }
-            Mutation::RecordTransitions { transitions } => {
-                let ids: std::collections::HashSet<&str> = current.checks.iter().map(|c| c.id.as_str()).collect();
-                let mut applied = 0;
-                for t in transitions {
-                    if !ids.contains(t.check_id.as_str()) || current.check_state(&t.check_id) != t.status.from {
-                        continue;
-                    }
-                    let mut status = t.status.clone();
-                    status.transition = format!("{}.{}", stamp.id.term, stamp.id.version);
-                    status.since = stamp.at;
-                    // The transition's deliveries commit with it.
-                    if let Some(check) = current.checks.iter().find(|c| c.id == t.check_id) {
-                        next.deliveries.extend(crate::alerting::deliveries_for(current, check, &status));
-                    }
-                    next.states.insert(t.check_id.clone(), status);
-                    applied += 1;
-                }
-                if applied == 0 {
-                    return Err("every transition is stale (the checks changed or were removed)".into());
-                }
-            }
-            Mutation::AddPlugin { plugin } => {
-                if let Some(existing) = next.plugins.iter_mut().find(|p| p.name == plugin.name) {
-                    if existing.kind != plugin.kind {
-                        let users = current.plugin_users(&plugin.name);
-                        if !users.is_empty() {
-                            return Err(format!(
-                                "plugin {} is a {:?} plugin used by {}; a new version must be of the same kind",
-                                plugin.name,
-                                existing.kind,
-                                users.join(", ")
-                            ));
-                        }
-                    }
-                    *existing = plugin.clone();
-                } else {
-                    next.plugins.push(plugin.clone());
-                }
-            }
-            Mutation::AddAlert { alert } => {
-                if current.alerts.iter().any(|a| a.name == alert.name) {
-                    return Err(format!("an alert named `{}` already exists; use `qu alert edit`", alert.name));
-                }
-                if current.alerts.iter().any(|a| a.id == alert.id) {
-                    return Err(format!("alert id `{}` is taken; retry", alert.id));
-                }
-                next.alerts.push((**alert).clone());
-            }
-            Mutation::EditAlert { alert, changes } => {
-                let index = alert_index(current, alert)?;
-                let edited = &mut next.alerts[index];
-                for (key, value) in &changes.config {
-                    if value.is_empty() {
-                        edited.config.remove(key);
-                    } else {
-                        edited.config.insert(key.clone(), value.clone());
-                    }
-                }
-                if let Some(default) = changes.default {
-                    edited.default = default;
-                }
-                if let Some(disabled) = changes.disabled {
-                    edited.disabled = disabled;
-                }
-                if let Some(subject) = &changes.subject_template {
-                    edited.subject_template = (!subject.is_empty()).then(|| subject.clone());
-                }
-                if let Some(body) = &changes.body_template {
-                    edited.body_template = (!body.is_empty()).then(|| body.clone());
-                }
-            }
-            Mutation::RemoveAlert { alert } => {
-                let index = alert_index(current, alert)?;
-                let removed = next.alerts.remove(index);
-                for check in &mut next.checks {
-                    check.alert_ids.retain(|id| *id != removed.id);
-                    check.suppress_alert_ids.retain(|id| *id != removed.id);
-                }
-                next.deliveries.retain(|_, d| d.alert_id != removed.id);
-            }
-            Mutation::FinishDeliveries { results } => {
-                let mut finished = 0;
-                for result in results {
-                    let Some(record) = next.deliveries.get_mut(&result.key) else { continue };
-                    if record.status != DeliveryStatus::Pending {
-                        continue;
-                    }
-                    record.status = if result.delivered { DeliveryStatus::Delivered } else { DeliveryStatus::Failed };
-                    record.finished = Some(stamp.at);
-                    record.attempts = result.attempts;
-                    record.error = result.error.chars().take(500).collect();
-                    finished += 1;
-                }
-                if finished == 0 {
-                    return Err("every delivery result is stale (already finished or removed)".into());
-                }
-                crate::alerting::prune(&mut next.deliveries, stamp.at);
-            }
-            Mutation::RemovePlugin { name } => {
-                if !current.plugins.iter().any(|p| p.name == *name) {
-                    return Err(
-                        if super::BUILT_IN_CHECK_PLUGINS.contains(&name.as_str())
-                            || super::BUILT_IN_SINK_PLUGINS.contains(&name.as_str())
-                        {
-                            format!("plugin {name} is built in; it cannot be removed")
-                        } else {
-                            format!("no plugin named {name} (see `qu plugin list`)")
-                        },
-                    );
-                }
-                // A built-in of the same name takes over again; only
-                // refuse when nothing would be left to run the users.
-                let users = current.plugin_users(name);
-                let built_in = super::BUILT_IN_CHECK_PLUGINS.contains(&name.as_str())
-                    || super::BUILT_IN_SINK_PLUGINS.contains(&name.as_str());
-                if !users.is_empty() && !built_in {
-                    return Err(format!(
-                        "plugin {name} is still used by {}; remove or change them first",
-                        users.join(", ")
-                    ));
-                }
-                next.plugins.retain(|p| p.name != *name);
-            }
+            Mutation::Replace { config, base_version } => replace(current, &mut next, config, base_version)?,
+            Mutation::AddCheck { check } => add_check(current, &mut next, check)?,
+            Mutation::EditCheck { check, changes } => edit_check(current, &mut next, check, changes)?,
+            Mutation::RemoveCheck { check } => remove_check(current, &mut next, check)?,
+            Mutation::SetCheckDisabled { check, disabled } => set_check_disabled(current, &mut next, check, disabled)?,
+            Mutation::RecordTransitions { transitions } => record_transitions(current, &mut next, transitions, stamp)?,
+            Mutation::AddPlugin { plugin } => add_plugin(current, &mut next, plugin)?,
+            Mutation::AddAlert { alert } => add_alert(current, &mut next, alert)?,
+            Mutation::EditAlert { alert, changes } => edit_alert(current, &mut next, alert, changes)?,
+            Mutation::RemoveAlert { alert } => remove_alert(current, &mut next, alert)?,
+            Mutation::FinishDeliveries { results } => finish_deliveries(current, &mut next, results, stamp)?,
+            Mutation::RemovePlugin { name } => remove_plugin(current, &mut next, name)?,
         }
         next.version = stamp.id.version;
         next.term = stamp.id.term;
@@ -393,6 +199,249 @@ impl Mutation {
         }
         Ok(next)
     }
+}
+
+fn add_peer(current: &ClusterConfig, next: &mut ClusterConfig, peer: &Peer) -> Result<(), String> {
+    if current.peer(&peer.node_id).is_some() {
+        return Err(format!("node {} is already a member", peer.node_id));
+    }
+    if let Some(other) = current.peers.iter().find(|p| p.fingerprint == peer.fingerprint) {
+        return Err(format!("key {} already belongs to member {}", peer.fingerprint, other.node_id));
+    }
+    next.peers.push(peer.clone());
+    Ok(())
+}
+fn remove_peer(current: &ClusterConfig, next: &mut ClusterConfig, node_id: &NodeId) -> Result<(), String> {
+    if current.peer(node_id).is_none() {
+        return Err(format!("no member has id {node_id} (see `qu node list`)"));
+    }
+    if current.peers.len() == 1 {
+        return Err("cannot remove the last member of a cluster".into());
+    }
+    next.peers.retain(|p| p.node_id != *node_id);
+    Ok(())
+}
+fn replace(
+    current: &ClusterConfig,
+    next: &mut ClusterConfig,
+    config: &ClusterConfig,
+    base_version: &u64,
+) -> Result<(), String> {
+    if *base_version != current.version {
+        return Err(format!(
+            "the edit was made on version {base_version}, but the cluster is at version {}; \
+                 re-apply it to the current cluster.yaml",
+            current.version
+        ));
+    }
+    if config.members() != current.members() || config.peers.iter().any(|p| current.peer(&p.node_id) != Some(p)) {
+        return Err("a hand edit may not change peers while the cluster runs; use `qu node add` / \
+                        `qu node remove` (editing peers is only for the offline shrink procedure)"
+            .into());
+    }
+    *next = config.clone();
+    Ok(())
+}
+fn add_check(current: &ClusterConfig, next: &mut ClusterConfig, check: &Check) -> Result<(), String> {
+    if current.check(&check.name).is_some() {
+        return Err(format!("a check named `{}` already exists; use `qu check edit`", check.name));
+    }
+    if current.checks.iter().any(|c| c.id == check.id) {
+        return Err(format!("check id `{}` is taken; retry", check.id));
+    }
+    let mut check = check.clone();
+    check.alert_ids = resolve_alerts(current, &check.alert_ids)?;
+    check.suppress_alert_ids = resolve_alerts(current, &check.suppress_alert_ids)?;
+    next.checks.push(check);
+    Ok(())
+}
+fn edit_check(
+    current: &ClusterConfig,
+    next: &mut ClusterConfig,
+    check: &str,
+    changes: &CheckChanges,
+) -> Result<(), String> {
+    let index = check_index(current, check)?;
+    let alert_ids = changes.alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
+    let suppress = changes.suppress_alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
+    let edited = &mut next.checks[index];
+    if let Some(target) = &changes.target {
+        edited.target = target.clone();
+    }
+    if let Some(interval) = changes.interval {
+        edited.interval = interval;
+    }
+    if let Some(timeout) = changes.timeout {
+        edited.timeout = timeout;
+    }
+    for (key, value) in &changes.settings {
+        if value.is_empty() {
+            edited.settings.remove(key);
+        } else {
+            edited.settings.insert(key.clone(), value.clone());
+        }
+    }
+    if let Some(alert_ids) = alert_ids {
+        edited.alert_ids = alert_ids;
+    }
+    if let Some(suppress) = suppress {
+        edited.suppress_alert_ids = suppress;
+    }
+    Ok(())
+}
+fn remove_check(current: &ClusterConfig, next: &mut ClusterConfig, check: &str) -> Result<(), String> {
+    let index = check_index(current, check)?;
+    let removed = next.checks.remove(index);
+    next.states.remove(&removed.id);
+    next.deliveries.retain(|_, d| d.check_id != removed.id);
+    Ok(())
+}
+fn set_check_disabled(
+    current: &ClusterConfig,
+    next: &mut ClusterConfig,
+    check: &str,
+    disabled: &bool,
+) -> Result<(), String> {
+    let index = check_index(current, check)?;
+    next.checks[index].disabled = *disabled;
+    Ok(())
+}
+fn record_transitions(
+    current: &ClusterConfig,
+    next: &mut ClusterConfig,
+    transitions: &[Transition],
+    stamp: &Stamp,
+) -> Result<(), String> {
+    let ids: std::collections::HashSet<&str> = current.checks.iter().map(|c| c.id.as_str()).collect();
+    let mut applied = 0;
+    for t in transitions {
+        if !ids.contains(t.check_id.as_str()) || current.check_state(&t.check_id) != t.status.from {
+            continue;
+        }
+        let mut status = t.status.clone();
+        status.transition = format!("{}.{}", stamp.id.term, stamp.id.version);
+        status.since = stamp.at;
+        // The transition's deliveries commit with it.
+        if let Some(check) = current.checks.iter().find(|c| c.id == t.check_id) {
+            next.deliveries.extend(crate::alerting::deliveries_for(current, check, &status));
+        }
+        next.states.insert(t.check_id.clone(), status);
+        applied += 1;
+    }
+    if applied == 0 {
+        return Err("every transition is stale (the checks changed or were removed)".into());
+    }
+    Ok(())
+}
+fn add_plugin(current: &ClusterConfig, next: &mut ClusterConfig, plugin: &PluginEntry) -> Result<(), String> {
+    if let Some(existing) = next.plugins.iter_mut().find(|p| p.name == plugin.name) {
+        if existing.kind != plugin.kind {
+            let users = current.plugin_users(&plugin.name);
+            if !users.is_empty() {
+                return Err(format!(
+                    "plugin {} is a {:?} plugin used by {}; a new version must be of the same kind",
+                    plugin.name,
+                    existing.kind,
+                    users.join(", ")
+                ));
+            }
+        }
+        *existing = plugin.clone();
+    } else {
+        next.plugins.push(plugin.clone());
+    }
+    Ok(())
+}
+fn add_alert(current: &ClusterConfig, next: &mut ClusterConfig, alert: &Alert) -> Result<(), String> {
+    if current.alerts.iter().any(|a| a.name == alert.name) {
+        return Err(format!("an alert named `{}` already exists; use `qu alert edit`", alert.name));
+    }
+    if current.alerts.iter().any(|a| a.id == alert.id) {
+        return Err(format!("alert id `{}` is taken; retry", alert.id));
+    }
+    next.alerts.push(alert.clone());
+    Ok(())
+}
+fn edit_alert(
+    current: &ClusterConfig,
+    next: &mut ClusterConfig,
+    alert: &str,
+    changes: &AlertChanges,
+) -> Result<(), String> {
+    let index = alert_index(current, alert)?;
+    let edited = &mut next.alerts[index];
+    for (key, value) in &changes.config {
+        if value.is_empty() {
+            edited.config.remove(key);
+        } else {
+            edited.config.insert(key.clone(), value.clone());
+        }
+    }
+    if let Some(default) = changes.default {
+        edited.default = default;
+    }
+    if let Some(disabled) = changes.disabled {
+        edited.disabled = disabled;
+    }
+    if let Some(subject) = &changes.subject_template {
+        edited.subject_template = (!subject.is_empty()).then(|| subject.clone());
+    }
+    if let Some(body) = &changes.body_template {
+        edited.body_template = (!body.is_empty()).then(|| body.clone());
+    }
+    Ok(())
+}
+fn remove_alert(current: &ClusterConfig, next: &mut ClusterConfig, alert: &str) -> Result<(), String> {
+    let index = alert_index(current, alert)?;
+    let removed = next.alerts.remove(index);
+    for check in &mut next.checks {
+        check.alert_ids.retain(|id| *id != removed.id);
+        check.suppress_alert_ids.retain(|id| *id != removed.id);
+    }
+    next.deliveries.retain(|_, d| d.alert_id != removed.id);
+    Ok(())
+}
+fn finish_deliveries(
+    _current: &ClusterConfig,
+    next: &mut ClusterConfig,
+    results: &[DeliveryResult],
+    stamp: &Stamp,
+) -> Result<(), String> {
+    let mut finished = 0;
+    for result in results {
+        let Some(record) = next.deliveries.get_mut(&result.key) else { continue };
+        if record.status != DeliveryStatus::Pending {
+            continue;
+        }
+        record.status = if result.delivered { DeliveryStatus::Delivered } else { DeliveryStatus::Failed };
+        record.finished = Some(stamp.at);
+        record.attempts = result.attempts;
+        record.error = result.error.chars().take(500).collect();
+        finished += 1;
+    }
+    if finished == 0 {
+        return Err("every delivery result is stale (already finished or removed)".into());
+    }
+    crate::alerting::prune(&mut next.deliveries, stamp.at);
+    Ok(())
+}
+fn remove_plugin(current: &ClusterConfig, next: &mut ClusterConfig, name: &str) -> Result<(), String> {
+    if !current.plugins.iter().any(|p| p.name == *name) {
+        return Err(if super::BUILT_IN_CHECK_PLUGINS.contains(&name) || super::BUILT_IN_SINK_PLUGINS.contains(&name) {
+            format!("plugin {name} is built in; it cannot be removed")
+        } else {
+            format!("no plugin named {name} (see `qu plugin list`)")
+        });
+    }
+    // A built-in of the same name takes over again; only
+    // refuse when nothing would be left to run the users.
+    let users = current.plugin_users(name);
+    let built_in = super::BUILT_IN_CHECK_PLUGINS.contains(&name) || super::BUILT_IN_SINK_PLUGINS.contains(&name);
+    if !users.is_empty() && !built_in {
+        return Err(format!("plugin {name} is still used by {}; remove or change them first", users.join(", ")));
+    }
+    next.plugins.retain(|p| p.name != *name);
+    Ok(())
 }
 
 fn alert_index(config: &ClusterConfig, id_or_name: &str) -> Result<usize, String> {
