@@ -32,6 +32,13 @@ fn wait_request(receiver: &Receiver, verb: &str, open: bool) -> qu_tests::Receiv
     })
 }
 
+/// The target fails with the receiver holding requests: the DOWN, open.
+fn down_held_open(receiver: &Receiver, target: &qu_tests::HttpTarget) -> qu_tests::Received {
+    receiver.hold.store(true, Ordering::SeqCst);
+    target.up.store(false, Ordering::SeqCst);
+    wait_request(receiver, "DOWN", true)
+}
+
 /// The first alert's bookkeeping as the master's `qu alert list --json` shows it.
 fn first_alert(cluster: &Cluster) -> serde_json::Value {
     let master = cluster.wait_master(&cluster.running());
@@ -320,9 +327,7 @@ fn a_master_without_its_lease_sends_nothing() {
 #[test]
 fn a_master_killed_during_a_send_leaves_one_delivery_to_its_successor() {
     let (mut cluster, receiver, target) = watched();
-    receiver.hold.store(true, Ordering::SeqCst);
-    target.up.store(false, Ordering::SeqCst);
-    let open = wait_request(&receiver, "DOWN", true);
+    let open = down_held_open(&receiver, &target);
     let master = cluster.wait_master(&[0, 1, 2]);
     cluster.nodes[master].kill();
     let killed = Instant::now();
@@ -349,9 +354,7 @@ fn a_master_killed_during_a_send_leaves_one_delivery_to_its_successor() {
 #[test]
 fn a_master_killed_between_the_send_and_its_commit_duplicates_once_with_the_same_key() {
     let (mut cluster, receiver, target) = watched();
-    receiver.hold.store(true, Ordering::SeqCst);
-    target.up.store(false, Ordering::SeqCst);
-    let open = wait_request(&receiver, "DOWN", true);
+    let open = down_held_open(&receiver, &target);
     let master = cluster.wait_master(&[0, 1, 2]);
     let followers: Vec<usize> = (0..3).filter(|i| *i != master).collect();
     for i in &followers {

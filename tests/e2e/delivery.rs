@@ -300,9 +300,6 @@ fn five_nodes_under_faults_page_once_per_committed_transition_in_order() {
         first_seen.iter().map(|k| TransitionOrder::of(k.split_once('/').unwrap().0)).collect();
     assert!(orders.windows(2).all(|w| w[0] < w[1]), "pages in transition order: {first_seen:?}");
     let duplicates = accepted.len() - distinct.len();
-    eprintln!(
-        "{} transitions paged, {duplicates} raw duplicates, {interruptions} kills and freezes",
-        distinct.len()
-    );
+    eprintln!("{} transitions paged, {duplicates} raw duplicates, {interruptions} kills and freezes", distinct.len());
     assert!(duplicates <= interruptions, "{duplicates} duplicates for {interruptions} kills and freezes");
 }

@@ -20,7 +20,7 @@ pub use cluster::{
     Alert, Check, CheckStatus, ClusterConfig, Delivery, DeliveryStatus, Peer, PluginEntry, PluginKind, PluginLimits,
     Settings,
 };
-pub use mutation::{AlertChanges, CheckChanges, DeliveryResult, Mutation, Stamp, Transition};
+pub use mutation::{AlertChanges, CheckChanges, DeliveryResult, Mutation, Stamp, Transition, merge_settings};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
 pub use time::Timestamp;
 

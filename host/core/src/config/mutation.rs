@@ -274,13 +274,7 @@ fn edit_check(
     if let Some(timeout) = changes.timeout {
         edited.timeout = timeout;
     }
-    for (key, value) in &changes.settings {
-        if value.is_empty() {
-            edited.settings.remove(key);
-        } else {
-            edited.settings.insert(key.clone(), value.clone());
-        }
-    }
+    merge_settings(&mut edited.settings, &changes.settings);
     if let Some(alert_ids) = alert_ids {
         edited.alert_ids = alert_ids;
     }
@@ -369,26 +363,7 @@ fn edit_alert(
     changes: &AlertChanges,
 ) -> Result<(), String> {
     let index = alert_index(current, alert)?;
-    let edited = &mut next.alerts[index];
-    for (key, value) in &changes.config {
-        if value.is_empty() {
-            edited.config.remove(key);
-        } else {
-            edited.config.insert(key.clone(), value.clone());
-        }
-    }
-    if let Some(default) = changes.default {
-        edited.default = default;
-    }
-    if let Some(disabled) = changes.disabled {
-        edited.disabled = disabled;
-    }
-    if let Some(subject) = &changes.subject_template {
-        edited.subject_template = (!subject.is_empty()).then(|| subject.clone());
-    }
-    if let Some(body) = &changes.body_template {
-        edited.body_template = (!body.is_empty()).then(|| body.clone());
-    }
+    changes.apply_to(&mut next.alerts[index]);
     Ok(())
 }
 fn remove_alert(current: &ClusterConfig, next: &mut ClusterConfig, alert: &str) -> Result<(), String> {
@@ -442,6 +417,41 @@ fn remove_plugin(current: &ClusterConfig, next: &mut ClusterConfig, name: &str) 
     }
     next.plugins.retain(|p| p.name != *name);
     Ok(())
+}
+
+/// Applies settings changes to `settings`: a key with an empty value is
+/// removed, any other is set.
+pub fn merge_settings(
+    settings: &mut std::collections::BTreeMap<String, String>,
+    changes: &std::collections::BTreeMap<String, String>,
+) {
+    for (key, value) in changes {
+        if value.is_empty() {
+            settings.remove(key);
+        } else {
+            settings.insert(key.clone(), value.clone());
+        }
+    }
+}
+
+impl AlertChanges {
+    /// The edited alert: settings merged, flags and templates replaced (an
+    /// empty template removes it).
+    pub fn apply_to(&self, alert: &mut Alert) {
+        merge_settings(&mut alert.config, &self.config);
+        if let Some(default) = self.default {
+            alert.default = default;
+        }
+        if let Some(disabled) = self.disabled {
+            alert.disabled = disabled;
+        }
+        if let Some(subject) = &self.subject_template {
+            alert.subject_template = (!subject.is_empty()).then(|| subject.clone());
+        }
+        if let Some(body) = &self.body_template {
+            alert.body_template = (!body.is_empty()).then(|| body.clone());
+        }
+    }
 }
 
 fn alert_index(config: &ClusterConfig, id_or_name: &str) -> Result<usize, String> {

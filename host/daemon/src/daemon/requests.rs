@@ -69,13 +69,7 @@ impl Daemon {
         let Some(existing) = existing else { return self.submit_checked(mutation, reply) };
         let target = changes.target.clone().unwrap_or(existing.target.clone());
         let mut settings = existing.settings.clone();
-        for (key, value) in &changes.settings {
-            if value.is_empty() {
-                settings.remove(key);
-            } else {
-                settings.insert(key.clone(), value.clone());
-            }
-        }
+        qu_core::config::merge_settings(&mut settings, &changes.settings);
         self.submit_validated(mutation, &existing.kind, target, settings, reply);
     }
 
@@ -89,19 +83,7 @@ impl Daemon {
         let Some(mut merged) = self.cluster.alerts.iter().find(|a| a.id == alert || a.name == alert).cloned() else {
             return self.submit_checked(Mutation::EditAlert { alert, changes }, reply);
         };
-        for (key, value) in &changes.config {
-            if value.is_empty() {
-                merged.config.remove(key);
-            } else {
-                merged.config.insert(key.clone(), value.clone());
-            }
-        }
-        if let Some(subject) = &changes.subject_template {
-            merged.subject_template = (!subject.is_empty()).then(|| subject.clone());
-        }
-        if let Some(body) = &changes.body_template {
-            merged.body_template = (!body.is_empty()).then(|| body.clone());
-        }
+        changes.apply_to(&mut merged);
         self.submit_alert(Mutation::EditAlert { alert, changes }, merged, reply);
     }
 
