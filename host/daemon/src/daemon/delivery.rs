@@ -16,7 +16,7 @@ use qu_core::alerting::{
 use qu_core::config::{ClusterConfig, DeliveryResult};
 use tokio::sync::mpsc;
 
-use super::{DeliveryEvent, Event};
+use super::event::{DeliveryEvent, Event};
 use crate::plugins::Registry;
 
 /// Sends in flight at once.

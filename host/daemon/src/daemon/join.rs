@@ -12,9 +12,9 @@ use qu_core::wire::{PeerRequest, PeerResponse};
 use qu_transport::{Caller, Endpoint, Expect};
 use tokio::sync::{mpsc, oneshot};
 
-use super::Event;
+use super::event::{ControlEvent, Event, ToEventLoop};
 use crate::control::ControlResponse;
-use crate::peer::{ToEventLoop, Wire};
+use crate::peer::Wire;
 
 /// How long each step of the handshake may take.
 const JOIN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,7 +65,7 @@ pub(super) fn invite(invite: Invite, reply: oneshot::Sender<ControlResponse>) {
         if let Err(error) = &result {
             tracing::warn!(%error, "node add failed");
         }
-        let _ = events.send(Event::Control(super::ControlEvent::Invited { result, reply })).await;
+        let _ = events.send(Event::Control(ControlEvent::Invited { result, reply })).await;
     });
 }
 

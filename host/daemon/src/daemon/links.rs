@@ -12,8 +12,8 @@ use qu_core::{Fingerprint, NodeId};
 use qu_transport::{Connection, Endpoint, Expect};
 use tokio::sync::mpsc;
 
-use super::{Event, PeerEvent};
-use crate::peer::{ToEventLoop, Wire};
+use super::event::{Event, PeerEvent, ToEventLoop};
+use crate::peer::Wire;
 
 /// Longest wait between dial attempts, in milliseconds.
 const REDIAL_MS_MAX: u64 = 1_000;

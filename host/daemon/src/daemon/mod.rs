@@ -7,6 +7,7 @@ mod alerting;
 mod consensus;
 mod delivery;
 mod edits;
+mod event;
 mod join;
 mod links;
 mod monitor;
@@ -32,10 +33,11 @@ use qu_transport::{Caller, Connection, Endpoint, TrustStore};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+pub(crate) use self::event::{ControlEvent, DeliveryEvent, Event, PeerEvent, ToEventLoop};
 use self::links::Links;
 use crate::control::{self, ControlRequest, ControlResponse};
 use crate::load::LoadedNode;
-use crate::peer::{ToEventLoop, Wire};
+use crate::peer::Wire;
 use crate::scheduler::{self, Scheduled};
 use crate::status::{CheckListItem, CheckView, PeerView, ProbeStats, SettingsView, StatusView};
 
@@ -67,60 +69,6 @@ pub enum DaemonError {
     Transport(#[from] qu_transport::TransportError),
     #[error("plugins: {0}")]
     Plugins(String),
-}
-
-/// Everything the event loop handles: one closed set, grouped by where it
-/// comes from. Helper tasks (joins, sends, validations, fetches, links)
-/// report back through it, never through shared state.
-pub(crate) enum Event {
-    /// The control socket, and helper tasks finishing a control request.
-    Control(ControlEvent),
-    /// Peers: requests, notices and the links to them.
-    Peer(PeerEvent),
-    /// The delivery room's sends.
-    Delivery(DeliveryEvent),
-    /// The probe scheduler (through a bounded channel of its own).
-    Probe(scheduler::Round),
-}
-
-pub(crate) enum ControlEvent {
-    Request {
-        request: ControlRequest,
-        reply: oneshot::Sender<ControlResponse>,
-    },
-    /// A node passed the join handshake (run on a helper task): add it.
-    Invited {
-        result: Result<qu_core::config::Peer, String>,
-        reply: oneshot::Sender<ControlResponse>,
-    },
-    /// The master refused a hand edit for good (not for want of quorum).
-    EditRefused {
-        text: String,
-    },
-    /// The master's check summaries, fetched for a `qu status` on a follower.
-    StatusFetched {
-        summaries: Option<Vec<CheckSummary>>,
-        reply: oneshot::Sender<ControlResponse>,
-    },
-    /// A change checked off the event loop (by a plugin's validation):
-    /// check it against the config again and propose it.
-    SubmitChecked {
-        mutation: Mutation,
-        reply: oneshot::Sender<ControlResponse>,
-    },
-}
-
-pub(crate) enum PeerEvent {
-    Request { from: Caller, request: PeerRequest, reply: oneshot::Sender<PeerResponse> },
-    Notice { from: Caller, notice: PeerNotice },
-    Connected { node: NodeId, connection: Connection<Wire> },
-    ConnectFailed { node: NodeId, error: String },
-    Inbound { connection: Connection<Wire> },
-}
-
-pub(crate) enum DeliveryEvent {
-    /// One attempt to deliver an alert finished.
-    Attempt { key: String, attempt: u32, result: Result<(), qu_plugin::CallError>, took: Duration },
 }
 
 /// How operators (and followers, over the peer protocol's text) are told
