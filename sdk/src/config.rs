@@ -15,6 +15,12 @@ impl Config {
         Self { pairs }
     }
 
+    /// Settings from literal pairs, as a plugin's native tests build them:
+    /// `Config::from_pairs(&[("field", "status"), ("expect", "ok")])`.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Self::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
     /// All settings, in the order given.
     pub fn pairs(&self) -> &[(String, String)] {
         &self.pairs
@@ -133,13 +139,9 @@ impl FromValue for std::net::SocketAddr {
 mod tests {
     use super::*;
 
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
     #[test]
     fn typed_access_names_the_key_and_the_expectation() {
-        let c = config(&[("port", "99999"), ("warn", "7d"), ("on", "yes")]);
+        let c = Config::from_pairs(&[("port", "99999"), ("warn", "7d"), ("on", "yes")]);
         assert_eq!(
             c.required::<u16>("port").unwrap_err().to_string(),
             "setting `port`: expected a number from 0 to 65535, got `99999`"

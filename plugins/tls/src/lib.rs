@@ -130,10 +130,6 @@ mod tests {
     const DAY: i64 = 86_400;
     const NOW: i64 = 1_700_000_000;
 
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
     fn certificate(not_before: i64, not_after: i64) -> Certificate {
         Certificate {
             subject: "CN=www.example.com".into(),
@@ -156,7 +152,7 @@ mod tests {
     #[test]
     fn the_days_left_decide_up_degraded_or_down() {
         let defaults = settings(&Config::default()).unwrap();
-        let warn_at_zero = settings(&config(&[("warn_days", "0")])).unwrap();
+        let warn_at_zero = settings(&Config::from_pairs(&[("warn_days", "0")])).unwrap();
         // (seconds from now to not_after, settings, status, message)
         let cases = [
             (80 * DAY + 5, &defaults, Status::Up, "certificate expires in 80 days"),
@@ -179,7 +175,7 @@ mod tests {
 
     #[test]
     fn warn_days_moves_the_threshold() {
-        let settings = settings(&config(&[("warn_days", "30")])).unwrap();
+        let settings = settings(&Config::from_pairs(&[("warn_days", "30")])).unwrap();
         let judged = |days| judge(&handshake(vec![certificate(NOW - DAY, NOW + days * DAY)], None), &settings, NOW);
         assert_eq!(judged(29).message, "certificate expires in 29 day(s) (warn at 30)");
         assert_eq!(judged(29).status, Status::Degraded);
@@ -190,7 +186,7 @@ mod tests {
     #[test]
     fn validity_start_chain_and_missing_certificates() {
         let lax = settings(&Config::default()).unwrap();
-        let strict = settings(&config(&[("verify_chain", "true")])).unwrap();
+        let strict = settings(&Config::from_pairs(&[("verify_chain", "true")])).unwrap();
         let fresh = || certificate(NOW - DAY, NOW + 90 * DAY);
         let expired = || certificate(NOW - 90 * DAY, NOW - DAY);
         // (handshake, settings, status, message)
@@ -262,7 +258,7 @@ mod tests {
     #[test]
     fn settings_are_parsed_and_checked() {
         let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-        let parsed = settings(&config(&[
+        let parsed = settings(&Config::from_pairs(&[
             ("server_name", "intranet.example.com"),
             ("warn_days", "21"),
             ("verify_chain", "yes"),
@@ -274,7 +270,8 @@ mod tests {
         assert_eq!((parsed.warn_days, parsed.verify_chain), (21, true));
         assert_eq!((parsed.ca.as_deref(), parsed.timeout), (Some(pem), Duration::from_secs(2)));
 
-        let refused = |pairs: &[(&str, &str)]| Tls::validate(&config(pairs), "example.com").unwrap_err().to_string();
+        let refused =
+            |pairs: &[(&str, &str)]| Tls::validate(&Config::from_pairs(pairs), "example.com").unwrap_err().to_string();
         assert_eq!(
             refused(&[("ca", "not a pem")]),
             "setting `ca`: expected a PEM certificate (-----BEGIN CERTIFICATE-----)"

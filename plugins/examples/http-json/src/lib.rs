@@ -92,12 +92,8 @@ mod tests {
     use super::*;
     use qu_sdk::{FromValue, Status};
 
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
     fn expecting(field: &str, expect: &str) -> Settings {
-        settings(&config(&[("field", field), ("expect", expect)])).unwrap()
+        settings(&Config::from_pairs(&[("field", field), ("expect", expect)])).unwrap()
     }
 
     const HEALTH: &str = r#"{"status":"ok","checks":{"db":true,"queue":{"depth":3,"lag":1.5,"name":"jobs"}},
@@ -172,21 +168,21 @@ mod tests {
     #[test]
     fn validate_refuses_bad_targets_paths_and_timeouts() {
         let good = [("field", "checks.db"), ("expect", "true")];
-        assert_eq!(HttpJson::validate(&config(&good), "http://127.0.0.1:8080/health"), Ok(()));
-        assert_eq!(HttpJson::validate(&config(&good), "https://api.example.com/health"), Ok(()));
+        assert_eq!(HttpJson::validate(&Config::from_pairs(&good), "http://127.0.0.1:8080/health"), Ok(()));
+        assert_eq!(HttpJson::validate(&Config::from_pairs(&good), "https://api.example.com/health"), Ok(()));
         let target = |t: &str| Err(Error::config(format!("target `{t}`: expected an http:// or https:// URL")));
         for bad in ["api.example.com/health", "ftp://example.com/x", "HTTP://example.com", ""] {
-            assert_eq!(HttpJson::validate(&config(&good), bad), target(bad), "target {bad:?}");
+            assert_eq!(HttpJson::validate(&Config::from_pairs(&good), bad), target(bad), "target {bad:?}");
         }
         let path = Err(Error::config("setting `field`: expected a dotted path such as checks.db"));
         for bad in ["", ".", "checks.", ".db", "checks..db"] {
             assert_eq!(
-                HttpJson::validate(&config(&[("field", bad), ("expect", "x")]), "http://h/"),
+                HttpJson::validate(&Config::from_pairs(&[("field", bad), ("expect", "x")]), "http://h/"),
                 path,
                 "field {bad:?}"
             );
         }
-        let with_timeout = |t| config(&[("field", "status"), ("expect", "ok"), ("timeout", t)]);
+        let with_timeout = |t| Config::from_pairs(&[("field", "status"), ("expect", "ok"), ("timeout", t)]);
         assert_eq!(HttpJson::validate(&with_timeout("250ms"), "http://h/"), Ok(()));
         assert_eq!(
             HttpJson::validate(&with_timeout("soon"), "http://h/"),
@@ -197,11 +193,11 @@ mod tests {
             Err(Error::config("setting `timeout`: must be more than 0"))
         );
         assert_eq!(
-            HttpJson::validate(&config(&[("field", "status")]), "http://h/"),
+            HttpJson::validate(&Config::from_pairs(&[("field", "status")]), "http://h/"),
             Err(Error::config("missing setting `expect`"))
         );
         assert_eq!(
-            HttpJson::validate(&config(&[("expect", "ok")]), "http://h/"),
+            HttpJson::validate(&Config::from_pairs(&[("expect", "ok")]), "http://h/"),
             Err(Error::config("missing setting `field`"))
         );
     }

@@ -26,10 +26,6 @@ mod tests {
     use super::*;
     use qu_sdk::Status;
 
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
     #[test]
     fn answers_with_the_message_or_the_target() {
         // (message setting, target, status, message answered)
@@ -44,7 +40,7 @@ mod tests {
             (None, "down ", Status::Up, "down "),
         ];
         for &(message, target, status, answer) in cases {
-            let config = config(&message.map(|m| vec![("message", m)]).unwrap_or_default());
+            let config = Config::from_pairs(&message.map(|m| vec![("message", m)]).unwrap_or_default());
             let outcome = Echo::check(&config, target).unwrap();
             assert_eq!(
                 (outcome.status, outcome.message.as_str()),
@@ -62,6 +58,6 @@ mod tests {
         let fields: Vec<(&str, bool, Option<&str>)> =
             info.fields.iter().map(|f| (f.name.as_str(), f.required, f.default.as_deref())).collect();
         assert_eq!(fields, [("message", false, None)]);
-        assert_eq!(Echo::validate(&config(&[("message", "x")]), "anything"), Ok(()));
+        assert_eq!(Echo::validate(&Config::from_pairs(&[("message", "x")]), "anything"), Ok(()));
     }
 }

@@ -168,10 +168,6 @@ mod tests {
 
     use super::*;
 
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
     #[test]
     fn targets_name_misdeeds() {
         let cases: &[(&str, Result<Misdeed, Error>)] = &[
@@ -231,7 +227,7 @@ mod tests {
     fn a_reachable_address_stops_the_misdeed() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap();
-        let config = config(&[("unless_reachable", &address.to_string())]);
+        let config = Config::from_pairs(&[("unless_reachable", &address.to_string())]);
         // `panic` would fail the test if it were performed.
         assert_eq!(Hostile::check(&config, "panic"), Ok(Outcome::up(format!("behaving: {address} reachable"))));
         // A misdeed the plugin does not know is refused all the same.
@@ -242,7 +238,7 @@ mod tests {
     fn an_unreachable_address_lets_the_misdeed_happen() {
         // A port nothing listens on any more: the connect is refused.
         let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let config = config(&[("unless_reachable", &address.to_string())]);
+        let config = Config::from_pairs(&[("unless_reachable", &address.to_string())]);
         let error = Hostile::check(&config, &format!("connect:{address}")).unwrap_err();
         let Error::Permanent(message) = error else { panic!("expected a permanent error, got {error:?}") };
         assert!(message.starts_with(&format!("connect {address}: ")), "{message}");
@@ -251,14 +247,17 @@ mod tests {
 
     #[test]
     fn unless_reachable_must_be_an_ip_address_and_port() {
-        assert_eq!(Hostile::validate(&config(&[("unless_reachable", "127.0.0.1:8080")]), "spin"), Ok(()));
-        assert_eq!(Hostile::validate(&config(&[("unless_reachable", "[::1]:8080")]), "spin"), Ok(()));
+        assert_eq!(Hostile::validate(&Config::from_pairs(&[("unless_reachable", "127.0.0.1:8080")]), "spin"), Ok(()));
+        assert_eq!(Hostile::validate(&Config::from_pairs(&[("unless_reachable", "[::1]:8080")]), "spin"), Ok(()));
         for bad in ["localhost:8080", "127.0.0.1", "127.0.0.1:99999", ""] {
             let expected = Error::config(format!(
                 "setting `unless_reachable`: expected an address such as 192.0.2.1:53 or [2001:db8::1]:53, got `{bad}`"
             ));
-            assert_eq!(Hostile::validate(&config(&[("unless_reachable", bad)]), "spin"), Err(expected.clone()));
-            assert_eq!(Hostile::check(&config(&[("unless_reachable", bad)]), "ok"), Err(expected));
+            assert_eq!(
+                Hostile::validate(&Config::from_pairs(&[("unless_reachable", bad)]), "spin"),
+                Err(expected.clone())
+            );
+            assert_eq!(Hostile::check(&Config::from_pairs(&[("unless_reachable", bad)]), "ok"), Err(expected));
         }
         let info = Hostile::info();
         let field = info.fields.iter().find(|f| f.name == "unless_reachable").unwrap();
