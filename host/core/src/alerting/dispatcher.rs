@@ -216,6 +216,9 @@ pub struct Dispatcher {
     acting: bool,
     /// The last committed view of this tenure (`None` until one arrives).
     committed: Option<BTreeMap<String, PendingRecord>>,
+    /// The keys of that view's sendable records in queue order (by check,
+    /// alert, then transition), sorted once per commit, not per tick.
+    queued: Vec<String>,
     deadline: Duration,
     tracks: BTreeMap<String, Track>,
 }
@@ -228,6 +231,7 @@ impl Dispatcher {
             rng: SplitMix64::new(seed),
             acting: false,
             committed: None,
+            queued: Vec::new(),
             deadline: Duration::from_secs(3600),
             tracks: BTreeMap::new(),
         }
@@ -272,6 +276,9 @@ impl Dispatcher {
         // What the cluster no longer holds pending is settled: forget it,
         // except a send still in flight (its outcome is ignored then).
         self.tracks.retain(|key, track| pending.contains_key(key) || track.stage == Stage::InFlight);
+        let mut order: Vec<&PendingRecord> = pending.values().filter(|r| r.blocked.is_none()).collect();
+        order.sort_by(|a, b| (&a.check_id, &a.alert_id, &a.order).cmp(&(&b.check_id, &b.alert_id, &b.order)));
+        self.queued = order.into_iter().map(|r| r.key.clone()).collect();
         self.committed = Some(pending);
     }
 
@@ -423,8 +430,7 @@ impl Dispatcher {
         // The head of each (check, alert) queue, in transition order: the
         // first record not delivered here. The ones after it wait (behind a
         // failure until it is committed: see the module doc).
-        let mut order: Vec<&PendingRecord> = committed.values().filter(|r| r.blocked.is_none()).collect();
-        order.sort_by(|a, b| (&a.check_id, &a.alert_id, &a.order).cmp(&(&b.check_id, &b.alert_id, &b.order)));
+        let order = self.queued.iter().filter_map(|key| committed.get(key));
         let mut in_flight = self.tracks.values().filter(|t| t.stage == Stage::InFlight).count();
         let mut group: Option<(&str, &str)> = None;
         let mut head_taken = false;
