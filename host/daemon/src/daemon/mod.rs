@@ -136,9 +136,13 @@ impl Waiter {
 
     /// The outcome of a change this follower forwarded to `master`.
     fn forwarded(self, master: &NodeId, result: Result<(u64, u64), Failure>, node_id: Option<NodeId>) {
+        if let Err(failure) = &result {
+            tracing::warn!(%master, "propose to master: {}", failure.message());
+        }
         match (self, result) {
             (Waiter::Control(reply), Err(failure)) => {
-                let _ = reply.send(propose_failed(master, failure.message()));
+                let message = format!("propose to master: {}", failure.message());
+                let _ = reply.send(ControlResponse::Error { message });
             }
             (waiter, result) => waiter.finish(result, node_id),
         }
@@ -491,11 +495,6 @@ fn effective_alerts(cluster: &ClusterConfig, check: &qu_core::config::Check) -> 
         .into_iter()
         .map(|a| if a.default { format!("{}*", a.name) } else { a.name.clone() })
         .collect()
-}
-
-fn propose_failed(master: &NodeId, reason: String) -> ControlResponse {
-    tracing::warn!(%master, "propose to master: {reason}");
-    ControlResponse::Error { message: format!("propose to master: {reason}") }
 }
 
 async fn accept_peers(listener: TcpListener, endpoint: Arc<Endpoint<Wire>>, events: mpsc::Sender<Event>) {
