@@ -49,14 +49,18 @@ pub struct Core {
     live_since: BTreeMap<NodeId, u64>,
     /// The config id each peer last reported.
     peer_config: BTreeMap<NodeId, ConfigId>,
-    /// Master only: per member, the latest of our own send times it has
-    /// answered in this term (heartbeat or vote). The lease is timed from
-    /// when we asked, not when the answer came back.
+    /// Master only: per member, until when (on our clock) it has promised
+    /// in this term to vote for no one else: the latest of our own send
+    /// times it answered (heartbeat, vote or replicate) plus the
+    /// `dead_after` it said it honours. The lease is timed from when we
+    /// asked, not when the answer came back, and by the follower's value,
+    /// not ours.
     acked: BTreeMap<NodeId, u64>,
-    /// Last time we heard from a master of our term, granted a vote, or
-    /// started: we refuse votes within `dead_after` of it (leader stickiness,
-    /// which is also what makes the master's lease safe).
-    last_master_contact: u64,
+    /// Until when we refuse votes (leader stickiness, which is what makes
+    /// the master's lease safe): `dead_after` past the last time we heard
+    /// a master of our term, granted a vote, or started. It only grows, so
+    /// a shorter `dead_after` applied later never breaks a promise made.
+    sticky_until: u64,
     election_due: u64,
     next_heartbeat: u64,
     pull_quiet_until: u64,
@@ -70,6 +74,7 @@ impl Core {
     /// A node starting (or restarting) with what it persisted. The returned
     /// outputs must be executed before anything else.
     pub fn new(me: NodeId, durable: Durable, config: Snapshot, now: u64, seed: u64) -> (Self, Vec<Output>) {
+        let config_dead_after = config.timing.dead_after_ms;
         let mut core = Self {
             me,
             durable,
@@ -84,7 +89,7 @@ impl Core {
             acked: BTreeMap::new(),
             // A restarted node may have forgotten a master it was serving:
             // wait out one lease before voting for anyone else.
-            last_master_contact: now,
+            sticky_until: now + config_dead_after,
             election_due: now,
             next_heartbeat: now,
             pull_quiet_until: now,
@@ -194,11 +199,10 @@ impl Core {
     /// Members (this one included) that answered this master within
     /// `dead_after` of being asked: the ones its lease stands on.
     fn lease_members(&self) -> usize {
-        let dead_after = self.config.timing.dead_after_ms;
         self.config
             .members
             .iter()
-            .filter(|m| **m == self.me || self.acked.get(m).is_some_and(|at| at + dead_after > self.now))
+            .filter(|m| **m == self.me || self.acked.get(m).is_some_and(|until| *until > self.now))
             .count()
     }
 
@@ -211,18 +215,34 @@ impl Core {
     }
 
     fn lease_until(&self) -> u64 {
+        let own = self.now + self.config.timing.dead_after_ms;
         let mut times: Vec<u64> = self
             .config
             .members
             .iter()
-            .filter_map(|m| if *m == self.me { Some(self.now) } else { self.acked.get(m).copied() })
+            .filter_map(|m| if *m == self.me { Some(own) } else { self.acked.get(m).copied() })
             .collect();
         let quorum = self.config.quorum();
         if times.len() < quorum {
             return 0;
         }
         times.sort_unstable_by(|a, b| b.cmp(a));
-        times[quorum - 1] + self.config.timing.dead_after_ms
+        times[quorum - 1]
+    }
+
+    /// Counts `from`'s answer to our message sent at `echo`: it refuses
+    /// other candidates for `promise` ms from receiving it.
+    fn count_promise(&mut self, from: NodeId, echo: u64, promise: u64) {
+        let until = self.acked.entry(from).or_insert(0);
+        *until = (*until).max(echo.saturating_add(promise));
+    }
+
+    /// Refuses other candidates for `dead_after` from now, and returns the
+    /// promise to put in the answer.
+    fn promise(&mut self) -> u64 {
+        let dead_after = self.config.timing.dead_after_ms;
+        self.sticky_until = self.sticky_until.max(self.now + dead_after);
+        dead_after
     }
 
     // ----- driving -------------------------------------------------------
@@ -269,7 +289,14 @@ impl Core {
     }
 
     fn sticky(&self) -> bool {
-        self.has_lease() || self.now < self.last_master_contact + self.config.timing.dead_after_ms
+        self.has_lease() || self.now < self.sticky_until
+    }
+
+    /// Whether this node may grant a vote or pre-vote at all: a member that
+    /// holds a real config. A node restored with `version: 0` has forgotten
+    /// what it acknowledged, so it votes only once it has caught up.
+    fn may_vote(&self) -> bool {
+        self.is_member() && self.config.id.version != 0
     }
 
     fn adopt_term(&mut self, term: u64, out: &mut Vec<Output>) {
@@ -292,8 +319,15 @@ impl Core {
         self.fresh_commit_done = false;
     }
 
+    /// Ends the proposal in flight with `error` — or, once the snapshot has
+    /// left this node for the members, with [`ProposeError::Unknown`]: a
+    /// member may hold it, and the next master may commit it.
     fn fail_inflight(&mut self, error: ProposeError, out: &mut Vec<Output>) {
         if let Some(inflight) = self.inflight.take() {
+            let error = match inflight.phase {
+                Phase::Committing if !error.is_unknown() => ProposeError::Unknown { cause: error.to_string() },
+                _ => error,
+            };
             out.push(Output::ProposalDone { request: inflight.request, result: Err(error) });
         }
     }
@@ -375,10 +409,13 @@ impl Core {
         {
             let error = match (inflight.phase.clone(), inflight.new_member) {
                 (Phase::AwaitNewMember, Some(node)) => ProposeError::NewMemberSilent { node },
-                _ => ProposeError::Timeout {
-                    waited_ms: self.commit_timeout(),
-                    acked: inflight.acks.len(),
-                    need: inflight.snapshot.quorum(),
+                _ => ProposeError::Unknown {
+                    cause: format!(
+                        "not acknowledged by a majority within {} ms ({} of {} needed)",
+                        self.commit_timeout(),
+                        inflight.acks.len(),
+                        inflight.snapshot.quorum()
+                    ),
                 },
             };
             self.fail_inflight(error, out);
@@ -403,7 +440,7 @@ impl Core {
         if cooled && current {
             self.send(preferred, Msg::TimeoutNow { term: self.durable.term }, out);
             self.become_follower(None, out);
-            self.last_master_contact = self.now;
+            self.promise();
             self.reset_election_timer();
         }
     }
@@ -479,7 +516,7 @@ impl Core {
         {
             // We still hear a master: refuse without adopting the term, so
             // a node cut off from the master cannot depose it.
-            let reply = Msg::VoteReply { term: self.durable.term, granted: false, echo: *sent_at };
+            let reply = Msg::VoteReply { term: self.durable.term, granted: false, echo: *sent_at, promise: 0 };
             self.send(from, reply, out);
             return;
         }
@@ -495,29 +532,30 @@ impl Core {
                         if self.role == Role::Candidate || self.master != Some(from) {
                             self.become_follower(Some(from), out);
                         }
-                        self.last_master_contact = self.now;
+                        let promise = self.promise();
                         self.reset_election_timer();
-                        let ack = Msg::HeartbeatAck { term, config: self.config.id, echo: sent_at };
+                        let ack = Msg::HeartbeatAck { term, config: self.config.id, echo: sent_at, promise };
                         self.send(from, ack, out);
                     }
                 }
-                // A master's config is the authority in its term: it never
-                // pulls (a joining node may already hold the proposed one).
-                if config > self.config.id && self.role != Role::Master && self.now >= self.pull_quiet_until {
+                // A node takes a newer config from the master of its term,
+                // and from another member only while it knows no master (a
+                // node whose config does not list the current master learns
+                // of it that way). A master never pulls (a joining node may
+                // already hold the proposed one).
+                if config > self.config.id && self.may_pull_from(from) && self.now >= self.pull_quiet_until {
                     self.pull_quiet_until = self.now + self.config.timing.heartbeat_ms;
                     self.send(from, Msg::Pull, out);
                 }
             }
-            Msg::HeartbeatAck { term, config, echo } => {
+            Msg::HeartbeatAck { term, config, echo, promise } => {
                 self.peer_config.insert(from, config);
                 if term == self.durable.term && self.role == Role::Master {
-                    let acked = self.acked.entry(from).or_insert(0);
-                    *acked = (*acked).max(echo);
+                    self.count_promise(from, echo, promise);
                 }
             }
             Msg::PreVote { term, config } => {
-                let granted =
-                    term > self.durable.term && config >= self.config.id && self.is_member() && !self.sticky();
+                let granted = term > self.durable.term && config >= self.config.id && self.may_vote() && !self.sticky();
                 self.send(from, Msg::PreVoteReply { term: self.durable.term, granted }, out);
             }
             Msg::PreVoteReply { granted, .. } => {
@@ -546,34 +584,38 @@ impl Core {
                     && self.durable.voted_for.is_none_or(|v| v == from)
                     && (transfer || self.durable.voted_for == Some(from) || !self.sticky())
                     && config >= self.config.id
-                    && self.is_member();
+                    && self.may_vote();
+                let mut promise = 0;
                 if granted {
                     if self.durable.voted_for != Some(from) {
                         self.durable.voted_for = Some(from);
                         out.push(Output::PersistDurable(self.durable.clone()));
                     }
-                    self.last_master_contact = self.now;
+                    promise = self.promise();
                     self.reset_election_timer();
                 }
-                self.send(from, Msg::VoteReply { term: self.durable.term, granted, echo: sent_at }, out);
+                let reply = Msg::VoteReply { term: self.durable.term, granted, echo: sent_at, promise };
+                self.send(from, reply, out);
             }
-            Msg::VoteReply { term, granted, echo } => {
+            Msg::VoteReply { term, granted, echo, promise } => {
                 let quorum = self.config.quorum();
                 let won = match &mut self.campaign {
                     Some(c) if !c.pre && c.term == term && term == self.durable.term && granted => {
                         c.granted.insert(from);
-                        self.acked.insert(from, echo);
                         c.granted.len() >= quorum
                     }
                     _ => false,
                 };
+                if granted && term == self.durable.term && self.role == Role::Candidate {
+                    self.count_promise(from, echo, promise);
+                }
                 if won && self.role == Role::Candidate {
                     self.become_master(out);
                 }
             }
             Msg::Replicate { term, snapshot, sent_at } => {
                 if term < self.durable.term {
-                    let ack = Msg::ReplicateAck { term: self.durable.term, config: self.config.id, echo: sent_at };
+                    let ack = self.replicate_ack(sent_at, 0);
                     self.send(from, ack, out);
                     return;
                 }
@@ -584,20 +626,19 @@ impl Core {
                 if self.master != Some(from) || self.role != Role::Follower {
                     self.become_follower(Some(from), out);
                 }
-                self.last_master_contact = self.now;
+                let promise = self.promise();
                 self.reset_election_timer();
-                if snapshot.id > self.config.id {
+                if self.supersedes(&snapshot) {
                     self.apply_config(snapshot, out);
                 }
-                let ack = Msg::ReplicateAck { term: self.durable.term, config: self.config.id, echo: sent_at };
+                let ack = self.replicate_ack(sent_at, promise);
                 self.send(from, ack, out);
             }
-            Msg::ReplicateAck { term, config, echo } => {
+            Msg::ReplicateAck { term, config, hash, echo, promise } => {
                 self.peer_config.insert(from, config);
                 if term == self.durable.term && self.role == Role::Master {
-                    let acked = self.acked.entry(from).or_insert(0);
-                    *acked = (*acked).max(echo);
-                    self.on_replicate_ack(from, config, out);
+                    self.count_promise(from, echo, promise);
+                    self.on_replicate_ack(from, config, hash, out);
                 }
             }
             Msg::Pull => {
@@ -605,7 +646,7 @@ impl Core {
             }
             Msg::PullReply { snapshot } => {
                 self.pull_quiet_until = self.now;
-                if snapshot.id > self.config.id && self.role != Role::Master {
+                if self.may_pull_from(from) && self.supersedes(&snapshot) {
                     self.apply_config(snapshot, out);
                 }
             }
@@ -615,6 +656,30 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Whether the master's `snapshot` replaces ours: newer, or the same
+    /// id with other content (which no master made: the master's wins).
+    fn supersedes(&self, snapshot: &Snapshot) -> bool {
+        snapshot.id > self.config.id || (snapshot.id == self.config.id && snapshot.hash != self.config.hash)
+    }
+
+    /// Whom a newer config may come from: the master this node follows, or
+    /// any member while it follows none. A peer that merely shows a higher
+    /// version while a master is known may hold a copy no master made. A
+    /// node at `version: 0` (restored from a backup) takes it only from a
+    /// master: another member's copy may lack what this node acknowledged
+    /// before the restore, and once caught up the node votes again.
+    fn may_pull_from(&self, from: NodeId) -> bool {
+        match (self.role, self.master) {
+            (Role::Master, _) => false,
+            (_, Some(master)) => master == from,
+            (_, None) => self.config.id.version != 0,
+        }
+    }
+
+    fn replicate_ack(&self, echo: u64, promise: u64) -> Msg {
+        Msg::ReplicateAck { term: self.durable.term, config: self.config.id, hash: self.config.hash, echo, promise }
     }
 
     // ----- proposals -----------------------------------------------------
@@ -665,9 +730,11 @@ impl Core {
         self.check_commit(out);
     }
 
-    fn on_replicate_ack(&mut self, from: NodeId, config: ConfigId, out: &mut Vec<Output>) {
+    fn on_replicate_ack(&mut self, from: NodeId, config: ConfigId, hash: super::Digest, out: &mut Vec<Output>) {
         let Some(inflight) = self.inflight.as_mut() else { return };
-        if config < inflight.snapshot.id {
+        // Exactly this snapshot, or nothing: an ack of a higher id (a hand
+        // edit, a copy no master made) is not an ack of ours.
+        if config != inflight.snapshot.id || hash != inflight.snapshot.hash {
             return;
         }
         inflight.acks.insert(from);

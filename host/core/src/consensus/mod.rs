@@ -109,10 +109,21 @@ impl Default for Timing {
     }
 }
 
+/// SHA-256 of a snapshot's content: what an acknowledgement names, so an
+/// ack for the same id with other content counts for nothing.
+pub type Digest = [u8; 32];
+
+/// The digest of `content`.
+pub fn digest(content: &str) -> Digest {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(content.as_bytes()).into()
+}
+
 /// One version of the replicated configuration. `content` is opaque to the
 /// core (the daemon's canonical `cluster.yaml`); `members` and `timing` are
 /// what the core needs from it, derived by whoever built the snapshot. A
-/// receiver re-derives them from `content` before trusting them.
+/// receiver re-derives them (and the hash) from `content` before trusting
+/// them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub id: ConfigId,
@@ -120,13 +131,22 @@ pub struct Snapshot {
     pub members: Vec<NodeId>,
     pub timing: Timing,
     pub content: Arc<str>,
+    /// [`digest`] of `content`.
+    pub hash: Digest,
 }
 
 impl Snapshot {
     pub fn new(id: ConfigId, mut members: Vec<NodeId>, timing: Timing, content: impl Into<Arc<str>>) -> Self {
         members.sort();
         members.dedup();
-        Self { id, members, timing, content: content.into() }
+        let content = content.into();
+        let hash = digest(&content);
+        Self { id, members, timing, content, hash }
+    }
+
+    /// The same content under another id (a new master's fresh commit).
+    pub fn restamped(&self, id: ConfigId) -> Self {
+        Self { id, ..self.clone() }
     }
 
     pub fn is_member(&self, node: &NodeId) -> bool {
@@ -151,11 +171,16 @@ pub enum Msg {
         master: bool,
         sent_at: u64,
     },
-    /// A follower's answer to its master's heartbeat.
+    /// A follower's answer to its master's heartbeat. `promise` is how
+    /// long, from receiving it, the follower refuses to vote for anyone
+    /// else (its `dead_after`): the master's lease stands on that, not on
+    /// its own value, so a change of `dead_after` never widens a lease
+    /// beyond what followers honour.
     HeartbeatAck {
         term: u64,
         config: ConfigId,
         echo: u64,
+        promise: u64,
     },
     /// "Would you vote for me in `term`?" — asked before bumping any term,
     /// so a node that cannot win never disturbs the cluster.
@@ -177,6 +202,7 @@ pub enum Msg {
         term: u64,
         granted: bool,
         echo: u64,
+        promise: u64,
     },
     /// The master's new snapshot.
     Replicate {
@@ -184,13 +210,17 @@ pub enum Msg {
         snapshot: Snapshot,
         sent_at: u64,
     },
-    /// "I have persisted `config`."
+    /// "I hold `config`, whose content hashes to `hash`." It counts for a
+    /// proposal only if both are exactly the proposal's.
     ReplicateAck {
         term: u64,
         config: ConfigId,
+        hash: Digest,
         echo: u64,
+        promise: u64,
     },
-    /// "Send me your snapshot" (to a peer whose heartbeat showed a newer one).
+    /// "Send me your snapshot" (to the master, whose heartbeat showed a
+    /// newer one; a node adopts a newer config only from its master).
     Pull,
     PullReply {
         snapshot: Snapshot,
@@ -274,12 +304,23 @@ pub enum ProposeError {
     Busy,
     #[error("the proposal was built on config {built_on}, but the master is at {current}; retry")]
     Stale { built_on: ConfigId, current: ConfigId },
+    /// The change left this node for the other members and then did not
+    /// commit in time, or the master lost its lease or stepped down: it
+    /// may still be committed by this master or the next. Every other
+    /// error is definite: the change was never sent, and never applies.
     #[error(
-        "not acknowledged by a majority within {waited_ms} ms ({acked} of {need} needed); it may still apply if the cluster recovers"
+        "outcome unknown: {cause}; the change was sent to the other members and may still apply — check with `qu config ver` (or `qu check list`, `qu alert list`) before retrying"
     )]
-    Timeout { waited_ms: u64, acked: usize, need: usize },
+    Unknown { cause: String },
     #[error("the new member {node} did not acknowledge the configuration; is it running and reachable?")]
     NewMemberSilent { node: NodeId },
     #[error("the master stepped down before the change committed (term {term}); retry")]
     SteppedDown { term: u64 },
+}
+
+impl ProposeError {
+    /// Whether the change may still apply (see [`ProposeError::Unknown`]).
+    pub fn is_unknown(&self) -> bool {
+        matches!(self, ProposeError::Unknown { .. })
+    }
 }

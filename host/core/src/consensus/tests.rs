@@ -21,6 +21,8 @@ struct Net {
     results: BTreeMap<u64, Result<ConfigId, ProposeError>>,
     disk: BTreeMap<NodeId, (Durable, Snapshot)>,
     role_changes: Vec<(NodeId, u64, Role)>,
+    /// Nodes cut off from everyone: every message from or to them is lost.
+    isolated: Vec<NodeId>,
 }
 
 impl Net {
@@ -35,6 +37,7 @@ impl Net {
             results: BTreeMap::new(),
             disk: BTreeMap::new(),
             role_changes: Vec::new(),
+            isolated: Vec::new(),
         };
         for node in ids {
             net.disk.insert(node, (Durable::default(), genesis.clone()));
@@ -100,7 +103,8 @@ impl Net {
                 self.step(node, Input::Tick);
             }
             while let Some((from, to, msg)) = self.queue.pop_front() {
-                if self.cores.contains_key(&to) {
+                let cut = self.isolated.contains(&from) || self.isolated.contains(&to);
+                if self.cores.contains_key(&to) && !cut {
                     self.step(to, Input::Receive { from, msg });
                 }
             }
@@ -355,4 +359,113 @@ fn votes_are_persisted_before_they_are_sent() {
     let persist = out.iter().position(|o| matches!(o, Output::PersistDurable(d) if d.voted_for == Some(id(1))));
     let reply = out.iter().position(|o| matches!(o, Output::Send { msg: Msg::VoteReply { granted: true, .. }, .. }));
     assert!(persist.is_some() && reply.is_some() && persist < reply, "{out:?}");
+}
+
+/// Node 3, stopped, has its config edited by hand: same term, a version
+/// 50 higher, other content. Nobody may take that copy for the cluster's,
+/// and its acknowledgement counts for no proposal of the master's.
+#[test]
+fn an_ack_names_the_exact_config_and_a_hand_bumped_copy_counts_for_nothing() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_for(1_000);
+    assert_eq!(net.master(), id(1));
+    net.stop(id(3));
+    let (durable, config) = net.disk[&id(3)].clone();
+    let id_bumped = ConfigId { term: config.id.term, version: config.id.version + 50 };
+    let bumped = Snapshot::new(id_bumped, config.members.clone(), TIMING, "bumped by hand");
+    net.disk.insert(id(3), (durable, bumped));
+    net.start(id(3));
+    net.run_for(1_000);
+    assert_ne!(&*net.cores[&id(2)].config().content, "bumped by hand", "node 2 took the copy from a non-master");
+    assert_ne!(&*net.cores[&id(1)].config().content, "bumped by hand");
+
+    net.stop(id(2));
+    net.propose(id(1), 1, "needs a real majority");
+    net.run_for(3 * TIMING.dead_after_ms);
+    let result = net.results.get(&1).expect("an answer");
+    assert!(matches!(result, Err(ProposeError::Unknown { .. })), "committed on a bumped copy's ack: {result:?}");
+}
+
+/// B is restored from a backup with `version: 0` after it acknowledged a
+/// change C never saw; A, the other holder, is down. B must not vote C in:
+/// C's config lacks the acknowledged change.
+#[test]
+fn a_node_restored_at_version_zero_votes_for_nobody_until_it_has_caught_up() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_for(1_000);
+    net.stop(id(3));
+    let old = net.disk[&id(3)].1.clone();
+    net.propose(id(1), 1, "acknowledged");
+    net.run_for(50);
+    assert!(net.results[&1].is_ok(), "{:?}", net.results.get(&1));
+    net.stop(id(2));
+    let durable = net.disk[&id(2)].0.clone();
+    net.disk.insert(id(2), (durable, old.restamped(ConfigId { term: old.id.term, version: 0 })));
+    net.stop(id(1));
+    net.start(id(2));
+    net.start(id(3));
+    net.run_for(3_000);
+    assert!(net.masters().is_empty(), "a master was elected on a copy without the acknowledged change");
+    net.start(id(1));
+    net.run_for(3_000);
+    let master = net.master();
+    assert_eq!(&*net.cores[&master].config().content, "acknowledged");
+    for core in net.cores.values() {
+        assert_eq!(&*core.config().content, "acknowledged", "on {}", core.me());
+    }
+}
+
+/// The master raises `dead_after` from 400 ms to 3 s and is cut off before
+/// any follower applies it. Its lease must end when the followers' old
+/// promise does, or two nodes hold a lease at once.
+#[test]
+fn raising_dead_after_never_widens_the_lease_beyond_what_followers_honour() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_for(1_000);
+    assert_eq!(net.master(), id(1));
+    let core = &net.cores[&id(1)];
+    let raised = Timing { dead_after_ms: 3_000, ..TIMING };
+    let snapshot = Snapshot::new(core.next_config_id(), core.config().members.clone(), raised, "raised");
+    net.propose_snapshot(id(1), 1, snapshot, None);
+    net.isolated.push(id(1));
+    let mut elected = false;
+    for _ in 0..400 {
+        net.run_for(TICK);
+        let masters = net.masters();
+        assert!(masters.len() <= 1, "two leases at {} ms: {masters:?}", net.now);
+        elected |= masters.iter().any(|m| *m != id(1));
+    }
+    assert!(elected, "the other two elected a master");
+}
+
+/// Once a proposal has left the master, a failure is "outcome unknown" —
+/// and rightly so: here the next master commits it. A proposal refused
+/// before it left (no lease) never appears.
+#[test]
+fn a_failure_after_the_change_left_the_master_is_unknown_and_a_definite_one_never_applies() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_for(1_000);
+    assert_eq!(net.master(), id(1));
+    net.propose(id(1), 1, "sent to node 2 only");
+    // Node 2 gets the snapshot, its acknowledgement and everything else is lost.
+    let at = net.queue.iter().position(|(_, to, m)| *to == id(2) && matches!(m, Msg::Replicate { .. })).unwrap();
+    let (from, to, msg) = net.queue.remove(at).unwrap();
+    net.queue.clear();
+    net.step(to, Input::Receive { from, msg });
+    net.queue.clear();
+    net.isolated.push(id(1));
+    net.run_for(2 * TIMING.dead_after_ms);
+    let result = net.results.get(&1).expect("an answer");
+    assert!(matches!(result, Err(ProposeError::Unknown { .. })), "{result:?}");
+    assert!(result.as_ref().unwrap_err().to_string().contains("may still apply"));
+    // Refused before it left: the old master has no lease now.
+    net.propose(id(1), 2, "refused");
+    let refused = net.results.get(&2).expect("an answer");
+    assert!(!refused.as_ref().unwrap_err().is_unknown(), "{refused:?}");
+    net.run_for(1_000);
+    net.isolated.clear();
+    net.run_for(3_000);
+    for core in net.cores.values() {
+        assert_eq!(&*core.config().content, "sent to node 2 only", "on {}", core.me());
+    }
 }
