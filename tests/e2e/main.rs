@@ -13,6 +13,8 @@
 //!   shrink, replace, long absence, rolling restart.
 //! - `alerts`  — alerts through the webhook sink on 3 nodes: once per incident through failovers.
 //! - `delivery` — delivery under faults: committed-only, in order through an outage, clock steps.
+//! - `operator` — an operator's hands: stale write-backs, bumped versions, edits while stopped,
+//!   version-0 restores, unknown outcomes (exit code 3).
 //! - `plugins` — WebAssembly plugins on 3 nodes: add, replicate, verify, run, contain.
 //! - `demo`    — the README's main-job command.
 
@@ -24,6 +26,7 @@ mod delivery;
 mod demo;
 mod init;
 mod inproc;
+mod operator;
 mod peers;
 mod plugins;
 mod recovery;

@@ -51,6 +51,7 @@ fn the_whole_cluster_restored_from_the_highest_version_backup_elects_and_continu
     for i in 0..3 {
         cluster.nodes[i].kill();
         std::fs::remove_file(cluster.nodes[i].file("state.yaml")).unwrap();
+        std::fs::remove_dir_all(cluster.nodes[i].file("store")).unwrap();
         std::fs::write(cluster.nodes[i].file("cluster.yaml"), &highest).unwrap();
     }
     for i in 0..3 {

@@ -148,7 +148,11 @@ fn main() -> ExitCode {
         Err(error) => {
             let message = one_line(&error);
             eprintln!("error: {message}");
-            ExitCode::FAILURE
+            if error.downcast_ref::<OutcomeUnknown>().is_some() {
+                ExitCode::from(EXIT_UNKNOWN)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -363,8 +367,31 @@ fn run_status(json: bool) -> anyhow::Result<()> {
 
 pub(crate) fn call(socket: &std::path::Path, request: ControlRequest) -> anyhow::Result<ControlResponse> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("start runtime")?;
-    Ok(runtime.block_on(control::call(socket, &request, CONTROL_TIMEOUT))?)
+    match runtime.block_on(control::call(socket, &request, CONTROL_TIMEOUT)) {
+        Ok(ControlResponse::Unknown { message }) => Err(OutcomeUnknown(message).into()),
+        Ok(answer) => Ok(answer),
+        Err(error @ control::ControlError::Timeout(_)) => Err(OutcomeUnknown(format!(
+            "{error}; if this was a change, its outcome is unknown: see `qu status` (its config version) and `qu check list` or `qu alert list` before retrying"
+        ))
+        .into()),
+        Err(error) => Err(error.into()),
+    }
 }
+
+/// A change that may or may not have been applied (exit code 3).
+#[derive(Debug)]
+pub(crate) struct OutcomeUnknown(String);
+
+impl std::fmt::Display for OutcomeUnknown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OutcomeUnknown {}
+
+/// Exit code of a change whose outcome is unknown (CLI.md, Operating).
+const EXIT_UNKNOWN: u8 = 3;
 
 /// Logs to stderr for journald: `RUST_LOG` filters (default `info`); no
 /// colours unless stderr is a terminal.

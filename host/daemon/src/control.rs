@@ -174,6 +174,11 @@ pub enum ControlResponse {
     Error {
         message: String,
     },
+    /// A change whose outcome is unknown: it was sent to the other members
+    /// and may still commit (the CLI exits with code 3).
+    Unknown {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -126,7 +126,8 @@ fn refuse_existing(data: &DataDir) -> Result<(), InitError> {
             .unwrap_or_else(|| "unreadable".into());
         return Err(InitError::AlreadyInitialised { path: node_yaml.display().to_string(), node_id, dir });
     }
-    for leftover in [data.private_key(), data.cert(), data.cluster_yaml(), data.state_yaml()] {
+    for leftover in [data.private_key(), data.cert(), data.cluster_yaml(), data.state_yaml(), data.last_cluster_yaml()]
+    {
         if leftover.exists() {
             return Err(InitError::Leftovers { path: leftover.display().to_string(), dir });
         }

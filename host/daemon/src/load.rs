@@ -1,6 +1,7 @@
 //! Loading a node at start: every file read, parsed, validated and
 //! cross-checked, or one clear error saying which file and what to do.
 
+use qu_core::config::edits::{self, AtStart, StartDecision};
 use qu_core::config::{ClusterConfig, ConfigError, NodeConfig, NodeOverrides};
 use qu_core::consensus::Durable;
 use qu_core::{Fingerprint, NodeId};
@@ -13,8 +14,12 @@ pub struct LoadedNode {
     pub data: DataDir,
     pub node: NodeConfig,
     pub identity: TlsIdentity,
+    /// What the node runs on: its last persisted copy, or cluster.yaml as
+    /// `start` decided.
     pub cluster: ClusterConfig,
     pub durable: Durable,
+    /// What was decided about cluster.yaml at start.
+    pub start: StartDecision,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +52,24 @@ impl LoadedNode {
         let node = NodeConfig::parse(&node_text)?.with_overrides(env)?;
         let identity = load_identity(data)?;
         let cluster_path = data.cluster_yaml();
-        let cluster = ClusterConfig::parse(&read(&cluster_path)?)?;
+        let file = ClusterConfig::parse(&read(&cluster_path)?)?;
         let durable = load_durable(data)?;
-        let loaded = Self { data: data.clone(), node, identity, cluster, durable };
+        let last = load_last(data)?;
+        let start = edits::at_start(&AtStart::of(&file, last.as_ref(), node.node_id));
+        let cluster = match (start, last) {
+            (StartDecision::Restore | StartDecision::Shrink, Some(last)) => {
+                // The file is the truth, under the term the node recorded.
+                ClusterConfig { term: last.term.min(durable.term), ..file }
+            }
+            (_, Some(last)) => last,
+            (_, None) => {
+                // No copy (a first start, an upgrade, a machine restored
+                // from a backup): the file, but never a term the node has
+                // not persisted itself.
+                ClusterConfig { term: file.term.min(durable.term), ..file }
+            }
+        };
+        let loaded = Self { data: data.clone(), node, identity, cluster, durable, start };
         loaded.cross_check()?;
         loaded.warn_about_loose_modes();
         Ok(loaded)
@@ -132,6 +152,21 @@ fn load_identity(data: &DataDir) -> Result<TlsIdentity, LoadError> {
     let cert = read(&data.cert())?;
     TlsIdentity::from_pem(&cert, &key)
         .map_err(|e| LoadError::Invalid { path: data.keys_dir().display().to_string(), reason: e.to_string() })
+}
+
+/// The daemon's own copy of what it last persisted, if it has one.
+fn load_last(data: &DataDir) -> Result<Option<ClusterConfig>, LoadError> {
+    let path = data.last_cluster_yaml();
+    match qu_store::read_text(&path) {
+        Ok(text) => ClusterConfig::parse(&text).map(Some).map_err(|e| LoadError::Invalid {
+            path: path.display().to_string(),
+            reason: format!(
+                "{e}; this is the daemon's own copy of the last cluster.yaml it persisted: move it away to run on cluster.yaml as it is"
+            ),
+        }),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(other) => Err(LoadError::Store(other)),
+    }
 }
 
 /// The term and vote. A missing file is a node that never voted; a corrupt

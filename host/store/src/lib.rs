@@ -85,6 +85,17 @@ impl DataDir {
     pub fn cert(&self) -> PathBuf {
         self.keys_dir().join("cert.pem")
     }
+    /// What only the daemon writes: operators never edit it.
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("store")
+    }
+    /// The daemon's own copy of the cluster.yaml it last persisted: what a
+    /// hand edit of cluster.yaml is compared with, and where the term of
+    /// the config it holds is recorded (the file's `term:` is never
+    /// trusted).
+    pub fn last_cluster_yaml(&self) -> PathBuf {
+        self.store_dir().join("cluster.yaml")
+    }
     /// Plugin components, content-addressed: `plugins/<sha256>.wasm`.
     pub fn plugins_dir(&self) -> PathBuf {
         self.root.join("plugins")
@@ -106,7 +117,9 @@ impl DataDir {
 
     /// Removes temp files a crash left behind in the directory and `keys/`.
     pub fn remove_stale_temps(&self) -> Result<usize, StoreError> {
-        Ok(remove_stale_temps(&self.root)? + remove_stale_temps(&self.keys_dir())?)
+        Ok(remove_stale_temps(&self.root)?
+            + remove_stale_temps(&self.keys_dir())?
+            + remove_stale_temps(&self.store_dir())?)
     }
 }
 

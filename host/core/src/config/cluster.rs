@@ -324,6 +324,18 @@ impl ClusterConfig {
     }
 
     /// Member ids, sorted.
+    /// Whether `other` says the same apart from its stamp (`version`,
+    /// `term`, `updated_at`, `updated_by`): a hand edit that only bumped
+    /// the version changes nothing.
+    pub fn same_apart_from_stamp(&self, other: &ClusterConfig) -> bool {
+        let mut restamped = other.clone();
+        restamped.version = self.version;
+        restamped.term = self.term;
+        restamped.updated_at = self.updated_at;
+        restamped.updated_by = self.updated_by;
+        *self == restamped
+    }
+
     pub fn members(&self) -> Vec<NodeId> {
         let mut members: Vec<NodeId> = self.peers.iter().map(|p| p.node_id).collect();
         members.sort();

@@ -8,6 +8,7 @@
 mod addr;
 mod checks;
 mod cluster;
+pub mod edits;
 mod mutation;
 mod node;
 mod time;

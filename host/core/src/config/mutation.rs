@@ -25,10 +25,13 @@ pub enum Mutation {
         key: String,
         value: String,
     },
-    /// A hand edit of cluster.yaml, built on `base_version`.
+    /// A hand edit of cluster.yaml, built on the node's copy at
+    /// (`base_term`, `base_version`): it applies only to exactly that copy
+    /// (two terms can each have made a version of the same number).
     Replace {
         config: Box<ClusterConfig>,
         base_version: u64,
+        base_term: u64,
     },
     /// `qu check add`. Alert references may be ids or names.
     AddCheck {
@@ -176,7 +179,9 @@ impl Mutation {
             Mutation::AddPeer { peer } => add_peer(current, &mut next, peer)?,
             Mutation::RemovePeer { node_id } => remove_peer(current, &mut next, node_id)?,
             Mutation::SetSetting { key, value } => set_setting(&mut next.settings, key, value)?,
-            Mutation::Replace { config, base_version } => replace(current, &mut next, config, base_version)?,
+            Mutation::Replace { config, base_version, base_term } => {
+                replace(current, &mut next, config, (*base_term, *base_version))?
+            }
             Mutation::AddCheck { check } => add_check(current, &mut next, check)?,
             Mutation::EditCheck { check, changes } => edit_check(current, &mut next, check, changes)?,
             Mutation::RemoveCheck { check } => remove_check(current, &mut next, check)?,
@@ -225,13 +230,13 @@ fn replace(
     current: &ClusterConfig,
     next: &mut ClusterConfig,
     config: &ClusterConfig,
-    base_version: &u64,
+    base: (u64, u64),
 ) -> Result<(), String> {
-    if *base_version != current.version {
+    if !super::edits::base_matches(base, (current.term, current.version)) {
         return Err(format!(
-            "the edit was made on version {base_version}, but the cluster is at version {}; \
+            "the edit was made on version {} (term {}), but the cluster is at version {} (term {}); \
                  re-apply it to the current cluster.yaml",
-            current.version
+            base.1, base.0, current.version, current.term
         ));
     }
     if config.members() != current.members() || config.peers.iter().any(|p| current.peer(&p.node_id) != Some(p)) {
@@ -239,7 +244,15 @@ fn replace(
                         `qu node remove` (editing peers is only for the offline shrink procedure)"
             .into());
     }
+    // An edit changes what operators own; the runtime state (committed
+    // check states, deliveries) stays the cluster's, whatever the file
+    // says, so an old copy can never roll a committed DOWN back.
     *next = config.clone();
+    next.states = current.states.clone();
+    next.deliveries = current.deliveries.clone();
+    let ids: std::collections::HashSet<&str> = next.checks.iter().map(|c| c.id.as_str()).collect();
+    next.states.retain(|id, _| ids.contains(id.as_str()));
+    next.deliveries.retain(|_, d| ids.contains(d.check_id.as_str()));
     Ok(())
 }
 fn add_check(current: &ClusterConfig, next: &mut ClusterConfig, check: &Check) -> Result<(), String> {
@@ -558,8 +571,11 @@ mod tests {
         let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
         let mut edited = base.clone();
         edited.settings.hysteresis = 3;
-        let replace =
-            |config: &ClusterConfig, base_version| Mutation::Replace { config: Box::new(config.clone()), base_version };
+        let replace = |config: &ClusterConfig, base_version| Mutation::Replace {
+            config: Box::new(config.clone()),
+            base_version,
+            base_term: base.term,
+        };
         let next = replace(&edited, 1).apply(&base, &stamp(2)).unwrap();
         assert_eq!(next.settings.hysteresis, 3);
         assert!(replace(&edited, 0).apply(&base, &stamp(2)).unwrap_err().contains("version 0"));
@@ -691,6 +707,26 @@ mod tests {
         assert!(err.contains("stale"), "{err}");
         let gone = Mutation::RemoveCheck { check: "web".into() }.apply(&down, &stamp(4)).unwrap();
         assert!(gone.states.is_empty(), "a removed check's state goes with it");
+
+        // A hand edit of an old copy (the check still unknown, no states)
+        // changes what it edits and never the committed state.
+        let mut edited = one.clone();
+        edited.settings.hysteresis = 5;
+        let replace = |config: &ClusterConfig, base: &ClusterConfig| Mutation::Replace {
+            config: Box::new(config.clone()),
+            base_version: base.version,
+            base_term: base.term,
+        };
+        let next = replace(&edited, &down).apply(&down, &stamp(4)).unwrap();
+        assert_eq!(next.settings.hysteresis, 5);
+        assert_eq!(next.states, down.states, "the committed DOWN stays");
+        let mut other_term = down.clone();
+        other_term.term += 1;
+        let err = replace(&edited, &other_term).apply(&down, &stamp(4)).unwrap_err();
+        assert!(err.contains("re-apply it"), "same version, other term: {err}");
+        edited.checks.clear();
+        let removed = replace(&edited, &down).apply(&down, &stamp(4)).unwrap();
+        assert!(removed.states.is_empty(), "removing the check by hand removes its state");
     }
 
     #[test]

@@ -309,7 +309,7 @@ pub enum ProposeError {
     /// may still be committed by this master or the next. Every other
     /// error is definite: the change was never sent, and never applies.
     #[error(
-        "outcome unknown: {cause}; the change was sent to the other members and may still apply — check with `qu config ver` (or `qu check list`, `qu alert list`) before retrying"
+        "outcome unknown: {cause}; the change was sent to the other members and may still apply — see `qu status` (its config version) and `qu check list` or `qu alert list` before retrying"
     )]
     Unknown { cause: String },
     #[error("the new member {node} did not acknowledge the configuration; is it running and reachable?")]

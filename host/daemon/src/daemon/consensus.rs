@@ -65,8 +65,7 @@ impl Daemon {
             _ => ClusterConfig::parse(&snapshot.content).expect("snapshots are validated before the core sees them"),
         };
         self.set_aside_unreplicated_edit(&cluster);
-        qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
-            .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
+        edits::persist_both(&self.data, &snapshot.content)?;
         self.written = snapshot.content.clone();
         self.bad_edit = None;
         let members_changed = cluster.peers != self.cluster.peers;

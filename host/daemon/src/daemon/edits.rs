@@ -2,7 +2,67 @@
 //! through the master, and set aside (never lost) when a newer version
 //! overtakes one that was not replicated.
 
+use qu_core::config::edits::{self as rules, LiveDecision, StartDecision};
+
 use super::*;
+
+/// Writes `content` as cluster.yaml (the operator's) and then as the
+/// daemon's own copy. In that order: a crash between them leaves a file the
+/// copy does not know, which the next start takes for a hand edit made on
+/// the copy — proposed, or set aside, never the truth — and the node had
+/// not acknowledged it yet.
+pub(super) fn persist_both(data: &DataDir, content: &str) -> Result<(), DaemonError> {
+    qu_store::write_atomic(&data.cluster_yaml(), content.as_bytes(), SECRET_FILE_MODE)
+        .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
+    qu_store::create_private_dir(&data.store_dir())
+        .map_err(|source| DaemonError::Persist { what: "store/", source })?;
+    qu_store::write_atomic(&data.last_cluster_yaml(), content.as_bytes(), SECRET_FILE_MODE)
+        .map_err(|source| DaemonError::Persist { what: "store/cluster.yaml", source })
+}
+
+/// Carries out the start decision about cluster.yaml (`qu_core::config::edits`),
+/// logs it, and returns what the daemon counts as written: the content it
+/// runs on. An edit made while stopped stays in the file, for the live
+/// path to propose or set aside.
+pub(super) fn at_start(data: &DataDir, cluster: &ClusterConfig, start: StartDecision) -> Result<Arc<str>, DaemonError> {
+    let content: Arc<str> = cluster.to_yaml().into();
+    match start {
+        StartDecision::Unchanged => {}
+        StartDecision::Restamped => tracing::warn!(
+            "manual-edit: only version/term of cluster.yaml were changed while the daemon was stopped; ignored (they are the cluster's to set)"
+        ),
+        StartDecision::Restore => tracing::warn!(
+            "cluster.yaml holds version 0: running on it as a restore; this node takes the master's copy before it votes"
+        ),
+        StartDecision::Shrink => tracing::warn!(
+            version = cluster.version,
+            members = cluster.peers.len(),
+            "manual-edit: cluster.yaml was edited while the daemon was stopped to remove peers and raise the version to {}: taking it as the shrink procedure ({} members)",
+            cluster.version,
+            cluster.peers.len()
+        ),
+        StartDecision::Propose { base_version } => tracing::warn!(
+            "manual-edit: cluster.yaml was edited while the daemon was stopped; proposing it, based on version {base_version}"
+        ),
+        StartDecision::Stale { edited, current } => tracing::warn!(
+            "manual-edit: cluster.yaml was edited while the daemon was stopped, on version {edited}, but this node persisted version {current}: setting it aside"
+        ),
+    }
+    let file = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default();
+    let keeps_edit = matches!(start, StartDecision::Propose { .. } | StartDecision::Stale { .. });
+    let copy = qu_store::read_text(&data.last_cluster_yaml()).ok();
+    if keeps_edit {
+        if copy.as_deref() != Some(&*content) {
+            qu_store::create_private_dir(&data.store_dir())
+                .map_err(|source| DaemonError::Persist { what: "store/", source })?;
+            qu_store::write_atomic(&data.last_cluster_yaml(), content.as_bytes(), SECRET_FILE_MODE)
+                .map_err(|source| DaemonError::Persist { what: "store/cluster.yaml", source })?;
+        }
+    } else if file != *content || copy.as_deref() != Some(&*content) {
+        persist_both(data, &content)?;
+    }
+    Ok(content)
+}
 
 impl Daemon {
     /// A newer version is about to replace cluster.yaml while it holds a
@@ -24,15 +84,31 @@ impl Daemon {
                 return;
             }
         }
-        let incoming = incoming.version;
-        let aside = self.data.root().join(format!("cluster.yaml.unreplicated-{}", self.cluster.version));
+        tracing::warn!("manual-edit: version {} arrived before the hand edit was replicated", incoming.version);
+        self.set_aside(&text, self.cluster.version);
+    }
+
+    /// Saves a hand edit that will not be replicated beside cluster.yaml,
+    /// as `cluster.yaml.unreplicated-<version it was made on>`, and says so.
+    fn set_aside(&mut self, text: &str, version: u64) {
+        let aside = self.data.root().join(format!("cluster.yaml.unreplicated-{version}"));
         match qu_store::write_atomic(&aside, text.as_bytes(), SECRET_FILE_MODE) {
             Ok(()) => tracing::warn!(
                 saved = %aside.display(),
-                "manual-edit: version {incoming} arrived before the hand edit was replicated; the edit is saved as {} — re-apply it to the new cluster.yaml",
+                "manual-edit: the edit is saved as {} — re-apply it to the current cluster.yaml",
                 aside.display()
             ),
             Err(error) => tracing::warn!(%error, "manual-edit: could not save the unreplicated hand edit aside"),
+        }
+        self.pending_edit = None;
+    }
+
+    /// Puts what this node holds back into cluster.yaml (after an edit was
+    /// ignored or set aside).
+    fn rewrite_file(&mut self) {
+        if let Err(error) = qu_store::write_atomic(&self.data.cluster_yaml(), self.written.as_bytes(), SECRET_FILE_MODE)
+        {
+            tracing::warn!(%error, "manual-edit: could not rewrite cluster.yaml");
         }
         self.pending_edit = None;
     }
@@ -55,6 +131,24 @@ impl Daemon {
                 return;
             }
         };
+        if edited.same_apart_from_stamp(&self.cluster) {
+            tracing::warn!(
+                "manual-edit: only version/term of cluster.yaml were changed; ignored (they are the cluster's to set)"
+            );
+            self.rewrite_file();
+            return;
+        }
+        let base_version = match rules::live(edited.version, self.cluster.version) {
+            LiveDecision::Propose { base_version } => base_version,
+            LiveDecision::Stale { edited, current } => {
+                tracing::warn!(
+                    "manual-edit: cluster.yaml was saved on version {edited}, but this node holds version {current} (was it open in an editor while the cluster changed?)"
+                );
+                self.set_aside(&text, edited);
+                self.rewrite_file();
+                return;
+            }
+        };
         let already_pending = self.pending_edit.as_ref().is_some_and(|(t, _)| *t == text);
         if already_pending && self.inflight.is_some() {
             return;
@@ -63,7 +157,7 @@ impl Daemon {
             tracing::info!("manual-edit: cluster.yaml changed externally — replicating via master");
         }
         self.pending_edit = Some((text.clone(), edited.clone()));
-        let mutation = Mutation::Replace { config: Box::new(edited), base_version: self.cluster.version };
+        let mutation = Mutation::Replace { config: Box::new(edited), base_version, base_term: self.cluster.term };
         let (reply, answer) = oneshot::channel();
         self.submit(mutation, Waiter::Edit(reply));
         let events = self.events.clone();

@@ -74,6 +74,8 @@ pub enum DaemonError {
 /// How operators (and followers, over the peer protocol's text) are told
 /// that a change was refused for good.
 const REFUSED: &str = "change refused: ";
+/// How an unknown outcome begins ([`ProposeError::Unknown`]), on the wire too.
+const UNKNOWN: &str = "outcome unknown: ";
 
 /// Why a change did not commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +83,11 @@ enum Failure {
     /// The change itself is wrong; retrying cannot fix it.
     Refused(String),
     /// It may go through later: no master, no quorum, busy, stepped down.
+    /// It was never sent, so it never applies unless sent again.
     NotNow(String),
+    /// It was sent and did not commit in time, or the master lost its lease
+    /// after sending it: it may still commit.
+    Unknown(String),
 }
 
 impl Failure {
@@ -90,6 +96,20 @@ impl Failure {
         match self {
             Failure::Refused(reason) => format!("{REFUSED}{reason}"),
             Failure::NotNow(message) => message.clone(),
+            Failure::Unknown(message) => message.clone(),
+        }
+    }
+
+    /// The core's answer to a proposal it did not commit.
+    fn from_core(error: &ProposeError) -> Self {
+        if error.is_unknown() { Failure::Unknown(error.to_string()) } else { Failure::NotNow(error.to_string()) }
+    }
+
+    /// The control answer carrying `message`.
+    fn control(&self, message: String) -> ControlResponse {
+        match self {
+            Failure::Unknown(_) => ControlResponse::Unknown { message },
+            _ => ControlResponse::Error { message },
         }
     }
 
@@ -98,7 +118,21 @@ impl Failure {
     fn from_master(reason: &str) -> Self {
         match reason.strip_prefix(REFUSED) {
             Some(reason) => Failure::Refused(reason.to_string()),
+            None if reason.starts_with(UNKNOWN) => Failure::Unknown(reason.to_string()),
             None => Failure::NotNow(reason.to_string()),
+        }
+    }
+
+    /// A forwarded change that got no answer: lost on the way (not sent,
+    /// so not now), or sent and then the connection timed out or closed
+    /// (unknown).
+    fn from_transport(error: &qu_transport::TransportError) -> Self {
+        use qu_transport::TransportError as E;
+        match error {
+            E::Timeout(_) | E::Closed | E::Truncated => Failure::Unknown(
+                ProposeError::Unknown { cause: format!("the master did not answer: {error}") }.to_string(),
+            ),
+            other => Failure::NotNow(other.to_string()),
         }
     }
 }
@@ -119,7 +153,7 @@ impl Waiter {
                 let _ = reply.send(ControlResponse::Committed { term, version, node_id });
             }
             (Waiter::Control(reply), Err(failure)) => {
-                let _ = reply.send(ControlResponse::Error { message: failure.message() });
+                let _ = reply.send(failure.control(failure.message()));
             }
             (Waiter::Peer(reply), Ok((term, version))) => {
                 let _ = reply.send(PeerResponse::Committed { term, version });
@@ -142,7 +176,7 @@ impl Waiter {
         match (self, result) {
             (Waiter::Control(reply), Err(failure)) => {
                 let message = format!("propose to master: {}", failure.message());
-                let _ = reply.send(ControlResponse::Error { message });
+                let _ = reply.send(failure.control(message));
             }
             (waiter, result) => waiter.finish(result, node_id),
         }
@@ -216,13 +250,13 @@ impl Daemon {
     /// The node's state from what was loaded, with the core's boot outputs
     /// still to execute.
     fn start(loaded: LoadedNode, events: mpsc::Sender<Event>) -> Result<(Self, Vec<Output>), DaemonError> {
-        let LoadedNode { data, node, identity, cluster, durable } = loaded;
+        let LoadedNode { data, node, identity, cluster, durable, start } = loaded;
+        let written = edits::at_start(&data, &cluster, start)?;
         let trust = TrustStore::new(cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)));
         let fingerprint = identity.fingerprint.clone();
         let endpoint = Arc::new(Endpoint::<Wire>::new(identity, trust.clone())?.with_source_ip(Some(node.bind)));
         let started = Instant::now();
         let (core, boot) = Core::new(node.node_id, durable, cluster.snapshot(), 1, rand::random());
-        let written: Arc<str> = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default().into();
         let plugins = crate::plugins::Registry::new(&data).map_err(DaemonError::Plugins)?;
         plugins.clean_up(&cluster);
         plugins.load_built_in();

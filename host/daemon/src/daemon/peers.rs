@@ -111,8 +111,7 @@ impl Daemon {
         let durable = Durable::default();
         self.persist_durable(&durable)?;
         let snapshot = blank.snapshot();
-        qu_store::write_atomic(&self.data.cluster_yaml(), snapshot.content.as_bytes(), SECRET_FILE_MODE)
-            .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
+        edits::persist_both(&self.data, &snapshot.content)?;
         self.written = snapshot.content.clone();
         let (core, out) = Core::new(self.me(), durable, snapshot, self.now(), rand::random());
         self.core = core;

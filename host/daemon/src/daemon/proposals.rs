@@ -34,7 +34,7 @@ impl Daemon {
                         Ok(PeerResponse::Committed { term, version }) => Ok((term, version)),
                         Ok(PeerResponse::Refused { reason }) => Err(Failure::from_master(&reason)),
                         Ok(other) => Err(Failure::NotNow(format!("unexpected answer {other:?}"))),
-                        Err(error) => Err(Failure::NotNow(error.to_string())),
+                        Err(error) => Err(Failure::from_transport(&error)),
                     };
                     waiter.forwarded(&master, result, new_member);
                 });
@@ -125,7 +125,7 @@ impl Daemon {
             }
             Err(error) => {
                 tracing::warn!(change = %pending.mutation.describe(), %error, "change not committed");
-                pending.waiter.finish(Err(Failure::NotNow(error.to_string())), None);
+                pending.waiter.finish(Err(Failure::from_core(&error)), None);
             }
         }
         if let Some((text, _)) = &self.pending_edit

@@ -1,0 +1,192 @@
+//! What an operator's hand on `cluster.yaml` means: the rules that decide,
+//! at start and while the daemon runs, whether a copy of the file is the
+//! truth, a proposal, a restore or stale. Pure, so the simulator drives the
+//! same rules the daemon does.
+//!
+//! The node's own copy of the last content it persisted (the daemon keeps
+//! it apart from `cluster.yaml`, which is the operator's) is what the file
+//! is compared with. The rules:
+//! - A node never takes a `term:` from the file: the term of what it holds
+//!   is the one its own copy records (or, with no copy, the file's, capped
+//!   at the node's persisted term).
+//! - A `version:` higher than the node's on a node that is not the master
+//!   is an edit proposal, never the truth; it is based on the node's own
+//!   version.
+//! - An edit based on an older version than the node holds is stale: set
+//!   aside as `cluster.yaml.unreplicated-N`, never applied.
+//! - `version: 0` is a restore: the node runs on the file, takes the
+//!   master's copy before it votes ([`crate::consensus`]), and never
+//!   proposes it.
+//! - The shrink procedure is the one edit made while stopped that is the
+//!   truth: it removes peers (the rest unchanged and this node among them)
+//!   and raises the version above the node's own. Every survivor must make
+//!   the same edit; where two differ, the master's copy wins.
+
+use super::ClusterConfig;
+use crate::NodeId;
+
+/// What the node sees of one copy of `cluster.yaml`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy {
+    pub version: u64,
+    /// The peers' node ids, sorted.
+    pub members: Vec<NodeId>,
+}
+
+/// The facts about cluster.yaml at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AtStart {
+    /// The file as the operator left it.
+    pub file: Copy,
+    /// The node's copy of what it last persisted; `None` on a first start,
+    /// after an upgrade from a version without one, or on a machine
+    /// restored from a backup of cluster.yaml alone.
+    pub last: Option<Copy>,
+    /// Whether the file says anything other than `last` (ignoring `term`,
+    /// `version` and the `updated_*` stamp).
+    pub changed: bool,
+    /// Whether every peer the file keeps is listed in `last` exactly as
+    /// there (same key and address).
+    pub peers_unchanged_apart_from_removals: bool,
+    pub me: NodeId,
+}
+
+/// What the node runs on, and what it does with the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartDecision {
+    /// The file is what the node last persisted (or there is no copy): run
+    /// on it.
+    Unchanged,
+    /// Only the stamp differs (a hand-bumped version or term without any
+    /// other change): run on the last persisted copy and rewrite the file.
+    Restamped,
+    /// `version: 0`: a restore from a backup. Run on the file.
+    Restore,
+    /// The offline shrink procedure: run on the file, as the truth.
+    Shrink,
+    /// An edit made while stopped: run on the last persisted copy and
+    /// propose the file, based on that copy's version.
+    Propose { base_version: u64 },
+    /// An edit based on an older version than the node persisted: run on the
+    /// last copy, set the file aside, rewrite it.
+    Stale { edited: u64, current: u64 },
+}
+
+impl AtStart {
+    /// The facts about `file` against the node's `last` persisted copy.
+    pub fn of(file: &ClusterConfig, last: Option<&ClusterConfig>, me: NodeId) -> Self {
+        let copy = |c: &ClusterConfig| Copy { version: c.version, members: c.members() };
+        let (changed, peers_kept) = match last {
+            Some(last) => {
+                (!file.same_apart_from_stamp(last), file.peers.iter().all(|p| last.peer(&p.node_id) == Some(p)))
+            }
+            None => (false, true),
+        };
+        Self { file: copy(file), last: last.map(copy), changed, peers_unchanged_apart_from_removals: peers_kept, me }
+    }
+}
+
+/// Decides what start does with cluster.yaml (see the module rules).
+pub fn at_start(facts: &AtStart) -> StartDecision {
+    let Some(last) = &facts.last else { return StartDecision::Unchanged };
+    let file = &facts.file;
+    if file.version == 0 {
+        return StartDecision::Restore;
+    }
+    let same_members = file.members == last.members;
+    if !facts.changed && same_members {
+        return if file.version == last.version { StartDecision::Unchanged } else { StartDecision::Restamped };
+    }
+    if file.version < last.version {
+        return StartDecision::Stale { edited: file.version, current: last.version };
+    }
+    let removes_peers = file.members.len() < last.members.len()
+        && file.members.iter().all(|m| last.members.binary_search(m).is_ok())
+        && facts.peers_unchanged_apart_from_removals;
+    if removes_peers && file.version > last.version && file.members.binary_search(&facts.me).is_ok() {
+        return StartDecision::Shrink;
+    }
+    StartDecision::Propose { base_version: last.version }
+}
+
+/// What a live hand edit (the daemon running) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveDecision {
+    /// Propose it through the master, based on `base_version`.
+    Propose { base_version: u64 },
+    /// Written on an older version than the node holds (a `sudoedit` that
+    /// saved the copy it took before the daemon wrote a newer one): set it
+    /// aside and rewrite the file.
+    Stale { edited: u64, current: u64 },
+}
+
+/// Decides what a live edit of a file that says `edited` is, on a node
+/// holding version `current`. A version above the node's is a proposal
+/// based on the node's own version, not a claim to be newer.
+pub fn live(edited: u64, current: u64) -> LiveDecision {
+    if edited < current {
+        LiveDecision::Stale { edited, current }
+    } else {
+        LiveDecision::Propose { base_version: current }
+    }
+}
+
+/// Whether an edit made on the copy `base` = (term, version) applies to
+/// the master's `current` one: exactly the same copy, term included.
+pub fn base_matches(base: (u64, u64), current: (u64, u64)) -> bool {
+    base == current && base.1 != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> NodeId {
+        NodeId::from_bytes([n; 16])
+    }
+
+    fn copy(version: u64, members: &[u8]) -> Copy {
+        Copy { version, members: members.iter().map(|n| id(*n)).collect() }
+    }
+
+    fn facts(file: Copy, last: Option<Copy>, changed: bool) -> AtStart {
+        AtStart { file, last, changed, peers_unchanged_apart_from_removals: true, me: id(1) }
+    }
+
+    #[test]
+    fn start_rules() {
+        let last = Some(copy(20, &[1, 2, 3]));
+        let cases = [
+            (facts(copy(20, &[1, 2, 3]), None, true), StartDecision::Unchanged),
+            (facts(copy(20, &[1, 2, 3]), last.clone(), false), StartDecision::Unchanged),
+            (facts(copy(70, &[1, 2, 3]), last.clone(), false), StartDecision::Restamped),
+            (facts(copy(0, &[1, 2, 3]), last.clone(), true), StartDecision::Restore),
+            (facts(copy(0, &[1, 2, 3]), last.clone(), false), StartDecision::Restore),
+            (facts(copy(20, &[1, 2, 3]), last.clone(), true), StartDecision::Propose { base_version: 20 }),
+            (facts(copy(70, &[1, 2, 3]), last.clone(), true), StartDecision::Propose { base_version: 20 }),
+            (facts(copy(12, &[1, 2, 3]), last.clone(), true), StartDecision::Stale { edited: 12, current: 20 }),
+            (facts(copy(21, &[1, 2]), last.clone(), true), StartDecision::Shrink),
+            (facts(copy(21, &[1, 2]), last.clone(), false), StartDecision::Shrink),
+            // Shrinking without raising the version is not the procedure.
+            (facts(copy(20, &[1, 2]), last.clone(), true), StartDecision::Propose { base_version: 20 }),
+            // Nor is removing this node, adding one, or an older version.
+            (facts(copy(21, &[2, 3]), last.clone(), true), StartDecision::Propose { base_version: 20 }),
+            (facts(copy(21, &[1, 2, 3, 4]), last.clone(), true), StartDecision::Propose { base_version: 20 }),
+            (facts(copy(19, &[1, 2]), last.clone(), true), StartDecision::Stale { edited: 19, current: 20 }),
+        ];
+        for (facts, want) in cases {
+            assert_eq!(at_start(&facts), want, "{facts:?}");
+        }
+        let mut altered = facts(copy(21, &[1, 2]), last, true);
+        altered.peers_unchanged_apart_from_removals = false;
+        assert_eq!(at_start(&altered), StartDecision::Propose { base_version: 20 }, "a kept peer was altered");
+    }
+
+    #[test]
+    fn live_rules() {
+        assert_eq!(live(20, 20), LiveDecision::Propose { base_version: 20 });
+        assert_eq!(live(70, 20), LiveDecision::Propose { base_version: 20 }, "a bumped version is a proposal");
+        assert_eq!(live(19, 20), LiveDecision::Stale { edited: 19, current: 20 });
+        assert_eq!(live(0, 20), LiveDecision::Stale { edited: 0, current: 20 });
+    }
+}

@@ -1,0 +1,245 @@
+//! An operator's hands on a running cluster, each reproduced from a report
+//! of it going wrong: stale write-backs, versions bumped by hand, edits
+//! made while the daemon was stopped, version-0 restores, and changes whose
+//! outcome is unknown.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use qu_tests::{Cluster, FreezableDisk, Node, alerting_cluster, eventually, set_version};
+
+fn version_of(node: &Node) -> u64 {
+    node.status_json()["config_version"].as_u64().unwrap()
+}
+
+fn version_in(text: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix("version:")).unwrap().trim().parse().unwrap()
+}
+
+fn set_aside(dir: &Path) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cluster.yaml.unreplicated-"))
+        .map(|e| (e.file_name().to_string_lossy().to_string(), std::fs::read_to_string(e.path()).unwrap()))
+        .collect();
+    found.sort();
+    found
+}
+
+fn check_names(node: &Node) -> Vec<String> {
+    let list: serde_json::Value = serde_json::from_str(&node.qu_ok(&["check", "list", "--json"])).unwrap();
+    let mut names: Vec<String> =
+        list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
+}
+
+fn followers(cluster: &Cluster, master: usize) -> Vec<usize> {
+    (0..cluster.nodes.len()).filter(|i| *i != master).collect()
+}
+
+/// `sudoedit` saves the copy it took when the file was opened. Meanwhile a
+/// check was added and another went DOWN (and paged). The write-back is
+/// based on an older version: it is set aside, and nothing is rolled back
+/// — no check deleted, no DOWN reverted, no second page.
+#[test]
+fn a_stale_write_back_is_set_aside_and_rolls_back_no_check_and_no_state() {
+    let (cluster, receiver, target) = alerting_cluster();
+    let master = cluster.wait_converged();
+    let follower = followers(&cluster, master)[0];
+    let path = cluster.nodes[follower].file("cluster.yaml");
+    let opened = std::fs::read_to_string(&path).unwrap();
+    let target_addr = target.url.trim_start_matches("http://").trim_end_matches("/health").to_string();
+    cluster.nodes[master].qu_ok(&["check", "add", "tcp", "later", &target_addr]);
+    target.up.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(30), "the DOWN page", || (receiver.count("DOWN").0 >= 1).then_some(()));
+    for node in &cluster.nodes {
+        node.wait_status("web is down everywhere", |s| {
+            s["checks"].as_array().unwrap().iter().any(|c| c["name"] == "web" && c["state"] == "down")
+        });
+    }
+    let current = version_of(&cluster.nodes[follower]);
+    assert!(version_in(&opened) < current);
+
+    let saved = opened.replace("hysteresis: 2", "hysteresis: 7");
+    std::fs::write(&path, &saved).unwrap();
+    let aside = eventually(Duration::from_secs(15), "the stale edit is set aside", || {
+        set_aside(&cluster.nodes[follower].dir).into_iter().next()
+    });
+    assert_eq!(aside.0, format!("cluster.yaml.unreplicated-{}", version_in(&opened)));
+    assert_eq!(aside.1, saved, "saved verbatim");
+    let log = cluster.nodes[follower].log_text();
+    assert!(log.contains("manual-edit: cluster.yaml was saved on version"), "{log}");
+    eventually(Duration::from_secs(10), "cluster.yaml holds the cluster's copy again", || {
+        (std::fs::read_to_string(&path).unwrap() != saved).then_some(())
+    });
+
+    std::thread::sleep(Duration::from_secs(5));
+    for node in &cluster.nodes {
+        assert_eq!(check_names(node), ["later", "web"], "{}: a check was rolled back", node.name);
+        assert_eq!(node.setting("hysteresis"), "2", "{}", node.name);
+        let status = node.status_json();
+        let web = status["checks"].as_array().unwrap().iter().find(|c| c["name"] == "web").unwrap().clone();
+        assert_eq!(web["state"], "down", "{}: the committed DOWN was rolled back", node.name);
+    }
+    assert_eq!(receiver.count("DOWN").0, 1, "one page for one incident: {:?}", receiver.requests());
+}
+
+/// A stopped follower's `version:` is raised by 50 and a setting changed.
+/// It is an edit proposal, not the truth: the other follower does not take
+/// it, a change the master acknowledges afterwards survives the master's
+/// `kill -9`, and the edit itself goes through the master.
+#[test]
+fn a_version_bumped_on_a_stopped_follower_is_a_proposal_and_no_acknowledged_change_is_lost() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let [edited, other] = followers(&cluster, master)[..] else { unreachable!() };
+    assert!(cluster.nodes[edited].terminate().success());
+    let path = cluster.nodes[edited].file("cluster.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let before = version_in(&text);
+    let bumped = set_version(&text, before + 50).replace("announce_first_up: true", "announce_first_up: false");
+    assert_ne!(bumped, set_version(&text, before + 50), "the setting is in the file");
+    std::fs::write(&path, bumped).unwrap();
+    cluster.nodes[edited].serve();
+    eventually(Duration::from_secs(15), "the edit goes through the master", || {
+        (cluster.nodes[master].setting("announce_first_up") == "false").then_some(())
+    });
+    cluster.nodes[master].qu_ok(&["cluster", "settings", "set", "hysteresis", "5"]);
+    let acknowledged = version_of(&cluster.nodes[master]);
+    assert!(acknowledged < before + 50, "the bumped version became the cluster's: {acknowledged}");
+    cluster.nodes[master].kill();
+    let next = cluster.wait_master(&[edited, other]);
+    for i in [edited, other] {
+        eventually(Duration::from_secs(15), "the acknowledged change everywhere", || {
+            (cluster.nodes[i].setting("hysteresis") == "5").then_some(())
+        });
+        assert_eq!(cluster.nodes[i].setting("announce_first_up"), "false");
+        assert!(version_of(&cluster.nodes[i]) < before + 50);
+    }
+    cluster.nodes[next].qu_ok(&["cluster", "settings", "set", "hysteresis", "6"]);
+}
+
+/// An edit made while the daemon was stopped is noticed at start: proposed
+/// when it was made on the version the node holds, set aside (with a log
+/// line) when the cluster moved on meanwhile — never silently overwritten.
+#[test]
+fn an_edit_made_while_the_daemon_was_stopped_is_proposed_or_set_aside() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let follower = followers(&cluster, master)[0];
+    let path = cluster.nodes[follower].file("cluster.yaml");
+
+    assert!(cluster.nodes[follower].terminate().success());
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("hysteresis: 2", "hysteresis: 6")).unwrap();
+    cluster.nodes[follower].serve();
+    for node in &cluster.nodes {
+        eventually(Duration::from_secs(15), "the edit replicates", || {
+            (node.setting("hysteresis") == "6").then_some(())
+        });
+    }
+    assert!(
+        cluster.nodes[follower]
+            .log_text()
+            .contains("manual-edit: cluster.yaml was edited while the daemon was stopped")
+    );
+
+    assert!(cluster.nodes[follower].terminate().success());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edit = text.replace("hysteresis: 6", "hysteresis: 8");
+    std::fs::write(&path, &edit).unwrap();
+    cluster.nodes[master].qu_ok(&["cluster", "settings", "set", "announce_first_up", "false"]);
+    cluster.nodes[follower].serve();
+    let aside = eventually(Duration::from_secs(15), "the overtaken edit is set aside", || {
+        set_aside(&cluster.nodes[follower].dir).into_iter().next()
+    });
+    assert_eq!(aside.0, format!("cluster.yaml.unreplicated-{}", version_in(&text)));
+    assert_eq!(aside.1, edit);
+    cluster.wait_converged();
+    for node in &cluster.nodes {
+        assert_eq!(node.setting("hysteresis"), "6", "{}", node.name);
+        assert_eq!(node.setting("announce_first_up"), "false", "{}", node.name);
+    }
+    cluster.assert_identical_configs(&[0, 1, 2]);
+}
+
+/// C stops; a change commits on A and B; B is restored from a backup with
+/// `version: 0`; A stops; B and C start. B must not vote C in — C's copy
+/// lacks the acknowledged change — until A (or a master) is back.
+#[test]
+fn a_node_restored_with_version_zero_votes_for_nobody_until_it_has_caught_up() {
+    let mut cluster = Cluster::new(3, "2m");
+    let a = cluster.wait_converged();
+    let [b, c] = followers(&cluster, a)[..] else { unreachable!() };
+    let backup = std::fs::read_to_string(cluster.nodes[b].file("cluster.yaml")).unwrap();
+    assert!(cluster.nodes[c].terminate().success());
+    cluster.nodes[a].qu_ok(&["cluster", "settings", "set", "hysteresis", "5"]);
+    cluster.nodes[b].wait_status("B holds the change", |s| s["config_version"].as_u64() > Some(version_in(&backup)));
+    assert!(cluster.nodes[b].terminate().success());
+    std::fs::write(cluster.nodes[b].file("cluster.yaml"), set_version(&backup, 0)).unwrap();
+    assert!(cluster.nodes[a].terminate().success());
+    cluster.nodes[b].serve();
+    cluster.nodes[c].serve();
+    std::thread::sleep(Duration::from_secs(5));
+    for i in [b, c] {
+        let status = cluster.nodes[i].status_json();
+        assert!(status["master"].is_null(), "n{i}: a master was elected without the acknowledged change: {status}");
+    }
+    cluster.nodes[a].serve();
+    cluster.wait_converged();
+    for node in &cluster.nodes {
+        eventually(Duration::from_secs(15), "the acknowledged change everywhere", || {
+            (node.setting("hysteresis") == "5").then_some(())
+        });
+    }
+    cluster.assert_identical_configs(&[0, 1, 2]);
+}
+
+/// Both followers' disks freeze, so a change reaches them but cannot be
+/// acknowledged: the CLI says the outcome is unknown and exits 3 — and
+/// rightly, since it applies once the disks thaw. A change refused while no
+/// majority is up exits 1 and never applies.
+#[test]
+fn a_change_with_an_unknown_outcome_exits_3_and_a_definite_refusal_never_applies() {
+    let mut disks = Vec::new();
+    let mut cluster = Cluster::prepared(3, "200ms", "1s", "2m", |node| disks.push(FreezableDisk::under(node)));
+    let disks = disks;
+    let master = cluster.wait_converged();
+    let others = followers(&cluster, master);
+    for i in &others {
+        disks[*i].freeze();
+    }
+    let out = cluster.nodes[master].qu(&["cluster", "settings", "set", "hysteresis", "4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.starts_with("error: outcome unknown: ") && stderr.contains("may still apply"), "{stderr}");
+    for i in &others {
+        disks[*i].thaw();
+    }
+    for node in &cluster.nodes {
+        eventually(Duration::from_secs(20), "the unknown change applied", || {
+            (node.setting("hysteresis") == "4").then_some(())
+        });
+    }
+    cluster.wait_converged();
+
+    for i in &others {
+        assert!(cluster.nodes[*i].terminate().success());
+    }
+    cluster.nodes[master].wait_status("quorum is lost", |s| s["quorum"] == false);
+    let out = cluster.nodes[master].qu(&["cluster", "settings", "set", "hysteresis", "9"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("outcome unknown"), "{stderr}");
+    for i in &others {
+        cluster.nodes[*i].serve();
+    }
+    cluster.wait_converged();
+    std::thread::sleep(Duration::from_secs(2));
+    for node in &cluster.nodes {
+        assert_eq!(node.setting("hysteresis"), "4", "{}: a refused change applied", node.name);
+    }
+}
