@@ -131,6 +131,48 @@ fn adding_a_node_that_then_dies_does_not_wedge_a_one_node_cluster() {
     assert_eq!(cluster.nodes[0].status_json()["config_version"].as_u64(), Some(version + 1), "one commit, at once");
 }
 
+/// New connections to the master are dropped (a one-way firewall); its own
+/// links to the followers work. Answers travel on whichever authenticated
+/// connection exists, so it keeps its lease, commits, and takes changes
+/// forwarded by a follower.
+#[test]
+fn a_master_that_cannot_be_dialled_keeps_its_lease_over_its_own_links() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let port: u16 = cluster.nodes[master].advertise().rsplit(':').next().unwrap().parse().unwrap();
+    let _firewall = qu_tests::Firewall::drop_new_connections_to(port);
+    // The followers' own connections to the master go with them (one at a
+    // time: the master keeps a majority throughout).
+    for i in others(&cluster, master) {
+        assert!(cluster.nodes[i].terminate().success());
+        cluster.nodes[i].serve();
+        cluster.nodes[i].wait_status("the follower hears the master", |s| {
+            s["master"].as_str() == Some(cluster.nodes[master].node_id().as_str())
+        });
+    }
+    assert_eq!(cluster.wait_converged(), master);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let status = cluster.nodes[master].status_json();
+        assert_eq!(status["quorum"], true, "the master lost its lease: {status}");
+        assert_eq!(status["master"].as_str(), Some(cluster.nodes[master].node_id().as_str()), "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.nodes[master].qu_ok(&["cluster", "settings", "set", "hysteresis", "4"]);
+    let follower = others(&cluster, master)[0];
+    cluster.nodes[follower].qu_ok(&["cluster", "settings", "set", "hysteresis", "5"]);
+    for node in &cluster.nodes {
+        eventually(Duration::from_secs(10), "the changes everywhere", || {
+            (node.setting("hysteresis") == "5").then_some(())
+        });
+    }
+    let addr: std::net::SocketAddr = cluster.nodes[master].advertise().parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "the firewall lets new connections to the master through"
+    );
+}
+
 #[test]
 fn kill_9_of_the_master_elects_another_and_mutations_flow_through_a_follower() {
     let mut cluster = Cluster::new(3, "2m");
@@ -340,9 +382,23 @@ fn hand_edits_replicate_through_the_master_and_bad_ones_are_ignored() {
     // An edit that changes peers is refused for good, with the reason.
     let current = std::fs::read_to_string(&path).unwrap();
     let without_master = remove_peer(&current, &cluster.nodes[master].node_id());
-    std::fs::write(&path, without_master).unwrap();
+    std::fs::write(&path, &without_master).unwrap();
     eventually(Duration::from_secs(15), "the peer edit is refused", || {
         cluster.nodes[follower].log_text().contains("may not change peers").then_some(())
+    });
+    // Refused for good: set aside, and the file holds the cluster's copy
+    // again (a refused edit must not wait in the file for the next start).
+    let aside = eventually(Duration::from_secs(10), "the refused edit is set aside", || {
+        std::fs::read_dir(&cluster.nodes[follower].dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("cluster.yaml.unreplicated-"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .find(|text| *text == without_master)
+    });
+    assert_eq!(aside, without_master);
+    eventually(Duration::from_secs(10), "cluster.yaml is the cluster's copy again", || {
+        (std::fs::read_to_string(&path).unwrap() == current).then_some(())
     });
     let version = cluster.nodes[master].status_json()["config_version"].clone();
     std::thread::sleep(Duration::from_secs(2));

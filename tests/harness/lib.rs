@@ -1022,3 +1022,40 @@ impl Drop for FreezableDisk {
         let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
     }
 }
+
+/// A firewall rule for one test (nftables): new TCP connections to a port
+/// are dropped (their SYNs), established ones and everything else pass.
+/// Stateless on purpose: conntrack would take the first packet it sees of
+/// an existing connection for a new one. Removed when dropped.
+pub struct Firewall {
+    table: String,
+}
+
+impl Firewall {
+    /// Drops new connections to `port` on every address of this host.
+    pub fn drop_new_connections_to(port: u16) -> Self {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test changes the firewall and needs root (CI runs as root)"
+        );
+        let table = format!("qu_e2e_{}_{port}", std::process::id());
+        let rules = format!(
+            "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {port} tcp flags & (syn | ack) == syn drop\n  }}\n}}\n"
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft (apt-get install nftables)");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "nft -f: {rules}");
+        Self { table }
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
+    }
+}

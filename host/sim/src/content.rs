@@ -140,6 +140,17 @@ impl Content {
         content.render()
     }
 
+    /// A hand edit of `file` (a copy some node held) applied on `current`
+    /// the way `Mutation::Replace` does: what operators own (here, the
+    /// mutations) comes from the file, plus the edit itself; the runtime
+    /// state (the records) stays `current`'s.
+    pub fn edit(file: &str, current: &str, name: &str) -> String {
+        let mut content = Self::parse(file);
+        content.records = Self::parse(current).records;
+        content.mutations.push(name.to_string());
+        content.render()
+    }
+
     /// What the dispatcher is told of this content once it is committed.
     pub fn view(&self, deadline: Duration) -> CommittedView {
         let pending = self

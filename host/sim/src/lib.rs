@@ -78,6 +78,7 @@
 //!   `stuck_behind_hang`); and no request was for a record never committed.
 
 mod content;
+mod operator;
 mod sink;
 
 use std::cmp::Reverse;
@@ -91,6 +92,8 @@ use qu_core::config::DeliveryResult;
 use qu_core::consensus::{ConfigId, Core, Durable, Input, Msg, Output, Role, Snapshot, SplitMix64, Timing};
 
 use self::content::{CHECKS, Change, Content};
+use self::operator::FileEdit;
+pub use self::operator::OperatorStats;
 pub use self::sink::DeliveryStats;
 use self::sink::{Behaviour, Book, Request, RequestState, describe};
 
@@ -124,6 +127,7 @@ pub struct Stats {
     pub crashes: u64,
     pub max_term: u64,
     pub delivery: DeliveryStats,
+    pub operator: OperatorStats,
 }
 
 /// An invariant that failed, with the seed that replays it.
@@ -177,6 +181,14 @@ struct Node {
     finish_queue: VecDeque<Vec<DeliveryResult>>,
     /// Sink answers that arrived while paused, handled on resume.
     sink_backlog: Vec<DispatchInput>,
+    /// cluster.yaml as an operator left it, when it differs from
+    /// `disk_config`.
+    file: Option<FileEdit>,
+    /// The configs it persisted lately: its backups, and the copies a stale
+    /// editor held.
+    history: VecDeque<Snapshot>,
+    /// When its daemon next looks at the file.
+    next_poll: u64,
 }
 
 struct Sim {
@@ -199,6 +211,8 @@ struct Sim {
     votes: BTreeMap<(NodeId, u64), NodeId>,
     contents: BTreeMap<ConfigId, std::sync::Arc<str>>,
     acknowledged: Vec<(String, ConfigId)>,
+    /// Mutations whose proposal failed definitely: none may ever commit.
+    refused: BTreeSet<String>,
     next_mutation: u64,
     pending: BTreeMap<u64, (usize, String)>,
     stats: Stats,
@@ -212,6 +226,9 @@ struct Sim {
 const TICK_MS: u64 = 10;
 /// Share of client proposals that add or remove a member.
 const MEMBERSHIP_PERCENT: u64 = 10;
+/// Share of the other client proposals that also change the cluster's
+/// timers (heartbeat, dead_after).
+const TIMING_PERCENT: u64 = 10;
 /// Share of the other client proposals that are a check's transition (and
 /// add a pending delivery record per alert of that check).
 const TRANSITION_PERCENT: u64 = 30;
@@ -263,6 +280,9 @@ impl Sim {
                 incarnation: 0,
                 finish_queue: VecDeque::new(),
                 sink_backlog: Vec::new(),
+                file: None,
+                history: VecDeque::new(),
+                next_poll: 0,
             })
             .collect();
         // The sink's temper and the delivery deadline, per seed.
@@ -288,6 +308,7 @@ impl Sim {
             votes: BTreeMap::new(),
             contents,
             acknowledged: Vec::new(),
+            refused: BTreeSet::new(),
             next_mutation: 1,
             pending: BTreeMap::new(),
             stats: Stats::default(),
@@ -414,6 +435,7 @@ impl Sim {
                 self.dup_percent = [0, 5, 20][self.rng.below(3) as usize];
                 self.delay_max_ms = [5, 50, 300][self.rng.below(3) as usize];
             }
+            7 => self.operator_action(),
             _ => {}
         }
     }
@@ -460,6 +482,7 @@ impl Sim {
                 if self.nodes[i].core.is_some() {
                     return Ok(());
                 }
+                self.file_at_start(i)?;
                 let node = &self.nodes[i];
                 let seed = self.rng.next_u64();
                 let (core, out) =
@@ -572,15 +595,28 @@ impl Sim {
                     if !joining {
                         self.check_snapshot(i, &snapshot)?;
                     }
+                    self.persisted(i, &snapshot);
                     self.nodes[i].disk_config = snapshot;
                 }
                 Output::Send { to, msg } => self.send(i, to, msg),
                 Output::ProposalDone { request, result } => {
                     let (node, mutation) = self.pending.remove(&request).expect("known request");
-                    if let Ok(id) = result {
-                        debug_assert_eq!(node, i);
-                        self.on_commit(i, id, mutation)?;
-                        self.delivery_committed(i, id)?;
+                    match result {
+                        Ok(id) => {
+                            debug_assert_eq!(node, i);
+                            if mutation.starts_with('e') {
+                                self.stats.operator.committed += 1;
+                            }
+                            self.on_commit(i, id, mutation)?;
+                            self.delivery_committed(i, id)?;
+                        }
+                        Err(error) if error.is_unknown() => self.stats.operator.unknown_outcomes += 1,
+                        Err(_) => {
+                            self.stats.operator.definite_failures += 1;
+                            if !mutation.is_empty() {
+                                self.refused.insert(mutation);
+                            }
+                        }
                     }
                 }
                 Output::RoleChanged { term, role, .. } => {
@@ -656,7 +692,11 @@ impl Sim {
         let next_id = core.next_config_id();
         let mutation = format!("m{}", self.next_mutation);
         self.next_mutation += 1;
-        if self.faults && self.rng.chance(MEMBERSHIP_PERCENT) {
+        // Operators do not add or remove nodes while a restored one is
+        // still catching up (docs/operations.md): it could not tell which
+        // peers' copies count.
+        let restoring = self.nodes.iter().any(|n| !n.disk_durable.restoring.is_empty() || n.file.is_some());
+        if self.faults && !restoring && self.rng.chance(MEMBERSHIP_PERCENT) {
             return self.membership_change(i, current, next_id, mutation);
         }
         let change = if self.rng.chance(TRANSITION_PERCENT) {
@@ -665,7 +705,8 @@ impl Sim {
             Change::Plain
         };
         let content = Content::apply(&current.content, next_id, &mutation, &change);
-        let snapshot = Snapshot::new(next_id, current.members.clone(), current.timing, content);
+        let timing = if self.rng.chance(TIMING_PERCENT) { self.draw_timing(current.timing) } else { current.timing };
+        let snapshot = Snapshot::new(next_id, current.members.clone(), timing, content);
         let request = self.seq_request(i, mutation);
         self.step(i, Input::Propose { request, snapshot, new_member: None })
     }
@@ -692,6 +733,8 @@ impl Sim {
             self.nodes[j].disk_durable = Durable::default();
             self.nodes[j].disk_config = Snapshot::new(ConfigId::ZERO, current.members.clone(), current.timing, "blank");
             self.nodes[j].last_seen = (0, ConfigId::ZERO);
+            self.nodes[j].file = None;
+            self.nodes[j].history.clear();
             self.handle(Event::Restart(j))?;
             let mut members = current.members.clone();
             members.push(new_id);
@@ -735,6 +778,12 @@ impl Sim {
         if !mutation.is_empty() {
             self.acknowledged.push((mutation, id));
         }
+        // A definite failure never applies later.
+        if let Some(text) = self.contents.get(&id)
+            && let Some(refused) = content::mutations(text).find(|m| self.refused.contains(*m))
+        {
+            return Err(self.violation(format!("{id} committed {refused}, whose proposal had failed definitely")));
+        }
         // What this snapshot holds is committed now, records included.
         let text = match self.contents.get(&id) {
             Some(text) => text.clone(),
@@ -748,6 +797,10 @@ impl Sim {
     /// The daemon's tick: the core's, then the dispatcher's `MayAct`.
     fn tick(&mut self, i: usize) -> Result<(), Violation> {
         self.step(i, Input::Tick)?;
+        if self.nodes[i].core.is_none() {
+            return Ok(());
+        }
+        self.poll_file(i)?;
         if self.nodes[i].core.is_none() {
             return Ok(());
         }
@@ -999,6 +1052,16 @@ impl Sim {
     }
 
     fn check_global(&mut self) -> Result<(), Violation> {
+        // At most one node holds a valid lease, each on its own clock (the
+        // simulator's true clock plus the node's offset).
+        let leases: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].core.as_ref().is_some_and(|c| c.lease_valid_at(self.local_now(*i))))
+            .collect();
+        if leases.len() > 1 {
+            let terms: Vec<u64> = leases.iter().map(|i| self.nodes[*i].core.as_ref().map_or(0, |c| c.term())).collect();
+            let what = format!("two leases at once: nodes {leases:?} in terms {terms:?}");
+            return Err(self.violation(what));
+        }
         for (i, node) in self.nodes.iter_mut().enumerate() {
             let term = node.disk_durable.term;
             let config = node.disk_config.id;

@@ -11,7 +11,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use qu_sim::{DeliveryStats, SimConfig, run};
+use qu_sim::{DeliveryStats, OperatorStats, SimConfig, run};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         let (mut steps, mut commits, mut elections, mut crashes, mut max_term) = (0u64, 0u64, 0u64, 0u64, 0u64);
         let mut failures = 0;
         let mut delivery = DeliveryStats::default();
+        let mut operator = OperatorStats::default();
         for &seed in &seeds {
             match run(seed, &cfg) {
                 Ok(stats) => {
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
                     crashes += stats.crashes;
                     max_term = max_term.max(stats.max_term);
                     delivery.add(&stats.delivery);
+                    operator.add(&stats.operator);
                 }
                 Err(violation) => {
                     failures += 1;
@@ -95,6 +97,22 @@ fn main() -> ExitCode {
             d.sends_after_lease_ran_out,
             d.beside_a_stale_sender,
             d.stuck_behind_hang,
+        );
+        let o = &operator;
+        println!(
+            "  operators: {} live and {} stopped edits ({} stale, {} bumped versions, {} edited terms), {} restores with version 0, {} timer changes; {} edits committed, {} set aside, {} refused by the master; {} proposals with an unknown outcome, {} failed definitely",
+            o.live_edits,
+            o.stopped_edits,
+            o.stale_edits,
+            o.bumped_versions,
+            o.edited_terms,
+            o.restores,
+            o.timing_changes,
+            o.committed,
+            o.set_aside,
+            o.refused,
+            o.unknown_outcomes,
+            o.definite_failures,
         );
         failed |= failures > 0;
     }

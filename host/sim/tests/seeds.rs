@@ -2,20 +2,22 @@
 //! the consensus invariants and the alert dispatcher's together. A failure
 //! prints the seed and the command that replays it.
 
-use qu_sim::{DeliveryStats, SimConfig, run};
+use qu_sim::{DeliveryStats, OperatorStats, SimConfig, run};
 
-/// Runs `seeds`, fails on any violation, and returns the sweep's delivery
-/// counts.
+/// Runs `seeds`, fails on any violation, checks the operators' actions were
+/// exercised, and returns the sweep's delivery counts.
 fn sweep(nodes: usize, seeds: std::ops::Range<u64>) -> DeliveryStats {
     let cfg = SimConfig::new(nodes);
     let mut violations = Vec::new();
     let mut commits = 0;
     let mut delivery = DeliveryStats::default();
+    let mut operator = OperatorStats::default();
     for seed in seeds.clone() {
         match run(seed, &cfg) {
             Ok(stats) => {
                 commits += stats.commits;
                 delivery.add(&stats.delivery);
+                operator.add(&stats.operator);
             }
             Err(violation) => violations.push(violation.to_string()),
         }
@@ -23,7 +25,30 @@ fn sweep(nodes: usize, seeds: std::ops::Range<u64>) -> DeliveryStats {
     assert!(violations.is_empty(), "{} violations:\n{}", violations.len(), violations.join("\n"));
     // The runs must do real work: commits happen despite the faults.
     assert!(commits > seeds.count() as u64 * 5, "suspiciously few commits: {commits}");
+    assert_operators_exercised(&operator);
     delivery
+}
+
+/// The operators' invariants are not vacuous either: every kind of hand
+/// edit, restore and timer change happened, edits committed, were set
+/// aside and refused, and proposals failed both ways.
+fn assert_operators_exercised(o: &OperatorStats) {
+    let counts = [
+        ("live edits", o.live_edits),
+        ("edits while stopped", o.stopped_edits),
+        ("stale edits", o.stale_edits),
+        ("bumped versions", o.bumped_versions),
+        ("edited terms", o.edited_terms),
+        ("restores with version 0", o.restores),
+        ("timer changes", o.timing_changes),
+        ("edits committed", o.committed),
+        ("edits set aside", o.set_aside),
+        ("edits refused by the master", o.refused),
+        ("unknown outcomes", o.unknown_outcomes),
+        ("definite failures", o.definite_failures),
+    ];
+    let missing: Vec<&str> = counts.iter().filter(|(_, n)| *n == 0).map(|(what, _)| *what).collect();
+    assert!(missing.is_empty(), "the sweep never saw: {}\n{o:?}", missing.join(", "));
 }
 
 /// The delivery invariants are not vacuous: over a sweep, the sink showed
@@ -68,4 +93,5 @@ fn a_seed_replays_exactly() {
     let b = run(42, &cfg).unwrap();
     assert_eq!((a.steps, a.messages, a.commits, a.elections), (b.steps, b.messages, b.commits, b.elections));
     assert_eq!(a.delivery, b.delivery, "the sink and the dispatchers replay too");
+    assert_eq!(a.operator, b.operator, "and the operators");
 }

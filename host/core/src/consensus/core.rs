@@ -99,10 +99,22 @@ impl Core {
             announced: (0, Role::Follower, None),
         };
         let mut out = Vec::new();
+        if core.config.id.version == 0 && core.durable.restoring.is_empty() {
+            // Started on `version: 0`: restored from a backup (or a blank
+            // joiner). It may have forgotten what it acknowledged, so it
+            // grants no vote until it holds a config at least as new as
+            // every one it could have acknowledged (`caught_up`).
+            core.durable.restoring = core.config.members.clone();
+            core.durable.restoring.push(me);
+            core.durable.restoring.sort();
+            core.durable.restoring.dedup();
+            out.push(Output::PersistDurable(core.durable.clone()));
+        }
         if core.config.id.term > core.durable.term {
             // A node's term is never behind the term of the config it holds
             // (e.g. after restoring a backup onto a fresh machine).
-            core.durable = Durable { term: core.config.id.term, voted_for: None };
+            core.durable =
+                Durable { term: core.config.id.term, voted_for: None, restoring: core.durable.restoring.clone() };
             out.push(Output::PersistDurable(core.durable.clone()));
         }
         core.announced = (core.durable.term, Role::Follower, None);
@@ -293,17 +305,61 @@ impl Core {
     }
 
     /// Whether this node may grant a vote or pre-vote at all: a member that
-    /// holds a real config. A node restored with `version: 0` has forgotten
+    /// is not restoring. A node restored with `version: 0` has forgotten
     /// what it acknowledged, so it votes only once it has caught up.
     fn may_vote(&self) -> bool {
-        self.is_member() && self.config.id.version != 0
+        self.is_member() && self.durable.restoring.is_empty()
+    }
+
+    /// Whether a restoring node has caught up (short of taking a config
+    /// from a master): of the members of every config it held since the
+    /// restore, it has heard the configs of enough others that every
+    /// majority of them includes one (n − quorum + 1 others: a majority
+    /// may include this node, which forgot), and it holds one at least as
+    /// new as all of them.
+    fn caught_up(&self) -> bool {
+        let known = &self.durable.restoring;
+        if self.config.id.version == 0 || known.is_empty() {
+            return false;
+        }
+        let heard: Vec<ConfigId> =
+            known.iter().filter(|m| **m != self.me).filter_map(|m| self.peer_config.get(m).copied()).collect();
+        let need = known.len() + 1 - (known.len() / 2 + 1);
+        heard.len() >= need && heard.iter().all(|c| *c <= self.config.id)
+    }
+
+    fn check_restored(&mut self, out: &mut Vec<Output>) {
+        if !self.durable.restoring.is_empty() && self.caught_up() {
+            self.end_restore(out);
+        }
+    }
+
+    fn end_restore(&mut self, out: &mut Vec<Output>) {
+        if !self.durable.restoring.is_empty() {
+            self.durable.restoring.clear();
+            out.push(Output::PersistDurable(self.durable.clone()));
+        }
+    }
+
+    /// A restoring node's new config widens the set it must hear from.
+    fn note_restoring_members(&mut self, out: &mut Vec<Output>) {
+        if self.durable.restoring.is_empty() {
+            return;
+        }
+        let before = self.durable.restoring.len();
+        self.durable.restoring.extend(self.config.members.iter().copied());
+        self.durable.restoring.sort();
+        self.durable.restoring.dedup();
+        if self.durable.restoring.len() != before {
+            out.push(Output::PersistDurable(self.durable.clone()));
+        }
     }
 
     fn adopt_term(&mut self, term: u64, out: &mut Vec<Output>) {
         if term <= self.durable.term {
             return;
         }
-        self.durable = Durable { term, voted_for: None };
+        self.durable = Durable { term, voted_for: None, restoring: std::mem::take(&mut self.durable.restoring) };
         out.push(Output::PersistDurable(self.durable.clone()));
         self.become_follower(None, out);
     }
@@ -342,6 +398,7 @@ impl Core {
         }
         out.push(Output::PersistConfig(snapshot.clone()));
         self.config = snapshot;
+        self.note_restoring_members(out);
         // A shorter heartbeat takes effect now, not after the old period.
         self.next_heartbeat = self.next_heartbeat.min(self.now + self.config.timing.heartbeat_ms);
         self.election_due = self.election_due.min(self.now + self.config.timing.dead_after_ms * 2);
@@ -362,6 +419,10 @@ impl Core {
         // pull the config that removed it); it never campaigns. A master
         // committing its own removal keeps going until the removal commits.
         if !self.is_member() && self.role != Role::Master {
+            return;
+        }
+        // Nor does a restoring node: it may lack what it acknowledged.
+        if !self.durable.restoring.is_empty() {
             return;
         }
         match self.role {
@@ -466,7 +527,8 @@ impl Core {
 
     fn start_election(&mut self, transfer: bool, out: &mut Vec<Output>) {
         let term = self.durable.term + 1;
-        self.durable = Durable { term, voted_for: Some(self.me) };
+        self.durable =
+            Durable { term, voted_for: Some(self.me), restoring: std::mem::take(&mut self.durable.restoring) };
         out.push(Output::PersistDurable(self.durable.clone()));
         self.role = Role::Candidate;
         self.master = None;
@@ -501,7 +563,11 @@ impl Core {
         // this term while it commits its own removal.
         let joining = self.inflight.as_ref().is_some_and(|i| i.new_member == Some(from));
         let departing_master = self.master == Some(from);
-        if from == self.me || !(self.config.is_member(&from) || joining || departing_master) {
+        // A restoring node hears every node of the configs it held since
+        // the restore: a copy it pulled may have dropped one that holds a
+        // newer config (docs/ARCHITECTURE.md, "Cluster protocol").
+        let restoring_peer = self.durable.restoring.contains(&from);
+        if from == self.me || !(self.config.is_member(&from) || joining || departing_master || restoring_peer) {
             return;
         }
         if !self.is_live(&from) {
@@ -526,6 +592,7 @@ impl Core {
         match msg {
             Msg::Heartbeat { term, config, master, sent_at } => {
                 self.peer_config.insert(from, config);
+                self.check_restored(out);
                 if term == self.durable.term && master {
                     debug_assert!(self.role != Role::Master, "two masters in term {term}");
                     if self.role != Role::Master {
@@ -631,6 +698,8 @@ impl Core {
                 if self.supersedes(&snapshot) {
                     self.apply_config(snapshot, out);
                 }
+                // The master's config holds everything committed.
+                self.end_restore(out);
                 let ack = self.replicate_ack(sent_at, promise);
                 self.send(from, ack, out);
             }
@@ -647,7 +716,12 @@ impl Core {
             Msg::PullReply { snapshot } => {
                 self.pull_quiet_until = self.now;
                 if self.may_pull_from(from) && self.supersedes(&snapshot) {
+                    let from_master = self.master == Some(from);
                     self.apply_config(snapshot, out);
+                    if from_master {
+                        self.end_restore(out);
+                    }
+                    self.check_restored(out);
                 }
             }
             Msg::TimeoutNow { term } => {
@@ -666,15 +740,12 @@ impl Core {
 
     /// Whom a newer config may come from: the master this node follows, or
     /// any member while it follows none. A peer that merely shows a higher
-    /// version while a master is known may hold a copy no master made. A
-    /// node at `version: 0` (restored from a backup) takes it only from a
-    /// master: another member's copy may lack what this node acknowledged
-    /// before the restore, and once caught up the node votes again.
+    /// version while a master is known may hold a copy no master made.
     fn may_pull_from(&self, from: NodeId) -> bool {
         match (self.role, self.master) {
             (Role::Master, _) => false,
             (_, Some(master)) => master == from,
-            (_, None) => self.config.id.version != 0,
+            (_, None) => true,
         }
     }
 

@@ -29,13 +29,21 @@ pub use self::core::Core;
 pub use self::rng::SplitMix64;
 use crate::NodeId;
 
-/// What must survive a crash: the highest term seen and the vote cast in it.
+/// What must survive a crash: the highest term seen and the vote cast in
+/// it, and whether the node is still catching up after a restore.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Durable {
     pub term: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voted_for: Option<NodeId>,
+    /// Non-empty from when the node starts on `version: 0` (restored from
+    /// a backup) until it has caught up: the members of every config it
+    /// held meanwhile. Until then it neither votes nor campaigns, across
+    /// restarts too (a copy it pulled meanwhile may still lack what it
+    /// acknowledged before the restore).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restoring: Vec<NodeId>,
 }
 
 /// This node's role in its current term.

@@ -469,3 +469,54 @@ fn a_failure_after_the_change_left_the_master_is_unknown_and_a_definite_one_neve
         assert_eq!(&*core.config().content, "sent to node 2 only", "on {}", core.me());
     }
 }
+
+/// Of two members, one is restored at `version: 0` while the other lives:
+/// no master can exist without the restored one's vote, so it must catch
+/// up from the other member itself (every majority of two includes it),
+/// and then vote.
+#[test]
+fn a_restored_node_of_two_catches_up_from_the_other_member_and_votes_again() {
+    let mut net = Net::new(&[1, 2]);
+    net.run_for(1_000);
+    net.propose(net.master(), 1, "acknowledged");
+    net.run_for(100);
+    assert!(net.results[&1].is_ok());
+    net.stop(id(2));
+    let (durable, config) = net.disk[&id(2)].clone();
+    net.disk.insert(id(2), (durable, config.restamped(ConfigId { term: config.id.term, version: 0 })));
+    net.start(id(2));
+    assert!(!net.disk[&id(2)].0.restoring.is_empty(), "restoring is persisted");
+    net.run_for(3_000);
+    let master = net.master();
+    assert_eq!(&*net.cores[&master].config().content, "acknowledged");
+    assert!(net.disk[&id(2)].0.restoring.is_empty(), "caught up");
+}
+
+/// A restored node that crashes before it caught up is still restoring
+/// when it comes back, though its config no longer says `version: 0`.
+#[test]
+fn restoring_survives_a_restart_until_caught_up() {
+    let mut net = Net::new(&[1, 2, 3]);
+    net.run_for(1_000);
+    net.stop(id(3));
+    let old = net.disk[&id(3)].1.clone();
+    net.propose(id(1), 1, "acknowledged");
+    net.run_for(50);
+    net.stop(id(2));
+    let durable = net.disk[&id(2)].0.clone();
+    net.disk.insert(id(2), (durable, old.restamped(ConfigId { term: old.id.term, version: 0 })));
+    net.stop(id(1));
+    net.start(id(3));
+    net.start(id(2));
+    net.run_for(500);
+    assert_ne!(net.disk[&id(2)].1.id.version, 0, "it pulled node 3's copy");
+    net.stop(id(2));
+    net.start(id(2));
+    net.run_for(3_000);
+    assert!(net.masters().is_empty(), "a master was elected without the acknowledged change");
+    net.start(id(1));
+    net.run_for(3_000);
+    for core in net.cores.values() {
+        assert_eq!(&*core.config().content, "acknowledged", "on {}", core.me());
+    }
+}

@@ -54,7 +54,34 @@ impl Daemon {
     pub(super) fn persist_durable(&mut self, durable: &Durable) -> Result<(), DaemonError> {
         let text = serde_yaml::to_string(durable).expect("durable state serialises");
         qu_store::write_atomic(&self.data.state_yaml(), text.as_bytes(), SECRET_FILE_MODE)
-            .map_err(|source| DaemonError::Persist { what: "state.yaml", source })
+            .map_err(|source| DaemonError::Persist { what: "state.yaml", source })?;
+        match (durable.restoring.is_empty(), self.restore_peers.is_empty()) {
+            (false, true) => {
+                tracing::warn!("restoring: this node votes for no one until it has caught up with the cluster's copy");
+                self.note_restore_peers();
+            }
+            (true, false) => {
+                tracing::info!("restoring: caught up; this node votes again");
+                self.restore_peers.clear();
+                self.refresh_trust();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Remembers the peers of the config held now, while restoring.
+    pub(super) fn note_restore_peers(&mut self) {
+        let mut changed = false;
+        for peer in &self.cluster.peers {
+            if !self.restore_peers.iter().any(|p| p.node_id == peer.node_id) {
+                self.restore_peers.push(peer.clone());
+                changed = true;
+            }
+        }
+        if changed {
+            self.refresh_trust();
+        }
     }
 
     pub(super) fn persist_config(&mut self, snapshot: &Snapshot) -> Result<(), DaemonError> {
@@ -78,6 +105,9 @@ impl Daemon {
             self.departing = Some((peer.clone(), until));
         }
         self.cluster = cluster;
+        if !self.core.durable().restoring.is_empty() {
+            self.note_restore_peers();
+        }
         tracing::info!(
             version = snapshot.id.version,
             term = snapshot.id.term,

@@ -88,6 +88,20 @@ impl Daemon {
         self.set_aside(&text, self.cluster.version);
     }
 
+    /// The master refused a hand edit for good: it is set aside, and the
+    /// file holds what this node holds again — so a refused edit never
+    /// lingers to be judged again at the next start (where an edit that
+    /// removes peers and raises the version is the shrink procedure).
+    pub(super) fn edit_refused(&mut self, text: &str) {
+        let current = qu_store::read_text(&self.data.cluster_yaml()).unwrap_or_default();
+        if current != text {
+            return; // saved again meanwhile: that edit is judged on its own
+        }
+        let version = ClusterConfig::parse(text).map(|c| c.version).unwrap_or(self.cluster.version);
+        self.set_aside(text, version);
+        self.rewrite_file();
+    }
+
     /// Saves a hand edit that will not be replicated beside cluster.yaml,
     /// as `cluster.yaml.unreplicated-<version it was made on>`, and says so.
     fn set_aside(&mut self, text: &str, version: u64) {
@@ -165,7 +179,7 @@ impl Daemon {
             match answer.await {
                 Ok(Err(failure @ Failure::Refused(_))) => {
                     let message = failure.message();
-                    tracing::warn!("manual-edit: not replicated: {message}; fix cluster.yaml and save again");
+                    tracing::warn!("manual-edit: not replicated: {message}");
                     let _ = events.send(Event::Control(ControlEvent::EditRefused { text })).await;
                 }
                 Ok(Err(failure)) => {

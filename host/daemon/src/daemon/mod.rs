@@ -218,6 +218,10 @@ pub(crate) struct Daemon {
     /// A master that removed itself, still trusted (until the given time)
     /// so its removal can be acknowledged and committed.
     departing: Option<(qu_core::config::Peer, u64)>,
+    /// While restoring (`Durable::restoring`): the peers of every config
+    /// held since the restore, trusted too, so a copy that dropped one does
+    /// not cut this node off from a newer one (see the consensus core).
+    restore_peers: Vec<qu_core::config::Peer>,
     /// The checks the scheduler runs (replaced when the config changes).
     schedule: watch::Sender<Arc<Vec<Scheduled>>>,
     /// The master's verdict state (fed only while this node is master).
@@ -281,6 +285,7 @@ impl Daemon {
             queue: VecDeque::new(),
             joining: None,
             departing: None,
+            restore_peers: Vec::new(),
             schedule: watch::channel(Arc::new(Vec::new())).0,
             verdicts: Verdicts::default(),
             unsent: BTreeMap::new(),
@@ -319,6 +324,10 @@ pub async fn run(
     let (mut daemon, boot) = Daemon::start(loaded, events.clone())?;
     let endpoint = daemon.endpoint.clone();
     daemon.execute(boot)?;
+    if !daemon.core.durable().restoring.is_empty() && daemon.restore_peers.is_empty() {
+        // Restarted part-way through catching up after a restore.
+        daemon.note_restore_peers();
+    }
     daemon.refresh_links();
 
     daemon.schedule.send_replace(Arc::new(scheduler::scheduled(&daemon.cluster)));
@@ -441,10 +450,7 @@ impl Daemon {
                 }
                 let _ = reply.send(ControlResponse::Status(view));
             }
-            ControlEvent::EditRefused { text } => {
-                self.pending_edit = None;
-                self.bad_edit = Some(text);
-            }
+            ControlEvent::EditRefused { text } => self.edit_refused(&text),
             ControlEvent::Invited { result, reply } => match result {
                 Ok(peer) => self.submit(Mutation::AddPeer { peer }, Waiter::Control(reply)),
                 Err(message) => {

@@ -138,6 +138,10 @@ impl Daemon {
         if let Some((peer, _)) = &self.departing {
             trusted.push((peer.fingerprint.clone(), peer.node_id));
         }
+        let restoring = &self.core.durable().restoring;
+        for peer in self.restore_peers.iter().filter(|p| restoring.contains(&p.node_id)) {
+            trusted.push((peer.fingerprint.clone(), peer.node_id));
+        }
         self.trust.replace(trusted);
         self.inbound.retain(|c| {
             let keep = !c.is_closed() && c.peer_member().is_some();
@@ -160,7 +164,18 @@ impl Daemon {
         let now = self.now();
         let pulling = matches!(msg, Msg::Pull);
         let kind = msg_kind(&msg);
-        match self.links.send(to, PeerNotice::Consensus(msg), now, &self.endpoint, &self.events) {
+        let notice = PeerNotice::Consensus(msg);
+        // Our own link first (dialled if it is down); else whichever
+        // authenticated connection that peer opened to us, so a node whose
+        // dials are blocked one way still hears its answers.
+        let sent = match self.links.send(to, notice.clone(), now, &self.endpoint, &self.events) {
+            Err(error) => match self.inbound_from(&to) {
+                Some(connection) => connection.try_notify(notice).map_err(|e| e.to_string()),
+                None => Err(error),
+            },
+            ok => ok,
+        };
+        match sent {
             Err(error) if pulling => tracing::warn!(peer = %to, "replicate: pull from {to}: {error}"),
             Err(error) => tracing::debug!(peer = %to, kind, %error, "message dropped"),
             Ok(()) => tracing::trace!(peer = %to, kind, "sent"),
@@ -173,7 +188,18 @@ impl Daemon {
             .peers
             .iter()
             .filter(|p| p.node_id != self.me())
-            .filter_map(|p| self.links.connection(&p.node_id))
+            .filter_map(|p| self.connection_to(&p.node_id))
             .collect()
+    }
+
+    /// An open connection to `node`: our own link, else one it opened to us
+    /// (authenticated by its key like ours: replies and requests may use
+    /// either, so a one-way firewall does not cut a peer off).
+    pub(super) fn connection_to(&self, node: &NodeId) -> Option<qu_transport::Connection<crate::peer::Wire>> {
+        self.links.connection(node).or_else(|| self.inbound_from(node))
+    }
+
+    fn inbound_from(&self, node: &NodeId) -> Option<qu_transport::Connection<crate::peer::Wire>> {
+        self.inbound.iter().find(|c| !c.is_closed() && c.peer_member() == Some(*node)).cloned()
     }
 }

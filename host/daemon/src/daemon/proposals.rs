@@ -21,12 +21,7 @@ impl Daemon {
             return;
         }
         let new_member = mutation.new_member();
-        match self
-            .core
-            .master()
-            .filter(|m| self.core.is_live(m))
-            .and_then(|m| self.links.connection(&m).map(|c| (m, c)))
-        {
+        match self.core.master().filter(|m| self.core.is_live(m)).and_then(|m| self.connection_to(&m).map(|c| (m, c))) {
             Some((master, connection)) => {
                 let timeout = self.commit_wait();
                 tokio::spawn(async move {

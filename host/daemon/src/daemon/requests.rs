@@ -91,7 +91,7 @@ impl Daemon {
     fn control_status(&mut self, reply: oneshot::Sender<ControlResponse>) {
         // A follower shows the master's view of the checks.
         let master = self.core.master().filter(|m| *m != self.me() && self.core.is_live(m));
-        let connection = master.and_then(|m| self.links.connection(&m));
+        let connection = master.and_then(|m| self.connection_to(&m));
         match connection {
             Some(connection) if !self.cluster.checks.is_empty() => {
                 let events = self.events.clone();
@@ -256,7 +256,7 @@ impl Daemon {
         reply: oneshot::Sender<ControlResponse>,
     ) {
         let master = self.core.master().filter(|m| self.core.is_live(m) && *m != self.me());
-        let master_link = master.and_then(|m| self.links.connection(&m));
+        let master_link = master.and_then(|m| self.connection_to(&m));
         if master.is_some() && master_link.is_none() {
             let _ = reply.send(ControlResponse::Error { message: self.not_master_reason() });
             return;

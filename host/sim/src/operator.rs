@@ -1,0 +1,275 @@
+//! An operator's hands on the simulated cluster, judged by the same rules
+//! the daemon follows (`qu_core::config::edits`): hand edits of a node's
+//! `cluster.yaml` (fresh, stale, with a bumped version or an edited term,
+//! made while the node runs or while it is stopped), restores of one node
+//! from an older copy with `version: 0`, and changes of the cluster's
+//! timers. What the daemon does with the rules' answer — run on the node's
+//! own copy or on the file, forward a proposal to the master, set the file
+//! aside — the simulator does too; the invariants then judge the outcome
+//! (an acknowledged change lost, two contents for one id, two leases).
+
+use std::sync::Arc;
+
+use qu_core::config::edits::{self, AtStart, Copy, LiveDecision, StartDecision};
+use qu_core::consensus::{ConfigId, Input, Role, Snapshot, Timing};
+
+use super::content::Content;
+use super::{Sim, Violation};
+
+/// How often a running node looks at its file (the daemon polls every 2 s;
+/// the simulator's time scale is about ten times shorter).
+const POLL_MS: u64 = 200;
+/// Persisted configs a node remembers as its "backups".
+pub(crate) const HISTORY_MAX: usize = 8;
+
+/// A node's cluster.yaml as the operator left it, when it differs from what
+/// the node persisted.
+#[derive(Debug, Clone)]
+pub(crate) struct FileEdit {
+    /// The version the file says. (A `term:` it says is never read: the
+    /// daemon takes a node's term from its own copy, and so does this
+    /// model; an edited term is an edit that changes nothing else.)
+    pub version: u64,
+    /// The copy the operator opened.
+    pub content: Arc<str>,
+    /// The edit's mutation name; empty when only the stamp was changed.
+    pub edit: String,
+}
+
+/// What the operators did over a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorStats {
+    pub live_edits: u64,
+    pub stopped_edits: u64,
+    pub stale_edits: u64,
+    pub bumped_versions: u64,
+    pub edited_terms: u64,
+    pub restores: u64,
+    pub timing_changes: u64,
+    /// Edits set aside (stale, or overtaken by a newer version).
+    pub set_aside: u64,
+    /// Edits the master refused (made on another copy than its own).
+    pub refused: u64,
+    /// Edits that committed.
+    pub committed: u64,
+    /// Proposals that failed with an unknown outcome, and definitely.
+    pub unknown_outcomes: u64,
+    pub definite_failures: u64,
+}
+
+impl OperatorStats {
+    pub fn add(&mut self, other: &OperatorStats) {
+        self.live_edits += other.live_edits;
+        self.stopped_edits += other.stopped_edits;
+        self.stale_edits += other.stale_edits;
+        self.bumped_versions += other.bumped_versions;
+        self.edited_terms += other.edited_terms;
+        self.restores += other.restores;
+        self.timing_changes += other.timing_changes;
+        self.set_aside += other.set_aside;
+        self.refused += other.refused;
+        self.committed += other.committed;
+        self.unknown_outcomes += other.unknown_outcomes;
+        self.definite_failures += other.definite_failures;
+    }
+}
+
+impl Sim {
+    /// An operator edits node `i`'s file: while it runs when it does,
+    /// otherwise while it is stopped; or restores a stopped node.
+    pub(crate) fn operator_action(&mut self) {
+        let i = self.rng.below(self.nodes.len() as u64) as usize;
+        let Some(disk) = self.current_copy(i) else { return };
+        let running = self.nodes[i].core.is_some();
+        if !running && self.rng.chance(30) {
+            self.restore(i);
+            return;
+        }
+        let name = format!("e{}", self.next_mutation);
+        self.next_mutation += 1;
+        let edit = match self.rng.below(4) {
+            // Fresh: the file as the node wrote it, plus the edit.
+            0 => FileEdit { version: disk.id.version, content: disk.content.clone(), edit: name },
+            // Stale: a copy the node held before (an editor open meanwhile).
+            1 => {
+                let Some(old) = self.older_copy(i, &disk) else { return };
+                self.stats.operator.stale_edits += 1;
+                FileEdit { version: old.id.version, content: old.content, edit: name }
+            }
+            // The version bumped by hand.
+            2 => {
+                self.stats.operator.bumped_versions += 1;
+                let version = disk.id.version + 50;
+                FileEdit { version, content: disk.content.clone(), edit: name }
+            }
+            // Only the term edited.
+            _ => {
+                self.stats.operator.edited_terms += 1;
+                FileEdit { version: disk.id.version, content: disk.content.clone(), edit: String::new() }
+            }
+        };
+        if running {
+            self.stats.operator.live_edits += 1;
+        } else {
+            self.stats.operator.stopped_edits += 1;
+        }
+        self.nodes[i].file = Some(edit);
+    }
+
+    /// What node `i` persisted, if it is a member holding a real version.
+    fn current_copy(&self, i: usize) -> Option<Snapshot> {
+        let disk = &self.nodes[i].disk_config;
+        (disk.id.version != 0 && disk.is_member(&self.nodes[i].id)).then(|| disk.clone())
+    }
+
+    /// An older copy node `i` persisted, with the same members.
+    fn older_copy(&mut self, i: usize, than: &Snapshot) -> Option<Snapshot> {
+        let older: Vec<Snapshot> = self.nodes[i]
+            .history
+            .iter()
+            .filter(|s| s.id < than.id && s.id.version != 0 && s.members == than.members)
+            .cloned()
+            .collect();
+        if older.is_empty() {
+            return None;
+        }
+        Some(older[self.rng.below(older.len() as u64) as usize].clone())
+    }
+
+    /// Restores stopped node `i` from one of its older copies with
+    /// `version: 0` (the operations guide's one-node restore). One node at a
+    /// time: restoring a majority is the whole-cluster restore, which
+    /// forgets what it forgets by the operator's choice.
+    fn restore(&mut self, i: usize) {
+        let restoring = self.nodes.iter().any(|n| {
+            !n.disk_durable.restoring.is_empty()
+                || (n.disk_config.id.version == 0 && n.disk_config.is_member(&n.id))
+                || n.file.as_ref().is_some_and(|f| f.version == 0)
+        });
+        if restoring {
+            return;
+        }
+        // A backup of the current peers: none was added or removed since
+        // it was taken (the guide restores a node of a cluster that lives;
+        // a backup from before a membership change names other peers).
+        let disk = self.nodes[i].disk_config.clone();
+        let history = &self.nodes[i].history;
+        let same_peers_since = history.iter().rposition(|s| s.members != disk.members).map_or(0, |p| p + 1);
+        let backups: Vec<Snapshot> =
+            history.iter().skip(same_peers_since).filter(|s| s.id < disk.id && s.id.version != 0).cloned().collect();
+        if backups.is_empty() {
+            return;
+        }
+        let backup = backups[self.rng.below(backups.len() as u64) as usize].clone();
+        self.stats.operator.restores += 1;
+        self.nodes[i].file = Some(FileEdit { version: 0, content: backup.content, edit: String::new() });
+    }
+
+    /// At a restart: what the daemon's start does with the file.
+    pub(crate) fn file_at_start(&mut self, i: usize) -> Result<(), Violation> {
+        let Some(file) = self.nodes[i].file.clone() else { return Ok(()) };
+        let disk = self.nodes[i].disk_config.clone();
+        let copy = |version| Copy { version, members: disk.members.clone() };
+        let facts = AtStart {
+            file: copy(file.version),
+            last: Some(copy(disk.id.version)),
+            changed: !file.edit.is_empty() || file.content != disk.content,
+            peers_unchanged_apart_from_removals: true,
+            me: self.nodes[i].id,
+        };
+        match edits::at_start(&facts) {
+            StartDecision::Unchanged | StartDecision::Restamped => {
+                if facts.changed {
+                    let what = format!("node {i}: the edit {:?} made while stopped was dropped at start", file.edit);
+                    return Err(self.violation(what));
+                }
+                self.nodes[i].file = None;
+            }
+            StartDecision::Restore => {
+                // The file, under the node's own term, at version 0. A
+                // deliberate restore: its config may go back.
+                let id = ConfigId { term: disk.id.term, version: 0 };
+                self.nodes[i].disk_config = Snapshot::new(id, disk.members.clone(), disk.timing, file.content);
+                self.nodes[i].last_seen.1 = id;
+                self.nodes[i].file = None;
+            }
+            StartDecision::Shrink => unreachable!("the simulator's edits keep the members"),
+            // The node runs on its own copy; the live poll proposes it.
+            StartDecision::Propose { .. } => {}
+            StartDecision::Stale { .. } => {
+                self.stats.operator.set_aside += 1;
+                self.nodes[i].file = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The daemon's poll of a running node's file.
+    pub(crate) fn poll_file(&mut self, i: usize) -> Result<(), Violation> {
+        if self.nodes[i].next_poll > self.now {
+            return Ok(());
+        }
+        self.nodes[i].next_poll = self.now + POLL_MS;
+        let Some(file) = self.nodes[i].file.clone() else { return Ok(()) };
+        let Some(core) = self.nodes[i].core.as_ref() else { return Ok(()) };
+        let current = core.config().clone();
+        if file.edit.is_empty() && file.content == current.content {
+            self.nodes[i].file = None; // only the stamp: ignored, rewritten
+            return Ok(());
+        }
+        let base_version = match edits::live(file.version, current.id.version) {
+            LiveDecision::Stale { .. } => {
+                self.stats.operator.set_aside += 1;
+                self.nodes[i].file = None;
+                return Ok(());
+            }
+            LiveDecision::Propose { base_version } => base_version,
+        };
+        let base = (current.id.term, base_version);
+        // Forwarded to the master this node follows, if it can reach it.
+        let Some(m) = core.master().and_then(|id| self.nodes.iter().position(|n| n.id == id)) else { return Ok(()) };
+        if self.blocked[i][m] || self.blocked[m][i] || self.nodes[m].paused_until > self.now {
+            return Ok(());
+        }
+        let Some(master) = self.nodes[m].core.as_ref() else { return Ok(()) };
+        if master.role() != Role::Master || !master.can_serve() || master.is_busy() {
+            return Ok(());
+        }
+        let on = master.config().clone();
+        if !edits::base_matches(base, (on.id.term, on.id.version)) {
+            // Refused: the node waits for the newer version, then sets the
+            // edit aside (see `persisted`).
+            self.stats.operator.refused += 1;
+            return Ok(());
+        }
+        let next = master.next_config_id();
+        let content = Content::edit(&file.content, &on.content, &file.edit);
+        let snapshot = Snapshot::new(next, on.members.clone(), on.timing, content);
+        let request = self.seq_request(m, file.edit.clone());
+        self.step(m, Input::Propose { request, snapshot, new_member: None })
+    }
+
+    /// Node `i` persisted `snapshot`: its file now holds it (an edit it
+    /// held was replicated in it, or is set aside), and it is remembered.
+    pub(crate) fn persisted(&mut self, i: usize, snapshot: &Snapshot) {
+        let node = &mut self.nodes[i];
+        if let Some(file) = node.file.take()
+            && !super::content::mutations(&snapshot.content).any(|m| m == file.edit)
+        {
+            self.stats.operator.set_aside += 1;
+        }
+        node.history.push_back(snapshot.clone());
+        if node.history.len() > HISTORY_MAX {
+            node.history.pop_front();
+        }
+    }
+
+    /// A client changes the cluster's timers (`qu cluster settings set
+    /// heartbeat|dead_after`): dead_after 3-10 heartbeats, so a change may
+    /// widen or narrow the lease several times over.
+    pub(crate) fn draw_timing(&mut self, current: Timing) -> Timing {
+        self.stats.operator.timing_changes += 1;
+        let heartbeat_ms = 50 + self.rng.below(100);
+        Timing { heartbeat_ms, dead_after_ms: heartbeat_ms * (3 + self.rng.below(8)), ..current }
+    }
+}
