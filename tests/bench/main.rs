@@ -5,7 +5,7 @@
 //! ```text
 //! cargo build --release -p qu-cli
 //! cargo run --release -p qu-tests --bin qu-bench            # everything
-//! cargo run --release -p qu-tests --bin qu-bench -- commit  # one part: commit | failover | sim | detection | delivery | fanin | scale | plugins
+//! cargo run --release -p qu-tests --bin qu-bench -- commit  # one part: commit | size | outage | failover | sim | detection | delivery | fanin | scale | plugins
 //! ```
 //!
 //! Every figure with a goal is printed `met` or `MISSED`; the process exits
@@ -20,10 +20,12 @@ use qu_tests::Cluster;
 
 use report::{Goal, Quantity, Report, field_u64};
 
+mod load;
 mod plugins;
 mod report;
 
-const PARTS: [&str; 8] = ["commit", "failover", "sim", "detection", "delivery", "fanin", "scale", "plugins"];
+const PARTS: [&str; 10] =
+    ["commit", "size", "outage", "failover", "sim", "detection", "delivery", "fanin", "scale", "plugins"];
 
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).collect();
@@ -38,6 +40,12 @@ fn main() {
     let mut report = Report::default();
     if wants("commit") {
         runtime.block_on(commit_latency(&mut report));
+    }
+    if wants("size") {
+        runtime.block_on(load::commit_by_size(&mut report));
+    }
+    if wants("outage") {
+        runtime.block_on(load::mass_outage(&mut report, 10_000));
     }
     if wants("failover") {
         runtime.block_on(failover(

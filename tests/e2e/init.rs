@@ -30,6 +30,7 @@ fn init_writes_identity_and_a_one_member_cluster_with_private_modes() {
 
     assert_eq!(mode(&node.dir), 0o700);
     assert_eq!(mode(&node.file("keys")), 0o700);
+    assert_eq!(mode(&node.file("store")), 0o700);
     assert_eq!(mode(&node.file("node.yaml")), 0o600);
     assert_eq!(mode(&node.file("cluster.yaml")), 0o600);
     assert_eq!(mode(&node.file("keys/private.pem")), 0o600);
@@ -123,8 +124,9 @@ fn a_full_disk_fails_init_cleanly_and_a_retry_after_freeing_space_works() {
     for file in ["node.yaml", "cluster.yaml", "keys/private.pem", "keys/cert.pem"] {
         assert!(!node.file(file).exists(), "{file} left behind by a failed init");
     }
-    let leftovers: Vec<_> = std::fs::read_dir(&node.dir).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert_eq!(leftovers, vec![std::ffi::OsString::from("keys")], "only the empty keys/ directory remains");
+    let mut leftovers: Vec<_> = std::fs::read_dir(&node.dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    leftovers.sort();
+    assert_eq!(leftovers, ["keys", "store"], "only the empty keys/ and store/ directories remain");
     disk.resize("1m");
     node.init(9907, &[]);
     assert!(node.file("node.yaml").exists());

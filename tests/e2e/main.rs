@@ -16,6 +16,7 @@
 //! - `operator` — an operator's hands: stale write-backs, bumped versions, edits while stopped,
 //!   version-0 restores, unknown outcomes (exit code 3).
 //! - `plugins` — WebAssembly plugins on 3 nodes: add, replicate, verify, run, contain.
+//! - `upgrade` — a data directory written by qu 0.1 (a committed fixture), started by this binary.
 //! - `demo`    — the README's main-job command.
 
 mod alerts;
@@ -31,3 +32,4 @@ mod peers;
 mod plugins;
 mod recovery;
 mod serve;
+mod upgrade;

@@ -53,6 +53,7 @@ impl LoadedNode {
         let identity = load_identity(data)?;
         let cluster_path = data.cluster_yaml();
         let file = ClusterConfig::parse(&read(&cluster_path)?)?;
+        keep_copy_if_upgrading(data)?;
         let durable = load_durable(data)?;
         let last = load_last(data)?;
         let start = edits::at_start(&AtStart::of(&file, last.as_ref(), node.node_id));
@@ -152,6 +153,31 @@ fn load_identity(data: &DataDir) -> Result<TlsIdentity, LoadError> {
     let cert = read(&data.cert())?;
     TlsIdentity::from_pem(&cert, &key)
         .map_err(|e| LoadError::Invalid { path: data.keys_dir().display().to_string(), reason: e.to_string() })
+}
+
+/// A data directory without `store/` was written by qu 0.1 (`qu init`
+/// creates it since 0.2): its files are copied, as they are, to
+/// `store/from-0.1/` before anything else is written. The files themselves
+/// need no conversion (cluster.yaml's and state.yaml's formats are
+/// unchanged); what 0.2 adds — its own copy of cluster.yaml — is written at
+/// this first start.
+fn keep_copy_if_upgrading(data: &DataDir) -> Result<(), LoadError> {
+    if data.store_dir().exists() {
+        return Ok(());
+    }
+    let copies = data.upgrade_copy_dir();
+    qu_store::create_private_dir(&copies).map_err(LoadError::Store)?;
+    for path in [data.cluster_yaml(), data.state_yaml()] {
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let name = path.file_name().expect("a file name");
+        qu_store::write_atomic(&copies.join(name), &bytes, qu_store::SECRET_FILE_MODE).map_err(LoadError::Store)?;
+    }
+    tracing::warn!(
+        copies = %copies.display(),
+        "upgrade: a data directory from qu 0.1: its cluster.yaml and state.yaml are kept as they were in {}",
+        copies.display()
+    );
+    Ok(())
 }
 
 /// The daemon's own copy of what it last persisted, if it has one.

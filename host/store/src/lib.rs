@@ -108,11 +108,19 @@ impl DataDir {
         self.root.join("cache").join("plugins")
     }
 
-    /// Creates the directory and `keys/` with mode 0700 (tightening existing
-    /// ones), so nothing inside is ever exposed by a loose umask.
+    /// Creates the directory, `keys/` and `store/` with mode 0700
+    /// (tightening existing ones), so nothing inside is ever exposed by a
+    /// loose umask.
     pub fn create(&self) -> Result<(), StoreError> {
         create_private_dir(&self.root)?;
-        create_private_dir(&self.keys_dir())
+        create_private_dir(&self.keys_dir())?;
+        create_private_dir(&self.store_dir())
+    }
+
+    /// Where the first start of 0.2 keeps the files of a data directory
+    /// written by 0.1 (which had no `store/`), as they were.
+    pub fn upgrade_copy_dir(&self) -> PathBuf {
+        self.store_dir().join("from-0.1")
     }
 
     /// Removes temp files a crash left behind in the directory and `keys/`.

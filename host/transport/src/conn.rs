@@ -305,10 +305,7 @@ impl<P: Protocol> Endpoint<P> {
             let remote_addr = tcp.peer_addr()?;
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from("quptime").expect("static name is valid");
-            let tls = TlsConnector::from(config)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| TransportError::Handshake { addr: addr.to_string(), reason: e.to_string() })?;
+            let tls = TlsConnector::from(config).connect(name, tcp).await.map_err(|e| handshake_error(addr, e))?;
             Ok::<_, TransportError>((TlsStream::from(tls), remote_addr))
         };
         let (tls, remote_addr) = tokio::time::timeout(self.handshake_timeout, handshake)
@@ -330,7 +327,7 @@ impl<P: Protocol> Endpoint<P> {
         let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp))
             .await
             .map_err(|_| TransportError::Handshake { addr: label.clone(), reason: "timed out".into() })?
-            .map_err(|e| TransportError::Handshake { addr: label.clone(), reason: e.to_string() })?;
+            .map_err(|e| handshake_error(&label, e))?;
         self.start(TlsStream::from(tls), remote_addr, &label, handler)
     }
 
@@ -499,5 +496,18 @@ fn complete<P: Protocol>(shared: &Shared<P>, id: u64, result: Result<P::Response
     let waiter = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     if let Some(waiter) = waiter {
         let _ = waiter.send(result);
+    }
+}
+
+/// A failed handshake, told apart when the peer speaks another version of
+/// the peer protocol (no common ALPN id, on either side).
+fn handshake_error(addr: &str, error: std::io::Error) -> TransportError {
+    let rustls_error = error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::NoApplicationProtocol)
+        | Some(rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)) => {
+            TransportError::Version { addr: addr.to_string() }
+        }
+        _ => TransportError::Handshake { addr: addr.to_string(), reason: error.to_string() },
     }
 }

@@ -8,6 +8,13 @@ pub enum TransportError {
     Connect { addr: String, source: std::io::Error },
     #[error("TLS handshake with {addr}: {reason}")]
     Handshake { addr: String, reason: String },
+    /// The peer offered or accepted another version of the peer protocol
+    /// (the ALPN id): a cluster mixing minor versions whose wire differs.
+    #[error(
+        "{addr} speaks another version of qu's peer protocol than this node ({}): run the same minor version of qu on every node (docs/operations.md, Upgrades)",
+        String::from_utf8_lossy(crate::ALPN)
+    )]
+    Version { addr: String },
     #[error("frame of {len} bytes exceeds the {max}-byte limit")]
     FrameTooLarge { len: usize, max: usize },
     #[error("connection closed in the middle of a frame")]

@@ -25,8 +25,11 @@ pub use error::TransportError;
 pub use identity::{GeneratedIdentity, IdentityError, TlsIdentity};
 pub use trust::TrustStore;
 
-/// ALPN protocol id of qu's peer protocol.
-pub const ALPN: &[u8] = b"qu/1";
+/// ALPN protocol id of qu's peer protocol: the wire's version, bumped with
+/// every change a node of the previous version could not read (`qu/2`
+/// since 0.2: snapshots carry their hash, acknowledgements their promise).
+/// A node refuses a peer that speaks another at the handshake.
+pub const ALPN: &[u8] = b"qu/2";
 
 #[cfg(test)]
 mod tests;

@@ -413,3 +413,45 @@ fn fingerprints_in_tests_are_real() {
     assert_eq!(n.generated.fingerprint, n.identity.fingerprint);
     let _: &Fingerprint = &n.identity.fingerprint;
 }
+
+/// A node of the previous minor version (ALPN `qu/1`) meets this one: the
+/// handshake fails on both sides with an error that names the cause.
+#[tokio::test]
+async fn a_peer_speaking_another_protocol_version_is_refused_by_name() {
+    let (a, b) = (node(), node());
+    // This node as a server; the old node dials it.
+    let (addr, mut accepted) = serve(endpoint(&b, &[&a, &b]), Arc::new(Recorder::default())).await;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_client_cert_resolver(Arc::new(FixedClientKey(forged_key(&a, &a))));
+    config.alpn_protocols = vec![b"qu/1".to_vec()];
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let name = ServerName::try_from("quptime").unwrap();
+    let _ = TlsConnector::from(Arc::new(config)).connect(name, tcp).await;
+    let outcome = accepted.recv().await.unwrap();
+    assert!(matches!(outcome, Err(TransportError::Version { .. })), "{outcome:?}");
+    let message = outcome.unwrap_err().to_string();
+    assert!(message.contains("another version") && message.contains("qu/2"), "{message}");
+
+    // The old node as a server; this node dials it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(FixedServerKey(forged_key(&b, &b))));
+    config.alpn_protocols = vec![b"qu/1".to_vec()];
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = TlsAcceptor::from(Arc::new(config)).accept(tcp).await;
+    });
+    let err = endpoint(&a, &[&a, &b])
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Version { .. }), "{err}");
+}

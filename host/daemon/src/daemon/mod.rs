@@ -559,6 +559,9 @@ async fn accept_peers(listener: TcpListener, endpoint: Arc<Endpoint<Wire>>, even
                 Ok(connection) => {
                     let _ = events.send(Event::Peer(PeerEvent::Inbound { connection })).await;
                 }
+                Err(error @ qu_transport::TransportError::Version { .. }) => {
+                    tracing::warn!(peer = %addr, %error, "peer handshake refused")
+                }
                 Err(error) => tracing::debug!(peer = %addr, %error, "peer handshake failed"),
             }
             drop(permit);
