@@ -243,3 +243,53 @@ fn a_change_with_an_unknown_outcome_exits_3_and_a_definite_refusal_never_applies
         assert_eq!(node.setting("hysteresis"), "4", "{}: a refused change applied", node.name);
     }
 }
+
+/// The master raises `dead_after` from 1 s to 10 s and, at that moment, its
+/// packets to the followers start being dropped: it applies the raise, the
+/// followers never see it. Its lease must end when the followers' promise
+/// (1 s) does — not 10 s later — so once they elect a master of their own,
+/// the old one never again claims to be master.
+#[test]
+fn raising_dead_after_on_a_master_cut_off_never_gives_two_masters_at_once() {
+    let mut ips = (2..).map(|n| format!("127.0.0.{n}"));
+    let cluster = Cluster::prepared(3, "200ms", "1s", "2m", |node| node.ip = ips.next().unwrap());
+    let master = cluster.wait_converged();
+    let rest = followers(&cluster, master);
+    let others: Vec<&str> = rest.iter().map(|i| cluster.nodes[*i].ip.as_str()).collect();
+    let old_id = cluster.nodes[master].node_id();
+    let _cut = qu_tests::Firewall::drop_from_to(&cluster.nodes[master].ip, &others);
+    let change = {
+        let mut command = cluster.nodes[master].command();
+        command.args(["cluster", "settings", "set", "dead_after", "10s"]);
+        std::thread::spawn(move || command.output().unwrap())
+    };
+    let started = std::time::Instant::now();
+    let mut new_master_seen: Option<Duration> = None;
+    let mut claims_after: Vec<Duration> = Vec::new();
+    while started.elapsed() < Duration::from_secs(12) {
+        for i in &rest {
+            if let Some(status) = cluster.nodes[*i].try_status()
+                && let Some(m) = status["master"].as_str()
+                && m != old_id
+                && new_master_seen.is_none()
+            {
+                new_master_seen = Some(started.elapsed());
+            }
+        }
+        let status = cluster.nodes[master].status_json();
+        let at = started.elapsed();
+        if status["master"].as_str() == Some(old_id.as_str())
+            && new_master_seen.is_some_and(|seen| at > seen + Duration::from_millis(100))
+        {
+            claims_after.push(at);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = new_master_seen.expect("the followers elected a master");
+    assert!(
+        claims_after.is_empty(),
+        "the old master still claimed the role at {claims_after:?}, after a new one at {seen:?}"
+    );
+    let out = change.join().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}

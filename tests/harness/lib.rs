@@ -116,6 +116,9 @@ pub struct Node {
     extra_env: Vec<(String, String)>,
     /// A command to run `qu` under, e.g. `ip netns exec NAME`.
     pub wrapper: Vec<String>,
+    /// The loopback address it binds and advertises (`127.0.0.1` unless a
+    /// test gives each node its own, to cut one off with a [`Firewall`]).
+    pub ip: String,
     _root: Option<tempfile::TempDir>,
 }
 
@@ -140,6 +143,7 @@ impl Node {
             child: None,
             extra_env: Vec::new(),
             wrapper: Vec::new(),
+            ip: "127.0.0.1".into(),
             _root: None,
         }
     }
@@ -206,10 +210,11 @@ impl Node {
         stderr
     }
 
-    /// `qu init --advertise 127.0.0.1:PORT --bind 127.0.0.1` plus `extra`.
+    /// `qu init --advertise IP:PORT --bind IP` plus `extra` (IP is
+    /// `self.ip`, 127.0.0.1 by default).
     pub fn init(&self, port: u16, extra: &[&str]) -> String {
-        let advertise = format!("127.0.0.1:{port}");
-        let mut args = vec!["init", "--advertise", &advertise, "--bind", "127.0.0.1"];
+        let advertise = format!("{}:{port}", self.ip);
+        let mut args = vec!["init", "--advertise", &advertise, "--bind", &self.ip];
         args.extend_from_slice(extra);
         self.qu_ok(&args)
     }
@@ -1034,13 +1039,24 @@ pub struct Firewall {
 impl Firewall {
     /// Drops new connections to `port` on every address of this host.
     pub fn drop_new_connections_to(port: u16) -> Self {
+        Self::install(&format!("p{port}"), &format!("tcp dport {port} tcp flags & (syn | ack) == syn drop"))
+    }
+
+    /// Drops every packet from `from` to any of `to` (loopback addresses of
+    /// nodes with a [`Node::ip`] of their own): a one-way cut.
+    pub fn drop_from_to(from: &str, to: &[&str]) -> Self {
+        let name = from.replace('.', "_");
+        Self::install(&name, &format!("ip saddr {from} ip daddr {{ {} }} drop", to.join(", ")))
+    }
+
+    fn install(name: &str, rule: &str) -> Self {
         assert!(
             rustix::process::geteuid().is_root(),
             "this test changes the firewall and needs root (CI runs as root)"
         );
-        let table = format!("qu_e2e_{}_{port}", std::process::id());
+        let table = format!("qu_e2e_{}_{name}", std::process::id());
         let rules = format!(
-            "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {port} tcp flags & (syn | ack) == syn drop\n  }}\n}}\n"
+            "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    {rule}\n  }}\n}}\n"
         );
         let mut child = Command::new("nft")
             .args(["-f", "-"])
