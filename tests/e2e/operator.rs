@@ -293,3 +293,45 @@ fn raising_dead_after_on_a_master_cut_off_never_gives_two_masters_at_once() {
     let out = change.join().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A follower is restored with `version: 0` from a backup taken before an
+/// incident was announced (the backup says the check is up, with no
+/// delivery). It takes the master's copy — the committed DOWN and its
+/// delivered record — before it could act, so nothing is paged again, even
+/// when it becomes master.
+#[test]
+fn a_version_zero_restore_after_an_announced_incident_pages_nothing_again() {
+    let (mut cluster, receiver, target) = alerting_cluster();
+    let master = cluster.wait_converged();
+    let restored = followers(&cluster, master)[0];
+    let backup = std::fs::read_to_string(cluster.nodes[restored].file("cluster.yaml")).unwrap();
+    assert!(!backup.contains("state: down"));
+    target.up.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(30), "the DOWN page", || (receiver.count("DOWN").0 >= 1).then_some(()));
+    eventually(Duration::from_secs(30), "its delivery committed on the follower", || {
+        let text = std::fs::read_to_string(cluster.nodes[restored].file("cluster.yaml")).ok()?;
+        (text.contains("state: down") && text.contains("status: delivered")).then_some(())
+    });
+    assert!(cluster.nodes[restored].terminate().success());
+    std::fs::write(cluster.nodes[restored].file("cluster.yaml"), set_version(&backup, 0)).unwrap();
+    cluster.nodes[restored].serve();
+    let live = version_of(&cluster.nodes[master]);
+    // As the guide says: wait until it has caught up (before that it votes
+    // for no one, and losing the master would leave no majority).
+    cluster.nodes[restored].wait_status("the restored node takes the live copy and catches up", |s| {
+        s["config_version"].as_u64() >= Some(live) && s["restoring"] == false
+    });
+    // Make it the master: the others go, it and one more remain.
+    let other = followers(&cluster, master).into_iter().find(|i| *i != restored).unwrap();
+    cluster.nodes[master].kill();
+    let next = cluster.wait_master(&[restored, other]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        receiver.count("DOWN").0,
+        1,
+        "paged again after the restore (master now n{next}): {:?}",
+        receiver.requests()
+    );
+    let text = std::fs::read_to_string(cluster.nodes[restored].file("cluster.yaml")).unwrap();
+    assert!(text.contains("state: down"), "the restored node holds the committed DOWN");
+}

@@ -11,6 +11,10 @@ pub struct StatusView {
     pub quorum: bool,
     pub quorum_size: usize,
     pub config_version: u64,
+    /// Restored with `version: 0` and not caught up yet: this node votes
+    /// for no one (wait for `false` before restarting or restoring another).
+    #[serde(default)]
+    pub restoring: bool,
     pub peers: Vec<PeerView>,
     pub checks: Vec<CheckView>,
     /// This node's probe scheduler, over its most recent probes.

@@ -85,6 +85,7 @@ impl Daemon {
             quorum: self.core.is_member() && self.core.live_members() >= self.cluster.quorum_size(),
             quorum_size: self.cluster.quorum_size(),
             config_version: self.cluster.version,
+            restoring: !self.core.durable().restoring.is_empty(),
             peers: self.peer_views(),
             checks,
             probes: self.probe_stats(),
