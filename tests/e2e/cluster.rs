@@ -131,6 +131,52 @@ fn adding_a_node_that_then_dies_does_not_wedge_a_one_node_cluster() {
     assert_eq!(cluster.nodes[0].status_json()["config_version"].as_u64(), Some(version + 1), "one commit, at once");
 }
 
+/// Changes travel as log entries — the change and the hash of the result —
+/// to followers holding the entry's parent; they apply them themselves and
+/// end with the master's bytes. A node that was away takes the whole
+/// snapshot instead, then entries again.
+#[test]
+fn changes_replicate_as_entries_and_a_returning_node_takes_a_snapshot() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let rest = others(&cluster, master);
+    let replication = |cluster: &Cluster, i: usize| cluster.nodes[i].status_json()["replication"].clone();
+    let sent_before = replication(&cluster, master)["entries_sent"].as_u64().unwrap();
+    let applied_before: Vec<u64> =
+        rest.iter().map(|i| replication(&cluster, *i)["entries_applied"].as_u64().unwrap()).collect();
+    for value in 3..=7 {
+        cluster.nodes[master].qu_ok(&["cluster", "settings", "set", "hysteresis", &value.to_string()]);
+    }
+    cluster.wait_converged();
+    cluster.assert_identical_configs(&[0, 1, 2]);
+    let sent = replication(&cluster, master)["entries_sent"].as_u64().unwrap() - sent_before;
+    assert!(sent >= 10, "5 changes to 2 followers as entries, {sent} sent: {}", replication(&cluster, master));
+    for (i, before) in rest.iter().zip(&applied_before) {
+        let applied = replication(&cluster, *i)["entries_applied"].as_u64().unwrap() - before;
+        assert!(applied >= 5, "n{i} applied {applied} entries: {}", replication(&cluster, *i));
+    }
+    // Away for five changes: a snapshot brings it back.
+    let away = rest[0];
+    assert!(cluster.nodes[away].terminate().success());
+    for value in 2..=6 {
+        cluster.nodes[master].qu_ok(&["cluster", "settings", "set", "hysteresis", &value.to_string()]);
+    }
+    cluster.nodes[away].serve();
+    let live = cluster.nodes[master].status_json()["config_version"].clone();
+    cluster.nodes[away].wait_status("the returning node catches up", |s| s["config_version"] == live);
+    // Once the master has heard it holds the snapshot (a heartbeat), the
+    // next changes go to it as entries again.
+    std::thread::sleep(Duration::from_millis(3 * HEARTBEAT_MS));
+    for value in 3..=4 {
+        cluster.nodes[master].qu_ok(&["cluster", "settings", "set", "hysteresis", &value.to_string()]);
+    }
+    cluster.wait_converged();
+    cluster.assert_identical_configs(&[0, 1, 2]);
+    assert_eq!(cluster.nodes[away].setting("hysteresis"), "4");
+    let status = replication(&cluster, away);
+    assert!(status["entries_applied"].as_u64().unwrap() >= 1, "entries again after the snapshot: {status}");
+}
+
 /// New connections to the master are dropped (a one-way firewall); its own
 /// links to the followers work. Answers travel on whichever authenticated
 /// connection exists, so it keeps its lease, commits, and takes changes

@@ -7,8 +7,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
-use crate::config::Mutation;
-use crate::consensus::Msg;
+use crate::config::{Mutation, Stamp};
+use crate::consensus::{ConfigId, Digest, Msg};
 use crate::monitor::{CheckSummary, Report};
 
 /// Requests a node answers.
@@ -100,6 +100,29 @@ pub enum PeerNotice {
     Consensus(Msg),
     /// A batch of probe results for the master (the latest per check).
     Results(Vec<Report>),
+    /// The master's `Replicate` as a log entry, for a follower that holds
+    /// the entry's parent: the change, not the whole config.
+    Entry(Box<Entry>),
+}
+
+/// One replicated change as a log entry: the mutation and the stamp the
+/// master applied to its config `parent` (whose content hashes to
+/// `parent_hash`), and the id and content hash of the result. A follower
+/// holding exactly `parent` applies it itself and checks the hash; any
+/// other takes the master's whole snapshot instead (it pulls). `term` and
+/// `sent_at` are those of the consensus `Replicate` it stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub term: u64,
+    pub sent_at: u64,
+    pub id: ConfigId,
+    pub parent: ConfigId,
+    pub parent_hash: Digest,
+    pub hash: Digest,
+    /// The mutation as JSON, like a forwarded change (postcard cannot
+    /// round-trip the config types' omitted empty fields).
+    pub mutation_json: String,
+    pub stamp: Stamp,
 }
 
 #[cfg(test)]

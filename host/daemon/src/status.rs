@@ -20,6 +20,25 @@ pub struct StatusView {
     /// This node's probe scheduler, over its most recent probes.
     #[serde(default)]
     pub probes: ProbeStats,
+    /// How this node sent and took replicated changes since it started.
+    #[serde(default)]
+    pub replication: ReplicationStats,
+}
+
+/// Replication since the daemon started: changes sent and taken as log
+/// entries (the change alone) or as whole snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationStats {
+    /// As master: entries sent, to followers holding their parent.
+    pub entries_sent: u64,
+    /// As master: whole snapshots sent in a `Replicate`, to followers that
+    /// did not (pull answers not counted).
+    pub snapshots_sent: u64,
+    /// As follower: entries applied here, their hash checked.
+    pub entries_applied: u64,
+    /// As follower: entries not applied (another parent here, or a result
+    /// whose hash differed), each answered with a pull.
+    pub entries_refused: u64,
 }
 
 /// How punctually this node starts its probes.

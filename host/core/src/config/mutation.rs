@@ -126,8 +126,9 @@ pub struct CheckChanges {
     pub suppress_alert_ids: Option<Vec<String>>,
 }
 
-/// What the master stamps on every version it makes.
-#[derive(Debug, Clone, Copy)]
+/// What the master stamps on every version it makes (replicated with the
+/// mutation in a log entry, so a follower applies exactly the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
     pub id: ConfigId,
     pub at: Timestamp,

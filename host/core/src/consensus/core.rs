@@ -169,6 +169,11 @@ impl Core {
         *node == self.me || self.heard.get(node).is_some_and(|at| at + self.config.timing.dead_after_ms > self.now)
     }
 
+    /// The config id `node` last reported (in a heartbeat or an ack).
+    pub fn peer_config(&self, node: &NodeId) -> Option<ConfigId> {
+        self.peer_config.get(node).copied()
+    }
+
     /// When `node` was last heard from, on this node's clock.
     pub fn last_heard(&self, node: &NodeId) -> Option<u64> {
         self.heard.get(node).copied()

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use qu_core::config::{CheckStatus, ClusterConfig, Mutation, NodeConfig, Stamp, Timestamp, Transition};
 use qu_core::consensus::{Core, Durable, Input, Msg, Output, ProposeError, Role, Snapshot};
 use qu_core::monitor::{CheckState, CheckSummary, Report, Verdicts};
-use qu_core::wire::{PeerNotice, PeerRequest, PeerResponse};
+use qu_core::wire::{Entry, PeerNotice, PeerRequest, PeerResponse};
 use qu_core::{Fingerprint, NodeId};
 use qu_probe::Probes;
 use qu_store::{DataDir, SECRET_FILE_MODE};
@@ -222,6 +222,10 @@ pub(crate) struct Daemon {
     /// held since the restore, trusted too, so a copy that dropped one does
     /// not cut this node off from a newer one (see the consensus core).
     restore_peers: Vec<qu_core::config::Peer>,
+    /// The last changes this master proposed, as log entries (see
+    /// `PeerNotice::Entry`), to send a follower the change, not the config.
+    entries: VecDeque<Entry>,
+    replication: crate::status::ReplicationStats,
     /// The checks the scheduler runs (replaced when the config changes).
     schedule: watch::Sender<Arc<Vec<Scheduled>>>,
     /// The master's verdict state (fed only while this node is master).
@@ -286,6 +290,8 @@ impl Daemon {
             joining: None,
             departing: None,
             restore_peers: Vec::new(),
+            entries: VecDeque::new(),
+            replication: Default::default(),
             schedule: watch::channel(Arc::new(Vec::new())).0,
             verdicts: Verdicts::default(),
             unsent: BTreeMap::new(),
@@ -481,6 +487,7 @@ impl Daemon {
         let Some(member) = from.node_id else { return Ok(()) };
         let msg = match notice {
             PeerNotice::Consensus(msg) => msg,
+            PeerNotice::Entry(entry) => return self.on_entry(member, *entry),
             PeerNotice::Results(reports) => {
                 // Timestamped on receipt, attributed to the TLS identity.
                 if self.core.role() == Role::Master {

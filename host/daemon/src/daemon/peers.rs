@@ -164,7 +164,10 @@ impl Daemon {
         let now = self.now();
         let pulling = matches!(msg, Msg::Pull);
         let kind = msg_kind(&msg);
-        let notice = PeerNotice::Consensus(msg);
+        let notice = match msg {
+            Msg::Replicate { term, snapshot, sent_at } => self.replicate_notice(to, term, snapshot, sent_at),
+            other => PeerNotice::Consensus(other),
+        };
         // Our own link first (dialled if it is down); else whichever
         // authenticated connection that peer opened to us, so a node whose
         // dials are blocked one way still hears its answers.
@@ -201,5 +204,96 @@ impl Daemon {
 
     fn inbound_from(&self, node: &NodeId) -> Option<qu_transport::Connection<crate::peer::Wire>> {
         self.inbound.iter().find(|c| !c.is_closed() && c.peer_member() == Some(*node)).cloned()
+    }
+}
+
+/// How many of this master's latest proposals it keeps as log entries.
+const ENTRIES_KEPT: usize = 8;
+
+impl Daemon {
+    /// Keeps the change just proposed as a log entry on the config it was
+    /// applied to (the core's current one).
+    pub(super) fn remember_entry(&mut self, mutation: &Mutation, stamp: &Stamp, snapshot: &Snapshot) {
+        let parent = self.core.config();
+        let entry = Entry {
+            term: 0,
+            sent_at: 0,
+            id: snapshot.id,
+            parent: parent.id,
+            parent_hash: parent.hash,
+            hash: snapshot.hash,
+            mutation_json: serde_json::to_string(mutation).expect("mutations serialise"),
+            stamp: *stamp,
+        };
+        self.entries.push_back(entry);
+        while self.entries.len() > ENTRIES_KEPT {
+            self.entries.pop_front();
+        }
+    }
+
+    /// The master's `Replicate` to `to`: the change as a log entry when `to`
+    /// last reported holding its parent, else the whole snapshot.
+    fn replicate_notice(&mut self, to: NodeId, term: u64, snapshot: Snapshot, sent_at: u64) -> PeerNotice {
+        let holds = self.core.peer_config(&to);
+        let entry = self.entries.iter().rev().find(|e| {
+            e.id == snapshot.id
+                && e.hash == snapshot.hash
+                && holds.is_some_and(|h| h == e.parent && h.term == e.parent.term)
+        });
+        match entry {
+            Some(entry) => {
+                self.replication.entries_sent += 1;
+                PeerNotice::Entry(Box::new(Entry { term, sent_at, ..entry.clone() }))
+            }
+            None => {
+                self.replication.snapshots_sent += 1;
+                PeerNotice::Consensus(Msg::Replicate { term, snapshot, sent_at })
+            }
+        }
+    }
+
+    /// A log entry from the master: applied here if this node holds exactly
+    /// its parent, and handed to the core as the `Replicate` it stands for
+    /// once the result's hash matches the master's; otherwise this node
+    /// asks for the whole snapshot.
+    pub(super) fn on_entry(&mut self, from: NodeId, entry: Entry) -> Result<(), DaemonError> {
+        let current = self.core.config().clone();
+        let replicate = |snapshot| Msg::Replicate { term: entry.term, snapshot, sent_at: entry.sent_at };
+        if current.id == entry.id && current.id.term == entry.id.term && current.hash == entry.hash {
+            // Held already (a retransmission): let the core acknowledge it.
+            return self.step(Input::Receive { from, msg: replicate(current) });
+        }
+        let parent_held =
+            current.id == entry.parent && current.id.term == entry.parent.term && current.hash == entry.parent_hash;
+        let applied = if parent_held {
+            blocking(|| self.apply_entry(&entry))
+        } else {
+            Err("this node holds another config".into())
+        };
+        match applied {
+            Ok((snapshot, config)) => {
+                self.replication.entries_applied += 1;
+                self.parsed = Some((snapshot.content.clone(), config));
+                self.step(Input::Receive { from, msg: replicate(snapshot) })
+            }
+            Err(why) => {
+                self.replication.entries_refused += 1;
+                tracing::debug!(peer = %from, entry = %entry.id, %why, "replicate: pulling the master's copy instead of an entry");
+                self.send(from, Msg::Pull);
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies `entry` to this node's config, as the master did.
+    fn apply_entry(&self, entry: &Entry) -> Result<(Snapshot, ClusterConfig), String> {
+        let mutation: Mutation =
+            serde_json::from_str(&entry.mutation_json).map_err(|e| format!("unreadable change: {e}"))?;
+        let next = mutation.apply(&self.cluster, &entry.stamp)?;
+        let snapshot = next.snapshot();
+        if snapshot.id != entry.id || snapshot.hash != entry.hash {
+            return Err(format!("entry {} gave other content here than on the master", entry.id));
+        }
+        Ok((snapshot, next))
     }
 }

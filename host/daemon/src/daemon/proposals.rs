@@ -73,8 +73,9 @@ impl Daemon {
                 self.joining = Some(peer.clone());
                 self.refresh_trust();
             }
-            self.inflight = Some(Pending { request, mutation, waiter });
             let snapshot = next.snapshot();
+            self.remember_entry(&mutation, &stamp, &snapshot);
+            self.inflight = Some(Pending { request, mutation, waiter });
             self.parsed = Some((snapshot.content.clone(), next));
             self.step(Input::Propose { request, snapshot, new_member })?;
         }

@@ -89,6 +89,7 @@ impl Daemon {
             peers: self.peer_views(),
             checks,
             probes: self.probe_stats(),
+            replication: self.replication.clone(),
         }
     }
 
