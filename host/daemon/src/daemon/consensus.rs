@@ -96,6 +96,9 @@ impl Daemon {
         self.written = snapshot.content.clone();
         self.bad_edit = None;
         let members_changed = cluster.peers != self.cluster.peers;
+        // Most commits (transitions, delivery results) change neither: with
+        // 10,000 checks, rebuilding the schedule costs more than comparing.
+        let probing_changed = cluster.checks != self.cluster.checks || cluster.plugins != self.cluster.plugins;
         if let Some(master) = self.core.master()
             && master != self.me()
             && cluster.peer(&master).is_none()
@@ -118,8 +121,10 @@ impl Daemon {
         if members_changed {
             self.refresh_trust();
         }
-        self.plugins.sync(&self.cluster, self.peer_connections());
-        self.schedule.send_replace(Arc::new(scheduler::scheduled(&self.cluster)));
+        if probing_changed {
+            self.plugins.sync(&self.cluster, self.peer_connections());
+            self.schedule.send_replace(Arc::new(scheduler::scheduled(&self.cluster)));
+        }
         if self.core.role() == Role::Master {
             self.sync_verdicts();
         }
