@@ -11,6 +11,7 @@ mod cluster;
 pub mod edits;
 mod mutation;
 mod node;
+mod render;
 mod time;
 
 pub use addr::HostPort;
@@ -23,6 +24,7 @@ pub use cluster::{
 };
 pub use mutation::{AlertChanges, CheckChanges, DeliveryResult, Mutation, Stamp, Transition, merge_settings};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
+pub use render::Renderer;
 pub use time::Timestamp;
 
 use std::fmt;

@@ -225,6 +225,9 @@ pub(crate) struct Daemon {
     /// The last changes this master proposed, as log entries (see
     /// `PeerNotice::Entry`), to send a follower the change, not the config.
     entries: VecDeque<Entry>,
+    /// Renders snapshots, re-rendering only the checks, states and records
+    /// that changed (the same bytes as `ClusterConfig::to_yaml`).
+    renderer: qu_core::config::Renderer,
     replication: crate::status::ReplicationStats,
     /// The checks the scheduler runs (replaced when the config changes).
     schedule: watch::Sender<Arc<Vec<Scheduled>>>,
@@ -291,6 +294,7 @@ impl Daemon {
             departing: None,
             restore_peers: Vec::new(),
             entries: VecDeque::new(),
+            renderer: Default::default(),
             replication: Default::default(),
             schedule: watch::channel(Arc::new(Vec::new())).0,
             verdicts: Verdicts::default(),

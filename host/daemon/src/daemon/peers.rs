@@ -19,7 +19,7 @@ impl Daemon {
 
     pub(super) fn verify_snapshot(&mut self, snapshot: Snapshot) -> Result<Snapshot, String> {
         let config = ClusterConfig::parse(&snapshot.content).map_err(|e| e.to_string())?;
-        let rebuilt = config.snapshot();
+        let rebuilt = self.renderer.snapshot(&config);
         if rebuilt.id != snapshot.id || (snapshot.id.version != 0 && rebuilt.content != snapshot.content) {
             return Err(format!("snapshot {} does not match its content", snapshot.id));
         }
@@ -286,11 +286,11 @@ impl Daemon {
     }
 
     /// Applies `entry` to this node's config, as the master did.
-    fn apply_entry(&self, entry: &Entry) -> Result<(Snapshot, ClusterConfig), String> {
+    fn apply_entry(&mut self, entry: &Entry) -> Result<(Snapshot, ClusterConfig), String> {
         let mutation: Mutation =
             serde_json::from_str(&entry.mutation_json).map_err(|e| format!("unreadable change: {e}"))?;
         let next = mutation.apply(&self.cluster, &entry.stamp)?;
-        let snapshot = next.snapshot();
+        let snapshot = self.renderer.snapshot(&next);
         if snapshot.id != entry.id || snapshot.hash != entry.hash {
             return Err(format!("entry {} gave other content here than on the master", entry.id));
         }

@@ -73,7 +73,7 @@ impl Daemon {
                 self.joining = Some(peer.clone());
                 self.refresh_trust();
             }
-            let snapshot = next.snapshot();
+            let snapshot = self.renderer.snapshot(&next);
             self.remember_entry(&mutation, &stamp, &snapshot);
             self.inflight = Some(Pending { request, mutation, waiter });
             self.parsed = Some((snapshot.content.clone(), next));
