@@ -54,8 +54,10 @@ pub struct Content {
 pub enum Change {
     /// Nothing but the mutation's name.
     Plain,
-    /// Check `check` changed state: a pending record for each of its alerts.
-    Transition { check: u64 },
+    /// These checks changed state in one commit (an outage takes several
+    /// at once): a pending record for each alert of each, keyed by each
+    /// transition's own id (`qu_core::alerting::transition_id`).
+    Transition { checks: Vec<u64> },
     /// The dispatcher's results. A record that is not pending stays as it is.
     Finish(Vec<DeliveryResult>),
 }
@@ -115,16 +117,18 @@ impl Content {
         content.mutations.push(name.to_string());
         match change {
             Change::Plain => {}
-            Change::Transition { check } => {
-                let transition = format!("{}.{}", id.term, id.version);
-                for alert in ALERTS {
-                    let record = Record {
-                        check: format!("c{check}"),
-                        alert: alert.into(),
-                        transition: transition.clone(),
-                        status: Status::Pending,
-                    };
-                    content.records.insert(format!("{transition}/{alert}"), record);
+            Change::Transition { checks } => {
+                for (index, check) in checks.iter().enumerate() {
+                    let transition = qu_core::alerting::transition_id(id, index);
+                    for alert in ALERTS {
+                        let record = Record {
+                            check: format!("c{check}"),
+                            alert: alert.into(),
+                            transition: transition.clone(),
+                            status: Status::Pending,
+                        };
+                        content.records.insert(qu_core::alerting::key(&transition, alert), record);
+                    }
                 }
             }
             Change::Finish(results) => {
@@ -177,7 +181,7 @@ mod tests {
     fn content_round_trips_and_finishing_only_touches_pending_records() {
         assert_eq!(Content::parse("genesis"), Content { mutations: vec!["genesis".into()], records: BTreeMap::new() });
         let id = ConfigId { term: 3, version: 7 };
-        let text = Content::apply("genesis,m1", id, "m2", &Change::Transition { check: 1 });
+        let text = Content::apply("genesis,m1", id, "m2", &Change::Transition { checks: vec![1] });
         assert_eq!(text, "genesis,m1,m2|3.7/a0=c1:p;3.7/a1=c1:p");
         assert_eq!(Content::parse(&text).render(), text);
         assert_eq!(mutations(&text).collect::<Vec<_>>(), ["genesis", "m1", "m2"]);

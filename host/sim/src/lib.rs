@@ -213,6 +213,8 @@ struct Sim {
     acknowledged: Vec<(String, ConfigId)>,
     /// Mutations whose proposal failed definitely: none may ever commit.
     refused: BTreeSet<String>,
+    /// Transition mutations and how many checks changed in each.
+    transitions: BTreeMap<String, usize>,
     next_mutation: u64,
     pending: BTreeMap<u64, (usize, String)>,
     stats: Stats,
@@ -309,6 +311,7 @@ impl Sim {
             contents,
             acknowledged: Vec::new(),
             refused: BTreeSet::new(),
+            transitions: BTreeMap::new(),
             next_mutation: 1,
             pending: BTreeMap::new(),
             stats: Stats::default(),
@@ -700,7 +703,12 @@ impl Sim {
             return self.membership_change(i, current, next_id, mutation);
         }
         let change = if self.rng.chance(TRANSITION_PERCENT) {
-            Change::Transition { check: self.rng.below(CHECKS) }
+            // One check, or several at once (an outage): distinct ones.
+            let first = self.rng.below(CHECKS);
+            let count = 1 + self.rng.below(CHECKS);
+            let checks: Vec<u64> = (0..count).map(|k| (first + k) % CHECKS).collect();
+            self.transitions.insert(mutation.clone(), checks.len());
+            Change::Transition { checks }
         } else {
             Change::Plain
         };
@@ -772,6 +780,22 @@ impl Sim {
                 return Err(self.violation(format!(
                     "node {i} committed {id} in term {committer_term} while node {j} held a lease in term {}",
                     core.term()
+                )));
+            }
+        }
+        // Every check a committed transition names has its own record per
+        // alert (two checks changing in one commit must not share a key).
+        if let Some(&checks) = self.transitions.get(&mutation) {
+            let text = match self.contents.get(&id) {
+                Some(text) => text.clone(),
+                None => self.nodes[i].core.as_ref().expect("running").config().content.clone(),
+            };
+            let content = Content::parse(&text);
+            let ids: BTreeSet<String> = (0..checks).map(|k| qu_core::alerting::transition_id(id, k)).collect();
+            let records = content.records.values().filter(|r| ids.contains(&r.transition)).count();
+            if records != checks * content::ALERTS.len() {
+                return Err(self.violation(format!(
+                    "{id} committed {checks} transitions ({mutation}) but holds {records} delivery records for them"
                 )));
             }
         }

@@ -55,6 +55,15 @@ pub fn verb(from: CheckState, to: CheckState) -> &'static str {
 }
 
 /// The idempotency key of one alert of one transition.
+/// The id of the `index`-th transition (from 0) committed in version `id`:
+/// `<term>.<version>` for the first, `<term>.<version>.<index>` for the
+/// others. Transitions committed together (an outage: thousands in one
+/// commit) each get their own, so each check's delivery record has its
+/// own key. [`TransitionOrder`] orders them.
+pub fn transition_id(id: crate::consensus::ConfigId, index: usize) -> String {
+    if index == 0 { format!("{}.{}", id.term, id.version) } else { format!("{}.{}.{index}", id.term, id.version) }
+}
+
 pub fn key(transition: &str, alert_id: &str) -> String {
     format!("{transition}/{alert_id}")
 }

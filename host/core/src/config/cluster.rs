@@ -55,7 +55,8 @@ pub struct ClusterConfig {
 pub struct Delivery {
     pub check_id: String,
     pub alert_id: String,
-    /// The transition id (`<term>.<version>`).
+    /// The transition id (`<term>.<version>[.<index>]`,
+    /// [`crate::alerting::transition_id`]).
     pub transition: String,
     pub from: CheckState,
     pub to: CheckState,
@@ -87,7 +88,9 @@ pub struct CheckStatus {
     pub from: CheckState,
     /// When the master committed the transition.
     pub since: Timestamp,
-    /// Unique id of the transition (`<term>.<version>` of the commit).
+    /// Unique id of the transition: `<term>.<version>` of the commit, and
+    /// `.<index>` for the second and later transitions committed with it
+    /// ([`crate::alerting::transition_id`]).
     pub transition: String,
     /// Reporters at the time: OK, failing, total.
     pub ok: u32,
@@ -379,11 +382,15 @@ impl ClusterConfig {
     }
 
     fn validate_deliveries(&self, problems: &mut Vec<String>) {
+        // Sets, not scans: a mass outage leaves a record per check and alert
+        // (10,000 checks: 10,000 records), validated at every commit.
+        let alerts: BTreeSet<&str> = self.alerts.iter().map(|a| a.id.as_str()).collect();
+        let checks: BTreeSet<&str> = self.checks.iter().map(|c| c.id.as_str()).collect();
         for (key, delivery) in &self.deliveries {
-            if !self.alerts.iter().any(|a| a.id == delivery.alert_id) {
+            if !alerts.contains(delivery.alert_id.as_str()) {
                 problems.push(format!("deliveries.{key}: no alert has id `{}`", delivery.alert_id));
             }
-            if !self.checks.iter().any(|c| c.id == delivery.check_id) {
+            if !checks.contains(delivery.check_id.as_str()) {
                 problems.push(format!("deliveries.{key}: no check has id `{}`", delivery.check_id));
             }
         }

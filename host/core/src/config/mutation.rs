@@ -320,19 +320,20 @@ fn record_transitions(
     transitions: &[Transition],
     stamp: &Stamp,
 ) -> Result<(), String> {
-    let ids: std::collections::HashSet<&str> = current.checks.iter().map(|c| c.id.as_str()).collect();
+    // A map, not a scan per transition: a mass outage records thousands of
+    // transitions in one commit.
+    let checks: std::collections::HashMap<&str, &Check> = current.checks.iter().map(|c| (c.id.as_str(), c)).collect();
     let mut applied = 0;
     for t in transitions {
-        if !ids.contains(t.check_id.as_str()) || current.check_state(&t.check_id) != t.status.from {
+        let Some(check) = checks.get(t.check_id.as_str()) else { continue };
+        if current.check_state(&t.check_id) != t.status.from {
             continue;
         }
         let mut status = t.status.clone();
-        status.transition = format!("{}.{}", stamp.id.term, stamp.id.version);
+        status.transition = crate::alerting::transition_id(stamp.id, applied);
         status.since = stamp.at;
         // The transition's deliveries commit with it.
-        if let Some(check) = current.checks.iter().find(|c| c.id == t.check_id) {
-            next.deliveries.extend(crate::alerting::deliveries_for(current, check, &status));
-        }
+        next.deliveries.extend(crate::alerting::deliveries_for(current, check, &status));
         next.states.insert(t.check_id.clone(), status);
         applied += 1;
     }
@@ -680,6 +681,50 @@ mod tests {
         assert!(
             Mutation::RemoveCheck { check: "web".into() }.apply(&gone, &stamp(6)).unwrap_err().contains("no check")
         );
+    }
+
+    /// Several checks change in one commit (an outage): each transition
+    /// has its own id, so each gets its own delivery record — one check's
+    /// page must never overwrite another's.
+    #[test]
+    fn transitions_committed_together_each_get_their_own_id_and_records() {
+        use crate::monitor::CheckState;
+        let mut base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
+        base.alerts.push(
+            serde_yaml::from_str(
+                "id: a1\nname: hook\ntype: webhook\nconfig:\n  url: http://127.0.0.1:9/\ndefault: true\n",
+            )
+            .unwrap(),
+        );
+        for name in ["web", "db", "dns"] {
+            base.checks.push(check(name));
+        }
+        let transitions: Vec<Transition> = ["id-web", "id-db", "id-dns"]
+            .iter()
+            .map(|id| Transition {
+                check_id: id.to_string(),
+                status: CheckStatus {
+                    state: CheckState::Down,
+                    from: CheckState::Unknown,
+                    since: Timestamp::from_unix_millis(0),
+                    transition: String::new(),
+                    ok: 0,
+                    failing: 3,
+                    total: 3,
+                    detail: String::new(),
+                },
+            })
+            .collect();
+        let next = Mutation::RecordTransitions { transitions }.apply(&base, &stamp(2)).unwrap();
+        let ids: std::collections::BTreeSet<&str> = next.states.values().map(|s| s.transition.as_str()).collect();
+        assert_eq!(ids.len(), 3, "one id per transition: {ids:?}");
+        assert_eq!(next.deliveries.len(), 3, "one record per check: {:?}", next.deliveries.keys());
+        let checks: std::collections::BTreeSet<&str> = next.deliveries.values().map(|d| d.check_id.as_str()).collect();
+        assert_eq!(checks.len(), 3);
+        for (key, delivery) in &next.deliveries {
+            assert_eq!(next.states[&delivery.check_id].transition, delivery.transition);
+            assert_eq!(*key, crate::alerting::key(&delivery.transition, "a1"));
+        }
     }
 
     #[test]
