@@ -415,3 +415,39 @@ fn a_delivery_past_its_deadline_is_marked_failed_and_not_sent_late() {
     assert!(late.is_empty(), "a failed delivery is not sent late: {late:?}");
     assert_eq!(receiver.count("DOWN"), (0, 0));
 }
+
+/// Twenty checks on one target go down together, and their transitions
+/// commit together: at an interval of 7,919 ms the master's verdict rounds
+/// of all of them fall on one phase (`Verdicts::sync` spreads first rounds
+/// by `index × 7,919 mod interval`), so they reach hysteresis in the same
+/// tick. Each check is paged once, with a key of its own — checks committed
+/// together must not share a delivery record.
+#[test]
+fn checks_that_go_down_together_are_each_paged_once() {
+    let (cluster, receiver, target) = watched();
+    let master = cluster.wait_converged();
+    for i in 0..20 {
+        let name = format!("web{i}");
+        cluster.nodes[master].qu_ok(&[
+            "check",
+            "add",
+            "http",
+            &name,
+            &target.url,
+            "--interval",
+            "7919ms",
+            "--timeout",
+            "500ms",
+        ]);
+    }
+    eventually(Duration::from_secs(90), "every check up", || (receiver.count("UP").0 >= 21).then_some(()));
+    target.up.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(Duration::from_secs(90), "21 DOWN pages", || (receiver.count("DOWN").0 >= 21).then_some(()));
+    std::thread::sleep(Duration::from_secs(3));
+    let downs: Vec<_> = receiver.requests().into_iter().filter(|r| r.verb == "DOWN" && r.accepted()).collect();
+    let checks: std::collections::BTreeSet<&str> = downs.iter().map(|r| r.check.as_str()).collect();
+    let keys: std::collections::BTreeSet<&str> = downs.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(checks.len(), 21, "a page per check: {checks:?}");
+    assert_eq!(keys.len(), 21, "a key per page: {keys:?}");
+    assert_eq!(downs.len(), 21, "once each: {downs:?}");
+}
