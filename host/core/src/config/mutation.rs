@@ -652,6 +652,23 @@ mod tests {
         }
     }
 
+    /// Check `id`'s first verdict: DOWN, 3 of 3 failing.
+    fn went_down(id: &str) -> Transition {
+        Transition {
+            check_id: id.to_string(),
+            status: CheckStatus {
+                state: crate::monitor::CheckState::Down,
+                from: crate::monitor::CheckState::Unknown,
+                since: Timestamp::from_unix_millis(0),
+                transition: String::new(),
+                ok: 0,
+                failing: 3,
+                total: 3,
+                detail: String::new(),
+            },
+        }
+    }
+
     fn check(name: &str) -> Check {
         Check {
             id: format!("id-{name}"),
@@ -705,7 +722,6 @@ mod tests {
     /// page must never overwrite another's.
     #[test]
     fn transitions_committed_together_each_get_their_own_id_and_records() {
-        use crate::monitor::CheckState;
         let mut base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
         base.alerts.push(
             serde_yaml::from_str(
@@ -716,22 +732,7 @@ mod tests {
         for name in ["web", "db", "dns"] {
             base.checks.push(check(name));
         }
-        let transitions: Vec<Transition> = ["id-web", "id-db", "id-dns"]
-            .iter()
-            .map(|id| Transition {
-                check_id: id.to_string(),
-                status: CheckStatus {
-                    state: CheckState::Down,
-                    from: CheckState::Unknown,
-                    since: Timestamp::from_unix_millis(0),
-                    transition: String::new(),
-                    ok: 0,
-                    failing: 3,
-                    total: 3,
-                    detail: String::new(),
-                },
-            })
-            .collect();
+        let transitions: Vec<Transition> = ["id-web", "id-db", "id-dns"].iter().map(|id| went_down(id)).collect();
         let next = Mutation::RecordTransitions { transitions }.apply(&base, &stamp(2)).unwrap();
         let ids: std::collections::BTreeSet<&str> = next.states.values().map(|s| s.transition.as_str()).collect();
         assert_eq!(ids.len(), 3, "one id per transition: {ids:?}");
@@ -842,23 +843,7 @@ mod tests {
         let c = Mutation::AddCheck { check: Box::new(web) }.apply(&b, &stamp(4)).unwrap();
         assert_eq!(c.checks[0].alert_ids, vec!["a2".to_string()], "names resolve to ids");
 
-        let down = Mutation::RecordTransitions {
-            transitions: vec![Transition {
-                check_id: "id-web".into(),
-                status: CheckStatus {
-                    state: CheckState::Down,
-                    from: CheckState::Unknown,
-                    since: Timestamp::from_unix_millis(0),
-                    transition: String::new(),
-                    ok: 0,
-                    failing: 3,
-                    total: 3,
-                    detail: String::new(),
-                },
-            }],
-        }
-        .apply(&c, &stamp(5))
-        .unwrap();
+        let down = Mutation::RecordTransitions { transitions: vec![went_down("id-web")] }.apply(&c, &stamp(5)).unwrap();
         // One pending record per effective alert (a2 explicit, a1 default), in the same version.
         let keys: Vec<&String> = down.deliveries.keys().collect();
         assert_eq!(keys, vec!["3.5/a1", "3.5/a2"]);

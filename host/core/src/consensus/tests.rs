@@ -132,6 +132,14 @@ impl Net {
         self.propose_snapshot(node, request, snapshot, None);
     }
 
+    /// Puts `backup` on stopped `node`'s disk with `version: 0`, keeping its
+    /// term and vote: the operations guide's one-node restore.
+    fn restore(&mut self, node: NodeId, backup: &Snapshot) {
+        assert!(!self.cores.contains_key(&node), "restore a stopped node");
+        let durable = self.disk[&node].0.clone();
+        self.disk.insert(node, (durable, backup.restamped(ConfigId { term: backup.id.term, version: 0 })));
+    }
+
     fn propose_members(&mut self, node: NodeId, request: u64, members: &[u8], new_member: Option<u8>) {
         let core = &self.cores[&node];
         let members = members.iter().map(|m| id(*m)).collect();
@@ -386,11 +394,10 @@ fn an_ack_names_the_exact_config_and_a_hand_bumped_copy_counts_for_nothing() {
     assert!(matches!(result, Err(ProposeError::Unknown { .. })), "committed on a bumped copy's ack: {result:?}");
 }
 
-/// B is restored from a backup with `version: 0` after it acknowledged a
-/// change C never saw; A, the other holder, is down. B must not vote C in:
-/// C's config lacks the acknowledged change.
-#[test]
-fn a_node_restored_at_version_zero_votes_for_nobody_until_it_has_caught_up() {
+/// Three nodes, all stopped: C (node 3) stopped first; a change was
+/// acknowledged by A and B; B was then restored from C's older copy with
+/// `version: 0` (it forgot the change); A, the other holder, stopped last.
+fn restored_after_an_acknowledged_change() -> Net {
     let mut net = Net::new(&[1, 2, 3]);
     net.run_for(1_000);
     net.stop(id(3));
@@ -399,9 +406,17 @@ fn a_node_restored_at_version_zero_votes_for_nobody_until_it_has_caught_up() {
     net.run_for(50);
     assert!(net.results[&1].is_ok(), "{:?}", net.results.get(&1));
     net.stop(id(2));
-    let durable = net.disk[&id(2)].0.clone();
-    net.disk.insert(id(2), (durable, old.restamped(ConfigId { term: old.id.term, version: 0 })));
+    net.restore(id(2), &old);
     net.stop(id(1));
+    net
+}
+
+/// B is restored from a backup with `version: 0` after it acknowledged a
+/// change C never saw; A, the other holder, is down. B must not vote C in:
+/// C's config lacks the acknowledged change.
+#[test]
+fn a_node_restored_at_version_zero_votes_for_nobody_until_it_has_caught_up() {
+    let mut net = restored_after_an_acknowledged_change();
     net.start(id(2));
     net.start(id(3));
     net.run_for(3_000);
@@ -482,8 +497,8 @@ fn a_restored_node_of_two_catches_up_from_the_other_member_and_votes_again() {
     net.run_for(100);
     assert!(net.results[&1].is_ok());
     net.stop(id(2));
-    let (durable, config) = net.disk[&id(2)].clone();
-    net.disk.insert(id(2), (durable, config.restamped(ConfigId { term: config.id.term, version: 0 })));
+    let own = net.disk[&id(2)].1.clone();
+    net.restore(id(2), &own);
     net.start(id(2));
     assert!(!net.disk[&id(2)].0.restoring.is_empty(), "restoring is persisted");
     net.run_for(3_000);
@@ -496,16 +511,7 @@ fn a_restored_node_of_two_catches_up_from_the_other_member_and_votes_again() {
 /// when it comes back, though its config no longer says `version: 0`.
 #[test]
 fn restoring_survives_a_restart_until_caught_up() {
-    let mut net = Net::new(&[1, 2, 3]);
-    net.run_for(1_000);
-    net.stop(id(3));
-    let old = net.disk[&id(3)].1.clone();
-    net.propose(id(1), 1, "acknowledged");
-    net.run_for(50);
-    net.stop(id(2));
-    let durable = net.disk[&id(2)].0.clone();
-    net.disk.insert(id(2), (durable, old.restamped(ConfigId { term: old.id.term, version: 0 })));
-    net.stop(id(1));
+    let mut net = restored_after_an_acknowledged_change();
     net.start(id(3));
     net.start(id(2));
     net.run_for(500);
