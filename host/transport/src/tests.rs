@@ -70,6 +70,21 @@ fn node() -> Node {
     Node { id, generated, identity }
 }
 
+/// `a` dials a server that is not a qu endpoint (`config`, presenting `b`'s
+/// certificate one way or another) pinned to `b`'s key: the error it gets.
+async fn dial_foreign_server(a: &Node, b: &Node, config: rustls::ServerConfig) -> TransportError {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let _ = TlsAcceptor::from(Arc::new(config)).accept(tcp).await;
+    });
+    endpoint(a, &[a, b])
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
+        .await
+        .unwrap_err()
+}
+
 fn endpoint(me: &Node, trusted: &[&Node]) -> Arc<Endpoint<TestProto>> {
     let trust = TrustStore::new(trusted.iter().map(|n| (n.identity.fingerprint.clone(), n.id)));
     Arc::new(Endpoint::new(me.identity.clone(), trust).unwrap())
@@ -213,22 +228,13 @@ fn forged_key(victim: &Node, attacker: &Node) -> Arc<CertifiedKey> {
 #[tokio::test]
 async fn a_server_replaying_a_pinned_cert_without_its_key_is_refused() {
     let (a, b, attacker) = (node(), node(), node());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(FixedServerKey(forged_key(&b, &attacker))));
     config.alpn_protocols = vec![ALPN.to_vec()];
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let _ = TlsAcceptor::from(Arc::new(config)).accept(tcp).await;
-    });
-    let err = endpoint(&a, &[&a, &b])
-        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
-        .await
-        .unwrap_err();
+    let err = dial_foreign_server(&a, &b, config).await;
     // The certificate is the pinned one; only the signature check can refuse it.
     assert!(matches!(&err, TransportError::Handshake { reason, .. } if !reason.contains("pinned")), "{err}");
 }
@@ -276,8 +282,6 @@ async fn tls12_is_refused_in_both_directions() {
     assert!(accepted.recv().await.unwrap().is_err());
 
     // A qu endpoint dialling a TLS 1.2-only server.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let server_cert = CertificateDer::from(b.identity.cert.to_vec());
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS12])
@@ -285,14 +289,7 @@ async fn tls12_is_refused_in_both_directions() {
         .with_no_client_auth()
         .with_single_cert(vec![server_cert], b.identity.key.clone_key())
         .unwrap();
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let _ = TlsAcceptor::from(Arc::new(config)).accept(tcp).await;
-    });
-    let err = endpoint(&a, &[&a, &b])
-        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
-        .await
-        .unwrap_err();
+    let err = dial_foreign_server(&a, &b, config).await;
     assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
 }
 
@@ -437,21 +434,12 @@ async fn a_peer_speaking_another_protocol_version_is_refused_by_name() {
     assert!(message.contains("another version") && message.contains("qu/2"), "{message}");
 
     // The old node as a server; this node dials it.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(FixedServerKey(forged_key(&b, &b))));
     config.alpn_protocols = vec![b"qu/1".to_vec()];
-    tokio::spawn(async move {
-        let (tcp, _) = listener.accept().await.unwrap();
-        let _ = TlsAcceptor::from(Arc::new(config)).accept(tcp).await;
-    });
-    let err = endpoint(&a, &[&a, &b])
-        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
-        .await
-        .unwrap_err();
+    let err = dial_foreign_server(&a, &b, config).await;
     assert!(matches!(err, TransportError::Version { .. }), "{err}");
 }
