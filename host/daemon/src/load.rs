@@ -20,6 +20,16 @@ pub struct LoadedNode {
     pub durable: Durable,
     /// What was decided about cluster.yaml at start.
     pub start: StartDecision,
+    /// cluster.yaml and the daemon's copy as read, so start need not read
+    /// them again.
+    pub texts: StartTexts,
+}
+
+/// The texts of cluster.yaml and of `store/cluster.yaml` (if any) at start.
+#[derive(Debug, Clone)]
+pub struct StartTexts {
+    pub file: String,
+    pub copy: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,13 +62,14 @@ impl LoadedNode {
         let node = NodeConfig::parse(&node_text)?.with_overrides(env)?;
         let identity = load_identity(data)?;
         let cluster_path = data.cluster_yaml();
-        let file = ClusterConfig::parse(&read(&cluster_path)?)?;
+        let file_text = read(&cluster_path)?;
+        let file = ClusterConfig::parse(&file_text)?;
         keep_copy_if_upgrading(data)?;
         let durable = load_durable(data)?;
-        let last = load_last(data)?;
+        let (copy_text, last) = load_last(data)?.unzip();
         let start = edits::at_start(&AtStart::of(&file, last.as_ref(), node.node_id));
         let cluster = match (start, last) {
-            (StartDecision::Restore | StartDecision::Shrink, Some(last)) => {
+            (start, Some(last)) if start.runs_on_file() => {
                 // The file is the truth, under the term the node recorded.
                 ClusterConfig { term: last.term.min(durable.term), ..file }
             }
@@ -70,7 +81,8 @@ impl LoadedNode {
                 ClusterConfig { term: file.term.min(durable.term), ..file }
             }
         };
-        let loaded = Self { data: data.clone(), node, identity, cluster, durable, start };
+        let texts = StartTexts { file: file_text, copy: copy_text };
+        let loaded = Self { data: data.clone(), node, identity, cluster, durable, start, texts };
         loaded.cross_check()?;
         loaded.warn_about_loose_modes();
         Ok(loaded)
@@ -181,10 +193,10 @@ fn keep_copy_if_upgrading(data: &DataDir) -> Result<(), LoadError> {
 }
 
 /// The daemon's own copy of what it last persisted, if it has one.
-fn load_last(data: &DataDir) -> Result<Option<ClusterConfig>, LoadError> {
+fn load_last(data: &DataDir) -> Result<Option<(String, ClusterConfig)>, LoadError> {
     let path = data.last_cluster_yaml();
     match qu_store::read_text(&path) {
-        Ok(text) => ClusterConfig::parse(&text).map(Some).map_err(|e| LoadError::Invalid {
+        Ok(text) => ClusterConfig::parse(&text).map(|c| Some((text, c))).map_err(|e| LoadError::Invalid {
             path: path.display().to_string(),
             reason: format!(
                 "{e}; this is the daemon's own copy of the last cluster.yaml it persisted: move it away to run on cluster.yaml as it is"

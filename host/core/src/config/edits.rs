@@ -86,6 +86,20 @@ impl AtStart {
     }
 }
 
+impl StartDecision {
+    /// Whether the node runs on the file (a restore, the shrink) rather
+    /// than on its own last copy.
+    pub fn runs_on_file(self) -> bool {
+        matches!(self, StartDecision::Restore | StartDecision::Shrink)
+    }
+
+    /// Whether the file keeps an edit for the live rules to propose or set
+    /// aside ([`live`] judges it again), instead of being rewritten now.
+    pub fn leaves_edit(self) -> bool {
+        matches!(self, StartDecision::Propose { .. } | StartDecision::Stale { .. })
+    }
+}
+
 /// Decides what start does with cluster.yaml (see the module rules).
 pub fn at_start(facts: &AtStart) -> StartDecision {
     let Some(last) = &facts.last else { return StartDecision::Unchanged };

@@ -14,6 +14,11 @@ use super::*;
 pub(super) fn persist_both(data: &DataDir, content: &str) -> Result<(), DaemonError> {
     qu_store::write_atomic(&data.cluster_yaml(), content.as_bytes(), SECRET_FILE_MODE)
         .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source })?;
+    persist_copy(data, content)
+}
+
+/// Writes the daemon's own copy, `store/cluster.yaml`.
+fn persist_copy(data: &DataDir, content: &str) -> Result<(), DaemonError> {
     qu_store::create_private_dir(&data.store_dir())
         .map_err(|source| DaemonError::Persist { what: "store/", source })?;
     qu_store::write_atomic(&data.last_cluster_yaml(), content.as_bytes(), SECRET_FILE_MODE)
@@ -24,7 +29,12 @@ pub(super) fn persist_both(data: &DataDir, content: &str) -> Result<(), DaemonEr
 /// logs it, and returns what the daemon counts as written: the content it
 /// runs on. An edit made while stopped stays in the file, for the live
 /// path to propose or set aside.
-pub(super) fn at_start(data: &DataDir, cluster: &ClusterConfig, start: StartDecision) -> Result<Arc<str>, DaemonError> {
+pub(super) fn at_start(
+    data: &DataDir,
+    cluster: &ClusterConfig,
+    start: StartDecision,
+    texts: &crate::load::StartTexts,
+) -> Result<Arc<str>, DaemonError> {
     let content: Arc<str> = cluster.to_yaml().into();
     match start {
         StartDecision::Unchanged => {}
@@ -48,17 +58,12 @@ pub(super) fn at_start(data: &DataDir, cluster: &ClusterConfig, start: StartDeci
             "manual-edit: cluster.yaml was edited while the daemon was stopped, on version {edited}, but this node persisted version {current}: setting it aside"
         ),
     }
-    let file = qu_store::read_text(&data.cluster_yaml()).unwrap_or_default();
-    let keeps_edit = matches!(start, StartDecision::Propose { .. } | StartDecision::Stale { .. });
-    let copy = qu_store::read_text(&data.last_cluster_yaml()).ok();
-    if keeps_edit {
-        if copy.as_deref() != Some(&*content) {
-            qu_store::create_private_dir(&data.store_dir())
-                .map_err(|source| DaemonError::Persist { what: "store/", source })?;
-            qu_store::write_atomic(&data.last_cluster_yaml(), content.as_bytes(), SECRET_FILE_MODE)
-                .map_err(|source| DaemonError::Persist { what: "store/cluster.yaml", source })?;
+    let copy_current = texts.copy.as_deref() == Some(&*content);
+    if start.leaves_edit() {
+        if !copy_current {
+            persist_copy(data, &content)?;
         }
-    } else if file != *content || copy.as_deref() != Some(&*content) {
+    } else if texts.file != *content || !copy_current {
         persist_both(data, &content)?;
     }
     Ok(content)

@@ -261,8 +261,8 @@ impl Daemon {
     /// The node's state from what was loaded, with the core's boot outputs
     /// still to execute.
     fn start(loaded: LoadedNode, events: mpsc::Sender<Event>) -> Result<(Self, Vec<Output>), DaemonError> {
-        let LoadedNode { data, node, identity, cluster, durable, start } = loaded;
-        let written = edits::at_start(&data, &cluster, start)?;
+        let LoadedNode { data, node, identity, cluster, durable, start, texts } = loaded;
+        let written = edits::at_start(&data, &cluster, start, &texts)?;
         let trust = TrustStore::new(cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)));
         let fingerprint = identity.fingerprint.clone();
         let endpoint = Arc::new(Endpoint::<Wire>::new(identity, trust.clone())?.with_source_ip(Some(node.bind)));
