@@ -237,9 +237,11 @@ impl Sim {
         }
         let on = master.config().clone();
         if !edits::base_matches(base, (on.id.term, on.id.version)) {
-            // Refused: the node waits for the newer version, then sets the
-            // edit aside (see `persisted`).
+            // Refused for good, as the daemon's `edit_refused` does: the
+            // edit is set aside and the file rewritten.
             self.stats.operator.refused += 1;
+            self.stats.operator.set_aside += 1;
+            self.nodes[i].file = None;
             return Ok(());
         }
         let next = master.next_config_id();

@@ -66,6 +66,12 @@ pub struct ConfigId {
 impl ConfigId {
     pub const ZERO: ConfigId = ConfigId { term: 0, version: 0 };
 
+    /// The very same id, term included (`==` orders: every `version: 0`
+    /// equals every other).
+    pub fn is(&self, other: &ConfigId) -> bool {
+        self.term == other.term && self.version == other.version
+    }
+
     fn key(&self) -> (u64, u64) {
         if self.version == 0 { (0, 0) } else { (self.term, self.version) }
     }

@@ -235,11 +235,11 @@ impl Daemon {
     /// last reported holding its parent, else the whole snapshot.
     fn replicate_notice(&mut self, to: NodeId, term: u64, snapshot: Snapshot, sent_at: u64) -> PeerNotice {
         let holds = self.core.peer_config(&to);
-        let entry = self.entries.iter().rev().find(|e| {
-            e.id == snapshot.id
-                && e.hash == snapshot.hash
-                && holds.is_some_and(|h| h == e.parent && h.term == e.parent.term)
-        });
+        let entry = self
+            .entries
+            .iter()
+            .rev()
+            .find(|e| e.id == snapshot.id && e.hash == snapshot.hash && holds.is_some_and(|h| h.is(&e.parent)));
         match entry {
             Some(entry) => {
                 self.replication.entries_sent += 1;
@@ -259,12 +259,11 @@ impl Daemon {
     pub(super) fn on_entry(&mut self, from: NodeId, entry: Entry) -> Result<(), DaemonError> {
         let current = self.core.config().clone();
         let replicate = |snapshot| Msg::Replicate { term: entry.term, snapshot, sent_at: entry.sent_at };
-        if current.id == entry.id && current.id.term == entry.id.term && current.hash == entry.hash {
+        if current.id.is(&entry.id) && current.hash == entry.hash {
             // Held already (a retransmission): let the core acknowledge it.
             return self.step(Input::Receive { from, msg: replicate(current) });
         }
-        let parent_held =
-            current.id == entry.parent && current.id.term == entry.parent.term && current.hash == entry.parent_hash;
+        let parent_held = current.id.is(&entry.parent) && current.hash == entry.parent_hash;
         let applied = if parent_held {
             blocking(|| self.apply_entry(&entry))
         } else {
