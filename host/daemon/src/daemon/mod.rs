@@ -16,14 +16,14 @@ mod proposals;
 mod requests;
 mod views;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use qu_core::config::{CheckStatus, ClusterConfig, Mutation, NodeConfig, Stamp, Timestamp, Transition};
-use qu_core::consensus::{Core, Durable, Input, Msg, Output, ProposeError, Role, Snapshot};
+use qu_core::consensus::{ConfigId, Core, Durable, Input, Msg, Output, ProposeError, Role, Snapshot};
 use qu_core::monitor::{CheckState, CheckSummary, Report, Verdicts};
 use qu_core::wire::{Entry, PeerNotice, PeerRequest, PeerResponse};
 use qu_core::{Fingerprint, NodeId};
@@ -225,6 +225,10 @@ pub(crate) struct Daemon {
     /// The last changes this master proposed, as log entries (see
     /// `PeerNotice::Entry`), to send a follower the change, not the config.
     entries: VecDeque<Entry>,
+    /// The config this master last sent each follower. A follower's
+    /// acknowledgement can trail the next proposal; an entry on what was
+    /// sent is still one it can apply (it pulls the snapshot if it cannot).
+    sent_to: HashMap<NodeId, ConfigId>,
     /// Renders snapshots, re-rendering only the checks, states and records
     /// that changed (the same bytes as `ClusterConfig::to_yaml`).
     renderer: qu_core::config::Renderer,
@@ -294,6 +298,7 @@ impl Daemon {
             departing: None,
             restore_peers: Vec::new(),
             entries: VecDeque::new(),
+            sent_to: HashMap::new(),
             renderer: Default::default(),
             replication: Default::default(),
             schedule: watch::channel(Arc::new(Vec::new())).0,

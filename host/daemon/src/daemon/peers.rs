@@ -232,14 +232,14 @@ impl Daemon {
     }
 
     /// The master's `Replicate` to `to`: the change as a log entry when `to`
-    /// last reported holding its parent, else the whole snapshot.
+    /// last reported holding its parent or was last sent it, else the whole
+    /// snapshot.
     fn replicate_notice(&mut self, to: NodeId, term: u64, snapshot: Snapshot, sent_at: u64) -> PeerNotice {
         let holds = self.core.peer_config(&to);
-        let entry = self
-            .entries
-            .iter()
-            .rev()
-            .find(|e| e.id == snapshot.id && e.hash == snapshot.hash && holds.is_some_and(|h| h.is(&e.parent)));
+        let sent = self.sent_to.insert(to, snapshot.id);
+        let has_parent = |parent: &ConfigId| [holds, sent].iter().flatten().any(|h| h.is(parent));
+        let entry =
+            self.entries.iter().rev().find(|e| e.id == snapshot.id && e.hash == snapshot.hash && has_parent(&e.parent));
         match entry {
             Some(entry) => {
                 self.replication.entries_sent += 1;
