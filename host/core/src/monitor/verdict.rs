@@ -25,7 +25,11 @@ struct Track {
     committed: CheckState,
     /// A differing verdict and for how many consecutive rounds it held.
     candidate: Option<(CheckState, u32)>,
+    /// When the candidate's next round is due (one interval after the
+    /// last; meaningless without a candidate).
     next_round: u64,
+    /// A report arrived since the last evaluation.
+    fresh: bool,
     /// A proposal is being committed; no new one until it settles.
     proposing: bool,
 }
@@ -61,18 +65,18 @@ impl Verdicts {
     /// Makes the tracked set match the configured checks: new checks start
     /// from their committed state, removed ones are forgotten, a changed
     /// interval applies from the next round.
-    pub fn sync(&mut self, checks: &[(String, u64, CheckState)], now: u64) {
+    pub fn sync(&mut self, checks: &[(String, u64, CheckState)]) {
         let wanted: std::collections::BTreeSet<&str> = checks.iter().map(|(id, _, _)| id.as_str()).collect();
         self.tracks.retain(|id, _| wanted.contains(id.as_str()));
-        for (index, (id, interval_ms, committed)) in checks.iter().enumerate() {
+        for (id, interval_ms, committed) in checks {
             let interval_ms = (*interval_ms).max(1);
             let track = self.tracks.entry(id.clone()).or_insert_with(|| Track {
                 interval_ms,
                 latest: BTreeMap::new(),
                 committed: *committed,
                 candidate: None,
-                // Spread first rounds over the interval.
-                next_round: now + interval_ms + (index as u64 * 7_919) % interval_ms,
+                next_round: 0,
+                fresh: false,
                 proposing: false,
             });
             track.interval_ms = interval_ms;
@@ -86,6 +90,7 @@ impl Verdicts {
     pub fn record(&mut self, from: NodeId, report: &Report, now: u64) {
         if let Some(track) = self.tracks.get_mut(&report.check_id) {
             track.latest.insert(from, Received { outcome: report.outcome, detail: report.detail.clone(), at: now });
+            track.fresh = true;
         }
     }
 
@@ -107,32 +112,52 @@ impl Verdicts {
     }
 
     /// Runs every round that is due: returns the transitions to propose.
-    /// Call about once per tick; a check's round comes once per interval.
+    /// Call about once per tick.
+    ///
+    /// A check's verdict is looked at when reports arrived since the last
+    /// evaluation, and when its candidate's next round is due. The first
+    /// evaluation that sees a verdict other than the committed state is its
+    /// round 1; round k comes k − 1 intervals later, at a fixed rate. So the
+    /// rounds follow the probes' phase (each node's own), and a target that
+    /// fails at T is proposed DOWN by T + hysteresis × interval plus the
+    /// probes' and the reports' latency. A verdict that goes back to the
+    /// committed state, or loses its majority of reporters, drops the
+    /// candidate at once.
     pub fn evaluate(&mut self, members: &[NodeId], hysteresis: u32, now: u64) -> Vec<Proposal> {
         let need = members.len() / 2 + 1;
         let mut proposals = Vec::new();
         for (id, track) in &mut self.tracks {
-            if now < track.next_round {
+            let due = track.candidate.is_some() && now >= track.next_round;
+            if track.proposing || !(due || track.fresh) {
                 continue;
             }
-            // Fixed rate: the next round does not drift with evaluation time.
-            while track.next_round <= now {
-                track.next_round += track.interval_ms;
-            }
+            track.fresh = false;
             let counts = tally(track, members, now);
             if (counts.total as usize) < need {
-                // Not enough vantage points: no verdict this round.
+                // Not enough vantage points: no verdict.
                 track.candidate = None;
                 continue;
             }
             let verdict = if counts.failing > counts.ok { CheckState::Down } else { CheckState::Up };
-            if verdict == track.committed || track.proposing {
+            if verdict == track.committed {
                 track.candidate = None;
                 continue;
             }
             let rounds = match track.candidate {
-                Some((state, rounds)) if state == verdict => rounds + 1,
-                _ => 1,
+                Some((state, rounds)) if state == verdict => {
+                    if !due {
+                        continue;
+                    }
+                    // Fixed rate: a late evaluation does not shift later rounds.
+                    while track.next_round <= now {
+                        track.next_round += track.interval_ms;
+                    }
+                    rounds + 1
+                }
+                _ => {
+                    track.next_round = now + track.interval_ms;
+                    1
+                }
             };
             track.candidate = Some((verdict, rounds));
             if rounds >= hysteresis.max(1) {
@@ -168,6 +193,7 @@ impl Verdicts {
     pub fn forget_reports(&mut self) {
         for track in self.tracks.values_mut() {
             track.latest.clear();
+            track.fresh = false;
             track.candidate = None;
             track.proposing = false;
         }
@@ -206,7 +232,7 @@ mod tests {
 
     fn verdicts(committed: CheckState) -> Verdicts {
         let mut v = Verdicts::default();
-        v.sync(&[("c".into(), INTERVAL, committed)], 0);
+        v.sync(&[("c".into(), INTERVAL, committed)]);
         v
     }
 
@@ -321,16 +347,46 @@ mod tests {
         assert!(v.evaluate(&members(3), 1, INTERVAL + 1).is_empty(), "one of three is no majority");
     }
 
+    /// The first round is the evaluation that first sees the new verdict
+    /// (the reports that make it), not a round of the master's own phase:
+    /// the probes run at each node's phase, and a master that evaluated at
+    /// another would add up to an interval to every detection.
+    #[test]
+    fn the_first_round_comes_with_the_reports_that_make_the_verdict() {
+        let m = members(3);
+        let mut v = verdicts(CheckState::Up);
+        v.record(node(1), &report(D), 5 * INTERVAL / 10);
+        assert!(v.evaluate(&m, 2, 5 * INTERVAL / 10 + 1).is_empty());
+        v.record(node(2), &report(D), 7 * INTERVAL / 10);
+        assert!(v.evaluate(&m, 2, 7 * INTERVAL / 10 + 1).is_empty(), "round 1 of 2");
+        assert!(v.evaluate(&m, 2, 17 * INTERVAL / 10).is_empty(), "not an interval yet");
+        let p = v.evaluate(&m, 2, 17 * INTERVAL / 10 + 1);
+        assert_eq!(p.len(), 1, "round 2, one interval after the first");
+        assert_eq!((p[0].from, p[0].to, p[0].failing), (CheckState::Up, CheckState::Down, 2));
+    }
+
+    /// Between rounds a verdict that goes back to the committed state drops
+    /// the candidate at once.
+    #[test]
+    fn a_verdict_that_goes_back_between_rounds_starts_over() {
+        let m = members(3);
+        let mut v = verdicts(CheckState::Up);
+        assert!(round(&mut v, 1_000, &[D, D, U], &m, 2).is_empty());
+        assert!(round(&mut v, 6_000, &[U, U, U], &m, 2).is_empty());
+        assert!(round(&mut v, 11_000, &[D, D, U], &m, 2).is_empty(), "round 1 again");
+        assert_eq!(round(&mut v, 21_000, &[D, D, U], &m, 2).len(), 1);
+    }
+
     #[test]
     fn rounds_are_fixed_rate() {
         let m = members(1);
         let mut v = verdicts(CheckState::Unknown);
         // A late evaluation does not shift later rounds.
         v.record(node(1), &report(U), 0);
-        let _ = v.evaluate(&m, 5, 3 * INTERVAL + 500);
-        let next = v.tracks["c"].next_round;
-        assert_eq!(next % INTERVAL, v.tracks["c"].next_round % INTERVAL);
-        assert!(next > 3 * INTERVAL + 500 && next <= 4 * INTERVAL + INTERVAL);
+        assert!(v.evaluate(&m, 5, 500).is_empty());
+        assert!(v.evaluate(&m, 5, 2 * INTERVAL + 900).is_empty(), "rounds 2 and 3 at once count as one");
+        assert_eq!(v.tracks["c"].candidate, Some((CheckState::Up, 2)));
+        assert_eq!(v.tracks["c"].next_round, 3 * INTERVAL + 500);
     }
 
     proptest::proptest! {

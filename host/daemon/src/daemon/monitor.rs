@@ -12,8 +12,7 @@ impl Daemon {
             .filter(|c| !c.disabled)
             .map(|c| (c.id.clone(), c.interval.as_millis() as u64, self.cluster.check_state(&c.id)))
             .collect();
-        let now = self.now();
-        self.verdicts.sync(&checks, now);
+        self.verdicts.sync(&checks);
     }
 
     /// Sends this node's latest results to the master (or, on the master,
