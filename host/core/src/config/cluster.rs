@@ -405,7 +405,7 @@ impl ClusterConfig {
         }
     }
 
-    fn validate_peers(&self, problems: &mut Vec<String>) {
+    pub(crate) fn validate_peers(&self, problems: &mut Vec<String>) {
         if self.peers.is_empty() {
             problems.push("peers: the list is empty; a cluster has at least one member".into());
         }
@@ -437,9 +437,9 @@ impl ClusterConfig {
         let mut ids = BTreeSet::new();
         let mut names = BTreeSet::new();
         for (i, alert) in self.alerts.iter().enumerate() {
-            check_token(&format!("alerts[{i}].id"), &alert.id, problems);
-            check_name(&format!("alerts[{i}].name"), &alert.name, problems);
-            check_token(&format!("alerts[{i}].type"), &alert.kind, problems);
+            check_token(|| format!("alerts[{i}].id"), &alert.id, problems);
+            check_name(|| format!("alerts[{i}].name"), &alert.name, problems);
+            check_token(|| format!("alerts[{i}].type"), &alert.kind, problems);
             if !ids.insert(alert.id.as_str()) {
                 problems.push(format!("alerts[{i}].id: `{}` is used twice", alert.id));
             }
@@ -464,45 +464,75 @@ impl ClusterConfig {
         let mut ids = BTreeSet::new();
         let mut names = BTreeSet::new();
         for (i, check) in self.checks.iter().enumerate() {
-            let at = format!("checks[{i}]");
-            check_token(&format!("{at}.id"), &check.id, problems);
-            check_name(&format!("{at}.name"), &check.name, problems);
-            check_token(&format!("{at}.type"), &check.kind, problems);
             if !ids.insert(check.id.as_str()) {
-                problems.push(format!("{at}.id: `{}` is used twice", check.id));
+                problems.push(format!("checks[{i}].id: `{}` is used twice", check.id));
             }
             if !names.insert(check.name.as_str()) {
-                problems.push(format!("{at}.name: `{}` is used twice", check.name));
+                problems.push(format!("checks[{i}].name: `{}` is used twice", check.name));
             }
-            if check.target.trim().is_empty() {
-                problems.push(format!("{at}.target: empty"));
+            self.validate_check(i, check, alert_ids, problems);
+        }
+    }
+
+    /// The problems of `checks[index]` alone, and of its id or name being
+    /// another check's too: all [`ClusterConfig::validate`] can find after a
+    /// change to that one check of a config that was valid.
+    pub fn validate_check_at(&self, index: usize) -> Vec<String> {
+        let mut problems = Vec::new();
+        let Some(check) = self.checks.get(index) else { return vec![format!("checks[{index}]: no such check")] };
+        if self.checks.len() > CHECKS_MAX {
+            problems.push(format!("checks: {} checks, more than the {CHECKS_MAX} supported", self.checks.len()));
+        }
+        for (i, other) in self.checks.iter().enumerate().filter(|(i, _)| *i != index) {
+            if other.id == check.id {
+                problems.push(format!("checks[{}].id: `{}` is used twice", i.max(index), check.id));
             }
-            if check.interval < Check::INTERVAL_MIN {
-                problems
-                    .push(format!("{at}.interval: {} is shorter than 1s", humantime::format_duration(check.interval)));
+            if other.name == check.name {
+                problems.push(format!("checks[{}].name: `{}` is used twice", i.max(index), check.name));
             }
-            if let Err(errors) = NativeSpec::parse(&check.kind, &check.target, &check.settings) {
-                problems.extend(errors.into_iter().map(|e| format!("{at}.{e}")));
-            } else if !NATIVE_TYPES.contains(&check.kind.as_str()) && !self.has_check_plugin(&check.kind) {
-                problems.push(format!(
-                    "{at}.type: unknown check type `{}` (native: {}; built-in plugins: {}; or a check plugin listed in plugins)",
-                    check.kind,
-                    NATIVE_TYPES.join(", "),
-                    BUILT_IN_CHECK_PLUGINS.join(", ")
-                ));
-            }
-            if check.timeout.is_zero() || check.timeout >= check.interval {
-                problems.push(format!(
-                    "{at}.timeout: {} must be above zero and shorter than the interval ({})",
-                    humantime::format_duration(check.timeout),
-                    humantime::format_duration(check.interval)
-                ));
-            }
-            for (field, list) in [("alert_ids", &check.alert_ids), ("suppress_alert_ids", &check.suppress_alert_ids)] {
-                for id in list {
-                    if !alert_ids.contains(id.as_str()) {
-                        problems.push(format!("{at}.{field}: no alert has id `{id}`"));
-                    }
+        }
+        let alert_ids: BTreeSet<&str> = self.alerts.iter().map(|a| a.id.as_str()).collect();
+        self.validate_check(index, check, &alert_ids, &mut problems);
+        problems
+    }
+
+    /// One check's own problems (not whether its id or name is unique).
+    fn validate_check(&self, i: usize, check: &Check, alert_ids: &BTreeSet<&str>, problems: &mut Vec<String>) {
+        // Formatted only for a problem: this runs for every check.
+        let at = || format!("checks[{i}]");
+        check_token(|| format!("{}.id", at()), &check.id, problems);
+        check_name(|| format!("{}.name", at()), &check.name, problems);
+        check_token(|| format!("{}.type", at()), &check.kind, problems);
+        if check.target.trim().is_empty() {
+            problems.push(format!("{}.target: empty", at()));
+        }
+        if check.interval < Check::INTERVAL_MIN {
+            problems
+                .push(format!("{}.interval: {} is shorter than 1s", at(), humantime::format_duration(check.interval)));
+        }
+        if let Err(errors) = NativeSpec::parse(&check.kind, &check.target, &check.settings) {
+            problems.extend(errors.into_iter().map(|e| format!("{}.{e}", at())));
+        } else if !NATIVE_TYPES.contains(&check.kind.as_str()) && !self.has_check_plugin(&check.kind) {
+            problems.push(format!(
+                "{}.type: unknown check type `{}` (native: {}; built-in plugins: {}; or a check plugin listed in plugins)",
+                at(),
+                check.kind,
+                NATIVE_TYPES.join(", "),
+                BUILT_IN_CHECK_PLUGINS.join(", ")
+            ));
+        }
+        if check.timeout.is_zero() || check.timeout >= check.interval {
+            problems.push(format!(
+                "{}.timeout: {} must be above zero and shorter than the interval ({})",
+                at(),
+                humantime::format_duration(check.timeout),
+                humantime::format_duration(check.interval)
+            ));
+        }
+        for (field, list) in [("alert_ids", &check.alert_ids), ("suppress_alert_ids", &check.suppress_alert_ids)] {
+            for id in list {
+                if !alert_ids.contains(id.as_str()) {
+                    problems.push(format!("{}.{field}: no alert has id `{id}`", at()));
                 }
             }
         }
@@ -539,7 +569,7 @@ impl ClusterConfig {
         }
         let mut names = BTreeSet::new();
         for (i, plugin) in self.plugins.iter().enumerate() {
-            check_token(&format!("plugins[{i}].name"), &plugin.name, problems);
+            check_token(|| format!("plugins[{i}].name"), &plugin.name, problems);
             if !names.insert(plugin.name.as_str()) {
                 problems.push(format!("plugins[{i}].name: `{}` is used twice", plugin.name));
             }
@@ -574,23 +604,23 @@ impl ClusterConfig {
 }
 
 /// Ids, type and plugin names: short, lowercase, safe in file names and URLs.
-fn check_token(at: &str, value: &str, problems: &mut Vec<String>) {
+fn check_token(at: impl FnOnce() -> String, value: &str, problems: &mut Vec<String>) {
     let ok = !value.is_empty()
         && value.len() <= 64
         && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'));
     if !ok {
-        problems.push(format!("{at}: `{value}` must be 1-64 characters of a-z, 0-9, `-`, `_`, `.`"));
+        problems.push(format!("{}: `{value}` must be 1-64 characters of a-z, 0-9, `-`, `_`, `.`", at()));
     }
 }
 
 /// Names operators type: printable, no surrounding space, bounded.
-fn check_name(at: &str, value: &str, problems: &mut Vec<String>) {
+fn check_name(at: impl FnOnce() -> String, value: &str, problems: &mut Vec<String>) {
     let ok = !value.is_empty()
         && value.len() <= 128
         && value.trim() == value
         && !value.chars().any(|c| c.is_control() || c.is_whitespace());
     if !ok {
-        problems.push(format!("{at}: `{value}` must be 1-128 printable characters without spaces"));
+        problems.push(format!("{}: `{value}` must be 1-128 printable characters without spaces", at()));
     }
 }
 

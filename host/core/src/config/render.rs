@@ -15,9 +15,60 @@ use super::{Check, CheckStatus, ClusterConfig, Delivery};
 /// Remembers the YAML of each check, state and delivery record it rendered.
 #[derive(Debug, Default)]
 pub struct Renderer {
-    checks: HashMap<String, (Check, String)>,
-    states: HashMap<String, (CheckStatus, String)>,
-    deliveries: HashMap<String, (Delivery, String)>,
+    checks: Pieces<Check>,
+    states: Pieces<CheckStatus>,
+    deliveries: Pieces<Delivery>,
+}
+
+/// The pieces of one part of the file, in the order last rendered: each
+/// `(key, value, text)`. Kept in order, so that a config that changed a few
+/// values is matched position by position, without hashing every key; a
+/// key that moved (an insertion or removal before it) is found through an
+/// index of the previous pieces, built on the first miss.
+#[derive(Debug)]
+struct Pieces<V> {
+    items: Vec<Option<(String, V, String)>>,
+}
+
+impl<V> Default for Pieces<V> {
+    fn default() -> Self {
+        Self { items: Vec::new() }
+    }
+}
+
+impl<V: Clone + PartialEq> Pieces<V> {
+    /// Appends the text of every `(key, value)` to `out`, rendering only
+    /// those not rendered last time with the same value.
+    fn render<'v>(
+        &mut self,
+        entries: impl Iterator<Item = (&'v str, &'v V)>,
+        render: impl Fn(&str, &V) -> String,
+        out: &mut String,
+    ) where
+        V: 'v,
+    {
+        let mut previous = std::mem::take(&mut self.items);
+        let mut index: Option<HashMap<String, usize>> = None;
+        let mut next = Vec::with_capacity(previous.len());
+        for (position, (key, value)) in entries.enumerate() {
+            let same = |item: &Option<(String, V, String)>| item.as_ref().is_some_and(|(k, v, _)| k == key && v == value);
+            let hit = if previous.get(position).is_some_and(same) {
+                Some(position)
+            } else {
+                let index = index.get_or_insert_with(|| {
+                    previous.iter().enumerate().filter_map(|(i, item)| Some((item.as_ref()?.0.clone(), i))).collect()
+                });
+                index.get(key).copied().filter(|i| same(&previous[*i]))
+            };
+            let item = match hit.and_then(|i| previous[i].take()) {
+                Some(item) => item,
+                None => (key.to_string(), value.clone(), render(key, value)),
+            };
+            out.push_str(&item.2);
+            next.push(Some(item));
+        }
+        self.items = next;
+    }
 }
 
 /// The text of `key: value` as one entry of a top-level map, indented the
@@ -39,19 +90,6 @@ fn indent(text: &str) -> String {
     out
 }
 
-fn cached<'a, V: Clone + PartialEq>(
-    cache: &'a mut HashMap<String, (V, String)>,
-    key: &str,
-    value: &V,
-    render: impl FnOnce() -> String,
-) -> &'a str {
-    let fresh = cache.get(key).is_none_or(|(seen, _)| seen != value);
-    if fresh {
-        cache.insert(key.to_string(), (value.clone(), render()));
-    }
-    &cache[key].1
-}
-
 impl Renderer {
     /// Exactly `config.to_yaml()`.
     pub fn to_yaml(&mut self, config: &ClusterConfig) -> String {
@@ -66,37 +104,21 @@ impl Renderer {
             out.push_str("\nchecks: []\n");
         } else {
             out.push_str("\nchecks:\n");
-            for check in &config.checks {
-                let text = cached(&mut self.checks, &check.id, check, || {
-                    serde_yaml::to_string(std::slice::from_ref(check)).expect("checks always serialise")
-                });
-                out.push_str(text);
-            }
         }
+        self.checks.render(
+            config.checks.iter().map(|c| (c.id.as_str(), c)),
+            |_, check| serde_yaml::to_string(std::slice::from_ref(check)).expect("checks always serialise"),
+            &mut out,
+        );
         out.push_str(after);
         if !config.states.is_empty() {
             out.push_str("states:\n");
-            for (key, state) in &config.states {
-                out.push_str(cached(&mut self.states, key, state, || map_entry(key, state)));
-            }
         }
+        self.states.render(config.states.iter().map(|(k, v)| (k.as_str(), v)), map_entry, &mut out);
         if !config.deliveries.is_empty() {
             out.push_str("deliveries:\n");
-            for (key, delivery) in &config.deliveries {
-                out.push_str(cached(&mut self.deliveries, key, delivery, || map_entry(key, delivery)));
-            }
         }
-        // Forget what the config no longer holds.
-        if self.checks.len() > config.checks.len() {
-            let ids: std::collections::HashSet<&str> = config.checks.iter().map(|c| c.id.as_str()).collect();
-            self.checks.retain(|id, _| ids.contains(id.as_str()));
-        }
-        if self.states.len() > config.states.len() {
-            self.states.retain(|key, _| config.states.contains_key(key));
-        }
-        if self.deliveries.len() > config.deliveries.len() {
-            self.deliveries.retain(|key, _| config.deliveries.contains_key(key));
-        }
+        self.deliveries.render(config.deliveries.iter().map(|(k, v)| (k.as_str(), v)), map_entry, &mut out);
         out
     }
 
@@ -219,6 +241,12 @@ mod tests {
             config.deliveries.remove("3.0/a1");
             config.version += 1;
             assert_eq!(renderer.to_yaml(&config), config.to_yaml(), "{n} checks, changed");
+            // Moved: a key inserted before the others, checks reordered.
+            config.states.insert("a-first".into(), state(1, "moved"));
+            let last = config.checks.len() - 1;
+            config.checks.swap(0, last);
+            assert_eq!(renderer.to_yaml(&config), config.to_yaml(), "{n} checks, moved");
+            config.states.remove("a-first");
             config.checks.remove(0);
             config.states.clear();
             assert_eq!(renderer.to_yaml(&config), config.to_yaml(), "{n} checks, removed");

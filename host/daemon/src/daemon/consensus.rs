@@ -124,9 +124,12 @@ impl Daemon {
         if probing_changed {
             self.plugins.sync(&self.cluster, self.peer_connections());
             self.schedule.send_replace(Arc::new(scheduler::scheduled(&self.cluster)));
-        }
-        if self.core.role() == Role::Master {
-            self.sync_verdicts();
+            // The checks the master judges. (Committed states change only
+            // through its own transitions, which `proposal_done` settles,
+            // and a new master syncs them all when it takes over.)
+            if self.core.role() == Role::Master {
+                self.sync_verdicts();
+            }
         }
         Ok(())
     }
