@@ -507,8 +507,11 @@ impl ClusterConfig {
             problems.push(format!("{}.target: empty", at()));
         }
         if check.interval < Check::INTERVAL_MIN {
-            problems
-                .push(format!("{}.interval: {} is shorter than 1s", at(), humantime::format_duration(check.interval)));
+            problems.push(format!(
+                "{}.interval: {} is shorter than 1s",
+                at(),
+                humantime::format_duration(check.interval)
+            ));
         }
         if let Err(errors) = NativeSpec::parse(&check.kind, &check.target, &check.settings) {
             problems.extend(errors.into_iter().map(|e| format!("{}.{e}", at())));

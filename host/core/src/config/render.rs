@@ -51,7 +51,8 @@ impl<V: Clone + PartialEq> Pieces<V> {
         let mut index: Option<HashMap<String, usize>> = None;
         let mut next = Vec::with_capacity(previous.len());
         for (position, (key, value)) in entries.enumerate() {
-            let same = |item: &Option<(String, V, String)>| item.as_ref().is_some_and(|(k, v, _)| k == key && v == value);
+            let same =
+                |item: &Option<(String, V, String)>| item.as_ref().is_some_and(|(k, v, _)| k == key && v == value);
             let hit = if previous.get(position).is_some_and(same) {
                 Some(position)
             } else {
