@@ -250,7 +250,7 @@ async fn scale(report: &mut Report, count: usize) {
         let mut config: qu_core::config::ClusterConfig =
             serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for i in 0..checks {
-            config.checks.push(qu_core::config::Check {
+            config.checks.push(std::sync::Arc::new(qu_core::config::Check {
                 id: format!("c{i:07x}"),
                 name: format!("port-{i}"),
                 kind: "tcp".into(),
@@ -261,7 +261,7 @@ async fn scale(report: &mut Report, count: usize) {
                 alert_ids: vec![],
                 suppress_alert_ids: vec![],
                 disabled: false,
-            });
+            }));
         }
         std::fs::write(&path, config.to_yaml()).unwrap();
         node.serve();

@@ -1,6 +1,7 @@
 //! `cluster.yaml`: the replicated state of the whole cluster.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,9 @@ pub struct ClusterConfig {
     pub settings: Settings,
     pub peers: Vec<Peer>,
     #[serde(default)]
-    pub checks: Vec<Check>,
+    /// Shared: a changed config clones and compares the checks it did not
+    /// change as pointers (`Arc`'s `==` is pointer-first for `Eq` types).
+    pub checks: Vec<Arc<Check>>,
     #[serde(default)]
     pub alerts: Vec<Alert>,
     #[serde(default)]
@@ -300,7 +303,7 @@ impl ClusterConfig {
 
     /// A check by id or by name.
     pub fn check(&self, id_or_name: &str) -> Option<&Check> {
-        self.checks.iter().find(|c| c.id == id_or_name || c.name == id_or_name)
+        self.checks.iter().find(|c| c.id == id_or_name || c.name == id_or_name).map(|c| &**c)
     }
 
     /// The committed state of a check (`unknown` until its first transition).
@@ -655,7 +658,7 @@ mod tests {
             subject_template: Some("{{ check.name }} is {{ verb }}".into()),
             body_template: None,
         });
-        config.checks.push(Check {
+        config.checks.push(Arc::new(Check {
             id: "c1".into(),
             name: "homepage".into(),
             kind: "http".into(),
@@ -666,7 +669,7 @@ mod tests {
             alert_ids: vec!["a1".into()],
             suppress_alert_ids: vec![],
             disabled: false,
-        });
+        }));
         config.plugins.push(PluginEntry {
             name: "dns".into(),
             kind: PluginKind::Check,
@@ -724,8 +727,8 @@ mod tests {
         config.settings.hysteresis = 0;
         config.peers[1].node_id = config.peers[0].node_id;
         config.peers[1].advertise = "nope".into();
-        config.checks[0].interval = Duration::from_millis(500);
-        config.checks[0].alert_ids = vec!["missing".into()];
+        std::sync::Arc::make_mut(&mut config.checks[0]).interval = Duration::from_millis(500);
+        std::sync::Arc::make_mut(&mut config.checks[0]).alert_ids = vec!["missing".into()];
         config.checks.push(config.checks[0].clone());
         config.plugins[0].sha256 = "xyz".into();
         let problems = config.validate();

@@ -332,7 +332,7 @@ fn add_check(current: &ClusterConfig, next: &mut ClusterConfig, check: &Check) -
     let mut check = check.clone();
     check.alert_ids = resolve_alerts(current, &check.alert_ids)?;
     check.suppress_alert_ids = resolve_alerts(current, &check.suppress_alert_ids)?;
-    next.checks.push(check);
+    next.checks.push(std::sync::Arc::new(check));
     Ok(())
 }
 fn edit_check(
@@ -344,7 +344,7 @@ fn edit_check(
     let index = check_index(current, check)?;
     let alert_ids = changes.alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
     let suppress = changes.suppress_alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
-    let edited = &mut next.checks[index];
+    let edited = std::sync::Arc::make_mut(&mut next.checks[index]);
     if let Some(target) = &changes.target {
         edited.target = target.clone();
     }
@@ -377,7 +377,7 @@ fn set_check_disabled(
     disabled: &bool,
 ) -> Result<(), String> {
     let index = check_index(current, check)?;
-    next.checks[index].disabled = *disabled;
+    std::sync::Arc::make_mut(&mut next.checks[index]).disabled = *disabled;
     Ok(())
 }
 fn record_transitions(
@@ -388,7 +388,8 @@ fn record_transitions(
 ) -> Result<(), String> {
     // A map, not a scan per transition: a mass outage records thousands of
     // transitions in one commit.
-    let checks: std::collections::HashMap<&str, &Check> = current.checks.iter().map(|c| (c.id.as_str(), c)).collect();
+    let checks: std::collections::HashMap<&str, &Check> =
+        current.checks.iter().map(|c| (c.id.as_str(), &**c)).collect();
     let mut applied = 0;
     for t in transitions {
         let Some(check) = checks.get(t.check_id.as_str()) else { continue };
@@ -450,7 +451,10 @@ fn edit_alert(
 fn remove_alert(current: &ClusterConfig, next: &mut ClusterConfig, alert: &str) -> Result<(), String> {
     let index = alert_index(current, alert)?;
     let removed = next.alerts.remove(index);
-    for check in &mut next.checks {
+    let refers =
+        |check: &Check| check.alert_ids.contains(&removed.id) || check.suppress_alert_ids.contains(&removed.id);
+    for check in next.checks.iter_mut().filter(|c| refers(c)) {
+        let check = std::sync::Arc::make_mut(check);
         check.alert_ids.retain(|id| *id != removed.id);
         check.suppress_alert_ids.retain(|id| *id != removed.id);
     }
@@ -779,7 +783,7 @@ mod tests {
             .unwrap(),
         );
         for name in ["web", "db", "dns"] {
-            base.checks.push(check(name));
+            base.checks.push(check(name).into());
         }
         let transitions: Vec<Transition> = ["id-web", "id-db", "id-dns"].iter().map(|id| went_down(id)).collect();
         let next = Mutation::RecordTransitions { transitions }.apply(&base, &stamp(2)).unwrap();

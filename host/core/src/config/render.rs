@@ -9,13 +9,14 @@
 //! and kept with the value it was rendered from.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::{Check, CheckStatus, ClusterConfig, Delivery};
 
 /// Remembers the YAML of each check, state and delivery record it rendered.
 #[derive(Debug, Default)]
 pub struct Renderer {
-    checks: Pieces<Check>,
+    checks: Pieces<Arc<Check>>,
     states: Pieces<CheckStatus>,
     deliveries: Pieces<Delivery>,
 }
@@ -108,7 +109,7 @@ impl Renderer {
         }
         self.checks.render(
             config.checks.iter().map(|c| (c.id.as_str(), c)),
-            |_, check| serde_yaml::to_string(std::slice::from_ref(check)).expect("checks always serialise"),
+            |_, check| serde_yaml::to_string(std::slice::from_ref(&**check)).expect("checks always serialise"),
             &mut out,
         );
         out.push_str(after);
@@ -217,7 +218,7 @@ mod tests {
         let mut config: ClusterConfig = serde_yaml::from_str(&text).unwrap();
         for i in 0..n {
             let odd = ODD[i % ODD.len()];
-            config.checks.push(check(i, odd));
+            config.checks.push(check(i, odd).into());
             config.states.insert(format!("c{i:05}"), state(i, odd));
             if i % 2 == 0 {
                 config.deliveries.insert(format!("3.{i}/a1"), delivery(i, odd));
@@ -237,8 +238,8 @@ mod tests {
             }
             // Change some, add, remove: each time the same bytes.
             config.states.get_mut("c00000").unwrap().detail = "changed\nagain".into();
-            config.checks[0].name = "renamed: yes".into();
-            config.checks.push(check(1000, "new"));
+            std::sync::Arc::make_mut(&mut config.checks[0]).name = "renamed: yes".into();
+            config.checks.push(check(1000, "new").into());
             config.deliveries.remove("3.0/a1");
             config.version += 1;
             assert_eq!(renderer.to_yaml(&config), config.to_yaml(), "{n} checks, changed");
