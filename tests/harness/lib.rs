@@ -88,10 +88,32 @@ pub fn quiet() {
     QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; good enough on a
-/// machine where tests are the only ones picking ports at random).
+/// A free TCP port on 127.0.0.1 for a daemon to listen on (bound and
+/// released), below the kernel's ephemeral range: a daemon that a test
+/// stops and starts again must find its port free, and a port from the
+/// ephemeral range may meanwhile be taken as the source port of any
+/// outgoing connection on the machine (the other nodes dial all the time).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::hash::{BuildHasher, Hasher};
+    const FLOOR: u16 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if low < FLOOR + 1_000 {
+        // No room below the ephemeral range: take the kernel's pick.
+        return TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    let span = u64::from(low - FLOOR);
+    loop {
+        // A random start per call (the hasher's keys are random per process).
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        let port = FLOOR + (hasher.finish() % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `condition` every 20 ms until it holds or `within` passes.
