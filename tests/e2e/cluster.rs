@@ -266,7 +266,9 @@ fn a_stopped_master_commits_nothing_in_its_stale_term() {
         .map(|s| (s.node, s.config.term, s.config.version))
         .collect();
     assert!(stale.is_empty(), "versions written in the stale term {old_term}: {stale:?}");
-    assert!(watch.seen().iter().any(|s| s.config.settings.hysteresis == 5), "the watch saw the new master's change");
+    // (The files may go from 5 straight to 6: a daemon writes them once
+    // changes pause, each change durable in its log at once.)
+    assert!(watch.seen().iter().any(|s| s.config.term > old_term), "the watch saw the new master's term");
     let term = cluster.nodes[old].status_json()["term"].as_u64().unwrap();
     assert!(term > old_term, "the old master learned the new term");
     let final_value = cluster.nodes[master].setting("hysteresis");

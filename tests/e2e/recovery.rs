@@ -43,6 +43,8 @@ fn the_whole_cluster_restored_from_the_highest_version_backup_elects_and_continu
     let mut cluster = Cluster::new(3, "2m");
     let master = cluster.wait_converged();
     set(&cluster.nodes[master], 5);
+    cluster.wait_converged();
+    cluster.nodes.iter().for_each(|n| n.wait_files_written());
     let backups: Vec<String> =
         (0..3).map(|i| std::fs::read_to_string(cluster.nodes[i].file("cluster.yaml")).unwrap()).collect();
     let highest = backups.iter().max_by_key(|b| set_version_key(b)).unwrap().clone();
@@ -159,6 +161,7 @@ fn a_full_disk_stops_the_node_without_losing_committed_state() {
     node.init(qu_tests::free_port(), &[]);
     node.serve();
     set(&node, 3);
+    node.wait_files_written();
     let before = std::fs::read_to_string(node.file("cluster.yaml")).unwrap();
     // Fill the disk, then ask for a change the node cannot persist.
     let filler = disk.0.join("filler");
@@ -181,4 +184,71 @@ fn a_full_disk_stops_the_node_without_losing_committed_state() {
     node.serve();
     assert_eq!(node.setting("hysteresis"), "3");
     set(&node, 4);
+}
+
+/// Every node is killed (`kill -9`) in the middle of a stream of changes.
+/// A daemon persists each change in `store/log` at once and writes its
+/// files only once changes pause (or half a second after the first), so at
+/// the kill the files lack the last changes on every node; every change
+/// acknowledged before the kill is there after the restart, because each
+/// node replays its log over its copy.
+#[test]
+fn acknowledged_changes_survive_kill_9_of_every_node_before_their_files_are_written() {
+    let mut cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let (dir, socket) = (cluster.nodes[master].dir.clone(), cluster.nodes[master].socket.clone());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streaming = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut acked: Vec<(u64, u32)> = Vec::new();
+            for value in (2..=9).cycle() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let out = std::process::Command::new(qu_tests::qu_bin())
+                    .env("QUPTIME_DIR", &dir)
+                    .env("QUPTIME_SOCKET", &socket)
+                    .args(["cluster", "settings", "set", "hysteresis", &value.to_string()])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                if let Some(version) =
+                    out.status.success().then(|| text.rsplit("config version ").next()?.trim().parse().ok()).flatten()
+                {
+                    acked.push((version, value));
+                }
+            }
+            acked
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1_200));
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let acked = streaming.join().unwrap();
+    let (last, value) = *acked.iter().max().expect("changes were acknowledged before the kill");
+    for node in &mut cluster.nodes {
+        node.spawn_serve();
+    }
+    for node in &mut cluster.nodes {
+        node.wait_answering();
+    }
+    let master = cluster.wait_converged();
+    let version = version_of(&cluster.nodes[master]);
+    assert!(
+        version >= last,
+        "version {last} (hysteresis {value}) was acknowledged; the cluster restarted on {version}"
+    );
+    if version == last {
+        assert_eq!(cluster.nodes[master].setting("hysteresis"), value.to_string());
+    }
+    assert!(
+        cluster.nodes.iter().any(|n| n.log_text().contains("log: replayed")),
+        "no node replayed its log: the kill came after every file was written"
+    );
+    set(&cluster.nodes[master], 2);
+    cluster.wait_converged();
+    cluster.assert_identical_configs(&[0, 1, 2]);
 }

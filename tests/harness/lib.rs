@@ -303,6 +303,13 @@ impl Node {
         })
     }
 
+    /// Waits until the daemon has written every change it persisted to its
+    /// files (its log holds none: `replication.log_entries` is 0), so
+    /// cluster.yaml is what the node holds.
+    pub fn wait_files_written(&self) {
+        self.wait_status("cluster.yaml holds every persisted change", |s| s["replication"]["log_entries"] == 0);
+    }
+
     pub fn status_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.qu_ok(&["status", "--json"])).unwrap()
     }
@@ -486,12 +493,21 @@ impl Cluster {
         self.nodes.iter().position(|n| n.node_id() == node_id).unwrap_or_else(|| panic!("no node {node_id}"))
     }
 
-    /// The bytes of every listed node's cluster.yaml are the same.
+    /// The bytes of every listed node's cluster.yaml are the same (within
+    /// a few seconds: a daemon writes its files a moment after a change,
+    /// which is durable in its log at once).
     pub fn assert_identical_configs(&self, nodes: &[usize]) {
-        let first = fs::read_to_string(self.nodes[nodes[0]].file("cluster.yaml")).unwrap();
-        for i in nodes {
-            let text = fs::read_to_string(self.nodes[*i].file("cluster.yaml")).unwrap();
-            assert_eq!(text, first, "cluster.yaml of n{i} differs from n{}", nodes[0]);
+        let texts = || -> Vec<String> {
+            nodes.iter().map(|i| fs::read_to_string(self.nodes[*i].file("cluster.yaml")).unwrap()).collect()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = texts();
+        while seen.iter().any(|t| *t != seen[0]) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            seen = texts();
+        }
+        for (i, text) in nodes.iter().zip(&seen) {
+            assert_eq!(*text, seen[0], "cluster.yaml of n{i} differs from n{}", nodes[0]);
         }
     }
 }

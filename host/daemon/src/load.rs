@@ -67,7 +67,18 @@ impl LoadedNode {
         keep_copy_if_upgrading(data)?;
         let durable = load_durable(data)?;
         let (copy_text, last) = load_last(data)?.unzip();
+        // The file is written with the copy, so an edit is judged against
+        // the copy as it was written; the node then runs on the copy with
+        // its log replayed over it.
         let start = edits::at_start(&AtStart::of(&file, last.as_ref(), node.node_id));
+        let (last, replayed) = match (last, &copy_text) {
+            (Some(last), Some(text)) => {
+                let (last, replayed) = replay_log(data, last, text)?;
+                (Some(last), replayed)
+            }
+            (last, _) => (last, None),
+        };
+        let start = edits::after_replay(start, file.version, replayed);
         let cluster = match (start, last) {
             (start, Some(last)) if start.runs_on_file() => {
                 // The file is the truth, under the term the node recorded.
@@ -205,6 +216,43 @@ fn load_last(data: &DataDir) -> Result<Option<(String, ClusterConfig)>, LoadErro
         Err(StoreError::NotFound { .. }) => Ok(None),
         Err(other) => Err(LoadError::Store(other)),
     }
+}
+
+/// The daemon's copy with its log (`store/log`) replayed over it, and the
+/// version the log brought it to if it held anything the copy did not.
+fn replay_log(data: &DataDir, last: ClusterConfig, text: &str) -> Result<(ClusterConfig, Option<u64>), LoadError> {
+    let path = data.log();
+    let opened = qu_store::read_log(&path).map_err(LoadError::Store)?;
+    if opened.cut_bytes > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            bytes = opened.cut_bytes,
+            "log: dropping an incomplete last record (an append interrupted by a crash; it was never acknowledged)"
+        );
+    }
+    if opened.records.is_empty() {
+        return Ok((last, None));
+    }
+    let from = last.version;
+    let done = qu_core::config::replay(last, qu_core::consensus::digest(text), &opened.records);
+    if let Some(why) = &done.stopped {
+        tracing::warn!(
+            path = %path.display(),
+            "log: replay stopped at {why}; running on version {} and catching up from the master",
+            done.config.version
+        );
+    }
+    if done.applied == 0 {
+        return Ok((done.config, None));
+    }
+    tracing::info!(
+        applied = done.applied,
+        "log: replayed {} changes persisted after store/cluster.yaml was last written (version {from} -> {})",
+        done.applied,
+        done.config.version
+    );
+    let version = done.config.version;
+    Ok((done.config, Some(version)))
 }
 
 /// The term and vote. A missing file is a node that never voted; a corrupt

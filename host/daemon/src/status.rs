@@ -39,6 +39,10 @@ pub struct ReplicationStats {
     /// As follower: entries not applied (another parent here, or a result
     /// whose hash differed), each answered with a pull.
     pub entries_refused: u64,
+    /// Changes persisted to `store/log` only, not yet to cluster.yaml and
+    /// the daemon's copy (written within moments of the last change).
+    #[serde(default)]
+    pub log_entries: u64,
 }
 
 /// How punctually this node starts its probes.

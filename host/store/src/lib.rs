@@ -18,6 +18,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+mod log;
+pub use log::{AppendLog, Opened, read_log};
+
 /// Mode of files holding secrets or replicated state.
 pub const SECRET_FILE_MODE: u32 = 0o600;
 /// Mode of public files (the certificate).
@@ -95,6 +98,11 @@ impl DataDir {
     /// trusted).
     pub fn last_cluster_yaml(&self) -> PathBuf {
         self.store_dir().join("cluster.yaml")
+    }
+    /// The changes persisted since `store/cluster.yaml` was last written
+    /// (an [`AppendLog`] of log entries), replayed over it at start.
+    pub fn log(&self) -> PathBuf {
+        self.store_dir().join("log")
     }
     /// Plugin components, content-addressed: `plugins/<sha256>.wasm`.
     pub fn plugins_dir(&self) -> PathBuf {

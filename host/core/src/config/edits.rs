@@ -123,6 +123,22 @@ pub fn at_start(facts: &AtStart) -> StartDecision {
     StartDecision::Propose { base_version: last.version }
 }
 
+/// The start decision once the daemon's log was replayed over its copy:
+/// `replayed` is the version the log brought the node to, if it held
+/// changes the copy (and so the file) did not. The file was then written
+/// before those changes, so an edit of it is based on an older version
+/// than the node holds: stale, the shrink included (run it again on the
+/// file as the daemon rewrites it). A restore stays a restore, and a file
+/// left alone still is.
+pub fn after_replay(decision: StartDecision, file_version: u64, replayed: Option<u64>) -> StartDecision {
+    match (decision, replayed) {
+        (StartDecision::Propose { .. } | StartDecision::Shrink | StartDecision::Stale { .. }, Some(current)) => {
+            StartDecision::Stale { edited: file_version, current }
+        }
+        (decision, _) => decision,
+    }
+}
+
 /// What a live hand edit (the daemon running) is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LiveDecision {
@@ -194,6 +210,21 @@ mod tests {
         let mut altered = facts(copy(21, &[1, 2]), last, true);
         altered.peers_unchanged_apart_from_removals = false;
         assert_eq!(at_start(&altered), StartDecision::Propose { base_version: 20 }, "a kept peer was altered");
+    }
+
+    #[test]
+    fn an_edit_of_a_file_the_log_had_moved_past_is_stale() {
+        let propose = StartDecision::Propose { base_version: 20 };
+        assert_eq!(after_replay(propose, 20, None), propose, "nothing replayed: as decided");
+        assert_eq!(after_replay(propose, 20, Some(23)), StartDecision::Stale { edited: 20, current: 23 });
+        assert_eq!(after_replay(StartDecision::Shrink, 21, Some(23)), StartDecision::Stale { edited: 21, current: 23 });
+        assert_eq!(
+            after_replay(StartDecision::Stale { edited: 12, current: 20 }, 12, Some(23)),
+            StartDecision::Stale { edited: 12, current: 23 }
+        );
+        for kept in [StartDecision::Unchanged, StartDecision::Restamped, StartDecision::Restore] {
+            assert_eq!(after_replay(kept, 20, Some(23)), kept);
+        }
     }
 
     #[test]

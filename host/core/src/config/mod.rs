@@ -12,6 +12,7 @@ pub mod edits;
 mod mutation;
 mod node;
 mod render;
+mod replay;
 mod time;
 
 pub use addr::HostPort;
@@ -25,6 +26,7 @@ pub use cluster::{
 pub use mutation::{AlertChanges, CheckChanges, DeliveryResult, Mutation, Stamp, Transition, merge_settings};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
 pub use render::Renderer;
+pub use replay::{Replayed, replay};
 pub use time::Timestamp;
 
 use std::fmt;

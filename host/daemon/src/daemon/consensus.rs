@@ -84,6 +84,32 @@ impl Daemon {
         }
     }
 
+    /// Writes cluster.yaml and the daemon's copy, which then hold everything
+    /// the log did: the log is emptied.
+    pub(super) fn write_files(&mut self, content: &Arc<str>) -> Result<(), DaemonError> {
+        edits::persist_both(&self.data, content)?;
+        self.log.clear().map_err(|source| DaemonError::Persist { what: "store/log", source })?;
+        self.written = content.clone();
+        self.bad_edit = None;
+        self.unflushed = None;
+        Ok(())
+    }
+
+    /// When the files are due to follow the log (on `now`'s clock), if
+    /// changes wait in it.
+    pub(super) fn flush_at(&self) -> Option<u64> {
+        self.unflushed.as_ref().map(|u| (u.last + FLUSH_IDLE_MS).min(u.first + FLUSH_MAX_MS))
+    }
+
+    /// Writes the files if changes wait in the log alone. A hand edit saved
+    /// meanwhile is judged first, as at any persist.
+    pub(super) fn flush(&mut self) -> Result<(), DaemonError> {
+        let Some(unflushed) = self.unflushed.take() else { return Ok(()) };
+        let current = self.cluster.clone();
+        self.set_aside_unreplicated_edit(&current);
+        blocking(|| self.write_files(&unflushed.content))
+    }
+
     pub(super) fn persist_config(&mut self, snapshot: &Snapshot) -> Result<(), DaemonError> {
         // The config behind this snapshot was usually parsed (received) or
         // built (proposed) a moment ago; parse again only if not.
@@ -91,10 +117,27 @@ impl Daemon {
             Some((text, config)) if Arc::ptr_eq(&text, &snapshot.content) => config,
             _ => ClusterConfig::parse(&snapshot.content).expect("snapshots are validated before the core sees them"),
         };
-        self.set_aside_unreplicated_edit(&cluster);
-        edits::persist_both(&self.data, &snapshot.content)?;
-        self.written = snapshot.content.clone();
-        self.bad_edit = None;
+        // A change made here from its parent as a log entry is persisted as
+        // that entry, and the files follow within moments; anything else
+        // (a whole snapshot, or a hand edit in the file to settle) is
+        // written to the files now.
+        let (id, hash) = self.persisted;
+        let entry = self
+            .pending_entry
+            .take()
+            .filter(|e| e.id.is(&snapshot.id) && e.hash == snapshot.hash && e.parent.is(&id) && e.parent_hash == hash);
+        let file_edited = self.set_aside_unreplicated_edit(&cluster);
+        match entry {
+            Some(entry) if !file_edited => {
+                let record = serde_json::to_string(&entry).expect("entries serialise");
+                self.log.append(&record).map_err(|source| DaemonError::Persist { what: "store/log", source })?;
+                let now = self.now();
+                let first = self.unflushed.as_ref().map_or(now, |u| u.first);
+                self.unflushed = Some(Unflushed { content: snapshot.content.clone(), first, last: now });
+            }
+            _ => self.write_files(&snapshot.content)?,
+        }
+        self.persisted = (snapshot.id, snapshot.hash);
         let members_changed = cluster.peers != self.cluster.peers;
         // Most commits (transitions, delivery results) change neither: with
         // 10,000 checks, rebuilding the schedule costs more than comparing.

@@ -79,11 +79,13 @@ impl Daemon {
     /// A newer version is about to replace cluster.yaml while it holds a
     /// hand edit that has not been replicated: keep the edit beside it
     /// rather than lose it, and say so.
-    pub(super) fn set_aside_unreplicated_edit(&mut self, incoming: &ClusterConfig) {
+    /// Returns whether the file held an edit (set aside, or this very
+    /// change), which the caller settles by writing the files now.
+    pub(super) fn set_aside_unreplicated_edit(&mut self, incoming: &ClusterConfig) -> bool {
         let path = self.data.cluster_yaml();
-        let Ok(text) = qu_store::read_text(&path) else { return };
+        let Ok(text) = qu_store::read_text(&path) else { return false };
         if *text == *self.written || text.trim().is_empty() {
-            return;
+            return false;
         }
         // The incoming version may be this very edit, committed.
         if let Ok(mut edited) = ClusterConfig::parse(&text) {
@@ -92,11 +94,12 @@ impl Daemon {
             edited.updated_at = incoming.updated_at;
             edited.updated_by = incoming.updated_by;
             if edited == *incoming {
-                return;
+                return true;
             }
         }
         tracing::warn!("manual-edit: version {} arrived before the hand edit was replicated", incoming.version);
         self.set_aside(&text, self.cluster.version);
+        true
     }
 
     /// The master refused a hand edit for good: it is set aside, and the
@@ -131,9 +134,20 @@ impl Daemon {
     /// Puts what this node holds back into cluster.yaml (after an edit was
     /// ignored or set aside).
     fn rewrite_file(&mut self) {
-        if let Err(error) = qu_store::write_atomic(&self.data.cluster_yaml(), self.written.as_bytes(), SECRET_FILE_MODE)
-        {
-            tracing::warn!(%error, "manual-edit: could not rewrite cluster.yaml");
+        match self.unflushed.take() {
+            // Changes wait in the log: the files get them now.
+            Some(unflushed) => {
+                if let Err(error) = self.write_files(&unflushed.content) {
+                    tracing::warn!(%error, "manual-edit: could not rewrite cluster.yaml");
+                }
+            }
+            None => {
+                if let Err(error) =
+                    qu_store::write_atomic(&self.data.cluster_yaml(), self.written.as_bytes(), SECRET_FILE_MODE)
+                {
+                    tracing::warn!(%error, "manual-edit: could not rewrite cluster.yaml");
+                }
+            }
         }
         self.pending_edit = None;
     }

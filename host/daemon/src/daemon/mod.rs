@@ -52,6 +52,19 @@ const QUEUED_MUTATIONS_MAX: usize = 64;
 /// How often a hand edit of cluster.yaml is looked for.
 const FILE_POLL: Duration = Duration::from_secs(2);
 
+/// The files follow the log once changes pause this long...
+const FLUSH_IDLE_MS: u64 = 20;
+/// ...or at the latest this long after the first change they lack.
+const FLUSH_MAX_MS: u64 = 500;
+
+/// Content persisted to the log only (see `Daemon::unflushed`).
+struct Unflushed {
+    content: Arc<str>,
+    /// When the first and the last of the changes were persisted.
+    first: u64,
+    last: u64,
+}
+
 /// Already-bound listeners (tests bind port 0 and pass them in).
 #[derive(Debug)]
 pub struct Listeners {
@@ -206,6 +219,18 @@ pub(crate) struct Daemon {
     parsed: Option<(Arc<str>, ClusterConfig)>,
     /// The text of cluster.yaml as we last wrote or loaded it.
     written: Arc<str>,
+    /// The changes persisted since the files were last written, as log
+    /// entries (`store/log`, replayed over the copy at start).
+    log: qu_store::AppendLog,
+    /// The id and content hash of what this node last persisted: the
+    /// parent a log entry must follow to be persisted as one.
+    persisted: (ConfigId, qu_core::consensus::Digest),
+    /// The log entry behind the snapshot just proposed or received.
+    pending_entry: Option<Entry>,
+    /// What is persisted in the log only: the files are written once the
+    /// changes pause (`FLUSH_IDLE_MS`) or at the latest `FLUSH_MAX_MS`
+    /// after the first, and at shutdown.
+    unflushed: Option<Unflushed>,
     /// A hand edit already reported as unparseable (so it is logged once).
     bad_edit: Option<String>,
     /// A hand edit waiting for a master with quorum.
@@ -267,6 +292,13 @@ impl Daemon {
     fn start(loaded: LoadedNode, events: mpsc::Sender<Event>) -> Result<(Self, Vec<Output>), DaemonError> {
         let LoadedNode { data, node, identity, cluster, durable, start, texts } = loaded;
         let written = edits::at_start(&data, &cluster, start, &texts)?;
+        // The copy now holds whatever the log did (start replayed it).
+        qu_store::create_private_dir(&data.store_dir())
+            .map_err(|source| DaemonError::Persist { what: "store/", source })?;
+        let (mut log, _) = qu_store::AppendLog::open(&data.log())
+            .map_err(|source| DaemonError::Persist { what: "store/log", source })?;
+        log.clear().map_err(|source| DaemonError::Persist { what: "store/log", source })?;
+        let persisted = (cluster.config_id(), qu_core::consensus::digest(&written));
         let trust = TrustStore::new(cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)));
         let fingerprint = identity.fingerprint.clone();
         let endpoint = Arc::new(Endpoint::<Wire>::new(identity, trust.clone())?.with_source_ip(Some(node.bind)));
@@ -288,6 +320,10 @@ impl Daemon {
             inbound: Vec::new(),
             started,
             written,
+            log,
+            persisted,
+            pending_entry: None,
+            unflushed: None,
             bad_edit: None,
             pending_edit: None,
             parsed: None,
@@ -364,6 +400,7 @@ pub async fn run(
 
     tokio::pin!(shutdown);
     let outcome = loop {
+        let flush_in = daemon.flush_at().map(|at| Duration::from_millis(at.saturating_sub(daemon.now())));
         let result = tokio::select! {
             event = inbox.recv() => match event {
                 Some(event) => daemon.handle(event),
@@ -378,9 +415,12 @@ pub async fn run(
                 }
                 Ok(())
             }
+            () = tokio::time::sleep(flush_in.unwrap_or(Duration::from_secs(3_600))), if flush_in.is_some() => {
+                daemon.flush()
+            }
             () = &mut shutdown => {
                 tracing::info!("shutting down");
-                break Ok(());
+                break daemon.flush();
             }
         };
         if let Err(error) = result {

@@ -213,7 +213,7 @@ const ENTRIES_KEPT: usize = 8;
 impl Daemon {
     /// Keeps the change just proposed as a log entry on the config it was
     /// applied to (the core's current one).
-    pub(super) fn remember_entry(&mut self, mutation: &Mutation, stamp: &Stamp, snapshot: &Snapshot) {
+    pub(super) fn remember_entry(&mut self, mutation: &Mutation, stamp: &Stamp, snapshot: &Snapshot) -> Entry {
         let parent = self.core.config();
         let entry = Entry {
             term: 0,
@@ -225,10 +225,11 @@ impl Daemon {
             mutation_json: serde_json::to_string(mutation).expect("mutations serialise"),
             stamp: *stamp,
         };
-        self.entries.push_back(entry);
+        self.entries.push_back(entry.clone());
         while self.entries.len() > ENTRIES_KEPT {
             self.entries.pop_front();
         }
+        entry
     }
 
     /// The master's `Replicate` to `to`: the change as a log entry when `to`
@@ -273,6 +274,7 @@ impl Daemon {
             Ok((snapshot, config)) => {
                 self.replication.entries_applied += 1;
                 self.parsed = Some((snapshot.content.clone(), config));
+                self.pending_entry = Some(entry.clone());
                 self.step(Input::Receive { from, msg: replicate(snapshot) })
             }
             Err(why) => {

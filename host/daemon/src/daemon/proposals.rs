@@ -74,7 +74,7 @@ impl Daemon {
                 self.refresh_trust();
             }
             let snapshot = self.renderer.snapshot(&next);
-            self.remember_entry(&mutation, &stamp, &snapshot);
+            self.pending_entry = Some(self.remember_entry(&mutation, &stamp, &snapshot));
             self.inflight = Some(Pending { request, mutation, waiter });
             self.parsed = Some((snapshot.content.clone(), next));
             self.step(Input::Propose { request, snapshot, new_member })?;

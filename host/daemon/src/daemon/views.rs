@@ -89,7 +89,10 @@ impl Daemon {
             peers: self.peer_views(),
             checks,
             probes: self.probe_stats(),
-            replication: self.replication.clone(),
+            replication: crate::status::ReplicationStats {
+                log_entries: self.log.len() as u64,
+                ..self.replication.clone()
+            },
         }
     }
 
