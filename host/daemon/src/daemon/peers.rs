@@ -111,8 +111,11 @@ impl Daemon {
         let durable = Durable::default();
         self.persist_durable(&durable)?;
         let snapshot = blank.snapshot();
-        edits::persist_both(&self.data, &snapshot.content)?;
-        self.written = snapshot.content.clone();
+        // Both files, and a log emptied of the changes of the cluster this
+        // node leaves (nothing of it may be written or replayed later).
+        self.write_files(&snapshot.content)?;
+        self.persisted = (snapshot.id, snapshot.hash);
+        self.pending_entry = None;
         let (core, out) = Core::new(self.me(), durable, snapshot, self.now(), rand::random());
         self.core = core;
         self.cluster = blank;
