@@ -42,6 +42,7 @@ fn an_http_target_going_down_and_up_is_seen_by_every_node() {
     target.up.store(true, Ordering::SeqCst);
     state_everywhere(&cluster, &[0, 1, 2], "up");
     cluster.wait_converged();
+    watch.catch_up(&cluster);
     assert_eq!(watch.transitions("web", "down").len(), 1, "exactly one DOWN committed: {:?}", watch.seen().len());
     assert_eq!(watch.transitions("web", "up").len(), 2, "unknown -> up, then the recovery");
     let list: serde_json::Value = serde_json::from_str(&cluster.nodes[2].qu_ok(&["check", "list", "--json"])).unwrap();
@@ -69,6 +70,7 @@ fn outage() -> (Cluster, Target, ConfigWatch) {
 fn an_outage_survives_the_masters_death_without_a_new_transition() {
     let (mut cluster, _target, watch) = outage();
     let master = cluster.wait_converged();
+    watch.catch_up(&cluster);
     let transition_before = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
     cluster.nodes[master].kill();
     let rest: Vec<usize> = cluster.running();
@@ -76,6 +78,7 @@ fn an_outage_survives_the_masters_death_without_a_new_transition() {
     // Several rounds pass on the new master: the outage is not re-announced.
     std::thread::sleep(Duration::from_secs(4));
     state_everywhere(&cluster, &rest, "down");
+    watch.catch_up(&cluster);
     assert_eq!(watch.transitions("web", "down").len(), 1, "the outage was committed once");
     assert_eq!(watch.transitions("web", "up").len(), 1, "and nothing else since the first UP");
     let transition_of = |yaml: &str| {
@@ -223,6 +226,7 @@ fn one_node_that_cannot_reach_the_target_does_not_make_it_down() {
         let check = node.status_json()["checks"][0].clone();
         assert_eq!(check["state"], "up", "{}: {check}", node.name);
     }
+    watch.catch_up(&cluster);
     assert!(watch.transitions("web", "down").is_empty(), "a DOWN was committed");
     // When the target really fails, the majority agrees: DOWN.
     target.up.store(false, Ordering::SeqCst);

@@ -265,6 +265,7 @@ fn a_stopped_master_commits_nothing_in_its_stale_term() {
         .filter(|s| s.config.term <= old_term && s.config.version > old_version)
         .map(|s| (s.node, s.config.term, s.config.version))
         .collect();
+    watch.catch_up(&cluster);
     assert!(stale.is_empty(), "versions written in the stale term {old_term}: {stale:?}");
     // (The files may go from 5 straight to 6: a daemon writes them once
     // changes pause, each change durable in its log at once.)
@@ -400,6 +401,7 @@ fn hand_edits_replicate_through_the_master_and_bad_ones_are_ignored() {
     let cluster = Cluster::new(3, "2m");
     let master = cluster.wait_converged();
     let follower = others(&cluster, master)[0];
+    cluster.nodes[follower].wait_files_written();
     let path = cluster.nodes[follower].file("cluster.yaml");
     // Invalid YAML: logged, ignored.
     let version = cluster.nodes[follower].status_json()["config_version"].as_u64().unwrap();

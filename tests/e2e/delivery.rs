@@ -278,6 +278,7 @@ fn five_nodes_under_faults_page_once_per_committed_transition_in_order() {
     wait_all_delivered(&cluster);
 
     let master = cluster.wait_converged();
+    cluster.nodes[master].wait_files_written();
     let text = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
     let config: qu_core::config::ClusterConfig = serde_yaml::from_str(&text).unwrap();
     let committed: std::collections::BTreeSet<String> = config.deliveries.keys().cloned().collect();

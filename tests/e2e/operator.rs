@@ -49,6 +49,7 @@ fn a_stale_write_back_is_set_aside_and_rolls_back_no_check_and_no_state() {
     let (cluster, receiver, target) = alerting_cluster();
     let master = cluster.wait_converged();
     let follower = followers(&cluster, master)[0];
+    cluster.nodes[follower].wait_files_written();
     let path = cluster.nodes[follower].file("cluster.yaml");
     let opened = std::fs::read_to_string(&path).unwrap();
     let target_addr = target.url.trim_start_matches("http://").trim_end_matches("/health").to_string();

@@ -858,6 +858,8 @@ pub struct SeenConfig {
 /// written) instead of on log lines. Stops when dropped.
 pub struct ConfigWatch {
     seen: std::sync::Arc<std::sync::Mutex<Vec<SeenConfig>>>,
+    /// Passes over every file completed so far.
+    passes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -872,7 +874,8 @@ impl ConfigWatch {
         use std::sync::atomic::Ordering;
         let seen: std::sync::Arc<std::sync::Mutex<Vec<SeenConfig>>> = Default::default();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (log, done) = (seen.clone(), stop.clone());
+        let passes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (log, done, passed) = (seen.clone(), stop.clone(), passes.clone());
         let thread = std::thread::spawn(move || {
             let mut last: Vec<String> = vec![String::new(); paths.len()];
             while !done.load(Ordering::SeqCst) {
@@ -886,10 +889,25 @@ impl ConfigWatch {
                     last[node] = text;
                     log.lock().unwrap().push(SeenConfig { node, config });
                 }
+                passed.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(10));
             }
         });
-        Self { seen, stop, thread: Some(thread) }
+        Self { seen, passes, stop, thread: Some(thread) }
+    }
+
+    /// Waits until every running node of `cluster` has written what it
+    /// holds to its files (a daemon writes them a moment after a change),
+    /// and the watch has read every file since: what it has seen then
+    /// includes what the nodes hold now.
+    pub fn catch_up(&self, cluster: &Cluster) {
+        for i in cluster.running() {
+            cluster.nodes[i].wait_files_written();
+        }
+        let from = self.passes.load(std::sync::atomic::Ordering::SeqCst);
+        eventually(Duration::from_secs(5), "the watch reads every file again", || {
+            (self.passes.load(std::sync::atomic::Ordering::SeqCst) >= from + 2).then_some(())
+        });
     }
 
     /// Every distinct copy seen so far, in the order seen.
