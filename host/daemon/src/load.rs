@@ -71,12 +71,12 @@ impl LoadedNode {
         // the copy as it was written; the node then runs on the copy with
         // its log replayed over it.
         let start = edits::at_start(&AtStart::of(&file, last.as_ref(), node.node_id));
-        let (last, replayed) = match (last, &copy_text) {
-            (Some(last), Some(text)) => {
-                let (last, replayed) = replay_log(data, last, text)?;
+        let (last, replayed) = match last {
+            Some(last) => {
+                let (last, replayed) = replay_log(data, last)?;
                 (Some(last), replayed)
             }
-            (last, _) => (last, None),
+            None => (None, None),
         };
         let start = edits::after_replay(start, file.version, replayed);
         let cluster = match (start, last) {
@@ -220,7 +220,7 @@ fn load_last(data: &DataDir) -> Result<Option<(String, ClusterConfig)>, LoadErro
 
 /// The daemon's copy with its log (`store/log`) replayed over it, and the
 /// version the log brought it to if it held anything the copy did not.
-fn replay_log(data: &DataDir, last: ClusterConfig, text: &str) -> Result<(ClusterConfig, Option<u64>), LoadError> {
+fn replay_log(data: &DataDir, last: ClusterConfig) -> Result<(ClusterConfig, Option<u64>), LoadError> {
     let path = data.log();
     let opened = qu_store::read_log(&path).map_err(LoadError::Store)?;
     if opened.cut_bytes > 0 {
@@ -234,7 +234,8 @@ fn replay_log(data: &DataDir, last: ClusterConfig, text: &str) -> Result<(Cluste
         return Ok((last, None));
     }
     let from = last.version;
-    let done = qu_core::config::replay(last, qu_core::consensus::digest(text), &opened.records);
+    let hash = qu_core::config::content_hash(&last);
+    let done = qu_core::config::replay(last, hash, &opened.records);
     if let Some(why) = &done.stopped {
         tracing::warn!(
             path = %path.display(),

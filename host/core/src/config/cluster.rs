@@ -359,8 +359,10 @@ impl ClusterConfig {
 
     /// This config as the consensus core sees it; `content` is the canonical
     /// YAML, so equal configs give equal bytes on every node.
+    /// This config as the consensus core replicates it, with its content
+    /// hash ([`super::Renderer::render`]).
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::new(self.config_id(), self.members(), self.timing(), self.to_yaml())
+        super::Renderer::default().snapshot(self)
     }
 
     pub fn peer(&self, node_id: &NodeId) -> Option<&Peer> {

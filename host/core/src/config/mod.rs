@@ -25,7 +25,7 @@ pub use cluster::{
 };
 pub use mutation::{AlertChanges, CheckChanges, DeliveryResult, Mutation, Stamp, Transition, merge_settings};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
-pub use render::Renderer;
+pub use render::{Renderer, content_hash};
 pub use replay::{Replayed, replay};
 pub use time::Timestamp;
 

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Check, CheckStatus, ClusterConfig, Delivery};
+use crate::consensus::Digest;
 
 /// Remembers the YAML of each check, state and delivery record it rendered.
 #[derive(Debug, Default)]
@@ -21,14 +22,26 @@ pub struct Renderer {
     deliveries: Pieces<Delivery>,
 }
 
-/// The pieces of one part of the file, in the order last rendered: each
-/// `(key, value, text)`. Kept in order, so that a config that changed a few
-/// values is matched position by position, without hashing every key; a
-/// key that moved (an insertion or removal before it) is found through an
-/// index of the previous pieces, built on the first miss.
+/// One rendered piece: its key, the value it was rendered from, its text,
+/// and its digest (see [`content_hash`]) with the key of the piece before
+/// it, which a check's digest covers.
+#[derive(Debug)]
+struct Piece<V> {
+    key: String,
+    value: V,
+    text: String,
+    before: String,
+    digest: Digest,
+}
+
+/// The pieces of one part of the file, in the order last rendered. Kept in
+/// order, so that a config that changed a few values is matched position
+/// by position, without hashing every key; a key that moved (an insertion
+/// or removal before it) is found through an index of the previous pieces,
+/// built on the first miss.
 #[derive(Debug)]
 struct Pieces<V> {
-    items: Vec<Option<(String, V, String)>>,
+    items: Vec<Option<Piece<V>>>,
 }
 
 impl<V> Default for Pieces<V> {
@@ -37,39 +50,120 @@ impl<V> Default for Pieces<V> {
     }
 }
 
+/// A sum of digests, as 256-bit numbers modulo 2^256: the same for the
+/// same pieces in any order, and updated by the pieces that changed alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Sum([u64; 4]);
+
+impl Sum {
+    fn add(&mut self, digest: &Digest) {
+        let mut carry = false;
+        for (i, word) in self.0.iter_mut().enumerate() {
+            let part = u64::from_le_bytes(digest[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+            let (sum, c1) = word.overflowing_add(part);
+            let (sum, c2) = sum.overflowing_add(u64::from(carry));
+            *word = sum;
+            carry = c1 || c2;
+        }
+    }
+
+    fn bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, word) in self.0.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        out
+    }
+}
+
+fn piece_digest(part: &str, before: &str, text: &str) -> Digest {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for field in [part, before, text] {
+        hasher.update((field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
 impl<V: Clone + PartialEq> Pieces<V> {
     /// Appends the text of every `(key, value)` to `out`, rendering only
-    /// those not rendered last time with the same value.
+    /// those not rendered last time with the same value, and returns the
+    /// sum of their digests. With `ordered`, each digest covers the key of
+    /// the piece before it, so the sum fixes the order too.
     fn render<'v>(
         &mut self,
+        part: &str,
+        ordered: bool,
         entries: impl Iterator<Item = (&'v str, &'v V)>,
         render: impl Fn(&str, &V) -> String,
         out: &mut String,
-    ) where
+    ) -> Sum
+    where
         V: 'v,
     {
+        let mut sum = Sum::default();
+        // The usual case, a few values changed and nothing moved: in place.
+        let mut entries = entries.peekable();
+        let mut position = 0;
+        while let Some((key, value)) = entries.peek().copied() {
+            let Some(Some(piece)) = self.items.get_mut(position) else { break };
+            if piece.key != key {
+                break;
+            }
+            if piece.value != *value {
+                piece.value = value.clone();
+                piece.text = render(key, value);
+                piece.digest = piece_digest(part, &piece.before, &piece.text);
+            }
+            out.push_str(&piece.text);
+            sum.add(&piece.digest);
+            position += 1;
+            entries.next();
+        }
+        if entries.peek().is_none() {
+            self.items.truncate(position);
+            return sum;
+        }
+        // Something moved: match the rest by key.
         let mut previous = std::mem::take(&mut self.items);
         let mut index: Option<HashMap<String, usize>> = None;
-        let mut next = Vec::with_capacity(previous.len());
-        for (position, (key, value)) in entries.enumerate() {
-            let same =
-                |item: &Option<(String, V, String)>| item.as_ref().is_some_and(|(k, v, _)| k == key && v == value);
+        let mut next: Vec<Option<Piece<V>>> = Vec::with_capacity(previous.len());
+        next.extend(previous[..position].iter_mut().map(Option::take));
+        for (position, (key, value)) in entries.enumerate().map(|(i, e)| (i + position, e)) {
+            let same = |item: &Option<Piece<V>>| item.as_ref().is_some_and(|p| p.key == key && p.value == *value);
             let hit = if previous.get(position).is_some_and(same) {
                 Some(position)
             } else {
                 let index = index.get_or_insert_with(|| {
-                    previous.iter().enumerate().filter_map(|(i, item)| Some((item.as_ref()?.0.clone(), i))).collect()
+                    previous.iter().enumerate().filter_map(|(i, item)| Some((item.as_ref()?.key.clone(), i))).collect()
                 });
                 index.get(key).copied().filter(|i| same(&previous[*i]))
             };
-            let item = match hit.and_then(|i| previous[i].take()) {
-                Some(item) => item,
-                None => (key.to_string(), value.clone(), render(key, value)),
+            let before = match (ordered, next.last()) {
+                (true, Some(Some(piece))) => piece.key.as_str(),
+                _ => "",
             };
-            out.push_str(&item.2);
-            next.push(Some(item));
+            let piece = match hit.and_then(|i| previous[i].take()) {
+                Some(mut piece) => {
+                    if piece.before != before {
+                        piece.before = before.to_string();
+                        piece.digest = piece_digest(part, before, &piece.text);
+                    }
+                    piece
+                }
+                None => {
+                    let text = render(key, value);
+                    let digest = piece_digest(part, before, &text);
+                    Piece { key: key.to_string(), value: value.clone(), text, before: before.to_string(), digest }
+                }
+            };
+            out.push_str(&piece.text);
+            sum.add(&piece.digest);
+            next.push(Some(piece));
         }
         self.items = next;
+        sum
     }
 }
 
@@ -95,39 +189,73 @@ fn indent(text: &str) -> String {
 impl Renderer {
     /// Exactly `config.to_yaml()`.
     pub fn to_yaml(&mut self, config: &ClusterConfig) -> String {
+        self.render(config).0
+    }
+
+    /// `config.to_yaml()` and its [`content_hash`].
+    ///
+    /// The hash is SHA-256 over the text outside the pieces (the settings,
+    /// peers, alerts and plugins, and the section headers) and, per part,
+    /// the sum modulo 2^256 of its pieces' digests: a check's digest covers
+    /// its text and the id of the check before it, a state's or delivery
+    /// record's its text (which holds its key; the maps are sorted). With
+    /// ids unique, that fixes the whole text, and a change costs the pieces
+    /// it changed: nothing hashes the whole content at every commit.
+    pub fn render(&mut self, config: &ClusterConfig) -> (String, Digest) {
+        use sha2::Digest as _;
         let head = serde_yaml::to_string(&config.clone_without_bulk()).expect("cluster config always serialises");
         let mut out = String::with_capacity(head.len() + 300 * (config.checks.len() + config.states.len()));
         let (before, after) = match head.split_once("\nchecks: []\n") {
             Some((before, after)) => (before, after),
             None => unreachable!("an empty check list renders as `checks: []`"),
         };
-        out.push_str(before);
-        if config.checks.is_empty() {
-            out.push_str("\nchecks: []\n");
-        } else {
-            out.push_str("\nchecks:\n");
-        }
-        self.checks.render(
+        let mut frame = sha2::Sha256::new();
+        let mut put = |out: &mut String, text: &str| {
+            frame.update((text.len() as u64).to_le_bytes());
+            frame.update(text.as_bytes());
+            out.push_str(text);
+        };
+        put(&mut out, before);
+        put(&mut out, if config.checks.is_empty() { "\nchecks: []\n" } else { "\nchecks:\n" });
+        let checks = self.checks.render(
+            "check",
+            true,
             config.checks.iter().map(|c| (c.id.as_str(), c)),
             |_, check| serde_yaml::to_string(std::slice::from_ref(&**check)).expect("checks always serialise"),
             &mut out,
         );
-        out.push_str(after);
-        if !config.states.is_empty() {
-            out.push_str("states:\n");
+        put(&mut out, after);
+        put(&mut out, if config.states.is_empty() { "" } else { "states:\n" });
+        let states =
+            self.states.render("state", false, config.states.iter().map(|(k, v)| (k.as_str(), v)), map_entry, &mut out);
+        put(&mut out, if config.deliveries.is_empty() { "" } else { "deliveries:\n" });
+        let deliveries = self.deliveries.render(
+            "delivery",
+            false,
+            config.deliveries.iter().map(|(k, v)| (k.as_str(), v)),
+            map_entry,
+            &mut out,
+        );
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"qu cluster.yaml content, v1");
+        hasher.update(frame.finalize());
+        for sum in [checks, states, deliveries] {
+            hasher.update(sum.bytes());
         }
-        self.states.render(config.states.iter().map(|(k, v)| (k.as_str(), v)), map_entry, &mut out);
-        if !config.deliveries.is_empty() {
-            out.push_str("deliveries:\n");
-        }
-        self.deliveries.render(config.deliveries.iter().map(|(k, v)| (k.as_str(), v)), map_entry, &mut out);
-        out
+        (out, hasher.finalize().into())
     }
 
     /// [`ClusterConfig::snapshot`], rendered through this cache.
     pub fn snapshot(&mut self, config: &ClusterConfig) -> crate::consensus::Snapshot {
-        crate::consensus::Snapshot::new(config.config_id(), config.members(), config.timing(), self.to_yaml(config))
+        let (text, hash) = self.render(config);
+        crate::consensus::Snapshot::with_hash(config.config_id(), config.members(), config.timing(), text, hash)
     }
+}
+
+/// The content hash of `config` ([`Renderer::render`]): what a snapshot of
+/// it carries and an acknowledgement names.
+pub fn content_hash(config: &ClusterConfig) -> Digest {
+    Renderer::default().render(config).1
 }
 
 impl ClusterConfig {
@@ -227,12 +355,21 @@ mod tests {
         config
     }
 
+    /// The renderer's text is `to_yaml`'s and its hash a fresh renderer's:
+    /// kept up to date piece by piece, it is what hashing from scratch gives.
+    fn same(renderer: &mut Renderer, config: &ClusterConfig, what: &str) -> Digest {
+        let (text, hash) = renderer.render(config);
+        assert_eq!(text, config.to_yaml(), "{what}");
+        assert_eq!(hash, content_hash(config), "{what}: the hash kept up to date");
+        hash
+    }
+
     #[test]
     fn renders_exactly_what_to_yaml_renders_before_and_after_changes() {
         let mut renderer = Renderer::default();
         for n in [0, 1, 2, 9, 40] {
             let mut config = config(n);
-            assert_eq!(renderer.to_yaml(&config), config.to_yaml(), "{n} checks");
+            same(&mut renderer, &config, &format!("{n} checks"));
             if n == 0 {
                 continue;
             }
@@ -242,19 +379,53 @@ mod tests {
             config.checks.push(check(1000, "new").into());
             config.deliveries.remove("3.0/a1");
             config.version += 1;
-            assert_eq!(renderer.to_yaml(&config), config.to_yaml(), "{n} checks, changed");
+            same(&mut renderer, &config, &format!("{n} checks, changed"));
             // Moved: a key inserted before the others, checks reordered.
             config.states.insert("a-first".into(), state(1, "moved"));
             let last = config.checks.len() - 1;
             config.checks.swap(0, last);
-            assert_eq!(renderer.to_yaml(&config), config.to_yaml(), "{n} checks, moved");
+            same(&mut renderer, &config, &format!("{n} checks, moved"));
             config.states.remove("a-first");
             config.checks.remove(0);
             config.states.clear();
-            assert_eq!(renderer.to_yaml(&config), config.to_yaml(), "{n} checks, removed");
+            same(&mut renderer, &config, &format!("{n} checks, removed"));
             let parsed: ClusterConfig = serde_yaml::from_str(&renderer.to_yaml(&config)).unwrap();
             assert_eq!(parsed, config, "the text parses back to the same config");
         }
+    }
+
+    /// Any change to the text changes the hash: a value, a check's place in
+    /// the list, a state, a record, a setting.
+    #[test]
+    fn every_change_changes_the_hash() {
+        let base = config(12);
+        let mut seen = std::collections::BTreeMap::new();
+        let mut variants: Vec<(&str, ClusterConfig)> = vec![("base", base.clone())];
+        let mut swapped = base.clone();
+        swapped.checks.swap(3, 4);
+        variants.push(("two checks swapped", swapped));
+        let mut moved = base.clone();
+        let first = moved.checks.remove(0);
+        moved.checks.push(first);
+        variants.push(("the first check moved last", moved));
+        let mut renamed = base.clone();
+        std::sync::Arc::make_mut(&mut renamed.checks[5]).name = "other".into();
+        variants.push(("a check renamed", renamed));
+        let mut state = base.clone();
+        state.states.get_mut("c00002").unwrap().failing = 3;
+        variants.push(("a state", state));
+        let mut record = base.clone();
+        record.deliveries.remove("3.0/a1");
+        variants.push(("a record gone", record));
+        let mut setting = base.clone();
+        setting.settings.hysteresis += 1;
+        variants.push(("a setting", setting));
+        let mut renderer = Renderer::default();
+        for (what, config) in &variants {
+            let hash = same(&mut renderer, config, what);
+            assert!(seen.insert(hash, *what).is_none(), "{what} hashes as {:?}", seen.get(&hash));
+        }
+        assert_eq!(same(&mut renderer, &base, "base again"), content_hash(&base), "the same config, the same hash");
     }
 
     /// A real file: peers with certificates, alerts, states, deliveries.

@@ -26,7 +26,7 @@ pub struct Replayed {
 }
 
 /// Applies the log's `records` (JSON [`Entry`]s, oldest first) to `copy`,
-/// whose content hashes to `copy_hash`.
+/// whose content hash ([`super::content_hash`]) is `copy_hash`.
 pub fn replay(copy: ClusterConfig, copy_hash: Digest, records: &[String]) -> Replayed {
     let mut renderer = Renderer::default();
     let mut done = Replayed { config: copy, hash: copy_hash, applied: 0, stopped: None };
@@ -71,7 +71,7 @@ mod tests {
     use super::*;
     use crate::NodeId;
     use crate::config::Stamp;
-    use crate::consensus::digest;
+    use crate::config::content_hash;
 
     const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
@@ -89,7 +89,7 @@ mod tests {
     fn entries(from: &ClusterConfig, n: u64) -> (Vec<String>, ClusterConfig) {
         let mut renderer = Renderer::default();
         let mut current = from.clone();
-        let mut hash = digest(&current.to_yaml());
+        let mut hash = content_hash(&current);
         let mut records = Vec::new();
         for i in 0..n {
             let id = ConfigId { term: current.term, version: current.version + 1 };
@@ -122,10 +122,10 @@ mod tests {
     fn the_log_brings_the_copy_to_the_last_persisted_change() {
         let copy = base();
         let (records, last) = entries(&copy, 3);
-        let done = replay(copy.clone(), digest(&copy.to_yaml()), &records);
+        let done = replay(copy.clone(), content_hash(&copy), &records);
         assert_eq!((done.applied, done.stopped.clone()), (3, None));
         assert_eq!(done.config, last);
-        assert_eq!(done.hash, digest(&last.to_yaml()));
+        assert_eq!(done.hash, content_hash(&last));
     }
 
     #[test]
@@ -133,8 +133,8 @@ mod tests {
         let copy = base();
         let (records, last) = entries(&copy, 3);
         // The copy was written at the second entry, the log not yet emptied.
-        let middle = replay(copy.clone(), digest(&copy.to_yaml()), &records[..2]).config;
-        let done = replay(middle.clone(), digest(&middle.to_yaml()), &records);
+        let middle = replay(copy.clone(), content_hash(&copy), &records[..2]).config;
+        let done = replay(middle.clone(), content_hash(&middle), &records);
         assert_eq!((done.applied, done.stopped), (1, None));
         assert_eq!(done.config, last);
     }
@@ -143,15 +143,15 @@ mod tests {
     fn a_gap_or_other_content_ends_the_replay_where_it_is() {
         let copy = base();
         let (records, _) = entries(&copy, 3);
-        let done = replay(copy.clone(), digest(&copy.to_yaml()), &[records[0].clone(), records[2].clone()]);
+        let done = replay(copy.clone(), content_hash(&copy), &[records[0].clone(), records[2].clone()]);
         assert_eq!(done.applied, 1);
         assert!(done.stopped.as_deref().is_some_and(|s| s.contains("follows")), "{:?}", done.stopped);
         // A copy with other content under the same id: nothing applies.
         let mut other = copy.clone();
         other.settings.hysteresis = 4;
-        let done = replay(other.clone(), digest(&other.to_yaml()), &records);
+        let done = replay(other.clone(), content_hash(&other), &records);
         assert_eq!((done.applied, done.config), (0, other));
-        let done = replay(copy.clone(), digest(&copy.to_yaml()), &["garbage".to_string()]);
+        let done = replay(copy.clone(), content_hash(&copy), &["garbage".to_string()]);
         assert!(done.stopped.is_some_and(|s| s.contains("unreadable")));
     }
 }

@@ -145,7 +145,9 @@ pub struct Snapshot {
     pub members: Vec<NodeId>,
     pub timing: Timing,
     pub content: Arc<str>,
-    /// [`digest`] of `content`.
+    /// What an acknowledgement names: [`digest`] of `content` for
+    /// [`Snapshot::new`], the builder's content hash for
+    /// [`Snapshot::with_hash`] (the daemon's, for cluster.yaml).
     pub hash: Digest,
 }
 
@@ -156,6 +158,22 @@ impl Snapshot {
         let content = content.into();
         let hash = digest(&content);
         Self { id, members, timing, content, hash }
+    }
+
+    /// A snapshot whose content hash its builder computed (the daemon's
+    /// renderer keeps it up to date piece by piece; see
+    /// `config::Renderer::render`). Every node must build a given content's
+    /// snapshot the same way: the core only compares hashes.
+    pub fn with_hash(
+        id: ConfigId,
+        mut members: Vec<NodeId>,
+        timing: Timing,
+        content: impl Into<Arc<str>>,
+        hash: Digest,
+    ) -> Self {
+        members.sort();
+        members.dedup();
+        Self { id, members, timing, content: content.into(), hash }
     }
 
     /// The same content under another id (a new master's fresh commit).

@@ -89,6 +89,7 @@ impl Daemon {
     pub(super) fn write_files(&mut self, content: &Arc<str>) -> Result<(), DaemonError> {
         edits::persist_both(&self.data, content)?;
         self.log.clear().map_err(|source| DaemonError::Persist { what: "store/log", source })?;
+        self.written_stamp = edits::stamp_if_holds(&self.data.cluster_yaml(), content);
         self.written = content.clone();
         self.bad_edit = None;
         self.unflushed = None;
@@ -126,7 +127,10 @@ impl Daemon {
             .pending_entry
             .take()
             .filter(|e| e.id.is(&snapshot.id) && e.hash == snapshot.hash && e.parent.is(&id) && e.parent_hash == hash);
-        let file_edited = self.set_aside_unreplicated_edit(&cluster);
+        let file_edited = match entry {
+            Some(_) if self.file_untouched() => false,
+            _ => self.set_aside_unreplicated_edit(&cluster),
+        };
         match entry {
             Some(entry) if !file_edited => {
                 let record = serde_json::to_string(&entry).expect("entries serialise");

@@ -23,6 +23,49 @@ pub(super) fn persist_both(data: &DataDir, content: &str) -> Result<(), DaemonEr
     file.and(copy)
 }
 
+/// What tells one write of a file from any other: every write, rename or
+/// change of mode moves its ctime, which no tool can set back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+pub(super) fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        dev: m.dev(),
+        ino: m.ino(),
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+impl Daemon {
+    /// Whether cluster.yaml still is the very write this daemon made (its
+    /// stamp unchanged). Cheap, for the commit path, which then only
+    /// appends to the log; whatever overwrites the file looks at its
+    /// content first (`set_aside_unreplicated_edit`), and the poll reads
+    /// it every time, so a write the stamp cannot tell apart (the same
+    /// size, in place, within the clock's tick) is still found.
+    pub(super) fn file_untouched(&self) -> bool {
+        self.written_stamp.is_some() && file_stamp(&self.data.cluster_yaml()) == self.written_stamp
+    }
+}
+
+/// The stamp of `path` if it holds exactly `content` (read back once, so
+/// a stamp is never taken of someone else's write).
+pub(super) fn stamp_if_holds(path: &std::path::Path, content: &str) -> Option<FileStamp> {
+    let stamp = file_stamp(path)?;
+    let text = qu_store::read_text(path).ok()?;
+    (text == content && file_stamp(path) == Some(stamp)).then_some(stamp)
+}
+
 /// Writes the daemon's own copy, `store/cluster.yaml`.
 fn persist_copy(data: &DataDir, content: &str) -> Result<(), DaemonError> {
     qu_store::create_private_dir(&data.store_dir())
@@ -142,11 +185,11 @@ impl Daemon {
                 }
             }
             None => {
-                if let Err(error) =
-                    qu_store::write_atomic(&self.data.cluster_yaml(), self.written.as_bytes(), SECRET_FILE_MODE)
-                {
+                let path = self.data.cluster_yaml();
+                if let Err(error) = qu_store::write_atomic(&path, self.written.as_bytes(), SECRET_FILE_MODE) {
                     tracing::warn!(%error, "manual-edit: could not rewrite cluster.yaml");
                 }
+                self.written_stamp = stamp_if_holds(&path, &self.written);
             }
         }
         self.pending_edit = None;

@@ -219,6 +219,10 @@ pub(crate) struct Daemon {
     parsed: Option<(Arc<str>, ClusterConfig)>,
     /// The text of cluster.yaml as we last wrote or loaded it.
     written: Arc<str>,
+    /// cluster.yaml's `edits::FileStamp` when it last held `written`: while
+    /// the file keeps it, no hand edit needs looking for (no read of the
+    /// whole file at every commit).
+    written_stamp: Option<edits::FileStamp>,
     /// The changes persisted since the files were last written, as log
     /// entries (`store/log`, replayed over the copy at start).
     log: qu_store::AppendLog,
@@ -298,12 +302,15 @@ impl Daemon {
         let (mut log, _) = qu_store::AppendLog::open(&data.log())
             .map_err(|source| DaemonError::Persist { what: "store/log", source })?;
         log.clear().map_err(|source| DaemonError::Persist { what: "store/log", source })?;
-        let persisted = (cluster.config_id(), qu_core::consensus::digest(&written));
+        let mut renderer = qu_core::config::Renderer::default();
+        let snapshot = renderer.snapshot(&cluster);
+        let persisted = (snapshot.id, snapshot.hash);
+        let written_stamp = edits::stamp_if_holds(&data.cluster_yaml(), &written);
         let trust = TrustStore::new(cluster.peers.iter().map(|p| (p.fingerprint.clone(), p.node_id)));
         let fingerprint = identity.fingerprint.clone();
         let endpoint = Arc::new(Endpoint::<Wire>::new(identity, trust.clone())?.with_source_ip(Some(node.bind)));
         let started = Instant::now();
-        let (core, boot) = Core::new(node.node_id, durable, cluster.snapshot(), 1, rand::random());
+        let (core, boot) = Core::new(node.node_id, durable, snapshot, 1, rand::random());
         let plugins = crate::plugins::Registry::new(&data).map_err(DaemonError::Plugins)?;
         plugins.clean_up(&cluster);
         plugins.load_built_in();
@@ -319,6 +326,7 @@ impl Daemon {
             events,
             inbound: Vec::new(),
             started,
+            written_stamp,
             written,
             log,
             persisted,
@@ -335,7 +343,7 @@ impl Daemon {
             restore_peers: Vec::new(),
             entries: VecDeque::new(),
             sent_to: HashMap::new(),
-            renderer: Default::default(),
+            renderer,
             replication: Default::default(),
             schedule: watch::channel(Arc::new(Vec::new())).0,
             verdicts: Verdicts::default(),
