@@ -130,8 +130,13 @@ impl Daemon {
         if *text == *self.written || text.trim().is_empty() {
             return false;
         }
+        // The version the edit was made on: the one the file says, or, for
+        // a hand-raised one, the one this node had written there.
+        let written_version = ClusterConfig::parse(&self.written).map(|c| c.version).unwrap_or(self.cluster.version);
+        let mut based_on = written_version;
         // The incoming version may be this very edit, committed.
         if let Ok(mut edited) = ClusterConfig::parse(&text) {
+            based_on = edited.version.min(written_version);
             edited.version = incoming.version;
             edited.term = incoming.term;
             edited.updated_at = incoming.updated_at;
@@ -140,8 +145,17 @@ impl Daemon {
                 return true;
             }
         }
-        tracing::warn!("manual-edit: version {} arrived before the hand edit was replicated", incoming.version);
-        self.set_aside(&text, self.cluster.version);
+        if based_on < written_version {
+            // Stale all along (a write-back of an old copy), whichever of
+            // the poll and this persist saw it first.
+            tracing::warn!(
+                "manual-edit: cluster.yaml was saved on version {based_on}, but this node holds version {} (was it open in an editor while the cluster changed?)",
+                self.cluster.version
+            );
+        } else {
+            tracing::warn!("manual-edit: version {} arrived before the hand edit was replicated", incoming.version);
+        }
+        self.set_aside(&text, based_on);
         true
     }
 
