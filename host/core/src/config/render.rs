@@ -17,6 +17,8 @@ use crate::consensus::Digest;
 /// Remembers the YAML of each check, state and delivery record it rendered.
 #[derive(Debug, Default)]
 pub struct Renderer {
+    /// The text being assembled, kept so its buffer is reused.
+    buffer: String,
     checks: Pieces<Arc<Check>>,
     states: Pieces<CheckStatus>,
     deliveries: Pieces<Delivery>,
@@ -189,7 +191,7 @@ fn indent(text: &str) -> String {
 impl Renderer {
     /// Exactly `config.to_yaml()`.
     pub fn to_yaml(&mut self, config: &ClusterConfig) -> String {
-        self.render(config).0
+        self.render(config).0.to_string()
     }
 
     /// `config.to_yaml()` and its [`content_hash`].
@@ -201,10 +203,11 @@ impl Renderer {
     /// record's its text (which holds its key; the maps are sorted). With
     /// ids unique, that fixes the whole text, and a change costs the pieces
     /// it changed: nothing hashes the whole content at every commit.
-    pub fn render(&mut self, config: &ClusterConfig) -> (String, Digest) {
+    pub fn render(&mut self, config: &ClusterConfig) -> (Arc<str>, Digest) {
         use sha2::Digest as _;
         let head = serde_yaml::to_string(&config.clone_without_bulk()).expect("cluster config always serialises");
-        let mut out = String::with_capacity(head.len() + 300 * (config.checks.len() + config.states.len()));
+        let mut out = std::mem::take(&mut self.buffer);
+        out.clear();
         let (before, after) = match head.split_once("\nchecks: []\n") {
             Some((before, after)) => (before, after),
             None => unreachable!("an empty check list renders as `checks: []`"),
@@ -242,7 +245,9 @@ impl Renderer {
         for sum in [checks, states, deliveries] {
             hasher.update(sum.bytes());
         }
-        (out, hasher.finalize().into())
+        let text: Arc<str> = Arc::from(out.as_str());
+        self.buffer = out;
+        (text, hasher.finalize().into())
     }
 
     /// [`ClusterConfig::snapshot`], rendered through this cache.
@@ -359,7 +364,7 @@ mod tests {
     /// kept up to date piece by piece, it is what hashing from scratch gives.
     fn same(renderer: &mut Renderer, config: &ClusterConfig, what: &str) -> Digest {
         let (text, hash) = renderer.render(config);
-        assert_eq!(text, config.to_yaml(), "{what}");
+        assert_eq!(*text, *config.to_yaml(), "{what}");
         assert_eq!(hash, content_hash(config), "{what}: the hash kept up to date");
         hash
     }
