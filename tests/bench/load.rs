@@ -62,7 +62,7 @@ fn add_by_hand_edit(cluster: &Cluster, node: usize, checks: Vec<Check>) {
     let count = checks.len();
     let path = cluster.nodes[node].file("cluster.yaml");
     let mut config = ClusterConfig::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    config.checks.extend(checks.into_iter().map(std::sync::Arc::new));
+    std::sync::Arc::make_mut(&mut config.checks).extend(checks.into_iter().map(std::sync::Arc::new));
     std::fs::write(&path, config.to_yaml()).unwrap();
     for other in &cluster.nodes {
         eventually(Duration::from_secs(120), "every node holds the checks", || {

@@ -250,7 +250,7 @@ async fn scale(report: &mut Report, count: usize) {
         let mut config: qu_core::config::ClusterConfig =
             serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for i in 0..checks {
-            config.checks.push(std::sync::Arc::new(qu_core::config::Check {
+            std::sync::Arc::make_mut(&mut config.checks).push(std::sync::Arc::new(qu_core::config::Check {
                 id: format!("c{i:07x}"),
                 name: format!("port-{i}"),
                 kind: "tcp".into(),

@@ -32,9 +32,11 @@ pub struct ClusterConfig {
     pub settings: Settings,
     pub peers: Vec<Peer>,
     #[serde(default)]
-    /// Shared: a changed config clones and compares the checks it did not
-    /// change as pointers (`Arc`'s `==` is pointer-first for `Eq` types).
-    pub checks: Vec<Arc<Check>>,
+    /// Shared twice over: a config that changed no check shares the whole
+    /// list, and one that changed some shares the checks it did not touch;
+    /// `Arc`'s `==` is pointer-first for `Eq` types, so comparing them costs
+    /// pointers too. Change through `Arc::make_mut`.
+    pub checks: Arc<Vec<Arc<Check>>>,
     #[serde(default)]
     pub alerts: Vec<Alert>,
     #[serde(default)]
@@ -293,7 +295,7 @@ impl ClusterConfig {
             updated_by: Some(peer.node_id),
             settings: Settings::default(),
             peers: vec![peer],
-            checks: Vec::new(),
+            checks: Default::default(),
             alerts: Vec::new(),
             plugins: Vec::new(),
             states: BTreeMap::new(),
@@ -660,7 +662,7 @@ mod tests {
             subject_template: Some("{{ check.name }} is {{ verb }}".into()),
             body_template: None,
         });
-        config.checks.push(Arc::new(Check {
+        std::sync::Arc::make_mut(&mut config.checks).push(Arc::new(Check {
             id: "c1".into(),
             name: "homepage".into(),
             kind: "http".into(),
@@ -729,9 +731,12 @@ mod tests {
         config.settings.hysteresis = 0;
         config.peers[1].node_id = config.peers[0].node_id;
         config.peers[1].advertise = "nope".into();
-        std::sync::Arc::make_mut(&mut config.checks[0]).interval = Duration::from_millis(500);
-        std::sync::Arc::make_mut(&mut config.checks[0]).alert_ids = vec!["missing".into()];
-        config.checks.push(config.checks[0].clone());
+        std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(&mut config.checks)[0]).interval =
+            Duration::from_millis(500);
+        std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(&mut config.checks)[0]).alert_ids =
+            vec!["missing".into()];
+        let first = config.checks[0].clone();
+        std::sync::Arc::make_mut(&mut config.checks).push(first);
         config.plugins[0].sha256 = "xyz".into();
         let problems = config.validate();
         let expect = [

@@ -332,7 +332,7 @@ fn add_check(current: &ClusterConfig, next: &mut ClusterConfig, check: &Check) -
     let mut check = check.clone();
     check.alert_ids = resolve_alerts(current, &check.alert_ids)?;
     check.suppress_alert_ids = resolve_alerts(current, &check.suppress_alert_ids)?;
-    next.checks.push(std::sync::Arc::new(check));
+    std::sync::Arc::make_mut(&mut next.checks).push(std::sync::Arc::new(check));
     Ok(())
 }
 fn edit_check(
@@ -344,7 +344,7 @@ fn edit_check(
     let index = check_index(current, check)?;
     let alert_ids = changes.alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
     let suppress = changes.suppress_alert_ids.as_ref().map(|a| resolve_alerts(current, a)).transpose()?;
-    let edited = std::sync::Arc::make_mut(&mut next.checks[index]);
+    let edited = std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(&mut next.checks)[index]);
     if let Some(target) = &changes.target {
         edited.target = target.clone();
     }
@@ -365,7 +365,7 @@ fn edit_check(
 }
 fn remove_check(current: &ClusterConfig, next: &mut ClusterConfig, check: &str) -> Result<(), String> {
     let index = check_index(current, check)?;
-    let removed = next.checks.remove(index);
+    let removed = std::sync::Arc::make_mut(&mut next.checks).remove(index);
     next.states.remove(&removed.id);
     next.deliveries.retain(|_, d| d.check_id != removed.id);
     Ok(())
@@ -377,7 +377,7 @@ fn set_check_disabled(
     disabled: &bool,
 ) -> Result<(), String> {
     let index = check_index(current, check)?;
-    std::sync::Arc::make_mut(&mut next.checks[index]).disabled = *disabled;
+    std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(&mut next.checks)[index]).disabled = *disabled;
     Ok(())
 }
 fn record_transitions(
@@ -453,7 +453,7 @@ fn remove_alert(current: &ClusterConfig, next: &mut ClusterConfig, alert: &str) 
     let removed = next.alerts.remove(index);
     let refers =
         |check: &Check| check.alert_ids.contains(&removed.id) || check.suppress_alert_ids.contains(&removed.id);
-    for check in next.checks.iter_mut().filter(|c| refers(c)) {
+    for check in std::sync::Arc::make_mut(&mut next.checks).iter_mut().filter(|c| refers(c)) {
         let check = std::sync::Arc::make_mut(check);
         check.alert_ids.retain(|id| *id != removed.id);
         check.suppress_alert_ids.retain(|id| *id != removed.id);
@@ -783,7 +783,7 @@ mod tests {
             .unwrap(),
         );
         for name in ["web", "db", "dns"] {
-            base.checks.push(check(name).into());
+            std::sync::Arc::make_mut(&mut base.checks).push(check(name).into());
         }
         let transitions: Vec<Transition> = ["id-web", "id-db", "id-dns"].iter().map(|id| went_down(id)).collect();
         let next = Mutation::RecordTransitions { transitions }.apply(&base, &stamp(2)).unwrap();
@@ -841,7 +841,7 @@ mod tests {
         other_term.term += 1;
         let err = replace(&edited, &other_term).apply(&down, &stamp(4)).unwrap_err();
         assert!(err.contains("re-apply it"), "same version, other term: {err}");
-        edited.checks.clear();
+        std::sync::Arc::make_mut(&mut edited.checks).clear();
         let removed = replace(&edited, &down).apply(&down, &stamp(4)).unwrap();
         assert!(removed.states.is_empty(), "removing the check by hand removes its state");
     }

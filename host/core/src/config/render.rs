@@ -273,7 +273,7 @@ impl ClusterConfig {
             updated_by: self.updated_by,
             settings: self.settings.clone(),
             peers: self.peers.clone(),
-            checks: Vec::new(),
+            checks: Default::default(),
             alerts: self.alerts.clone(),
             plugins: self.plugins.clone(),
             states: Default::default(),
@@ -351,7 +351,7 @@ mod tests {
         let mut config: ClusterConfig = serde_yaml::from_str(&text).unwrap();
         for i in 0..n {
             let odd = ODD[i % ODD.len()];
-            config.checks.push(check(i, odd).into());
+            std::sync::Arc::make_mut(&mut config.checks).push(check(i, odd).into());
             config.states.insert(format!("c{i:05}"), state(i, odd));
             if i % 2 == 0 {
                 config.deliveries.insert(format!("3.{i}/a1"), delivery(i, odd));
@@ -380,18 +380,18 @@ mod tests {
             }
             // Change some, add, remove: each time the same bytes.
             config.states.get_mut("c00000").unwrap().detail = "changed\nagain".into();
-            std::sync::Arc::make_mut(&mut config.checks[0]).name = "renamed: yes".into();
-            config.checks.push(check(1000, "new").into());
+            std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(&mut config.checks)[0]).name = "renamed: yes".into();
+            std::sync::Arc::make_mut(&mut config.checks).push(check(1000, "new").into());
             config.deliveries.remove("3.0/a1");
             config.version += 1;
             same(&mut renderer, &config, &format!("{n} checks, changed"));
             // Moved: a key inserted before the others, checks reordered.
             config.states.insert("a-first".into(), state(1, "moved"));
             let last = config.checks.len() - 1;
-            config.checks.swap(0, last);
+            std::sync::Arc::make_mut(&mut config.checks).swap(0, last);
             same(&mut renderer, &config, &format!("{n} checks, moved"));
             config.states.remove("a-first");
-            config.checks.remove(0);
+            std::sync::Arc::make_mut(&mut config.checks).remove(0);
             config.states.clear();
             same(&mut renderer, &config, &format!("{n} checks, removed"));
             let parsed: ClusterConfig = serde_yaml::from_str(&renderer.to_yaml(&config)).unwrap();
@@ -407,14 +407,14 @@ mod tests {
         let mut seen = std::collections::BTreeMap::new();
         let mut variants: Vec<(&str, ClusterConfig)> = vec![("base", base.clone())];
         let mut swapped = base.clone();
-        swapped.checks.swap(3, 4);
+        std::sync::Arc::make_mut(&mut swapped.checks).swap(3, 4);
         variants.push(("two checks swapped", swapped));
         let mut moved = base.clone();
-        let first = moved.checks.remove(0);
-        moved.checks.push(first);
+        let first = std::sync::Arc::make_mut(&mut moved.checks).remove(0);
+        std::sync::Arc::make_mut(&mut moved.checks).push(first);
         variants.push(("the first check moved last", moved));
         let mut renamed = base.clone();
-        std::sync::Arc::make_mut(&mut renamed.checks[5]).name = "other".into();
+        std::sync::Arc::make_mut(&mut std::sync::Arc::make_mut(&mut renamed.checks)[5]).name = "other".into();
         variants.push(("a check renamed", renamed));
         let mut state = base.clone();
         state.states.get_mut("c00002").unwrap().failing = 3;
