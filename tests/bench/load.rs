@@ -153,7 +153,7 @@ pub async fn commit_by_size(report: &mut Report) {
     println!();
 }
 
-/// How many checks `path`'s cluster.yaml holds committed `down`.
+/// How many checks the daemon's copy at `path` holds committed `down`.
 fn down_in(path: &Path) -> usize {
     let Ok(text) = std::fs::read_to_string(path) else { return 0 };
     let Ok(config) = ClusterConfig::parse(&text) else { return 0 };
@@ -170,7 +170,7 @@ pub async fn mass_outage(report: &mut Report, count: usize) {
     let cluster = Cluster::with_timers(3, "1s", "4s", "2m");
     let master = cluster.wait_converged();
     add_by_hand_edit(&cluster, master, checks(count, &target.addr, INTERVAL));
-    let paths: Vec<_> = cluster.nodes.iter().map(|n| n.file("cluster.yaml")).collect();
+    let paths: Vec<_> = cluster.nodes.iter().map(|n| n.copy_path()).collect();
     eventually(Duration::from_secs(120), "every check up on every node", || {
         paths
             .iter()

@@ -71,7 +71,7 @@ fn an_outage_survives_the_masters_death_without_a_new_transition() {
     let (mut cluster, _target, watch) = outage();
     let master = cluster.wait_converged();
     watch.catch_up(&cluster);
-    let transition_before = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
+    let transition_before = std::fs::read_to_string(cluster.nodes[master].copy_path()).unwrap();
     cluster.nodes[master].kill();
     let rest: Vec<usize> = cluster.running();
     let new_master = cluster.wait_master(&rest);
@@ -85,7 +85,7 @@ fn an_outage_survives_the_masters_death_without_a_new_transition() {
         let config: qu_core::config::ClusterConfig = serde_yaml::from_str(yaml).unwrap();
         config.states.values().next().map(|s| s.transition.clone())
     };
-    let after = std::fs::read_to_string(cluster.nodes[new_master].file("cluster.yaml")).unwrap();
+    let after = std::fs::read_to_string(cluster.nodes[new_master].copy_path()).unwrap();
     assert_eq!(transition_of(&after), transition_of(&transition_before));
 }
 

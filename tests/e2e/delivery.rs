@@ -60,7 +60,7 @@ fn a_transition_is_not_announced_before_a_majority_committed_it() {
     // The master decides DOWN from the followers' reports, applies it and
     // proposes it; the followers block on writing it.
     eventually(Duration::from_secs(20), "the master applied the DOWN", || {
-        let text = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).ok()?;
+        let text = std::fs::read_to_string(cluster.nodes[master].copy_path()).ok()?;
         text.contains("state: down").then_some(())
     });
     let applied = Instant::now();
@@ -279,8 +279,7 @@ fn five_nodes_under_faults_page_once_per_committed_transition_in_order() {
 
     let master = cluster.wait_converged();
     cluster.nodes[master].wait_files_written();
-    let text = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
-    let config: qu_core::config::ClusterConfig = serde_yaml::from_str(&text).unwrap();
+    let config = cluster.nodes[master].copy();
     let committed: std::collections::BTreeSet<String> = config.deliveries.keys().cloned().collect();
     let statuses: Vec<_> = config.deliveries.values().map(|d| d.status).collect();
     assert!(

@@ -88,6 +88,61 @@ fn a_stale_write_back_is_set_aside_and_rolls_back_no_check_and_no_state() {
     assert_eq!(receiver.count("DOWN").0, 1, "one page for one incident: {:?}", receiver.requests());
 }
 
+/// Runtime state lives apart from cluster.yaml: an outage commits its DOWN
+/// (in the daemons' own store) without rewriting any node's cluster.yaml,
+/// so an edit opened before the outage and saved after it is based on the
+/// file as it still is, and applies; the committed DOWN and its page stay.
+#[test]
+fn an_outage_leaves_cluster_yaml_alone_and_an_edit_opened_before_it_applies_after_it() {
+    use std::os::unix::fs::MetadataExt;
+    let (cluster, receiver, target) = alerting_cluster();
+    let master = cluster.wait_converged();
+    let follower = followers(&cluster, master)[0];
+    let stamp = |node: &Node| {
+        let path = node.file("cluster.yaml");
+        let meta = std::fs::metadata(&path).unwrap();
+        (std::fs::read_to_string(&path).unwrap(), meta.ino(), meta.mtime(), meta.mtime_nsec())
+    };
+    cluster.nodes.iter().for_each(|n| n.wait_files_written());
+    let before: Vec<_> = cluster.nodes.iter().map(stamp).collect();
+    let opened = before[follower].0.clone();
+    let web = cluster.nodes[master].copy().check("web").unwrap().id.clone();
+
+    target.up.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(30), "the DOWN page", || (receiver.count("DOWN").0 >= 1).then_some(()));
+    let mut down = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        node.wait_status("web is down everywhere", |s| {
+            s["checks"].as_array().unwrap().iter().any(|c| c["name"] == "web" && c["state"] == "down")
+        });
+        node.wait_files_written();
+        assert_eq!(stamp(node), before[i], "{}: the outage rewrote cluster.yaml", node.name);
+        let copy = node.copy();
+        assert_eq!(copy.states[&web].state.to_string(), "down", "{}: the store holds the DOWN", node.name);
+        assert!(copy.version > version_in(&before[i].0), "{}: runtime state committed", node.name);
+        down.push(copy.states[&web].transition.clone());
+    }
+    assert!(down.windows(2).all(|w| w[0] == w[1]), "one transition: {down:?}");
+
+    let path = cluster.nodes[follower].file("cluster.yaml");
+    std::fs::write(&path, opened.replace("hysteresis: 2", "hysteresis: 7")).unwrap();
+    for node in &cluster.nodes {
+        eventually(Duration::from_secs(15), "the edit applies everywhere", || {
+            (node.setting("hysteresis") == "7").then_some(())
+        });
+    }
+    assert!(set_aside(&cluster.nodes[follower].dir).is_empty(), "the edit was fresh, yet set aside");
+    std::thread::sleep(Duration::from_secs(3));
+    for node in &cluster.nodes {
+        node.wait_files_written();
+        let copy = node.copy();
+        assert_eq!(copy.states[&web].state.to_string(), "down", "{}: the edit rolled the DOWN back", node.name);
+        assert_eq!(copy.states[&web].transition, down[0], "{}: a new transition", node.name);
+        assert!(std::fs::read_to_string(node.file("cluster.yaml")).unwrap().contains("hysteresis: 7"));
+    }
+    assert_eq!(receiver.count("DOWN").0, 1, "one page for one incident: {:?}", receiver.requests());
+}
+
 /// A stopped follower's `version:` is raised by 50 and a setting changed.
 /// It is an edit proposal, not the truth: the other follower does not take
 /// it, a change the master acknowledges afterwards survives the master's
@@ -310,7 +365,7 @@ fn a_version_zero_restore_after_an_announced_incident_pages_nothing_again() {
     target.up.store(false, Ordering::SeqCst);
     eventually(Duration::from_secs(30), "the DOWN page", || (receiver.count("DOWN").0 >= 1).then_some(()));
     eventually(Duration::from_secs(30), "its delivery committed on the follower", || {
-        let text = std::fs::read_to_string(cluster.nodes[restored].file("cluster.yaml")).ok()?;
+        let text = std::fs::read_to_string(cluster.nodes[restored].copy_path()).ok()?;
         (text.contains("state: down") && text.contains("status: delivered")).then_some(())
     });
     assert!(cluster.nodes[restored].terminate().success());
@@ -333,6 +388,7 @@ fn a_version_zero_restore_after_an_announced_incident_pages_nothing_again() {
         "paged again after the restore (master now n{next}): {:?}",
         receiver.requests()
     );
-    let text = std::fs::read_to_string(cluster.nodes[restored].file("cluster.yaml")).unwrap();
+    cluster.nodes[restored].wait_files_written();
+    let text = std::fs::read_to_string(cluster.nodes[restored].copy_path()).unwrap();
     assert!(text.contains("state: down"), "the restored node holds the committed DOWN");
 }

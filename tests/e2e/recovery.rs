@@ -69,6 +69,65 @@ fn the_whole_cluster_restored_from_the_highest_version_backup_elects_and_continu
     cluster.assert_identical_configs(&[0, 1, 2]);
 }
 
+/// The whole-cluster restore with the daemons' store backed up too
+/// (docs/operations.md): the runtime state comes back with it, so an
+/// incident announced before the loss is not announced again.
+#[test]
+fn the_whole_cluster_restored_with_its_store_pages_no_announced_incident_again() {
+    let (mut cluster, receiver, target) = qu_tests::alerting_cluster();
+    target.up.store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually(Duration::from_secs(30), "the DOWN page", || (receiver.count("DOWN").0 >= 1).then_some(()));
+    eventually(Duration::from_secs(30), "its delivery is committed everywhere", || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| {
+                n.wait_files_written();
+                n.copy().deliveries.values().all(|d| d.status == qu_core::config::DeliveryStatus::Delivered)
+            })
+            .then_some(())
+    });
+    // The nightly backup of each host: cluster.yaml and store/.
+    let backups: Vec<(String, String)> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            (std::fs::read_to_string(n.file("cluster.yaml")).unwrap(), std::fs::read_to_string(n.copy_path()).unwrap())
+        })
+        .collect();
+    let web = cluster.nodes[0].copy().check("web").unwrap().id.clone();
+    let announced = cluster.nodes[0].copy().states[&web].transition.clone();
+    // Pick the backup whose store is at the highest version; it goes on
+    // every rebuilt host.
+    let highest = backups.iter().max_by_key(|(_, copy)| set_version_key(copy)).unwrap().clone();
+    for node in &mut cluster.nodes {
+        node.kill();
+        std::fs::remove_file(node.file("state.yaml")).unwrap();
+        std::fs::remove_dir_all(node.file("store")).unwrap();
+        std::fs::write(node.file("cluster.yaml"), &highest.0).unwrap();
+        std::fs::create_dir_all(node.file("store")).unwrap();
+        std::fs::write(node.copy_path(), &highest.1).unwrap();
+    }
+    for node in &mut cluster.nodes {
+        node.spawn_serve();
+    }
+    for node in &mut cluster.nodes {
+        node.wait_answering();
+    }
+    cluster.wait_converged();
+    // Several rounds with the target still down: the incident stands, as
+    // committed before the loss.
+    std::thread::sleep(Duration::from_secs(5));
+    for node in &cluster.nodes {
+        node.wait_files_written();
+        let state = node.copy().states[&web].clone();
+        assert_eq!((state.state.to_string(), &state.transition), ("down".to_string(), &announced), "{}", node.name);
+    }
+    assert_eq!(receiver.count("DOWN"), (1, 1), "announced again: {:?}", receiver.requests());
+    target.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually(Duration::from_secs(30), "one RECOVERED", || (receiver.count("RECOVERED").0 == 1).then_some(()));
+}
+
 fn set_version_key(yaml: &str) -> u64 {
     yaml.lines().find_map(|l| l.strip_prefix("version:")).unwrap().trim().parse().unwrap()
 }

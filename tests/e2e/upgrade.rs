@@ -66,18 +66,26 @@ fn a_data_directory_of_0_1_is_migrated_in_place_and_nothing_is_paged_again() {
     });
     assert_eq!(sent[0].key, pending[0], "with the idempotency key it had");
     eventually(Duration::from_secs(30), "its delivery is committed", || {
-        let now = ClusterConfig::parse(&std::fs::read_to_string(&path).ok()?).ok()?;
+        let now = ClusterConfig::parse(&std::fs::read_to_string(node.copy_path()).ok()?).ok()?;
         (now.deliveries[&pending[0]].status == DeliveryStatus::Delivered).then_some(())
     });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(waiting.requests().len(), 1, "sent once: {:?}", waiting.requests());
     assert!(delivered.requests().is_empty(), "a delivered alert was sent again: {:?}", delivered.requests());
-    let after = ClusterConfig::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    node.wait_files_written();
+    let after = node.copy();
     assert_eq!(after.checks, before.checks);
     assert_eq!(after.alerts, before.alerts);
     assert_eq!(after.states[&gone].transition, state.transition, "no new transition");
     assert_eq!(after.states[&gone].state, state.state);
     assert!(after.version > before.version, "the node committed in its new term");
+    // The runtime state moved to the daemon's store: cluster.yaml keeps
+    // what operators own, at the version it last changed.
+    let file = ClusterConfig::parse(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(file.states.is_empty() && file.deliveries.is_empty(), "runtime state left in cluster.yaml");
+    assert!(file.same_content(&after));
+    assert_eq!(file.version, after.content_stamp().version);
+    assert!(file.version < after.version, "the sends' results changed runtime state only");
     // A restart is an ordinary one: no second copy, nothing lost.
     assert!(node.terminate().success());
     node.serve();

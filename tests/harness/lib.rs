@@ -321,6 +321,18 @@ impl Node {
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
+
+    /// The daemon's own copy of the whole content, runtime state (check
+    /// states, delivery records) included, which cluster.yaml does not hold.
+    pub fn copy_path(&self) -> PathBuf {
+        self.dir.join("store").join("cluster.yaml")
+    }
+
+    /// The daemon's copy as last written (see [`Node::wait_files_written`]).
+    pub fn copy(&self) -> qu_core::config::ClusterConfig {
+        let text = fs::read_to_string(self.copy_path()).unwrap();
+        serde_yaml::from_str(&text).unwrap()
+    }
 }
 
 impl Drop for Node {
@@ -845,14 +857,14 @@ pub fn alerting(cluster: Cluster) -> (Cluster, Receiver, HttpTarget) {
     (cluster, receiver, target)
 }
 
-/// One copy of cluster.yaml that a [`ConfigWatch`] saw on a node.
+/// One copy of the content that a [`ConfigWatch`] saw on a node.
 #[derive(Debug, Clone)]
 pub struct SeenConfig {
     pub node: usize,
     pub config: qu_core::config::ClusterConfig,
 }
 
-/// Reads every watched node's cluster.yaml every 10 ms in the background
+/// Reads every watched node's copy every 10 ms in the background
 /// and keeps each distinct copy it sees, so a test can assert on the
 /// states a cluster went through (transitions committed, versions
 /// written) instead of on log lines. Stops when dropped.
@@ -865,9 +877,10 @@ pub struct ConfigWatch {
 }
 
 impl ConfigWatch {
-    /// Watches the cluster.yaml of every node of `cluster` (by index).
+    /// Watches the daemon's copy (`store/cluster.yaml`, which holds the
+    /// runtime state too) of every node of `cluster` (by index).
     pub fn start(cluster: &Cluster) -> Self {
-        Self::paths(cluster.nodes.iter().map(|n| n.file("cluster.yaml")).collect())
+        Self::paths(cluster.nodes.iter().map(|n| n.copy_path()).collect())
     }
 
     pub fn paths(paths: Vec<PathBuf>) -> Self {

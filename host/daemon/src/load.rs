@@ -80,16 +80,31 @@ impl LoadedNode {
         };
         let start = edits::after_replay(start, file.version, replayed);
         let cluster = match (start, last) {
+            (StartDecision::Shrink, Some(last)) => {
+                // The file is the truth of what operators own, under the term
+                // the node recorded, at a version above any it held; the
+                // runtime state is the node's own (the file holds none).
+                let mut shrunk = ClusterConfig {
+                    term: last.term.min(durable.term),
+                    version: file.version.max(last.version + 1),
+                    content: None,
+                    states: last.states.clone(),
+                    deliveries: last.deliveries.clone(),
+                    ..file
+                };
+                shrunk.drop_runtime_state_of_removed();
+                shrunk
+            }
             (start, Some(last)) if start.runs_on_file() => {
                 // The file is the truth, under the term the node recorded.
-                ClusterConfig { term: last.term.min(durable.term), ..file }
+                ClusterConfig { term: last.term.min(durable.term), content: None, ..file }
             }
             (_, Some(last)) => last,
             (_, None) => {
                 // No copy (a first start, an upgrade, a machine restored
                 // from a backup): the file, but never a term the node has
                 // not persisted itself.
-                ClusterConfig { term: file.term.min(durable.term), ..file }
+                ClusterConfig { term: file.term.min(durable.term), content: None, ..file }
             }
         };
         let texts = StartTexts { file: file_text, copy: copy_text };
@@ -219,7 +234,9 @@ fn load_last(data: &DataDir) -> Result<Option<(String, ClusterConfig)>, LoadErro
 }
 
 /// The daemon's copy with its log (`store/log`) replayed over it, and the
-/// version the log brought it to if it held anything the copy did not.
+/// content version (of what operators own) the log brought it to if it
+/// changed that: runtime state alone does not make an edit of the file,
+/// which holds none, stale.
 fn replay_log(data: &DataDir, last: ClusterConfig) -> Result<(ClusterConfig, Option<u64>), LoadError> {
     let path = data.log();
     let opened = qu_store::read_log(&path).map_err(LoadError::Store)?;
@@ -234,6 +251,7 @@ fn replay_log(data: &DataDir, last: ClusterConfig) -> Result<(ClusterConfig, Opt
         return Ok((last, None));
     }
     let from = last.version;
+    let last_content = last.content_stamp().version;
     let hash = qu_core::config::content_hash(&last);
     let done = qu_core::config::replay(last, hash, &opened.records);
     if let Some(why) = &done.stopped {
@@ -252,8 +270,9 @@ fn replay_log(data: &DataDir, last: ClusterConfig) -> Result<(ClusterConfig, Opt
         done.applied,
         done.config.version
     );
-    let version = done.config.version;
-    Ok((done.config, Some(version)))
+    let content = done.config.content_stamp().version;
+    let advanced = (content != last_content).then_some(content);
+    Ok((done.config, advanced))
 }
 
 /// The term and vote. A missing file is a node that never voted; a corrupt

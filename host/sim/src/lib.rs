@@ -616,6 +616,20 @@ impl Sim {
                         Err(error) if error.is_unknown() => self.stats.operator.unknown_outcomes += 1,
                         Err(_) => {
                             self.stats.operator.definite_failures += 1;
+                            // A hand edit still in its file is proposed
+                            // again (the daemon retries while the edit
+                            // stands): as a new proposal, under a new name,
+                            // so that this one is still checked never to
+                            // commit.
+                            let retry = format!("e{}", self.next_mutation);
+                            if let Some(file) = self
+                                .nodes
+                                .iter_mut()
+                                .find_map(|n| n.file.as_mut().filter(|f| f.edit == mutation && !mutation.is_empty()))
+                            {
+                                file.edit = retry;
+                                self.next_mutation += 1;
+                            }
                             if !mutation.is_empty() {
                                 self.refused.insert(mutation);
                             }
@@ -640,8 +654,8 @@ impl Sim {
                     // The driver re-stamps the current content in the new term.
                     let core = self.nodes[i].core.as_ref().expect("running");
                     let current = core.config().clone();
-                    let snapshot =
-                        Snapshot::new(next, current.members.clone(), current.timing, current.content.clone());
+                    let content = Content::restamp(&current.content, current.id);
+                    let snapshot = Snapshot::new(next, current.members.clone(), current.timing, content);
                     let request = self.seq_request(i, String::new());
                     let now = self.local_now(i);
                     let out = self.nodes[i]
@@ -702,17 +716,19 @@ impl Sim {
         if self.faults && !restoring && self.rng.chance(MEMBERSHIP_PERCENT) {
             return self.membership_change(i, current, next_id, mutation);
         }
-        let change = if self.rng.chance(TRANSITION_PERCENT) {
-            // One check, or several at once (an outage): distinct ones.
+        let (mutation, change) = if self.rng.chance(TRANSITION_PERCENT) {
+            // One check, or several at once (an outage): distinct ones. A
+            // runtime change: what operators own stays as it was.
             let first = self.rng.below(CHECKS);
             let count = 1 + self.rng.below(CHECKS);
             let checks: Vec<u64> = (0..count).map(|k| (first + k) % CHECKS).collect();
+            let mutation = format!("r{}", &mutation[1..]);
             self.transitions.insert(mutation.clone(), checks.len());
-            Change::Transition { checks }
+            (mutation, Change::Transition { checks })
         } else {
-            Change::Plain
+            (mutation, Change::Plain)
         };
-        let content = Content::apply(&current.content, next_id, &mutation, &change);
+        let content = Content::apply(&current.content, current.id, next_id, &mutation, &change);
         let timing = if self.rng.chance(TIMING_PERCENT) { self.draw_timing(current.timing) } else { current.timing };
         let snapshot = Snapshot::new(next_id, current.members.clone(), timing, content);
         let request = self.seq_request(i, mutation);
@@ -746,7 +762,7 @@ impl Sim {
             self.handle(Event::Restart(j))?;
             let mut members = current.members.clone();
             members.push(new_id);
-            let content = Content::apply(&current.content, next_id, &mutation, &Change::Plain);
+            let content = Content::apply(&current.content, current.id, next_id, &mutation, &Change::Plain);
             let snapshot = Snapshot::new(next_id, members, current.timing, content);
             let request = self.seq_request(master, mutation);
             return self.step(master, Input::Propose { request, snapshot, new_member: Some(new_id) });
@@ -759,7 +775,7 @@ impl Sim {
         let candidates: Vec<NodeId> = current.members.clone();
         let removed = candidates[self.rng.below(candidates.len() as u64) as usize];
         let members: Vec<NodeId> = current.members.iter().copied().filter(|m| *m != removed).collect();
-        let content = Content::apply(&current.content, next_id, &mutation, &Change::Plain);
+        let content = Content::apply(&current.content, current.id, next_id, &mutation, &Change::Plain);
         let snapshot = Snapshot::new(next_id, members, current.timing, content);
         let request = self.seq_request(master, mutation);
         self.step(master, Input::Propose { request, snapshot, new_member: None })
@@ -896,9 +912,9 @@ impl Sim {
         }
         let (current, next_id) = (core.config().clone(), core.next_config_id());
         let results = self.nodes[i].finish_queue.pop_front().expect("not empty");
-        let mutation = format!("m{}", self.next_mutation);
+        let mutation = format!("r{}", self.next_mutation);
         self.next_mutation += 1;
-        let content = Content::apply(&current.content, next_id, &mutation, &Change::Finish(results));
+        let content = Content::apply(&current.content, current.id, next_id, &mutation, &Change::Finish(results));
         let snapshot = Snapshot::new(next_id, current.members.clone(), current.timing, content);
         let request = self.seq_request(i, mutation);
         self.step(i, Input::Propose { request, snapshot, new_member: None })

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
         );
         let o = &operator;
         println!(
-            "  operators: {} live and {} stopped edits ({} stale, {} bumped versions, {} edited terms), {} restores with version 0, {} timer changes; {} edits committed, {} set aside, {} refused by the master; {} proposals with an unknown outcome, {} failed definitely",
+            "  operators: {} live and {} stopped edits ({} stale, {} bumped versions, {} edited terms), {} restores with version 0, {} timer changes; {} edits committed, {} set aside, {} refused by the master, {} kept over runtime-only commits; {} proposals with an unknown outcome, {} failed definitely",
             o.live_edits,
             o.stopped_edits,
             o.stale_edits,
@@ -111,6 +111,7 @@ fn main() -> ExitCode {
             o.committed,
             o.set_aside,
             o.refused,
+            o.kept_over_runtime,
             o.unknown_outcomes,
             o.definite_failures,
         );

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use qu_core::config::edits::{self, AtStart, Copy, LiveDecision, StartDecision};
 use qu_core::consensus::{ConfigId, Input, Role, Snapshot, Timing};
 
-use super::content::Content;
+use super::content::{self, Content};
 use super::{Sim, Violation};
 
 /// How often a running node looks at its file (the daemon polls every 2 s;
@@ -48,6 +48,9 @@ pub struct OperatorStats {
     pub timing_changes: u64,
     /// Edits set aside (stale, or overtaken by a newer version).
     pub set_aside: u64,
+    /// Times an edit in a file stood while its node persisted runtime
+    /// state only (which leaves cluster.yaml, and the edit, as they were).
+    pub kept_over_runtime: u64,
     /// Edits the master refused (made on another copy than its own).
     pub refused: u64,
     /// Edits that committed.
@@ -67,6 +70,7 @@ impl OperatorStats {
         self.restores += other.restores;
         self.timing_changes += other.timing_changes;
         self.set_aside += other.set_aside;
+        self.kept_over_runtime += other.kept_over_runtime;
         self.refused += other.refused;
         self.committed += other.committed;
         self.unknown_outcomes += other.unknown_outcomes;
@@ -87,31 +91,42 @@ impl Sim {
         }
         let name = format!("e{}", self.next_mutation);
         self.next_mutation += 1;
+        // The file shows the version of what operators own (runtime state
+        // committed since leaves it, and an edit of it, as it was).
+        let version = content::content_id(disk.id, &disk.content).version;
         let edit = match self.rng.below(4) {
             // Fresh: the file as the node wrote it, plus the edit.
-            0 => FileEdit { version: disk.id.version, content: disk.content.clone(), edit: name },
-            // Stale: a copy the node held before (an editor open meanwhile).
+            0 => FileEdit { version, content: disk.content.clone(), edit: name },
+            // Stale: a copy the node held before (an editor open meanwhile);
+            // only runtime state may have changed since, and then it is not.
             1 => {
                 let Some(old) = self.older_copy(i, &disk) else { return };
                 self.stats.operator.stale_edits += 1;
-                FileEdit { version: old.id.version, content: old.content, edit: name }
+                let version = content::content_id(old.id, &old.content).version;
+                FileEdit { version, content: old.content, edit: name }
             }
             // The version bumped by hand.
             2 => {
                 self.stats.operator.bumped_versions += 1;
-                let version = disk.id.version + 50;
-                FileEdit { version, content: disk.content.clone(), edit: name }
+                FileEdit { version: version + 50, content: disk.content.clone(), edit: name }
             }
             // Only the term edited.
             _ => {
                 self.stats.operator.edited_terms += 1;
-                FileEdit { version: disk.id.version, content: disk.content.clone(), edit: String::new() }
+                FileEdit { version, content: disk.content.clone(), edit: String::new() }
             }
         };
         if running {
             self.stats.operator.live_edits += 1;
         } else {
             self.stats.operator.stopped_edits += 1;
+        }
+        if self.cfg.trace {
+            let when = if running { "running" } else { "stopped" };
+            eprintln!(
+                "{:>6} n{i} ({when}) file edited: version {} edit {:?} on {}",
+                self.now, edit.version, edit.edit, edit.content
+            );
         }
         self.nodes[i].file = Some(edit);
     }
@@ -172,8 +187,9 @@ impl Sim {
         let copy = |version| Copy { version, members: disk.members.clone() };
         let facts = AtStart {
             file: copy(file.version),
-            last: Some(copy(disk.id.version)),
-            changed: !file.edit.is_empty() || file.content != disk.content,
+            last: Some(copy(content::content_id(disk.id, &disk.content).version)),
+            changed: !file.edit.is_empty()
+                || content::operator_part(&file.content) != content::operator_part(&disk.content),
             peers_unchanged_apart_from_removals: true,
             me: self.nodes[i].id,
         };
@@ -213,11 +229,12 @@ impl Sim {
         let Some(file) = self.nodes[i].file.clone() else { return Ok(()) };
         let Some(core) = self.nodes[i].core.as_ref() else { return Ok(()) };
         let current = core.config().clone();
-        if file.edit.is_empty() && file.content == current.content {
+        if file.edit.is_empty() && content::operator_part(&file.content) == content::operator_part(&current.content) {
             self.nodes[i].file = None; // only the stamp: ignored, rewritten
             return Ok(());
         }
-        let base_version = match edits::live(file.version, current.id.version) {
+        let current_content = content::content_id(current.id, &current.content);
+        let base_version = match edits::live(file.version, current_content.version) {
             LiveDecision::Stale { .. } => {
                 self.stats.operator.set_aside += 1;
                 self.nodes[i].file = None;
@@ -225,7 +242,7 @@ impl Sim {
             }
             LiveDecision::Propose { base_version } => base_version,
         };
-        let base = (current.id.term, base_version);
+        let base = (current_content.term, base_version);
         // Forwarded to the master this node follows, if it can reach it.
         let Some(m) = core.master().and_then(|id| self.nodes.iter().position(|n| n.id == id)) else { return Ok(()) };
         if self.blocked[i][m] || self.blocked[m][i] || self.nodes[m].paused_until > self.now {
@@ -236,7 +253,8 @@ impl Sim {
             return Ok(());
         }
         let on = master.config().clone();
-        if !edits::base_matches(base, (on.id.term, on.id.version)) {
+        let on_content = content::content_id(on.id, &on.content);
+        if !edits::base_matches(base, (on_content.term, on_content.version)) {
             // Refused for good, as the daemon's `edit_refused` does: the
             // edit is set aside and the file rewritten.
             self.stats.operator.refused += 1;
@@ -246,17 +264,29 @@ impl Sim {
         }
         let next = master.next_config_id();
         let content = Content::edit(&file.content, &on.content, &file.edit);
+        if self.cfg.trace {
+            eprintln!("{:>6} n{i} proposes its file's edit {:?} to n{m} as {next}: {content}", self.now, file.edit);
+        }
         let snapshot = Snapshot::new(next, on.members.clone(), on.timing, content);
         let request = self.seq_request(m, file.edit.clone());
         self.step(m, Input::Propose { request, snapshot, new_member: None })
     }
 
-    /// Node `i` persisted `snapshot`: its file now holds it (an edit it
-    /// held was replicated in it, or is set aside), and it is remembered.
+    /// Node `i` persisted `snapshot` over what it held: if that changed
+    /// what operators own, its file now holds it (an edit it held was
+    /// replicated in it, or is set aside); runtime state alone leaves the
+    /// file, and an edit in it, as it was. The snapshot is remembered.
     pub(crate) fn persisted(&mut self, i: usize, snapshot: &Snapshot) {
         let node = &mut self.nodes[i];
-        if let Some(file) = node.file.take()
-            && !super::content::mutations(&snapshot.content).any(|m| m == file.edit)
+        let before = content::content_id(node.disk_config.id, &node.disk_config.content);
+        let runtime_only = content::content_id(snapshot.id, &snapshot.content) == before
+            && content::operator_part(&snapshot.content) == content::operator_part(&node.disk_config.content);
+        if runtime_only {
+            if node.file.as_ref().is_some_and(|f| !f.edit.is_empty()) {
+                self.stats.operator.kept_over_runtime += 1;
+            }
+        } else if let Some(file) = node.file.take()
+            && !content::mutations(&snapshot.content).any(|m| m == file.edit)
         {
             self.stats.operator.set_aside += 1;
         }

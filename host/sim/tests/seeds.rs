@@ -44,6 +44,7 @@ fn assert_operators_exercised(o: &OperatorStats) {
         ("edits committed", o.committed),
         ("edits set aside", o.set_aside),
         ("edits refused by the master", o.refused),
+        ("edits standing over runtime-only commits", o.kept_over_runtime),
         ("unknown outcomes", o.unknown_outcomes),
         ("definite failures", o.definite_failures),
     ];

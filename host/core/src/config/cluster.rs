@@ -18,7 +18,9 @@ const FILE: &str = "cluster.yaml";
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Grows by one with every committed change. `0` means "always
-    /// superseded": a node holding version 0 takes any peer's copy.
+    /// superseded": a node holding version 0 takes any peer's copy. In the
+    /// operator's `cluster.yaml` ([`ClusterConfig::to_operator_yaml`]) this
+    /// is the version of [`ClusterConfig::content`] instead.
     pub version: u64,
     /// The term of the master that committed this version. With `version`
     /// it orders copies: a newer term wins, then a higher version.
@@ -28,6 +30,12 @@ pub struct ClusterConfig {
     pub updated_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_by: Option<NodeId>,
+    /// When what operators own (settings, peers, checks, alerts, plugins)
+    /// last changed, if that was before this version: the commits since
+    /// changed runtime state only. `None` when this very version changed
+    /// it (or in the operator's file, whose stamp is the content's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<ContentStamp>,
     #[serde(default)]
     pub settings: Settings,
     pub peers: Vec<Peer>,
@@ -51,6 +59,21 @@ pub struct ClusterConfig {
     /// [`crate::alerting`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deliveries: BTreeMap<String, Delivery>,
+}
+
+/// The stamp of the commit that last changed what operators own: what
+/// `cluster.yaml` says as its `version`, `term` and `updated_*`, and what a
+/// hand edit of it is based on ([`super::edits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentStamp {
+    pub version: u64,
+    #[serde(default)]
+    pub term: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_by: Option<NodeId>,
 }
 
 /// One alert of one transition: committed `pending` before anything is
@@ -293,6 +316,7 @@ impl ClusterConfig {
             term: 0,
             updated_at: Some(at),
             updated_by: Some(peer.node_id),
+            content: None,
             settings: Settings::default(),
             peers: vec![peer],
             checks: Default::default(),
@@ -326,24 +350,80 @@ impl ClusterConfig {
         serde_yaml::to_string(self).expect("cluster config always serialises")
     }
 
+    /// The operator's `cluster.yaml`: what operators own, under the stamp
+    /// of its last change ([`ClusterConfig::content_stamp`]), without the
+    /// runtime state (check states, delivery records), which the daemon
+    /// keeps in its own store. So the file changes only when someone
+    /// changes what it holds.
+    pub fn to_operator_yaml(&self) -> String {
+        serde_yaml::to_string(&self.operator_part()).expect("cluster config always serialises")
+    }
+
+    /// This config's operator part alone, as [`ClusterConfig::to_operator_yaml`]
+    /// writes it (stamped with the content's stamp, without runtime state).
+    pub fn operator_part(&self) -> ClusterConfig {
+        let stamp = self.content_stamp();
+        ClusterConfig {
+            version: stamp.version,
+            term: stamp.term,
+            updated_at: stamp.updated_at,
+            updated_by: stamp.updated_by,
+            content: None,
+            settings: self.settings.clone(),
+            peers: self.peers.clone(),
+            checks: self.checks.clone(),
+            alerts: self.alerts.clone(),
+            plugins: self.plugins.clone(),
+            states: BTreeMap::new(),
+            deliveries: BTreeMap::new(),
+        }
+    }
+
     /// The id that orders this copy against others.
     pub fn config_id(&self) -> ConfigId {
         ConfigId { term: self.term, version: self.version }
     }
 
-    /// Member ids, sorted.
-    /// Whether `other` says the same apart from its stamp (`version`,
-    /// `term`, `updated_at`, `updated_by`): a hand edit that only bumped
-    /// the version changes nothing.
-    pub fn same_apart_from_stamp(&self, other: &ClusterConfig) -> bool {
-        let mut restamped = other.clone();
-        restamped.version = self.version;
-        restamped.term = self.term;
-        restamped.updated_at = self.updated_at;
-        restamped.updated_by = self.updated_by;
-        *self == restamped
+    /// The stamp of what operators own: [`ClusterConfig::content`], or
+    /// this version's own stamp when this version changed it.
+    pub fn content_stamp(&self) -> ContentStamp {
+        self.content.unwrap_or(ContentStamp {
+            version: self.version,
+            term: self.term,
+            updated_at: self.updated_at,
+            updated_by: self.updated_by,
+        })
     }
 
+    /// `(term, version)` of [`ClusterConfig::content_stamp`]: what a hand
+    /// edit of cluster.yaml is based on.
+    pub fn content_id(&self) -> (u64, u64) {
+        let stamp = self.content_stamp();
+        (stamp.term, stamp.version)
+    }
+
+    /// Whether `other` says the same of what operators own (settings,
+    /// peers, checks, alerts, plugins), whatever the stamps and the runtime
+    /// state: a hand edit that only bumped the version changes nothing, and
+    /// the states an old file may still list are the cluster's, not the
+    /// file's.
+    pub fn same_content(&self, other: &ClusterConfig) -> bool {
+        self.settings == other.settings
+            && self.peers == other.peers
+            && self.checks == other.checks
+            && self.alerts == other.alerts
+            && self.plugins == other.plugins
+    }
+
+    /// Drops the states and delivery records of checks it no longer has
+    /// (after what operators own was replaced).
+    pub fn drop_runtime_state_of_removed(&mut self) {
+        let ids: std::collections::HashSet<&str> = self.checks.iter().map(|c| c.id.as_str()).collect();
+        self.states.retain(|id, _| ids.contains(id.as_str()));
+        self.deliveries.retain(|_, d| ids.contains(d.check_id.as_str()));
+    }
+
+    /// Member ids, sorted.
     pub fn members(&self) -> Vec<NodeId> {
         let mut members: Vec<NodeId> = self.peers.iter().map(|p| p.node_id).collect();
         members.sort();
@@ -359,8 +439,6 @@ impl ClusterConfig {
         }
     }
 
-    /// This config as the consensus core sees it; `content` is the canonical
-    /// YAML, so equal configs give equal bytes on every node.
     /// This config as the consensus core replicates it, with its content
     /// hash ([`super::Renderer::render`]).
     pub fn snapshot(&self) -> Snapshot {

@@ -5,7 +5,11 @@
 //!
 //! The node's own copy of the last content it persisted (the daemon keeps
 //! it apart from `cluster.yaml`, which is the operator's) is what the file
-//! is compared with. The rules:
+//! is compared with. Versions here are those of what operators own
+//! ([`ClusterConfig::content_stamp`]): the version `cluster.yaml` shows is
+//! that of its content's last change, and the runtime state committed
+//! since (check states, delivery records, which the file does not hold)
+//! leaves an edit of it fresh. The rules:
 //! - A node never takes a `term:` from the file: the term of what it holds
 //!   is the one its own copy records (or, with no copy, the file's, capped
 //!   at the node's persisted term).
@@ -42,8 +46,8 @@ pub struct AtStart {
     /// after an upgrade from a version without one, or on a machine
     /// restored from a backup of cluster.yaml alone.
     pub last: Option<Copy>,
-    /// Whether the file says anything other than `last` (ignoring `term`,
-    /// `version` and the `updated_*` stamp).
+    /// Whether the file says anything other than `last` of what operators
+    /// own (ignoring the stamps, and any runtime state an old file lists).
     pub changed: bool,
     /// Whether every peer the file keeps is listed in `last` exactly as
     /// there (same key and address).
@@ -75,11 +79,9 @@ pub enum StartDecision {
 impl AtStart {
     /// The facts about `file` against the node's `last` persisted copy.
     pub fn of(file: &ClusterConfig, last: Option<&ClusterConfig>, me: NodeId) -> Self {
-        let copy = |c: &ClusterConfig| Copy { version: c.version, members: c.members() };
+        let copy = |c: &ClusterConfig| Copy { version: c.content_stamp().version, members: c.members() };
         let (changed, peers_kept) = match last {
-            Some(last) => {
-                (!file.same_apart_from_stamp(last), file.peers.iter().all(|p| last.peer(&p.node_id) == Some(p)))
-            }
+            Some(last) => (!file.same_content(last), file.peers.iter().all(|p| last.peer(&p.node_id) == Some(p))),
             None => (false, true),
         };
         Self { file: copy(file), last: last.map(copy), changed, peers_unchanged_apart_from_removals: peers_kept, me }
@@ -124,8 +126,9 @@ pub fn at_start(facts: &AtStart) -> StartDecision {
 }
 
 /// The start decision once the daemon's log was replayed over its copy:
-/// `replayed` is the version the log brought the node to, if it held
-/// changes the copy (and so the file) did not. The file was then written
+/// `replayed` is the content version the log brought the node to, if it
+/// held changes to what operators own that the copy (and so the file) did
+/// not; runtime state alone leaves the file as fresh as it was. The file was then written
 /// before those changes, so an edit of it is based on an older version
 /// than the node holds: stale, the shrink included (run it again on the
 /// file as the daemon rewrites it). A restore stays a restore, and a file
@@ -151,7 +154,7 @@ pub enum LiveDecision {
 }
 
 /// Decides what a live edit of a file that says `edited` is, on a node
-/// holding version `current`. A version above the node's is a proposal
+/// whose content is at version `current`. A version above the node's is a proposal
 /// based on the node's own version, not a claim to be newer.
 pub fn live(edited: u64, current: u64) -> LiveDecision {
     if edited < current {
@@ -161,8 +164,8 @@ pub fn live(edited: u64, current: u64) -> LiveDecision {
     }
 }
 
-/// Whether an edit made on the copy `base` = (term, version) applies to
-/// the master's `current` one: exactly the same copy, term included.
+/// Whether an edit made on the content `base` = (term, version) applies to
+/// the master's `current` content: exactly the same, term included.
 pub fn base_matches(base: (u64, u64), current: (u64, u64)) -> bool {
     base == current && base.1 != 0
 }

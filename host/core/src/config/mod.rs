@@ -20,8 +20,8 @@ pub use checks::{
     BUILT_IN_CHECK_PLUGINS, BUILT_IN_SINK_PLUGINS, HttpSpec, NATIVE_TYPES, NativeSpec, REDIRECTS_MAX, StatusMatcher,
 };
 pub use cluster::{
-    Alert, Check, CheckStatus, ClusterConfig, Delivery, DeliveryStatus, Peer, PluginEntry, PluginKind, PluginLimits,
-    Settings,
+    Alert, Check, CheckStatus, ClusterConfig, ContentStamp, Delivery, DeliveryStatus, Peer, PluginEntry, PluginKind,
+    PluginLimits, Settings,
 };
 pub use mutation::{AlertChanges, CheckChanges, DeliveryResult, Mutation, Stamp, Transition, merge_settings};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};

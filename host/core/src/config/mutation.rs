@@ -38,9 +38,11 @@ pub enum Mutation {
         key: String,
         value: String,
     },
-    /// A hand edit of cluster.yaml, built on the node's copy at
-    /// (`base_term`, `base_version`): it applies only to exactly that copy
-    /// (two terms can each have made a version of the same number).
+    /// A hand edit of cluster.yaml, built on the node's copy whose content
+    /// ([`ClusterConfig::content_id`]) is (`base_term`, `base_version`): it
+    /// applies only to exactly that content (two terms can each have made
+    /// a version of the same number); runtime state committed since does
+    /// not matter, as the edit keeps the cluster's.
     Replace {
         config: Box<ClusterConfig>,
         base_version: u64,
@@ -180,6 +182,13 @@ impl Mutation {
         }
     }
 
+    /// Whether this changes what operators own (and so the operator's
+    /// `cluster.yaml`): everything but a new master's re-stamp and the
+    /// runtime state the master records (transitions, delivery results).
+    pub fn changes_content(&self) -> bool {
+        !matches!(self, Mutation::Restamp | Mutation::RecordTransitions { .. } | Mutation::FinishDeliveries { .. })
+    }
+
     /// The peer a change adds, who must acknowledge before it counts.
     pub fn new_member(&self) -> Option<NodeId> {
         match self {
@@ -240,6 +249,9 @@ impl Mutation {
             Mutation::FinishDeliveries { results } => finish_deliveries(current, &mut next, results, stamp)?,
             Mutation::RemovePlugin { name } => remove_plugin(current, &mut next, name)?,
         }
+        // What operators own keeps the stamp of its last change, which the
+        // operator's file shows and a hand edit is based on.
+        next.content = if self.changes_content() { None } else { Some(current.content_stamp()) };
         next.version = stamp.id.version;
         next.term = stamp.id.term;
         next.updated_at = Some(stamp.at);
@@ -299,11 +311,12 @@ fn replace(
     config: &ClusterConfig,
     base: (u64, u64),
 ) -> Result<(), String> {
-    if !super::edits::base_matches(base, (current.term, current.version)) {
+    let (term, version) = current.content_id();
+    if !super::edits::base_matches(base, (term, version)) {
         return Err(format!(
-            "the edit was made on version {} (term {}), but the cluster is at version {} (term {}); \
+            "the edit was made on version {} (term {}), but cluster.yaml is at version {version} (term {term}); \
                  re-apply it to the current cluster.yaml",
-            base.1, base.0, current.version, current.term
+            base.1, base.0
         ));
     }
     if config.members() != current.members() || config.peers.iter().any(|p| current.peer(&p.node_id) != Some(p)) {
@@ -317,9 +330,7 @@ fn replace(
     *next = config.clone();
     next.states = current.states.clone();
     next.deliveries = current.deliveries.clone();
-    let ids: std::collections::HashSet<&str> = next.checks.iter().map(|c| c.id.as_str()).collect();
-    next.states.retain(|id, _| ids.contains(id.as_str()));
-    next.deliveries.retain(|_, d| ids.contains(d.check_id.as_str()));
+    next.drop_runtime_state_of_removed();
     Ok(())
 }
 fn add_check(current: &ClusterConfig, next: &mut ClusterConfig, check: &Check) -> Result<(), String> {
@@ -829,18 +840,25 @@ mod tests {
         // changes what it edits and never the committed state.
         let mut edited = one.clone();
         edited.settings.hysteresis = 5;
-        let replace = |config: &ClusterConfig, base: &ClusterConfig| Mutation::Replace {
-            config: Box::new(config.clone()),
-            base_version: base.version,
-            base_term: base.term,
+        let replace = |config: &ClusterConfig, base: &ClusterConfig| {
+            let (base_term, base_version) = base.content_id();
+            Mutation::Replace { config: Box::new(config.clone()), base_version, base_term }
         };
-        let next = replace(&edited, &down).apply(&down, &stamp(4)).unwrap();
+        // The DOWN changed runtime state only: what operators own, and what
+        // an edit is based on, is still `one`'s.
+        assert_eq!(down.content_id(), one.content_id());
+        assert_eq!(down.content_stamp().version, one.version);
+        let next = replace(&edited, &one).apply(&down, &stamp(4)).unwrap();
         assert_eq!(next.settings.hysteresis, 5);
         assert_eq!(next.states, down.states, "the committed DOWN stays");
-        let mut other_term = down.clone();
+        assert_eq!(next.content, None, "the edit changed what operators own");
+        let mut other_term = one.clone();
         other_term.term += 1;
         let err = replace(&edited, &other_term).apply(&down, &stamp(4)).unwrap_err();
         assert!(err.contains("re-apply it"), "same version, other term: {err}");
+        replace(&edited, &next).apply(&next, &stamp(5)).expect("an edit of the edited copy applies to it");
+        let err = replace(&edited, &one).apply(&next, &stamp(5)).unwrap_err();
+        assert!(err.contains("re-apply it"), "an edit of the copy before an edit is stale: {err}");
         std::sync::Arc::make_mut(&mut edited.checks).clear();
         let removed = replace(&edited, &down).apply(&down, &stamp(4)).unwrap();
         assert!(removed.states.is_empty(), "removing the check by hand removes its state");

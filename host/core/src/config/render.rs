@@ -208,10 +208,7 @@ impl Renderer {
         let head = serde_yaml::to_string(&config.clone_without_bulk()).expect("cluster config always serialises");
         let mut out = std::mem::take(&mut self.buffer);
         out.clear();
-        let (before, after) = match head.split_once("\nchecks: []\n") {
-            Some((before, after)) => (before, after),
-            None => unreachable!("an empty check list renders as `checks: []`"),
-        };
+        let (before, after) = split_head(&head);
         let mut frame = sha2::Sha256::new();
         let mut put = |out: &mut String, text: &str| {
             frame.update((text.len() as u64).to_le_bytes());
@@ -250,10 +247,44 @@ impl Renderer {
         (text, hasher.finalize().into())
     }
 
+    /// Exactly `config.to_operator_yaml()`: the operator's cluster.yaml,
+    /// through the same cache of checks (so right after [`Renderer::render`]
+    /// of the same config, it renders nothing again).
+    pub fn operator_text(&mut self, config: &ClusterConfig) -> Arc<str> {
+        let mut frame = config.clone_without_bulk();
+        let stamp = config.content_stamp();
+        (frame.version, frame.term, frame.updated_at, frame.updated_by) =
+            (stamp.version, stamp.term, stamp.updated_at, stamp.updated_by);
+        frame.content = None;
+        let head = serde_yaml::to_string(&frame).expect("cluster config always serialises");
+        let (before, after) = split_head(&head);
+        let mut out = String::with_capacity(self.buffer.len().max(head.len()));
+        out.push_str(before);
+        out.push_str(if config.checks.is_empty() { "\nchecks: []\n" } else { "\nchecks:\n" });
+        self.checks.render(
+            "check",
+            true,
+            config.checks.iter().map(|c| (c.id.as_str(), c)),
+            |_, check| serde_yaml::to_string(std::slice::from_ref(&**check)).expect("checks always serialise"),
+            &mut out,
+        );
+        out.push_str(after);
+        Arc::from(out)
+    }
+
     /// [`ClusterConfig::snapshot`], rendered through this cache.
     pub fn snapshot(&mut self, config: &ClusterConfig) -> crate::consensus::Snapshot {
         let (text, hash) = self.render(config);
         crate::consensus::Snapshot::with_hash(config.config_id(), config.members(), config.timing(), text, hash)
+    }
+}
+
+/// The text of a config without checks, states and deliveries, around
+/// where the checks go.
+fn split_head(head: &str) -> (&str, &str) {
+    match head.split_once("\nchecks: []\n") {
+        Some((before, after)) => (before, after),
+        None => unreachable!("an empty check list renders as `checks: []`"),
     }
 }
 
@@ -271,6 +302,7 @@ impl ClusterConfig {
             term: self.term,
             updated_at: self.updated_at,
             updated_by: self.updated_by,
+            content: self.content,
             settings: self.settings.clone(),
             peers: self.peers.clone(),
             checks: Default::default(),
@@ -349,6 +381,12 @@ mod tests {
     fn config(n: usize) -> ClusterConfig {
         let text = format!("version: 7\nterm: 2\npeers: []\nsettings:\n  hysteresis: {}\n", 2 + n % 3);
         let mut config: ClusterConfig = serde_yaml::from_str(&text).unwrap();
+        if n % 2 == 1 {
+            // What operators own last changed before this version.
+            let at = Some(Timestamp::from_unix_millis(1_690_000_000_000));
+            config.content =
+                Some(crate::config::ContentStamp { version: 5, term: 1, updated_at: at, updated_by: None });
+        }
         for i in 0..n {
             let odd = ODD[i % ODD.len()];
             std::sync::Arc::make_mut(&mut config.checks).push(check(i, odd).into());
@@ -366,6 +404,8 @@ mod tests {
         let (text, hash) = renderer.render(config);
         assert_eq!(*text, *config.to_yaml(), "{what}");
         assert_eq!(hash, content_hash(config), "{what}: the hash kept up to date");
+        let operator = renderer.operator_text(config);
+        assert_eq!(*operator, *config.to_operator_yaml(), "{what}: the operator's file");
         hash
     }
 
@@ -425,6 +465,9 @@ mod tests {
         let mut setting = base.clone();
         setting.settings.hysteresis += 1;
         variants.push(("a setting", setting));
+        let mut stamped = base.clone();
+        stamped.content = Some(crate::config::ContentStamp { version: 6, term: 2, updated_at: None, updated_by: None });
+        variants.push(("the content's stamp", stamped));
         let mut renderer = Renderer::default();
         for (what, config) in &variants {
             let hash = same(&mut renderer, config, what);

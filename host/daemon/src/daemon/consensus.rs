@@ -84,16 +84,27 @@ impl Daemon {
         }
     }
 
-    /// Writes cluster.yaml and the daemon's copy, which then hold everything
-    /// the log did: the log is emptied.
-    pub(super) fn write_files(&mut self, content: &Arc<str>) -> Result<(), DaemonError> {
-        edits::persist_both(&self.data, content)?;
+    /// Writes the daemon's copy with `content` and, if `operator` (the
+    /// operator's part of it) is not what cluster.yaml already holds, the
+    /// file too: both then hold everything the log did, which is emptied.
+    /// Runtime state alone leaves cluster.yaml as it is.
+    pub(super) fn write_files(&mut self, content: &Arc<str>, operator: Arc<str>) -> Result<(), DaemonError> {
+        let file_changes = *operator != *self.written;
+        edits::persist_both(&self.data, content, file_changes.then_some(&*operator))?;
         self.log.clear().map_err(|source| DaemonError::Persist { what: "store/log", source })?;
-        self.written_stamp = edits::stamp_if_holds(&self.data.cluster_yaml(), content);
-        self.written = content.clone();
-        self.bad_edit = None;
+        if file_changes {
+            self.written_stamp = edits::stamp_if_holds(&self.data.cluster_yaml(), &operator);
+            self.written = operator;
+            self.bad_edit = None;
+        }
         self.unflushed = None;
         Ok(())
+    }
+
+    /// What cluster.yaml is to hold once the files follow what was
+    /// persisted (the log's changes included).
+    pub(super) fn operator_due(&self) -> Arc<str> {
+        self.unflushed.as_ref().map_or_else(|| self.written.clone(), |u| u.operator.clone())
     }
 
     /// When the files are due to follow the log (on `now`'s clock), if
@@ -103,12 +114,15 @@ impl Daemon {
     }
 
     /// Writes the files if changes wait in the log alone. A hand edit saved
-    /// meanwhile is judged first, as at any persist.
+    /// meanwhile is judged first if cluster.yaml is to change, as at any
+    /// persist that rewrites it.
     pub(super) fn flush(&mut self) -> Result<(), DaemonError> {
         let Some(unflushed) = self.unflushed.take() else { return Ok(()) };
-        let current = self.cluster.clone();
-        self.set_aside_unreplicated_edit(&current);
-        blocking(|| self.write_files(&unflushed.content))
+        if *unflushed.operator != *self.written {
+            let current = self.cluster.clone();
+            self.set_aside_unreplicated_edit(&current);
+        }
+        blocking(|| self.write_files(&unflushed.content, unflushed.operator))
     }
 
     pub(super) fn persist_config(&mut self, snapshot: &Snapshot) -> Result<(), DaemonError> {
@@ -127,7 +141,17 @@ impl Daemon {
             .pending_entry
             .take()
             .filter(|e| e.id.is(&snapshot.id) && e.hash == snapshot.hash && e.parent.is(&id) && e.parent_hash == hash);
+        // What cluster.yaml is to hold: the same as now unless what
+        // operators own changed (a transition or a delivery result leaves
+        // the file alone, and a hand edit in it stands).
+        let due = self.operator_due();
+        let operator = match entry {
+            Some(_) if cluster.content_stamp() == self.cluster.content_stamp() => due.clone(),
+            _ => self.renderer.operator_text(&cluster),
+        };
+        let file_changes = *operator != *due;
         let file_edited = match entry {
+            _ if !file_changes => false,
             Some(_) if self.file_untouched() => false,
             _ => self.set_aside_unreplicated_edit(&cluster),
         };
@@ -137,9 +161,9 @@ impl Daemon {
                 self.log.append(&record).map_err(|source| DaemonError::Persist { what: "store/log", source })?;
                 let now = self.now();
                 let first = self.unflushed.as_ref().map_or(now, |u| u.first);
-                self.unflushed = Some(Unflushed { content: snapshot.content.clone(), first, last: now });
+                self.unflushed = Some(Unflushed { content: snapshot.content.clone(), operator, first, last: now });
             }
-            _ => self.write_files(&snapshot.content)?,
+            _ => self.write_files(&snapshot.content, operator)?,
         }
         self.persisted = (snapshot.id, snapshot.hash);
         let members_changed = cluster.peers != self.cluster.peers;

@@ -6,17 +6,19 @@ use qu_core::config::edits::{self as rules, LiveDecision, StartDecision};
 
 use super::*;
 
-/// Writes `content` as cluster.yaml (the operator's) and then as the
-/// daemon's own copy. In that order: a crash between them leaves a file the
-/// copy does not know, which the next start takes for a hand edit made on
-/// the copy — proposed, or set aside, never the truth — and the node had
-/// not acknowledged it yet.
-pub(super) fn persist_both(data: &DataDir, content: &str) -> Result<(), DaemonError> {
+/// Writes the daemon's own copy (`store/cluster.yaml`, the whole content
+/// with its runtime state) and, when given, the operator's cluster.yaml.
+/// The file first: a crash between them leaves a file the copy does not
+/// know, which the next start takes for a hand edit made on the copy —
+/// proposed, or set aside, never the truth — and the node had not
+/// acknowledged it yet.
+pub(super) fn persist_both(data: &DataDir, content: &str, operator: Option<&str>) -> Result<(), DaemonError> {
+    let Some(operator) = operator else { return persist_copy(data, content) };
     // Side by side: the two fsyncs overlap (a large file's write is most of
     // a commit's time on every node).
     let (file, copy) = std::thread::scope(|scope| {
         let copy = scope.spawn(|| persist_copy(data, content));
-        let file = qu_store::write_atomic(&data.cluster_yaml(), content.as_bytes(), SECRET_FILE_MODE)
+        let file = qu_store::write_atomic(&data.cluster_yaml(), operator.as_bytes(), SECRET_FILE_MODE)
             .map_err(|source| DaemonError::Persist { what: "cluster.yaml", source });
         (file, copy.join().expect("writing the copy does not panic"))
     });
@@ -75,16 +77,17 @@ fn persist_copy(data: &DataDir, content: &str) -> Result<(), DaemonError> {
 }
 
 /// Carries out the start decision about cluster.yaml (`qu_core::config::edits`),
-/// logs it, and returns what the daemon counts as written: the content it
-/// runs on. An edit made while stopped stays in the file, for the live
-/// path to propose or set aside.
+/// logs it, and returns what the daemon counts as written to cluster.yaml:
+/// the operator's part of the content it runs on. An edit made while
+/// stopped stays in the file, for the live path to propose or set aside.
 pub(super) fn at_start(
     data: &DataDir,
     cluster: &ClusterConfig,
     start: StartDecision,
     texts: &crate::load::StartTexts,
 ) -> Result<Arc<str>, DaemonError> {
-    let content: Arc<str> = cluster.to_yaml().into();
+    let content = cluster.to_yaml();
+    let operator: Arc<str> = cluster.to_operator_yaml().into();
     match start {
         StartDecision::Unchanged => {}
         StartDecision::Restamped => tracing::warn!(
@@ -108,14 +111,14 @@ pub(super) fn at_start(
         ),
     }
     let copy_current = texts.copy.as_deref() == Some(&*content);
-    if start.leaves_edit() {
-        if !copy_current {
-            persist_copy(data, &content)?;
-        }
-    } else if texts.file != *content || !copy_current {
-        persist_both(data, &content)?;
+    // The file is rewritten only if it says something else (an edit
+    // settled at start, or a file of an older format that still listed
+    // runtime state); an edit left for the live path stays.
+    let file = (!start.leaves_edit() && texts.file != *operator).then_some(&*operator);
+    if file.is_some() || !copy_current {
+        persist_both(data, &content, file)?;
     }
-    Ok(content)
+    Ok(operator)
 }
 
 impl Daemon {
@@ -132,16 +135,14 @@ impl Daemon {
         }
         // The version the edit was made on: the one the file says, or, for
         // a hand-raised one, the one this node had written there.
-        let written_version = ClusterConfig::parse(&self.written).map(|c| c.version).unwrap_or(self.cluster.version);
+        let written_version = ClusterConfig::parse(&self.written)
+            .map(|c| c.version)
+            .unwrap_or_else(|_| self.cluster.content_stamp().version);
         let mut based_on = written_version;
         // The incoming version may be this very edit, committed.
-        if let Ok(mut edited) = ClusterConfig::parse(&text) {
+        if let Ok(edited) = ClusterConfig::parse(&text) {
             based_on = edited.version.min(written_version);
-            edited.version = incoming.version;
-            edited.term = incoming.term;
-            edited.updated_at = incoming.updated_at;
-            edited.updated_by = incoming.updated_by;
-            if edited == *incoming {
+            if edited.same_content(incoming) {
                 return true;
             }
         }
@@ -149,8 +150,7 @@ impl Daemon {
             // Stale all along (a write-back of an old copy), whichever of
             // the poll and this persist saw it first.
             tracing::warn!(
-                "manual-edit: cluster.yaml was saved on version {based_on}, but this node holds version {} (was it open in an editor while the cluster changed?)",
-                self.cluster.version
+                "manual-edit: cluster.yaml was saved on version {based_on}, but this node's cluster.yaml is at version {written_version} (was it open in an editor while the cluster changed?)"
             );
         } else {
             tracing::warn!("manual-edit: version {} arrived before the hand edit was replicated", incoming.version);
@@ -168,7 +168,8 @@ impl Daemon {
         if current != text {
             return; // saved again meanwhile: that edit is judged on its own
         }
-        let version = ClusterConfig::parse(text).map(|c| c.version).unwrap_or(self.cluster.version);
+        let version =
+            ClusterConfig::parse(text).map(|c| c.version).unwrap_or_else(|_| self.cluster.content_stamp().version);
         self.set_aside(text, version);
         self.rewrite_file();
     }
@@ -194,7 +195,7 @@ impl Daemon {
         match self.unflushed.take() {
             // Changes wait in the log: the files get them now.
             Some(unflushed) => {
-                if let Err(error) = self.write_files(&unflushed.content) {
+                if let Err(error) = self.write_files(&unflushed.content, unflushed.operator) {
                     tracing::warn!(%error, "manual-edit: could not rewrite cluster.yaml");
                 }
             }
@@ -227,18 +228,19 @@ impl Daemon {
                 return;
             }
         };
-        if edited.same_apart_from_stamp(&self.cluster) {
+        if edited.same_content(&self.cluster) {
             tracing::warn!(
                 "manual-edit: only version/term of cluster.yaml were changed; ignored (they are the cluster's to set)"
             );
             self.rewrite_file();
             return;
         }
-        let base_version = match rules::live(edited.version, self.cluster.version) {
+        let (base_term, content_version) = self.cluster.content_id();
+        let base_version = match rules::live(edited.version, content_version) {
             LiveDecision::Propose { base_version } => base_version,
             LiveDecision::Stale { edited, current } => {
                 tracing::warn!(
-                    "manual-edit: cluster.yaml was saved on version {edited}, but this node holds version {current} (was it open in an editor while the cluster changed?)"
+                    "manual-edit: cluster.yaml was saved on version {edited}, but this node's cluster.yaml is at version {current} (was it open in an editor while the cluster changed?)"
                 );
                 self.set_aside(&text, edited);
                 self.rewrite_file();
@@ -253,7 +255,7 @@ impl Daemon {
             tracing::info!("manual-edit: cluster.yaml changed externally — replicating via master");
         }
         self.pending_edit = Some((text.clone(), edited.clone()));
-        let mutation = Mutation::Replace { config: Box::new(edited), base_version, base_term: self.cluster.term };
+        let mutation = Mutation::Replace { config: Box::new(edited), base_version, base_term };
         let (reply, answer) = oneshot::channel();
         self.submit(mutation, Waiter::Edit(reply));
         let events = self.events.clone();

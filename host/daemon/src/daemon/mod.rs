@@ -60,6 +60,8 @@ const FLUSH_MAX_MS: u64 = 500;
 /// Content persisted to the log only (see `Daemon::unflushed`).
 struct Unflushed {
     content: Arc<str>,
+    /// What cluster.yaml is to hold then (what operators own of `content`).
+    operator: Arc<str>,
     /// When the first and the last of the changes were persisted.
     first: u64,
     last: u64,
@@ -217,7 +219,8 @@ pub(crate) struct Daemon {
     /// The parsed config of the snapshot most recently received or proposed,
     /// with its text, so persisting it does not parse it again.
     parsed: Option<(Arc<str>, ClusterConfig)>,
-    /// The text of cluster.yaml as we last wrote or loaded it.
+    /// The text of cluster.yaml as we last wrote or loaded it: what
+    /// operators own of the content (`ClusterConfig::to_operator_yaml`).
     written: Arc<str>,
     /// cluster.yaml's `edits::FileStamp` when it last held `written`: while
     /// the file keeps it, no hand edit needs looking for (no read of the

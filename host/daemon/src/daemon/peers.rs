@@ -113,7 +113,8 @@ impl Daemon {
         let snapshot = blank.snapshot();
         // Both files, and a log emptied of the changes of the cluster this
         // node leaves (nothing of it may be written or replayed later).
-        self.write_files(&snapshot.content)?;
+        let operator = blank.to_operator_yaml().into();
+        self.write_files(&snapshot.content, operator)?;
         self.persisted = (snapshot.id, snapshot.hash);
         self.pending_entry = None;
         let (core, out) = Core::new(self.me(), durable, snapshot, self.now(), rand::random());
