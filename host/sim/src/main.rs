@@ -87,26 +87,28 @@ fn main() -> ExitCode {
             d.crash_after_accept,
         );
         println!(
-            "  {} crashes between a send and its commit, {} aborted, {} raw duplicates ({} after a crash, {} after an abort, {} after a lease loss), {} sends after the lease ran out since the core's last step, {} beside a stale sender, {} stuck behind a hang at the end",
+            "  {} crashes between a send and its commit, {} aborted, {} raw duplicates ({} after a crash, {} after an abort, {} after a lease loss, {} after a whole-cluster restore), {} sends after the lease ran out since the core's last step, {} beside a stale sender, {} stuck behind a hang at the end",
             d.crash_between_send_and_commit,
             d.aborted,
             d.raw_duplicates,
             d.duplicates_after_crash,
             d.duplicates_after_abort,
             d.duplicates_after_lease_lost,
+            d.duplicates_after_restore,
             d.sends_after_lease_ran_out,
             d.beside_a_stale_sender,
             d.stuck_behind_hang,
         );
         let o = &operator;
         println!(
-            "  operators: {} live and {} stopped edits ({} stale, {} bumped versions, {} edited terms), {} restores with version 0, {} timer changes; {} edits committed, {} set aside, {} refused by the master, {} kept over runtime-only commits; {} proposals with an unknown outcome, {} failed definitely",
+            "  operators: {} live and {} stopped edits ({} stale, {} bumped versions, {} edited terms), {} restores with version 0, {} whole-cluster restores, {} timer changes; {} edits committed, {} set aside, {} refused by the master, {} kept over runtime-only commits; {} proposals with an unknown outcome, {} failed definitely",
             o.live_edits,
             o.stopped_edits,
             o.stale_edits,
             o.bumped_versions,
             o.edited_terms,
             o.restores,
+            o.whole_restores,
             o.timing_changes,
             o.committed,
             o.set_aside,

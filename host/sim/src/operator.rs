@@ -19,6 +19,8 @@ use super::{Sim, Violation};
 /// How often a running node looks at its file (the daemon polls every 2 s;
 /// the simulator's time scale is about ten times shorter).
 const POLL_MS: u64 = 200;
+/// Share of operator actions that restore the whole cluster.
+const WHOLE_RESTORE_PERCENT: u64 = 4;
 /// Persisted configs a node remembers as its "backups".
 pub(crate) const HISTORY_MAX: usize = 8;
 
@@ -45,6 +47,8 @@ pub struct OperatorStats {
     pub bumped_versions: u64,
     pub edited_terms: u64,
     pub restores: u64,
+    /// Whole-cluster restores: every node from the same backup.
+    pub whole_restores: u64,
     pub timing_changes: u64,
     /// Edits set aside (stale, or overtaken by a newer version).
     pub set_aside: u64,
@@ -68,6 +72,7 @@ impl OperatorStats {
         self.bumped_versions += other.bumped_versions;
         self.edited_terms += other.edited_terms;
         self.restores += other.restores;
+        self.whole_restores += other.whole_restores;
         self.timing_changes += other.timing_changes;
         self.set_aside += other.set_aside;
         self.kept_over_runtime += other.kept_over_runtime;
@@ -82,6 +87,10 @@ impl Sim {
     /// An operator edits node `i`'s file: while it runs when it does,
     /// otherwise while it is stopped; or restores a stopped node.
     pub(crate) fn operator_action(&mut self) {
+        if self.rng.chance(WHOLE_RESTORE_PERCENT) {
+            self.restore_whole_cluster();
+            return;
+        }
         let i = self.rng.below(self.nodes.len() as u64) as usize;
         let Some(disk) = self.current_copy(i) else { return };
         let running = self.nodes[i].core.is_some();
@@ -178,6 +187,70 @@ impl Sim {
         let backup = backups[self.rng.below(backups.len() as u64) as usize].clone();
         self.stats.operator.restores += 1;
         self.nodes[i].file = Some(FileEdit { version: 0, content: backup.content, edit: String::new() });
+    }
+
+    /// Every node is lost and rebuilt from the same backup — its
+    /// `cluster.yaml` and `store/` — as the operations guide's whole-cluster
+    /// restore does: each node's disk holds the backup, and its `state.yaml`
+    /// is its own or gone. A deliberate step back: what was committed or
+    /// acknowledged after the backup is forgotten by choice, and the
+    /// invariants restart from the backup (acknowledged changes it holds
+    /// must stay, every later one must hold them; its delivery records are
+    /// the truth, and one it holds pending may be sent again). Messages in
+    /// flight die with the old cluster.
+    fn restore_whole_cluster(&mut self) {
+        let mut everyone: Vec<_> = self.nodes.iter().map(|n| n.id).collect();
+        everyone.sort();
+        let restoring = self.nodes.iter().any(|n| !n.disk_durable.restoring.is_empty() || n.file.is_some());
+        if restoring {
+            return;
+        }
+        // A backup listing every node as it is now (one from before a
+        // member was replaced names an identity that is gone).
+        let backups: Vec<Snapshot> = self
+            .nodes
+            .iter()
+            .flat_map(|n| n.history.iter())
+            .filter(|s| s.id.version != 0 && s.members == everyone)
+            .cloned()
+            .collect();
+        if backups.is_empty() {
+            return;
+        }
+        let backup = backups[self.rng.below(backups.len() as u64) as usize].clone();
+        self.stats.operator.whole_restores += 1;
+        if self.cfg.trace {
+            eprintln!("{:>6} whole-cluster restore from {}: {}", self.now, backup.id, backup.content);
+        }
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].core.is_some() {
+                self.crash(i);
+            }
+            let keep_state = self.rng.chance(50);
+            let node = &mut self.nodes[i];
+            node.disk_config = backup.clone();
+            if !keep_state {
+                node.disk_durable = qu_core::consensus::Durable::default();
+            }
+            node.last_seen = (node.disk_durable.term, backup.id);
+            node.file = None;
+            // The hosts were lost: no copy an editor held survives them.
+            node.history.clear();
+            node.history.push_back(backup.clone());
+            let back = self.now + 50 + self.rng.below(1_000);
+            self.schedule(back, super::Event::Restart(i));
+        }
+        self.messages.iter_mut().for_each(|m| *m = None);
+        let kept: std::collections::BTreeSet<String> =
+            content::mutations(&backup.content).map(str::to_string).collect();
+        self.acknowledged.retain(|(m, _)| kept.contains(m));
+        self.acknowledged.iter_mut().for_each(|(_, at)| *at = (*at).min(backup.id));
+        self.refused.retain(|m| !kept.contains(m));
+        self.contents.retain(|id, _| *id <= backup.id);
+        let term = backup.id.term;
+        self.masters.retain(|t, _| *t <= term);
+        self.votes.retain(|(_, t), _| *t <= term);
+        self.book.restored(&Content::parse(&backup.content));
     }
 
     /// At a restart: what the daemon's start does with the file.

@@ -80,6 +80,9 @@ pub enum KeyEvent {
     LeaseLost {
         node: usize,
     },
+    /// The whole cluster was restored from a backup that holds the record
+    /// pending: what happened to it since the backup is forgotten.
+    Restored,
 }
 
 /// Why a raw duplicate was allowed.
@@ -88,6 +91,7 @@ pub enum Excuse {
     Crash,
     Abort,
     LeaseLost,
+    Restore,
 }
 
 /// Delivery counts of one run (or a sweep, summed with [`DeliveryStats::add`]).
@@ -123,6 +127,10 @@ pub struct DeliveryStats {
     pub duplicates_after_crash: u64,
     pub duplicates_after_abort: u64,
     pub duplicates_after_lease_lost: u64,
+    /// The same key accepted again after a whole-cluster restore from a
+    /// backup that held it pending (the guide says so: the receiver drops
+    /// the repeat by its idempotency key).
+    pub duplicates_after_restore: u64,
     /// Records still undelivered at the end because a hung send of their
     /// (check, alert) was still in flight (only an abort ends a hang).
     pub stuck_behind_hang: u64,
@@ -150,6 +158,7 @@ impl DeliveryStats {
             (&mut self.duplicates_after_crash, other.duplicates_after_crash),
             (&mut self.duplicates_after_abort, other.duplicates_after_abort),
             (&mut self.duplicates_after_lease_lost, other.duplicates_after_lease_lost),
+            (&mut self.duplicates_after_restore, other.duplicates_after_restore),
             (&mut self.stuck_behind_hang, other.stuck_behind_hang),
         ];
         for (mine, theirs) in pairs {
@@ -183,6 +192,9 @@ pub struct Book {
     events: BTreeMap<String, Vec<(u64, KeyEvent)>>,
     /// Per node, keys it had accepted whose result is not committed.
     unsettled: Vec<BTreeSet<String>>,
+    /// Records committed (and so sendable) before a whole-cluster restore
+    /// from a backup that did not hold them.
+    forgotten: BTreeSet<String>,
     seq: u64,
 }
 
@@ -272,6 +284,7 @@ impl Book {
                     Excuse::Crash => self.stats.duplicates_after_crash += 1,
                     Excuse::Abort => self.stats.duplicates_after_abort += 1,
                     Excuse::LeaseLost => self.stats.duplicates_after_lease_lost += 1,
+                    Excuse::Restore => self.stats.duplicates_after_restore += 1,
                 }
             }
         }
@@ -310,6 +323,9 @@ impl Book {
         }
         if found(KeyEvent::LeaseLost { node: sender }) {
             return Some(Excuse::LeaseLost);
+        }
+        if found(KeyEvent::Restored) {
+            return Some(Excuse::Restore);
         }
         if lease_expired_now {
             // The sender is paused or has not ticked since its lease ran out.
@@ -361,6 +377,41 @@ impl Book {
         for key in unsettled {
             self.event(&key, KeyEvent::SenderCrashed { node });
         }
+    }
+
+    /// Every node was restored from a backup with `content` (the
+    /// whole-cluster restore): it is the truth now. Records it does not
+    /// hold are gone; those it holds have the status it says, and one it
+    /// holds pending may be sent again. The order per check and alert
+    /// starts again.
+    pub fn restored(&mut self, content: &Content) {
+        let gone: Vec<String> = self.committed.keys().filter(|k| !content.records.contains_key(*k)).cloned().collect();
+        for key in gone {
+            self.committed.remove(&key);
+            self.forgotten.insert(key);
+        }
+        for (key, record) in &content.records {
+            let finished = match record.status {
+                Status::Pending => None,
+                Status::Delivered => Some(true),
+                Status::Failed => Some(false),
+            };
+            self.committed.insert(
+                key.clone(),
+                CommittedRecord {
+                    check: record.check.clone(),
+                    alert: record.alert.clone(),
+                    order: TransitionOrder::of(&record.transition),
+                    finished,
+                },
+            );
+            if finished.is_none() {
+                self.event(key, KeyEvent::Restored);
+            }
+        }
+        // A backup may hold pending an older record than one the sink took
+        // since (it is sent, as the guide says): the order starts again.
+        self.order_max.clear();
     }
 
     /// A snapshot with `content` was committed. A record committed
@@ -433,7 +484,9 @@ impl Book {
             ));
         }
         self.stats.stuck_behind_hang = stuck;
-        if let Some(r) = self.requests.iter().find(|r| !self.committed.contains_key(&r.key)) {
+        if let Some(r) =
+            self.requests.iter().find(|r| !self.committed.contains_key(&r.key) && !self.forgotten.contains(&r.key))
+        {
             return Err(format!("node {} sent {} (at {} ms), which was never committed", r.node, r.key, r.at_ms));
         }
         Ok(())

@@ -40,6 +40,7 @@ fn assert_operators_exercised(o: &OperatorStats) {
         ("bumped versions", o.bumped_versions),
         ("edited terms", o.edited_terms),
         ("restores with version 0", o.restores),
+        ("whole-cluster restores", o.whole_restores),
         ("timer changes", o.timing_changes),
         ("edits committed", o.committed),
         ("edits set aside", o.set_aside),
@@ -77,6 +78,7 @@ fn assert_deliveries_exercised(d: &DeliveryStats) {
         ("duplicates after a crash", d.duplicates_after_crash),
         ("duplicates after an abort", d.duplicates_after_abort),
         ("duplicates after a lease loss", d.duplicates_after_lease_lost),
+        ("duplicates after a whole-cluster restore", d.duplicates_after_restore),
     ];
     assert_all_seen(&counts, d);
 }
