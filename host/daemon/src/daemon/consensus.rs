@@ -85,26 +85,30 @@ impl Daemon {
     }
 
     /// Writes the daemon's copy with `content` and, if `operator` (the
-    /// operator's part of it) is not what cluster.yaml already holds, the
-    /// file too: both then hold everything the log did, which is emptied.
-    /// Runtime state alone leaves cluster.yaml as it is.
-    pub(super) fn write_files(&mut self, content: &Arc<str>, operator: Arc<str>) -> Result<(), DaemonError> {
-        let file_changes = *operator != *self.written;
-        edits::persist_both(&self.data, content, file_changes.then_some(&*operator))?;
+    /// operator's part of it, when what operators own changed since
+    /// cluster.yaml was written) says so, the file too: both then hold
+    /// everything the log did, which is emptied. Runtime state alone leaves
+    /// cluster.yaml as it is.
+    pub(super) fn write_files(&mut self, content: &Arc<str>, operator: Option<Operator>) -> Result<(), DaemonError> {
+        let operator = operator.filter(|o| *o.text != *self.written);
+        edits::persist_both(&self.data, content, operator.as_ref().map(|o| &*o.text))?;
         self.log.clear().map_err(|source| DaemonError::Persist { what: "store/log", source })?;
-        if file_changes {
-            self.written_stamp = edits::stamp_if_holds(&self.data.cluster_yaml(), &operator);
-            self.written = operator;
+        if let Some(operator) = operator {
+            self.written_stamp = edits::stamp_if_holds(&self.data.cluster_yaml(), &operator.text);
+            self.written = operator.text;
+            self.written_id = operator.id;
             self.bad_edit = None;
         }
         self.unflushed = None;
         Ok(())
     }
 
-    /// What cluster.yaml is to hold once the files follow what was
-    /// persisted (the log's changes included).
-    pub(super) fn operator_due(&self) -> Arc<str> {
-        self.unflushed.as_ref().map_or_else(|| self.written.clone(), |u| u.operator.clone())
+    /// The operator's cluster.yaml for `cluster`, if what operators own
+    /// changed since the file was written (rendered only then: at a
+    /// commit that changes it, once the changes pause, not on the commit
+    /// path).
+    pub(super) fn operator_for(&mut self, cluster: &ClusterConfig) -> Option<Operator> {
+        operator_of(&mut self.renderer, cluster, self.written_id)
     }
 
     /// When the files are due to follow the log (on `now`'s clock), if
@@ -118,11 +122,14 @@ impl Daemon {
     /// persist that rewrites it.
     pub(super) fn flush(&mut self) -> Result<(), DaemonError> {
         let Some(unflushed) = self.unflushed.take() else { return Ok(()) };
-        if *unflushed.operator != *self.written {
-            let current = self.cluster.clone();
-            self.set_aside_unreplicated_edit(&current);
+        // The log's last change is the config held now.
+        let operator = operator_of(&mut self.renderer, &self.cluster, self.written_id);
+        if operator.is_some()
+            && let edits::Unreplicated::Edit { text, based_on } = self.unreplicated_edit(&self.cluster)
+        {
+            self.set_aside(&text, based_on);
         }
-        blocking(|| self.write_files(&unflushed.content, unflushed.operator))
+        blocking(|| self.write_files(&unflushed.content, operator))
     }
 
     pub(super) fn persist_config(&mut self, snapshot: &Snapshot) -> Result<(), DaemonError> {
@@ -141,15 +148,10 @@ impl Daemon {
             .pending_entry
             .take()
             .filter(|e| e.id.is(&snapshot.id) && e.hash == snapshot.hash && e.parent.is(&id) && e.parent_hash == hash);
-        // What cluster.yaml is to hold: the same as now unless what
-        // operators own changed (a transition or a delivery result leaves
-        // the file alone, and a hand edit in it stands).
-        let due = self.operator_due();
-        let operator = match entry {
-            Some(_) if cluster.content_stamp() == self.cluster.content_stamp() => due.clone(),
-            _ => self.renderer.operator_text(&cluster),
-        };
-        let file_changes = *operator != *due;
+        // Whether cluster.yaml is to change: only if what operators own
+        // changed since it was written (a transition or a delivery result
+        // leaves the file alone, and a hand edit in it stands).
+        let file_changes = cluster.content_id() != self.written_id;
         let file_edited = match entry {
             _ if !file_changes => false,
             Some(_) if self.file_untouched() => false,
@@ -161,9 +163,12 @@ impl Daemon {
                 self.log.append(&record).map_err(|source| DaemonError::Persist { what: "store/log", source })?;
                 let now = self.now();
                 let first = self.unflushed.as_ref().map_or(now, |u| u.first);
-                self.unflushed = Some(Unflushed { content: snapshot.content.clone(), operator, first, last: now });
+                self.unflushed = Some(Unflushed { content: snapshot.content.clone(), first, last: now });
             }
-            _ => self.write_files(&snapshot.content, operator)?,
+            _ => {
+                let operator = self.operator_for(&cluster);
+                self.write_files(&snapshot.content, operator)?
+            }
         }
         self.persisted = (snapshot.id, snapshot.hash);
         let members_changed = cluster.peers != self.cluster.peers;
@@ -204,4 +209,21 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// cluster.yaml's text and the content id it shows.
+pub(super) struct Operator {
+    pub(super) text: Arc<str>,
+    pub(super) id: (u64, u64),
+}
+
+/// [`Daemon::operator_for`], on the fields it needs (so the caller may hold
+/// others).
+pub(super) fn operator_of(
+    renderer: &mut qu_core::config::Renderer,
+    cluster: &ClusterConfig,
+    written_id: (u64, u64),
+) -> Option<Operator> {
+    let id = cluster.content_id();
+    (id != written_id).then(|| Operator { text: renderer.operator_text(cluster), id })
 }

@@ -121,6 +121,18 @@ pub(super) fn at_start(
     Ok(operator)
 }
 
+/// What cluster.yaml holds besides what this node wrote there.
+pub(super) enum Unreplicated {
+    None,
+    /// The change about to be written is this very edit, committed.
+    ThisChange,
+    /// A hand edit the change would overwrite, made on version `based_on`.
+    Edit {
+        text: String,
+        based_on: u64,
+    },
+}
+
 impl Daemon {
     /// A newer version is about to replace cluster.yaml while it holds a
     /// hand edit that has not been replicated: keep the edit beside it
@@ -128,22 +140,33 @@ impl Daemon {
     /// Returns whether the file held an edit (set aside, or this very
     /// change), which the caller settles by writing the files now.
     pub(super) fn set_aside_unreplicated_edit(&mut self, incoming: &ClusterConfig) -> bool {
+        match self.unreplicated_edit(incoming) {
+            Unreplicated::None => false,
+            Unreplicated::ThisChange => true,
+            Unreplicated::Edit { text, based_on } => {
+                self.set_aside(&text, based_on);
+                true
+            }
+        }
+    }
+
+    /// What cluster.yaml holds that `incoming` would overwrite (see
+    /// `set_aside_unreplicated_edit`), logged.
+    pub(super) fn unreplicated_edit(&self, incoming: &ClusterConfig) -> Unreplicated {
         let path = self.data.cluster_yaml();
-        let Ok(text) = qu_store::read_text(&path) else { return false };
+        let Ok(text) = qu_store::read_text(&path) else { return Unreplicated::None };
         if *text == *self.written || text.trim().is_empty() {
-            return false;
+            return Unreplicated::None;
         }
         // The version the edit was made on: the one the file says, or, for
         // a hand-raised one, the one this node had written there.
-        let written_version = ClusterConfig::parse(&self.written)
-            .map(|c| c.version)
-            .unwrap_or_else(|_| self.cluster.content_stamp().version);
+        let written_version = self.written_id.1;
         let mut based_on = written_version;
         // The incoming version may be this very edit, committed.
         if let Ok(edited) = ClusterConfig::parse(&text) {
             based_on = edited.version.min(written_version);
             if edited.same_content(incoming) {
-                return true;
+                return Unreplicated::ThisChange;
             }
         }
         if based_on < written_version {
@@ -155,8 +178,7 @@ impl Daemon {
         } else {
             tracing::warn!("manual-edit: version {} arrived before the hand edit was replicated", incoming.version);
         }
-        self.set_aside(&text, based_on);
-        true
+        Unreplicated::Edit { text, based_on }
     }
 
     /// The master refused a hand edit for good: it is set aside, and the
@@ -176,7 +198,7 @@ impl Daemon {
 
     /// Saves a hand edit that will not be replicated beside cluster.yaml,
     /// as `cluster.yaml.unreplicated-<version it was made on>`, and says so.
-    fn set_aside(&mut self, text: &str, version: u64) {
+    pub(super) fn set_aside(&mut self, text: &str, version: u64) {
         let aside = self.data.root().join(format!("cluster.yaml.unreplicated-{version}"));
         match qu_store::write_atomic(&aside, text.as_bytes(), SECRET_FILE_MODE) {
             Ok(()) => tracing::warn!(
@@ -195,7 +217,8 @@ impl Daemon {
         match self.unflushed.take() {
             // Changes wait in the log: the files get them now.
             Some(unflushed) => {
-                if let Err(error) = self.write_files(&unflushed.content, unflushed.operator) {
+                let operator = super::consensus::operator_of(&mut self.renderer, &self.cluster, self.written_id);
+                if let Err(error) = self.write_files(&unflushed.content, operator) {
                     tracing::warn!(%error, "manual-edit: could not rewrite cluster.yaml");
                 }
             }

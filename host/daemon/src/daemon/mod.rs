@@ -60,8 +60,6 @@ const FLUSH_MAX_MS: u64 = 500;
 /// Content persisted to the log only (see `Daemon::unflushed`).
 struct Unflushed {
     content: Arc<str>,
-    /// What cluster.yaml is to hold then (what operators own of `content`).
-    operator: Arc<str>,
     /// When the first and the last of the changes were persisted.
     first: u64,
     last: u64,
@@ -222,6 +220,8 @@ pub(crate) struct Daemon {
     /// The text of cluster.yaml as we last wrote or loaded it: what
     /// operators own of the content (`ClusterConfig::to_operator_yaml`).
     written: Arc<str>,
+    /// The content id (`ClusterConfig::content_id`) `written` shows.
+    written_id: (u64, u64),
     /// cluster.yaml's `edits::FileStamp` when it last held `written`: while
     /// the file keeps it, no hand edit needs looking for (no read of the
     /// whole file at every commit).
@@ -299,6 +299,7 @@ impl Daemon {
     fn start(loaded: LoadedNode, events: mpsc::Sender<Event>) -> Result<(Self, Vec<Output>), DaemonError> {
         let LoadedNode { data, node, identity, cluster, durable, start, texts } = loaded;
         let written = edits::at_start(&data, &cluster, start, &texts)?;
+        let written_id = cluster.content_id();
         // The copy now holds whatever the log did (start replayed it).
         qu_store::create_private_dir(&data.store_dir())
             .map_err(|source| DaemonError::Persist { what: "store/", source })?;
@@ -330,6 +331,7 @@ impl Daemon {
             inbound: Vec::new(),
             started,
             written_stamp,
+            written_id,
             written,
             log,
             persisted,

@@ -113,7 +113,7 @@ impl Daemon {
         let snapshot = blank.snapshot();
         // Both files, and a log emptied of the changes of the cluster this
         // node leaves (nothing of it may be written or replayed later).
-        let operator = blank.to_operator_yaml().into();
+        let operator = self.operator_for(&blank);
         self.write_files(&snapshot.content, operator)?;
         self.persisted = (snapshot.id, snapshot.hash);
         self.pending_entry = None;
