@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use qu_core::NodeId;
 use qu_core::config::{ClusterConfig, NodeConfig};
-use qu_core::join::{JoinRole, JoinSession, join_proof, verify_join_proof};
+use qu_core::join::{JoinRole, JoinSession, confirmation, verify_confirmation};
 use qu_core::wire::{PeerNotice, PeerRequest, PeerResponse};
+use qu_core::{Fingerprint, NodeId};
+use qu_daemon::pake::Pake;
 use qu_tests::{Node, free_port};
 use qu_transport::{Caller, Endpoint, Expect, Handler, Protocol, TlsIdentity, TransportError, TrustStore};
 
@@ -57,8 +58,10 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
         qu_core::config::Timestamp::from_unix_millis(0),
     )
     .to_yaml();
-    let hello =
-        |proof: [u8; 32]| PeerRequest::JoinHello { proof: proof.to_vec(), cluster_yaml: stranger_cluster.clone() };
+    let hello = |confirm: [u8; 32]| PeerRequest::JoinHello {
+        confirm: confirm.to_vec(),
+        cluster_yaml: stranger_cluster.clone(),
+    };
     let endpoint = Endpoint::<Stranger>::new(identity, TrustStore::default()).unwrap();
     let addr = format!("127.0.0.1:{port}");
     let conn = endpoint.connect(&addr, Expect::Pinned(target_key.clone()), Arc::new(Deaf)).await.unwrap();
@@ -79,28 +82,58 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
         other => panic!("unexpected {other:?}"),
     }
     let session = JoinSession { exporter: conn.exporter(), inviter: endpoint.fingerprint(), joiner: &target_key };
+    // Step 2 of the handshake with `secret`: the node's PAKE answer, the key
+    // this side derives, and whether the node's confirmation verifies.
+    let start = |secret: &str| {
+        let (pake, message) = Pake::start(secret, &session);
+        (pake, PeerRequest::JoinStart { pake: message })
+    };
+    let (pake, request) = start("not-the-cluster-secret");
+    let (theirs, confirm) = match conn.request(request, T).await.unwrap() {
+        PeerResponse::JoinStarted { pake, confirm } => (pake, confirm),
+        other => panic!("unexpected {other:?}"),
+    };
+    let key = pake.finish(&theirs).unwrap();
+    assert!(!verify_confirmation(&key, JoinRole::Joiner, &session, &confirm), "a wrong secret, a wrong key");
     // A wrong secret is refused clearly.
-    let wrong = join_proof("not-the-cluster-secret", JoinRole::Inviter, &session);
-    match conn.request(hello(wrong), T).await.unwrap() {
+    match conn.request(hello(confirmation(&key, JoinRole::Inviter, &session)), T).await.unwrap() {
         PeerResponse::Refused { reason } => {
             assert!(reason.contains("cluster secret mismatch"), "{reason}")
         }
         other => panic!("a wrong secret must be refused, got {other:?}"),
     }
-    // The right one is answered with the joiner's proof for this session.
-    let right = join_proof(&node_yaml.cluster_secret, JoinRole::Inviter, &session);
-    match conn.request(hello(right), T).await.unwrap() {
-        PeerResponse::JoinHelloOk { proof, node_id, cert_pem, .. } => {
-            assert!(verify_join_proof(&node_yaml.cluster_secret, JoinRole::Joiner, &session, &proof));
+    // A confirmation with no handshake started on this connection, or one
+    // made for another TLS session (a relay), is refused.
+    let (pake, request) = start(&node_yaml.cluster_secret);
+    let PeerResponse::JoinStarted { pake: theirs, confirm } = conn.request(request, T).await.unwrap() else {
+        panic!("no PAKE answer")
+    };
+    let key = pake.finish(&theirs).unwrap();
+    assert!(verify_confirmation(&key, JoinRole::Joiner, &session, &confirm), "the node proves the secret first");
+    let relayed = JoinSession { exporter: &[0; 32], ..session.clone() };
+    let relayed_confirm = confirmation(&key, JoinRole::Inviter, &relayed);
+    assert!(matches!(conn.request(hello(relayed_confirm), T).await.unwrap(), PeerResponse::Refused { .. }));
+    assert!(
+        matches!(
+            conn.request(hello(confirmation(&key, JoinRole::Inviter, &session)), T).await.unwrap(),
+            PeerResponse::Refused { .. }
+        ),
+        "the session's key is used once"
+    );
+    // The right secret, start to end: the node's identity for the cluster.
+    let (pake, request) = start(&node_yaml.cluster_secret);
+    let PeerResponse::JoinStarted { pake: theirs, confirm } = conn.request(request, T).await.unwrap() else {
+        panic!("no PAKE answer")
+    };
+    let key = pake.finish(&theirs).unwrap();
+    assert!(verify_confirmation(&key, JoinRole::Joiner, &session, &confirm));
+    match conn.request(hello(confirmation(&key, JoinRole::Inviter, &session)), T).await.unwrap() {
+        PeerResponse::JoinHelloOk { node_id, cert_pem, .. } => {
             assert_eq!(node_id, node_yaml.node_id);
             assert_eq!(qu_transport::identity::fingerprint_of_cert_pem(&cert_pem).unwrap(), target_key);
         }
         other => panic!("unexpected {other:?}"),
     }
-    // A proof made for another TLS session (a relay) does not verify.
-    let relayed = JoinSession { exporter: &[0; 32], ..session.clone() };
-    let relayed_proof = join_proof(&node_yaml.cluster_secret, JoinRole::Inviter, &relayed);
-    assert!(matches!(conn.request(hello(relayed_proof), T).await.unwrap(), PeerResponse::Refused { .. }));
     assert!(node.log_text().contains("join refused: wrong cluster secret"));
 
     // Dialling the node while pinning another key fails the handshake.
@@ -110,4 +143,105 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
     let err = endpoint.connect(&addr, Expect::Pinned(other_key.parse().unwrap()), Arc::new(Deaf)).await.unwrap_err();
     assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
     node.qu_ok(&["status"]);
+}
+
+/// Open to strangers like a real node's join handshake.
+struct Impostor;
+
+impl Protocol for Impostor {
+    type Request = PeerRequest;
+    type Response = PeerResponse;
+    type Notice = PeerNotice;
+    fn open_to_untrusted(_: &PeerRequest) -> bool {
+        true
+    }
+}
+
+/// A stand-in at the invited address that speaks the join as far as it
+/// can without the secret: it names itself, answers the PAKE with a message
+/// made for a guess, and records every request it gets.
+struct Recorder {
+    node_id: NodeId,
+    advertise: String,
+    seen: std::sync::Mutex<Vec<PeerRequest>>,
+}
+
+impl Handler<Impostor> for Recorder {
+    async fn on_request(&self, from: Caller, request: PeerRequest) -> PeerResponse {
+        self.seen.lock().unwrap().push(request.clone());
+        match request {
+            PeerRequest::Identify => PeerResponse::Identity {
+                node_id: self.node_id,
+                advertise: self.advertise.clone(),
+                version: qu_daemon::VERSION.into(),
+            },
+            PeerRequest::JoinStart { .. } => {
+                let own = Fingerprint::from_sha256(&[0; 32]);
+                let session = JoinSession { exporter: &from.exporter, inviter: &from.fingerprint, joiner: &own };
+                let (_, pake) = Pake::start("a-guess-of-the-secret", &session);
+                PeerResponse::JoinStarted { pake, confirm: vec![0; 32] }
+            }
+            _ => PeerResponse::Refused { reason: "impostor".into() },
+        }
+    }
+    async fn on_notice(&self, _: Caller, _: PeerNotice) {}
+}
+
+/// `qu node add` reaches something that is not the node meant (a stale DNS
+/// record, a typo, a reused address). It must learn nothing of the cluster's
+/// `cluster.yaml`, and get nothing it could test secret guesses against
+/// offline: the PAKE message alone, and no confirmation of any kind.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_impostor_at_the_invited_address_learns_nothing_of_the_cluster_or_the_secret() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let cluster = qu_tests::Cluster::new(1, "2m");
+        cluster.nodes[0].qu_ok(&[
+            "alert",
+            "add",
+            "webhook",
+            "hook",
+            "--url",
+            "https://hooks.example.com/services/T000/B000/this-token-is-secret",
+        ]);
+        cluster
+    })
+    .await
+    .unwrap();
+    let impostor_id = NodeId::from_bytes(*b"impostor-node-id");
+    let generated = qu_transport::identity::generate(&impostor_id).unwrap();
+    let identity = TlsIdentity::from_pem(&generated.cert_pem, &generated.key_pem).unwrap();
+    let endpoint = Arc::new(Endpoint::<Impostor>::new(identity, TrustStore::default()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let recorder = Arc::new(Recorder { node_id: impostor_id, advertise: addr.clone(), seen: Default::default() });
+    let (serving, handler) = (endpoint.clone(), recorder.clone());
+    let server = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(connection) = serving.accept(tcp, handler.clone()).await {
+                connections.push(connection);
+            }
+        }
+    });
+
+    let member = &cluster.nodes[0];
+    let err = tokio::task::block_in_place(|| member.qu_err(&["node", "add", &addr, "--yes"]));
+    assert!(err.contains("cluster secret mismatch") && err.contains("nothing about the cluster was sent"), "{err}");
+    server.abort();
+
+    let seen = recorder.seen.lock().unwrap().clone();
+    tokio::task::block_in_place(|| member.wait_files_written());
+    let cluster_yaml = std::fs::read_to_string(member.file("cluster.yaml")).unwrap();
+    let transcript = format!("{seen:?}");
+    for secret_part in ["this-token-is-secret", "BEGIN CERTIFICATE", "hooks.example.com"] {
+        assert!(cluster_yaml.contains(secret_part), "the test's cluster.yaml holds {secret_part}");
+        assert!(!transcript.contains(secret_part), "the impostor got {secret_part}: {transcript}");
+    }
+    // Identify, the PAKE message (a curve point, 33 bytes), and the notice
+    // that the handshake failed: no confirmation, no HMAC of the secret.
+    match seen.as_slice() {
+        [PeerRequest::Identify, PeerRequest::JoinStart { pake }, PeerRequest::JoinFailed] => assert_eq!(pake.len(), 33),
+        other => panic!("the impostor got more than the PAKE's first message: {other:?}"),
+    }
+    assert_eq!(member.status_json()["peers"].as_array().unwrap().len(), 1, "nothing committed");
 }

@@ -17,11 +17,18 @@ pub enum PeerRequest {
     /// Join handshake, step 1: who are you? Open to untrusted peers, so the
     /// operator can confirm the node id and fingerprint before anything else.
     Identify,
-    /// Join handshake, step 2: the inviter's proof of the cluster secret,
-    /// bound to this TLS session (see [`crate::join`]), and the cluster's
+    /// Join handshake, step 2: the inviter's PAKE message, with the
+    /// cluster secret as the password, bound to this TLS session (see
+    /// [`crate::join`]). Open to untrusted peers.
+    JoinStart { pake: Vec<u8> },
+    /// Join handshake, step 3, sent only once the joiner's confirmation
+    /// checked out: the inviter's own confirmation, and the cluster's
     /// current `cluster.yaml`, whose members the joiner will accept its first
     /// configuration from. Open to untrusted peers.
-    JoinHello { proof: Vec<u8>, cluster_yaml: String },
+    JoinHello { confirm: Vec<u8>, cluster_yaml: String },
+    /// The joiner's confirmation did not check out: the inviter gives up
+    /// (so the joiner can say so in its log). Open to untrusted peers.
+    JoinFailed,
     /// Liveness probe between members.
     Ping,
     /// A mutation a member forwards to the master, as JSON: the config
@@ -45,7 +52,13 @@ impl PeerRequest {
 
     /// Whether a peer that is not a member may send this request.
     pub fn is_join_handshake(&self) -> bool {
-        matches!(self, PeerRequest::Identify | PeerRequest::JoinHello { .. })
+        matches!(
+            self,
+            PeerRequest::Identify
+                | PeerRequest::JoinStart { .. }
+                | PeerRequest::JoinHello { .. }
+                | PeerRequest::JoinFailed
+        )
     }
 }
 
@@ -57,10 +70,14 @@ pub enum PeerResponse {
         advertise: String,
         version: String,
     },
-    /// The joiner's proof of the cluster secret for the same session, and
-    /// what the cluster needs to list it as a peer.
+    /// The joiner's PAKE message and its key confirmation (which proves it
+    /// holds the cluster secret, in this session).
+    JoinStarted {
+        pake: Vec<u8>,
+        confirm: Vec<u8>,
+    },
+    /// What the cluster needs to list the joiner as a peer.
     JoinHelloOk {
-        proof: Vec<u8>,
         node_id: NodeId,
         advertise: String,
         cert_pem: String,

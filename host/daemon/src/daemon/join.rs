@@ -1,5 +1,7 @@
 //! `qu node add`: the probe (who is there?), the inviter's side of the
-//! secret handshake, and the joiner's side.
+//! secret handshake, and the joiner's side (see `qu_core::join` for why the
+//! order of the messages keeps the secret and `cluster.yaml` from anyone
+//! who has not proven it).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,13 +9,14 @@ use std::time::Duration;
 use qu_core::Fingerprint;
 use qu_core::config::{ClusterConfig, NodeConfig, Peer};
 use qu_core::consensus::Core;
-use qu_core::join::{JoinRole, JoinSession, join_proof, verify_join_proof};
+use qu_core::join::{JoinRole, JoinSession, confirmation, verify_confirmation};
 use qu_core::wire::{PeerRequest, PeerResponse};
 use qu_transport::{Caller, Endpoint, Expect};
 use tokio::sync::{mpsc, oneshot};
 
 use super::event::{ControlEvent, Event, ToEventLoop};
 use crate::control::ControlResponse;
+use crate::pake::Pake;
 use crate::peer::Wire;
 
 /// How long each step of the handshake may take.
@@ -78,42 +81,119 @@ async fn handshake(invite: Invite) -> Result<Peer, String> {
         .map_err(|e| format!("cannot reach {addr} with key {fingerprint}: {e}"))?;
     let exporter = *connection.exporter();
     let session = JoinSession { exporter: &exporter, inviter: endpoint.fingerprint(), joiner: &fingerprint };
-    let proof = join_proof(&secret, JoinRole::Inviter, &session).to_vec();
-    let answer = connection.request(PeerRequest::JoinHello { proof, cluster_yaml }, JOIN_STEP_TIMEOUT).await;
-    connection.close();
-    match answer.map_err(|e| format!("join handshake with {addr}: {e}"))? {
-        PeerResponse::JoinHelloOk { proof, node_id, advertise, cert_pem } => {
-            if !verify_join_proof(&secret, JoinRole::Joiner, &session, &proof) {
-                return Err(format!("the node at {addr} could not prove it knows the cluster secret"));
-            }
-            let actual = qu_transport::identity::fingerprint_of_cert_pem(&cert_pem).map_err(|e| e.to_string())?;
-            if actual != fingerprint {
-                return Err(format!("the node at {addr} sent a certificate for {actual}, not {fingerprint}"));
-            }
-            Ok(Peer { node_id, advertise, fingerprint, cert_pem })
+    let result = async {
+        // Step 2: the PAKE. Nothing of the cluster goes out before the
+        // joiner has proven it derived the same key.
+        let (pake, message) = Pake::start(&secret, &session);
+        let answer = connection.request(PeerRequest::JoinStart { pake: message }, JOIN_STEP_TIMEOUT).await;
+        let (theirs, confirm) = match answer.map_err(|e| format!("join handshake with {addr}: {e}"))? {
+            PeerResponse::JoinStarted { pake, confirm } => (pake, confirm),
+            PeerResponse::Refused { reason } => return Err(format!("{addr} refused to join: {reason}")),
+            other => return Err(format!("unexpected answer from {addr}: {}", short(&other))),
+        };
+        let key = pake.finish(&theirs).map_err(|e| format!("the node at {addr} answered the join with {e}"))?;
+        if !verify_confirmation(&key, JoinRole::Joiner, &session, &confirm) {
+            let _ = connection.request(PeerRequest::JoinFailed, JOIN_STEP_TIMEOUT).await;
+            return Err(format!(
+                "cluster secret mismatch: the node at {addr} could not prove it knows this cluster's secret \
+                 (was it initialised with another --secret, or is it not the node you meant?); nothing about \
+                 the cluster was sent to it"
+            ));
         }
-        PeerResponse::Refused { reason } => Err(format!("{addr} refused to join: {reason}")),
-        other => Err(format!("unexpected answer from {addr}: {other:?}")),
+        // Step 3: the joiner has proven it; now the cluster's file.
+        let confirm = confirmation(&key, JoinRole::Inviter, &session).to_vec();
+        let answer = connection.request(PeerRequest::JoinHello { confirm, cluster_yaml }, JOIN_STEP_TIMEOUT).await;
+        match answer.map_err(|e| format!("join handshake with {addr}: {e}"))? {
+            PeerResponse::JoinHelloOk { node_id, advertise, cert_pem } => {
+                let actual = qu_transport::identity::fingerprint_of_cert_pem(&cert_pem).map_err(|e| e.to_string())?;
+                if actual != fingerprint {
+                    return Err(format!("the node at {addr} sent a certificate for {actual}, not {fingerprint}"));
+                }
+                Ok(Peer { node_id, advertise, fingerprint: fingerprint.clone(), cert_pem })
+            }
+            PeerResponse::Refused { reason } => Err(format!("{addr} refused to join: {reason}")),
+            other => Err(format!("unexpected answer from {addr}: {}", short(&other))),
+        }
+    }
+    .await;
+    connection.close();
+    result
+}
+
+/// An unexpected answer, named without its content.
+fn short(response: &PeerResponse) -> String {
+    let text = format!("{response:?}");
+    text.split([' ', '{', '(']).next().unwrap_or_default().to_string()
+}
+
+/// The joiner's half-done handshakes, by TLS session (exporter): the key
+/// each derived, until its inviter confirms or the entry expires.
+#[derive(Default)]
+pub(super) struct JoinSessions {
+    keys: std::collections::HashMap<[u8; 32], (Vec<u8>, u64)>,
+}
+
+/// How long a joiner waits for the inviter's confirmation.
+const JOIN_SESSION_MS: u64 = 30_000;
+/// Handshakes a joiner keeps open at once; more are refused until one ends.
+const JOIN_SESSIONS_MAX: usize = 16;
+
+impl JoinSessions {
+    /// The joiner's answer to an inviter's PAKE message (`JoinStart`): its
+    /// own message and its confirmation, and the key kept for step 3.
+    pub(super) fn start(
+        &mut self,
+        node: &NodeConfig,
+        my_key: &Fingerprint,
+        from: &Caller,
+        theirs: &[u8],
+        now: u64,
+    ) -> PeerResponse {
+        self.keys.retain(|_, (_, expires)| *expires > now);
+        if self.keys.len() >= JOIN_SESSIONS_MAX && !self.keys.contains_key(&from.exporter) {
+            return PeerResponse::Refused { reason: "too many join handshakes in progress; retry in a minute".into() };
+        }
+        let session = JoinSession { exporter: &from.exporter, inviter: &from.fingerprint, joiner: my_key };
+        let (pake, message) = Pake::start(&node.cluster_secret, &session);
+        let key = match pake.finish(theirs) {
+            Ok(key) => key,
+            Err(reason) => return PeerResponse::Refused { reason },
+        };
+        let confirm = confirmation(&key, JoinRole::Joiner, &session).to_vec();
+        self.keys.insert(from.exporter, (key, now + JOIN_SESSION_MS));
+        PeerResponse::JoinStarted { pake: message, confirm }
+    }
+
+    /// The inviter gave up: the joiner's confirmation did not verify.
+    pub(super) fn failed(&mut self, from: &Caller) {
+        if self.keys.remove(&from.exporter).is_some() {
+            tracing::warn!(
+                peer = %from.remote_addr,
+                key = %from.fingerprint,
+                "join refused: wrong cluster secret (the inviter holds another one)"
+            );
+        }
+    }
+
+    /// Step 3: whether the inviter's confirmation is right for the key this
+    /// session derived (used once).
+    pub(super) fn confirmed(&mut self, my_key: &Fingerprint, from: &Caller, confirm: &[u8], now: u64) -> bool {
+        let Some((key, expires)) = self.keys.remove(&from.exporter) else { return false };
+        let session = JoinSession { exporter: &from.exporter, inviter: &from.fingerprint, joiner: my_key };
+        expires > now && verify_confirmation(&key, JoinRole::Inviter, &session, confirm)
     }
 }
 
-/// The joiner's side: checks the inviter's proof and that this node is free
-/// to join, and returns the blank config to start over with (the inviter's
-/// cluster at version 0, so the master's first snapshot supersedes it) and
-/// this node's own proof.
+/// The joiner's side, once the inviter has confirmed (`JoinSessions::
+/// confirmed`): checks that this node is free to join, and returns the
+/// blank config to start over with (the inviter's cluster at version 0, so
+/// the master's first snapshot supersedes it).
 pub(super) fn accept(
     node: &NodeConfig,
-    my_key: &Fingerprint,
     from: &Caller,
-    proof: &[u8],
     cluster_yaml: &str,
     core: &Core,
-) -> Result<(ClusterConfig, Vec<u8>), String> {
-    let session = JoinSession { exporter: &from.exporter, inviter: &from.fingerprint, joiner: my_key };
-    if !verify_join_proof(&node.cluster_secret, JoinRole::Inviter, &session, proof) {
-        tracing::warn!(peer = %from.remote_addr, key = %from.fingerprint, "join refused: wrong cluster secret");
-        return Err("cluster secret mismatch: this node was initialised with a different --secret".into());
-    }
+) -> Result<ClusterConfig, String> {
     let members = &core.config().members;
     if core.is_member() && members.as_slice() != [node.node_id] {
         return Err(format!(
@@ -126,6 +206,5 @@ pub(super) fn accept(
         return Err("the inviter is not a member of the cluster it invites to".into());
     }
     blank.version = 0;
-    let response = join_proof(&node.cluster_secret, JoinRole::Joiner, &session).to_vec();
-    Ok((blank, response))
+    Ok(blank)
 }

@@ -245,6 +245,8 @@ pub(crate) struct Daemon {
     next_request: u64,
     inflight: Option<Pending>,
     queue: VecDeque<(Mutation, Waiter)>,
+    /// The joiner's side of join handshakes in progress.
+    join_sessions: join::JoinSessions,
     /// A node being added, trusted for the duration of its add.
     joining: Option<qu_core::config::Peer>,
     /// A master that removed itself, still trusted (until the given time)
@@ -343,6 +345,7 @@ impl Daemon {
             next_request: 1,
             inflight: None,
             queue: VecDeque::new(),
+            join_sessions: Default::default(),
             joining: None,
             departing: None,
             restore_peers: Vec::new(),

@@ -39,7 +39,15 @@ impl Daemon {
                 advertise: self.node.advertise.clone(),
                 version: crate::VERSION.to_string(),
             },
-            PeerRequest::JoinHello { proof, cluster_yaml } => self.on_join_hello(&from, &proof, &cluster_yaml)?,
+            PeerRequest::JoinStart { pake } => {
+                let now = self.now();
+                self.join_sessions.start(&self.node, &self.fingerprint, &from, &pake, now)
+            }
+            PeerRequest::JoinHello { confirm, cluster_yaml } => self.on_join_hello(&from, &confirm, &cluster_yaml)?,
+            PeerRequest::JoinFailed => {
+                self.join_sessions.failed(&from);
+                PeerResponse::Refused { reason: "join handshake ended".into() }
+            }
             PeerRequest::Ping => {
                 PeerResponse::Pong { node_id: self.me(), term: self.core.term(), config_version: self.cluster.version }
             }
@@ -96,12 +104,20 @@ impl Daemon {
     pub(super) fn on_join_hello(
         &mut self,
         from: &Caller,
-        proof: &[u8],
+        confirm: &[u8],
         cluster_yaml: &str,
     ) -> Result<PeerResponse, DaemonError> {
-        let verdict = join::accept(&self.node, &self.fingerprint, from, proof, cluster_yaml, &self.core);
-        let (blank, response) = match verdict {
-            Ok(accepted) => accepted,
+        let now = self.now();
+        if !self.join_sessions.confirmed(&self.fingerprint, from, confirm, now) {
+            tracing::warn!(peer = %from.remote_addr, key = %from.fingerprint, "join refused: wrong cluster secret");
+            return Ok(PeerResponse::Refused {
+                reason: "cluster secret mismatch: this node was initialised with a different --secret \
+                         (or the handshake did not start on this connection)"
+                    .into(),
+            });
+        }
+        let blank = match join::accept(&self.node, from, cluster_yaml, &self.core) {
+            Ok(blank) => blank,
             Err(reason) => return Ok(PeerResponse::Refused { reason }),
         };
         let cert_pem = qu_store::read_text(&self.data.cert())
@@ -123,12 +139,7 @@ impl Daemon {
         self.refresh_trust();
         self.execute(out)?;
         tracing::info!(inviter = %from.remote_addr, "join accepted: waiting for the master's configuration");
-        Ok(PeerResponse::JoinHelloOk {
-            proof: response,
-            node_id: self.me(),
-            advertise: self.node.advertise.clone(),
-            cert_pem,
-        })
+        Ok(PeerResponse::JoinHelloOk { node_id: self.me(), advertise: self.node.advertise.clone(), cert_pem })
     }
 
     /// Trust exactly the members (and a node being added), and close every
