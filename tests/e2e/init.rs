@@ -131,3 +131,18 @@ fn a_full_disk_fails_init_cleanly_and_a_retry_after_freeing_space_works() {
     node.init(9907, &[]);
     assert!(node.file("node.yaml").exists());
 }
+
+#[test]
+fn a_weak_custom_secret_is_warned_about_and_a_strong_one_is_not() {
+    let weak = Node::new("weak");
+    let out = weak.qu(&["init", "--advertise", "127.0.0.1:9904", "--secret", "s3cret-s3cret-s3cret"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: the cluster secret has at most about 121 bits of entropy"), "{stderr}");
+    assert!(stderr.contains("openssl rand -hex 32"), "{stderr}");
+    let strong = Node::new("strong");
+    let secret = "0123456789abcdef".repeat(4);
+    let out = strong.qu(&["init", "--advertise", "127.0.0.1:9905", "--secret", &secret]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "a 256-bit secret is not weak");
+}

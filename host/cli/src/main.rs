@@ -336,6 +336,9 @@ fn run_init(args: InitArgs) -> anyhow::Result<()> {
     let paths = paths()?;
     let options = InitOptions { advertise: args.advertise, bind: args.bind, port: args.port, secret: args.secret };
     let report = init(&paths.data, options)?;
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
     if args.json {
         println!("{}", render::init_json(&report, paths.data.root()));
     } else {

@@ -26,6 +26,8 @@ pub struct InitReport {
     pub port: u16,
     /// Set when the secret was generated here; shown to the operator once.
     pub generated_secret: Option<String>,
+    /// What the operator should know (a weak custom secret).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,18 @@ pub fn init(data: &DataDir, options: InitOptions) -> Result<InitReport, InitErro
         && let Some(problem) = secret_problem(secret)
     {
         return Err(InitError::Invalid(format!("--secret: {problem}")));
+    }
+    let mut warnings = Vec::new();
+    if let Some(secret) = &options.secret
+        && qu_core::config::secret_bits(secret) < qu_core::config::SECRET_BITS_MIN
+    {
+        warnings.push(format!(
+            "the cluster secret has at most about {} bits of entropy (fewer than {}): whoever can reach a node \
+             waiting to join can try guesses, one per handshake; for a new cluster let `qu init` generate one \
+             (omit --secret) or use `openssl rand -hex 32`",
+            qu_core::config::secret_bits(secret),
+            qu_core::config::SECRET_BITS_MIN
+        ));
     }
     refuse_existing(data)?;
 
@@ -112,6 +126,7 @@ pub fn init(data: &DataDir, options: InitOptions) -> Result<InitReport, InitErro
         bind: node.bind,
         port: node.port,
         generated_secret,
+        warnings,
     })
 }
 

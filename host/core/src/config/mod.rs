@@ -24,7 +24,7 @@ pub use cluster::{
     PluginLimits, Settings,
 };
 pub use mutation::{AlertChanges, CheckChanges, DeliveryResult, Mutation, Stamp, Transition, merge_settings};
-pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, secret_problem};
+pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, SECRET_BITS_MIN, secret_bits, secret_problem};
 pub use render::{Renderer, content_hash};
 pub use replay::{Replayed, replay};
 pub use time::Timestamp;

@@ -113,9 +113,41 @@ pub fn secret_problem(secret: &str) -> Option<String> {
     None
 }
 
+/// A rough upper bound on the entropy of `secret`, in bits: its length
+/// times the bits of the smallest alphabet it is drawn from (hex, or the
+/// classes it uses of lower case, upper case, digits and the rest). A
+/// secret of words scores higher than it deserves; one that scores low is
+/// weak for sure.
+pub fn secret_bits(secret: &str) -> u32 {
+    let chars: Vec<char> = secret.chars().collect();
+    let hex = chars.iter().all(|c| c.is_ascii_hexdigit()) && !chars.iter().any(|c| c.is_ascii_uppercase());
+    let pool: u32 = if hex {
+        16
+    } else {
+        let uses = |class: fn(&char) -> bool, size: u32| if chars.iter().any(class) { size } else { 0 };
+        uses(char::is_ascii_lowercase, 26)
+            + uses(char::is_ascii_uppercase, 26)
+            + uses(char::is_ascii_digit, 10)
+            + uses(|c| !c.is_ascii_alphanumeric(), 32)
+    };
+    (chars.len() as f64 * f64::from(pool.max(1)).log2()).floor() as u32
+}
+
+/// Below this, `qu init` warns about a custom secret ([`secret_bits`]).
+pub const SECRET_BITS_MIN: u32 = 128;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_strength_is_estimated_from_length_and_alphabet() {
+        assert_eq!(secret_bits(&"ab12".repeat(16)), 256, "64 hex digits");
+        assert_eq!(secret_bits("0123456789abcdef0123456789abcdef"), 128, "32 hex digits");
+        assert!(secret_bits("s3cret-s3cret-s3cret") < SECRET_BITS_MIN, "20 characters of three classes");
+        assert!(secret_bits("correct-horse-battery-staple-x") >= SECRET_BITS_MIN);
+        assert_eq!(secret_bits("aaaaaaaaaaaaaaaa"), 64, "16 hex-looking letters");
+    }
 
     fn sample() -> NodeConfig {
         NodeConfig {
