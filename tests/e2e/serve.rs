@@ -179,3 +179,24 @@ fn temp_files_left_by_a_crash_are_cleaned_at_start() {
     assert!(!node.file(".cluster.yaml.tmp-999-0").exists());
     assert!(node.terminate().success());
 }
+
+/// `cluster.yaml` holds the alerts' credentials: a copy saved wider (an
+/// editor's umask, a `cp` without `-a`) is made 0600 again, at start and
+/// while the daemon runs, and the log says so.
+#[test]
+fn a_cluster_yaml_left_readable_by_others_is_made_private_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mut node = Node::new("loose");
+    node.init(qu_tests::free_port(), &[]);
+    let path = node.file("cluster.yaml");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    node.serve();
+    assert_eq!(mode(&path), 0o600, "tightened at start");
+    assert!(node.log_text().contains("was readable by others (mode 644); made it 0600"), "{}", node.log_text());
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+    qu_tests::eventually(std::time::Duration::from_secs(10), "tightened while running", || {
+        (mode(&path) == 0o600).then_some(())
+    });
+    assert!(node.log_text().contains("(mode 664); made it 0600"));
+}

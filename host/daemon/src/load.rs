@@ -170,11 +170,7 @@ impl LoadedNode {
 
     fn warn_about_loose_modes(&self) {
         for path in [self.data.node_yaml(), self.data.private_key(), self.data.cluster_yaml()] {
-            if let Ok(mode) = qu_store::mode_of(&path)
-                && mode & 0o077 != 0
-            {
-                tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "file holding secrets is readable by others; chmod 600 it");
-            }
+            tighten_logged(&path);
         }
     }
 }
@@ -286,5 +282,23 @@ fn load_durable(data: &DataDir) -> Result<Durable, LoadError> {
         }),
         Err(StoreError::NotFound { .. }) => Ok(Durable::default()),
         Err(other) => Err(LoadError::Store(other)),
+    }
+}
+
+/// Makes a file holding secrets 0600 again if something left it wider (an
+/// editor that saved a copy with the umask's mode, a `cp` without `-a`),
+/// and says so.
+pub(crate) fn tighten_logged(path: &std::path::Path) {
+    match qu_store::tighten(path) {
+        Ok(Some(mode)) => tracing::warn!(
+            path = %path.display(),
+            mode = format!("{mode:o}"),
+            "{} holds secrets but was readable by others (mode {mode:o}); made it 0600",
+            path.display()
+        ),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::warn!(%error, "{} holds secrets and may be readable by others: chmod 600 it", path.display())
+        }
     }
 }

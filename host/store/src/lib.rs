@@ -155,6 +155,18 @@ pub fn mode_of(path: &Path) -> Result<u32, StoreError> {
     Ok(fs::metadata(path).map_err(|e| StoreError::io(path, e))?.permissions().mode() & 0o7777)
 }
 
+/// Takes group and other permissions off `path` (a file holding secrets
+/// that an editor or a copy left wider): its mode becomes 0600. Returns the
+/// mode it had, if it was wider.
+pub fn tighten(path: &Path) -> Result<Option<u32>, StoreError> {
+    let mode = mode_of(path)?;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(SECRET_FILE_MODE)).map_err(|e| StoreError::io(path, e))?;
+    Ok(Some(mode))
+}
+
 /// Replaces `path` with `bytes` atomically and durably, with exactly `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -235,6 +235,7 @@ impl Daemon {
 
     /// Looks for a hand edit of cluster.yaml and forwards it as a replace.
     pub(super) fn poll_file(&mut self) {
+        crate::load::tighten_logged(&self.data.cluster_yaml());
         let Ok(text) = qu_store::read_text(&self.data.cluster_yaml()) else { return };
         if *text == *self.written {
             self.pending_edit = None;
