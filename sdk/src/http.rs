@@ -199,7 +199,7 @@ impl Request {
             "OPTIONS" => Method::Options,
             other => Method::Other(other.to_string()),
         };
-        let invalid = |what: &str| HttpError::InvalidUrl(format!("{what} rejected: {url}"));
+        let invalid = |what: &str| HttpError::InvalidUrl(format!("{what} rejected: {}", shown(url)));
         request.set_method(&method).map_err(|()| invalid("method"))?;
         request
             .set_scheme(Some(&if parts.https { Scheme::Https } else { Scheme::Http }))
@@ -288,6 +288,20 @@ fn map_code(code: ErrorCode) -> HttpError {
     }
 }
 
+/// `url` as errors and logs may show it: its scheme and host, never the
+/// path, query or credentials, which may carry a token (Slack, Teams and
+/// Discord webhook URLs do).
+pub fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(not a URL)".to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let scheme: String = scheme.chars().take(16).collect();
+    if tail.is_empty() || tail == "/" { format!("{scheme}://{host}/") } else { format!("{scheme}://{host}/…") }
+}
+
 struct Url {
     https: bool,
     authority: String,
@@ -296,7 +310,7 @@ struct Url {
 
 impl Url {
     fn parse(url: &str) -> Result<Self, HttpError> {
-        let bad = |why: &str| HttpError::InvalidUrl(format!("{why}: `{url}`"));
+        let bad = |why: &str| HttpError::InvalidUrl(format!("{why}: `{}`", shown(url)));
         let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("http://") {
@@ -355,5 +369,21 @@ mod tests {
         assert_eq!(resolve("http://h/a/b", "c").unwrap(), "http://h/a/c");
         assert_eq!(resolve("http://h/a/b", "https://o/x").unwrap(), "https://o/x");
         assert_eq!(resolve("https://h/a", "//o/x").unwrap(), "https://o/x");
+    }
+
+    #[test]
+    fn errors_never_quote_a_path_query_or_credentials() {
+        let errors = [
+            Url::parse("ftp://h/secret-path").err(),
+            Url::parse("http://user:pa55@h/secret-path").err(),
+            Url::parse("https:///secret-path").err(),
+        ];
+        for error in errors {
+            let text = error.expect("refused").to_string();
+            assert!(!text.contains("secret-path") && !text.contains("pa55"), "{text}");
+        }
+        assert_eq!(shown("https://discord.com/api/webhooks/1/t0ken"), "https://discord.com/…");
+        assert_eq!(shown("http://u:p@h:8080"), "http://h:8080/");
+        assert_eq!(shown("no url here"), "(not a URL)");
     }
 }

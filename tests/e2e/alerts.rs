@@ -188,6 +188,16 @@ fn alert_test_and_check_test_go_through_the_real_sink_without_changing_state() {
     node.qu_ok(&["alert", "add", "webhook", "signed", "--url", &receiver.url, "--signing-secret", "hunter2"]);
     let list = node.qu_ok(&["alert", "list", "--json"]);
     assert!(!list.contains("hunter2") && list.contains("********"), "{list}");
+    // A URL whose path carries a token (Slack, Teams, Discord) is a secret too.
+    let token_url = "https://hooks.slack.com/services/T0/B0/s3cr3t-token";
+    node.qu_ok(&["alert", "add", "webhook", "slack", "--url", token_url]);
+    for args in [&["alert", "list", "--json"][..], &["alert", "list"][..]] {
+        let list = node.qu_ok(args);
+        assert!(!list.contains("s3cr3t-token"), "{args:?}: {list}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&node.qu_ok(&["alert", "list", "--json"])).unwrap();
+    let slack = json.as_array().unwrap().iter().find(|a| a["name"] == "slack").unwrap().clone();
+    assert_eq!(slack["config"]["url"], "https://hooks.slack.com/********", "{slack}");
 }
 
 /// `qu alert test` and `qu check test` through the Discord and email sinks:

@@ -14,12 +14,40 @@ use serde::Serialize;
 /// Setting keys whose values are secrets: never printed or logged.
 pub const SECRET_KEYS: [&str; 6] = ["password", "signing_secret", "secret", "token", "webhook", "headers"];
 
-/// A copy of an alert's settings with the secrets masked.
+/// A copy of an alert's settings with the secrets masked: the values of
+/// [`SECRET_KEYS`], and of any URL the path or query (or credentials) of
+/// which may carry a token (Slack, Teams and Discord webhook URLs do),
+/// shown as its scheme and host only.
 pub fn masked(config: &BTreeMap<String, String>) -> BTreeMap<String, String> {
     config
         .iter()
-        .map(|(k, v)| (k.clone(), if SECRET_KEYS.contains(&k.as_str()) { "********".to_string() } else { v.clone() }))
+        .map(|(k, v)| {
+            let shown = if SECRET_KEYS.contains(&k.as_str()) {
+                "********".to_string()
+            } else {
+                redacted_url(v).unwrap_or_else(|| v.clone())
+            };
+            (k.clone(), shown)
+        })
         .collect()
+}
+
+/// `value` as `scheme://host[:port]/********` if it is an http(s) URL with
+/// anything after its host (a path, a query, a fragment) or credentials in
+/// it; `None` if it is not a URL, or is nothing but a scheme and a host.
+pub fn redacted_url(value: &str) -> Option<String> {
+    let (scheme, rest) = value.split_once("://")?;
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
+        return None;
+    }
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let bare = tail.is_empty() || tail == "/";
+    if bare && host.len() == authority.len() {
+        return None;
+    }
+    Some(if bare { format!("{scheme}://{host}/") } else { format!("{scheme}://{host}/********") })
 }
 
 /// What templates see.
@@ -333,9 +361,29 @@ mod tests {
         config.insert("password".to_string(), "hunter2".to_string());
         config.insert("host".to_string(), "smtp.example.com".to_string());
         config.insert("headers".to_string(), "Authorization: Bearer t0ken".to_string());
+        config.insert("url".to_string(), "https://hooks.slack.com/services/T0/B0/s3cr3t".to_string());
+        config.insert("plain".to_string(), "https://status.example.com".to_string());
         let shown = masked(&config);
         assert_eq!(shown["password"], "********");
-        assert_eq!(shown["headers"], "********");
+        assert_eq!(shown["url"], "https://hooks.slack.com/********", "a token in the path");
+        assert_eq!(shown["plain"], "https://status.example.com", "nothing after the host: as it is");
         assert_eq!(shown["host"], "smtp.example.com");
+        assert_eq!(shown["headers"], "********");
+    }
+
+    #[test]
+    fn urls_that_may_carry_tokens_are_redacted() {
+        let cases = [
+            ("https://discord.com/api/webhooks/1/abc", Some("https://discord.com/********")),
+            ("http://h:8080/?token=x", Some("http://h:8080/********")),
+            ("https://user:pass@h/", Some("https://h/")),
+            ("https://h/", None),
+            ("https://h", None),
+            ("ftp://h/x", None),
+            ("not a url", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(redacted_url(value).as_deref(), want, "{value}");
+        }
     }
 }
