@@ -52,8 +52,14 @@ pub const MEMORY_DEFAULT: usize = 64 * 1024 * 1024;
 pub const MEMORY_MAX: usize = 256 * 1024 * 1024;
 /// Default wall time of a sink call.
 pub const SINK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Calls running at once on one node.
+/// Check calls running at once on one node.
 pub const CALLS_CONCURRENT_MAX: usize = 32;
+/// Sink calls running at once on one node, in slots of their own: no
+/// number of slow check plugins can delay an alert (the dispatcher sends at
+/// most 16 at once).
+pub const SINK_CALLS_CONCURRENT_MAX: usize = 16;
+/// Every call a runtime may run at once.
+const CALLS_ALL_MAX: u32 = (CALLS_CONCURRENT_MAX + SINK_CALLS_CONCURRENT_MAX) as u32;
 /// How often the epoch advances while calls run (the granularity at which
 /// a spinning guest yields).
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -202,7 +208,9 @@ pub struct Runtime {
     checkers: Linker<State>,
     sinks: Linker<State>,
     cache_dir: Option<PathBuf>,
-    permits: Semaphore,
+    /// Call slots: checks and sinks apart.
+    check_permits: Semaphore,
+    sink_permits: Semaphore,
     resolvers: Arc<Vec<SocketAddr>>,
     http: host::HttpClient,
     ticker: Ticker,
@@ -289,11 +297,11 @@ impl Runtime {
         config.memory_guard_size(2 * 1024 * 1024);
         config.memory_reservation_for_growth(0);
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(CALLS_CONCURRENT_MAX as u32 * 2);
-        pool.total_core_instances(CALLS_CONCURRENT_MAX as u32 * 8);
-        pool.total_memories(CALLS_CONCURRENT_MAX as u32 * 4);
-        pool.total_tables(CALLS_CONCURRENT_MAX as u32 * 8);
-        pool.total_stacks(CALLS_CONCURRENT_MAX as u32 * 2);
+        pool.total_component_instances(CALLS_ALL_MAX * 2);
+        pool.total_core_instances(CALLS_ALL_MAX * 8);
+        pool.total_memories(CALLS_ALL_MAX * 4);
+        pool.total_tables(CALLS_ALL_MAX * 8);
+        pool.total_stacks(CALLS_ALL_MAX * 2);
         pool.max_memory_size(MEMORY_MAX);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| LoadError(format!("start the plugin engine: {e}")))?;
@@ -319,7 +327,8 @@ impl Runtime {
             checkers,
             sinks,
             cache_dir,
-            permits: Semaphore::new(CALLS_CONCURRENT_MAX),
+            check_permits: Semaphore::new(CALLS_CONCURRENT_MAX),
+            sink_permits: Semaphore::new(SINK_CALLS_CONCURRENT_MAX),
             resolvers: Arc::new(rules::system_resolvers()),
             http,
             ticker,
@@ -509,7 +518,11 @@ impl Runtime {
     {
         let deadline = plugin.limits.timeout.unwrap_or(deadline);
         let name = plugin.name.clone();
-        let _permit = self.permits.acquire().await.map_err(|_| CallError::Unavailable {
+        let permits = match plugin.kind {
+            Kind::Check => &self.check_permits,
+            Kind::Sink => &self.sink_permits,
+        };
+        let _permit = permits.acquire().await.map_err(|_| CallError::Unavailable {
             plugin: name.clone(),
             reason: "the plugin runtime is shutting down".into(),
         })?;

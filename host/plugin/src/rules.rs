@@ -2,7 +2,9 @@
 //! names (the target, URLs and addresses in its settings), the plugin
 //! entry's allow list, and — for check plugins — the node's DNS resolvers
 //! on port 53. Names are compared before any lookup, so a denied
-//! destination is never even resolved.
+//! destination is never even resolved. The unspecified addresses
+//! (`0.0.0.0`, `::`) are never destinations, whatever names them: a
+//! connect to one reaches the node's own loopback services.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -42,10 +44,11 @@ impl Destination {
 
     fn parse_authority(text: &str) -> Option<Self> {
         if let Ok(ip) = text.parse::<IpAddr>() {
-            return Some(Self { host: ip.to_string(), port: None });
+            return (!ip.is_unspecified()).then(|| Self { host: ip.to_string(), port: None });
         }
         if let Ok(addr) = text.parse::<SocketAddr>() {
-            return Some(Self { host: addr.ip().to_string(), port: Some(addr.port()) });
+            return (!addr.ip().is_unspecified())
+                .then(|| Self { host: addr.ip().to_string(), port: Some(addr.port()) });
         }
         let (host, port) = match text.rsplit_once(':') {
             Some((host, port)) => (host, Some(port.parse::<u16>().ok()?)),
@@ -103,12 +106,18 @@ impl Rules {
     /// Whether `host:port` (a name or an address, as the plugin gave it)
     /// may be reached.
     pub fn allows(&self, host: &str, port: u16) -> bool {
+        if normalise(host).parse::<IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+            return false;
+        }
         self.allowed.iter().any(|d| d.matches(host, port))
     }
 
     /// Whether a socket address may be reached: an allowed address, or an
     /// address an allowed name resolves to.
     pub async fn allows_addr(&self, addr: SocketAddr) -> bool {
+        if addr.ip().is_unspecified() {
+            return false;
+        }
         if self.allows(&addr.ip().to_string(), addr.port()) {
             return true;
         }
@@ -179,6 +188,25 @@ mod tests {
         assert_eq!(Destination::parse("api.test:99999"), None);
         assert_eq!(Destination::parse("ftp://x"), None);
         assert_eq!(Destination::parse("two words"), None);
+        for unspecified in ["0.0.0.0", "0.0.0.0:80", "::", "[::]:443", "http://0.0.0.0:8080/x", "http://[::]/"] {
+            assert_eq!(Destination::parse(unspecified), None, "{unspecified} is never a destination");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_unspecified_addresses_are_never_reached() {
+        let rules = Rules::for_check(
+            "0.0.0.0:80",
+            &pairs(&[("bind", "0.0.0.0"), ("v6", "[::]:443")]),
+            &["0.0.0.0".into(), "[::]:8080".into()],
+            &[],
+        );
+        for (host, port) in [("0.0.0.0", 80), ("0.0.0.0", 9), ("::", 443), ("[::]", 8080), ("0:0:0:0:0:0:0:0", 1)] {
+            assert!(!rules.allows(host, port), "{host}:{port}");
+        }
+        for addr in ["0.0.0.0:80", "[::]:443", "[::]:8080"] {
+            assert!(!rules.allows_addr(addr.parse().unwrap()).await, "{addr}");
+        }
     }
 
     #[test]

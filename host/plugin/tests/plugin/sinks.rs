@@ -395,3 +395,34 @@ async fn email_over_starttls_with_auth_to_a_real_smtp_server() {
     drop(server.stdin.take());
     let _ = server.wait().await;
 }
+
+/// Check calls and sink calls have slots of their own: with every check
+/// slot (and more) held by spinning check plugins, an alert still goes out
+/// at once — before any of those checks has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_check_plugins_do_not_hold_up_an_alert() {
+    let runtime = Runtime::new(None).unwrap();
+    let path = std::path::Path::new(qu_plugin::ARTIFACTS).join("hostile.wasm");
+    let hostile = runtime
+        .load(Some("hostile"), Arc::from(std::fs::read(&path).unwrap()), Vec::new(), Limits::default())
+        .await
+        .unwrap();
+    let webhook = built_in(&runtime, "webhook").await;
+    let (port, seen) = receiver(|_| ("204 No Content".into(), String::new())).await;
+    let spinning: Vec<_> = (0..qu_plugin::CALLS_CONCURRENT_MAX + 8)
+        .map(|_| {
+            let (runtime, hostile) = (runtime.clone(), hostile.clone());
+            tokio::spawn(async move { runtime.check(&hostile, &[], "spin", Duration::from_secs(4)).await })
+        })
+        .collect();
+    // Every check slot is taken (the spinning calls run for 4 s each).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let config = settings(&[("url", &format!("http://127.0.0.1:{port}/hook"))]);
+    runtime.send(&webhook, &event("body"), &config).await.unwrap();
+    let ended = spinning.iter().filter(|s| s.is_finished()).count();
+    assert_eq!(ended, 0, "the alert waited for {ended} spinning checks to end");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    for spin in spinning {
+        assert!(matches!(spin.await.unwrap(), Err(CallError::Timeout { .. })));
+    }
+}
