@@ -245,3 +245,79 @@ async fn an_impostor_at_the_invited_address_learns_nothing_of_the_cluster_or_the
     }
     assert_eq!(member.status_json()["peers"].as_array().unwrap().len(), 1, "nothing committed");
 }
+
+/// A flood of 10,000 join attempts at the master of a 3-node cluster with
+/// 100 ms heartbeats: they are refused cheaply (a budget per source
+/// address), and the cluster goes on as if nothing happened — no election,
+/// and the master's heartbeats keep reaching the followers well inside
+/// `dead_after`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_join_flood_leaves_the_cluster_serving_with_regular_heartbeats() {
+    let cluster =
+        tokio::task::spawn_blocking(|| qu_tests::Cluster::with_timers(3, "100ms", "500ms", "2m")).await.unwrap();
+    let master = tokio::task::block_in_place(|| cluster.wait_converged());
+    let follower = (0..3).find(|i| *i != master).unwrap();
+    let term = |i: usize| cluster.nodes[i].status_json()["term"].as_u64().unwrap();
+    let terms_before: Vec<u64> = tokio::task::block_in_place(|| (0..3).map(term).collect());
+    let master_id = cluster.nodes[master].node_id();
+    let text = std::fs::read_to_string(cluster.nodes[master].file("cluster.yaml")).unwrap();
+    let config = ClusterConfig::parse(&text).unwrap();
+    let key = config.peers.iter().find(|p| p.node_id.to_string() == master_id).unwrap().fingerprint.clone();
+    let addr = cluster.nodes[master].advertise();
+
+    const CONNECTIONS: usize = 8;
+    const ATTEMPTS: usize = 10_000;
+    let mut flooders = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (addr, key) = (addr.clone(), key.clone());
+        flooders.push(tokio::spawn(async move {
+            let stranger_id = NodeId::from_bytes(*b"flooding-node-id");
+            let generated = qu_transport::identity::generate(&stranger_id).unwrap();
+            let identity = TlsIdentity::from_pem(&generated.cert_pem, &generated.key_pem).unwrap();
+            let endpoint = Endpoint::<Stranger>::new(identity, TrustStore::default()).unwrap();
+            let conn = endpoint.connect(&addr, Expect::Pinned(key.clone()), Arc::new(Deaf)).await.unwrap();
+            let session = JoinSession { exporter: conn.exporter(), inviter: endpoint.fingerprint(), joiner: &key };
+            let (mut refused, mut started) = (0usize, 0usize);
+            for _ in 0..ATTEMPTS / CONNECTIONS {
+                let (_, pake) = Pake::start("guessing", &session);
+                match conn.request(PeerRequest::JoinStart { pake }, T).await {
+                    Ok(PeerResponse::JoinStarted { .. }) => started += 1,
+                    Ok(PeerResponse::Refused { .. }) | Err(TransportError::Refused(_)) => refused += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            (refused, started)
+        }));
+    }
+    // Meanwhile: how long since the follower last heard the master, sampled.
+    let mut worst = Duration::ZERO;
+    let mut samples = 0;
+    while flooders.iter().any(|f| !f.is_finished()) {
+        let status = tokio::task::block_in_place(|| cluster.nodes[follower].status_json());
+        let seen = status["peers"].as_array().unwrap().iter().find(|p| p["node_id"] == master_id).unwrap().clone();
+        if let Some(at) = seen["last_seen"].as_str() {
+            let at: qu_core::config::Timestamp = at.parse().unwrap();
+            let age = std::time::SystemTime::now().duration_since(at.as_system_time()).unwrap_or_default();
+            worst = worst.max(age);
+            samples += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut refused, mut started) = (0, 0);
+    for flooder in flooders {
+        let (r, s) = flooder.await.unwrap();
+        (refused, started) = (refused + r, started + s);
+    }
+    println!(
+        "{ATTEMPTS} join attempts: {started} answered, {refused} refused; the follower heard the master at most {worst:?} ago ({samples} samples)"
+    );
+    assert!(started <= 16, "one source gets a small budget of handshakes: {started}");
+    assert!(samples > 10, "the follower's status answered throughout the flood: {samples} samples");
+    assert!(worst < Duration::from_millis(500), "the master went unheard for {worst:?} (dead_after 500ms)");
+    let terms_after: Vec<u64> = tokio::task::block_in_place(|| (0..3).map(term).collect());
+    assert_eq!(terms_after, terms_before, "an election happened during the flood");
+    let log = cluster.nodes[master].log_text();
+    let warnings = log.matches("too many join attempts").count();
+    assert!(warnings <= 2, "warnings about the flood are rate-limited: {warnings}");
+    tokio::task::block_in_place(|| cluster.nodes[master].qu_ok(&["cluster", "settings", "set", "hysteresis", "3"]));
+}

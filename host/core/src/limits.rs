@@ -4,6 +4,11 @@
 /// connection before anything is allocated. Sized for a full `cluster.yaml`
 /// snapshot and a plugin blob (at most 10 MiB) with room to spare.
 pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The longest frame read from a key that is not a member (the join
+/// handshake's messages; the membership a joiner gets is at most 15 peers'
+/// certificates): a stranger cannot make a node allocate more before it
+/// is trusted.
+pub const UNTRUSTED_FRAME_BYTES_MAX: usize = 64 * 1024;
 
 /// Members of one cluster. qu is built for 3–7 nodes; the cap keeps
 /// per-peer state and fan-out bounded.

@@ -23,8 +23,9 @@ pub enum PeerRequest {
     JoinStart { pake: Vec<u8> },
     /// Join handshake, step 3, sent only once the joiner's confirmation
     /// checked out: the inviter's own confirmation, and the cluster's
-    /// current `cluster.yaml`, whose members the joiner will accept its first
-    /// configuration from. Open to untrusted peers.
+    /// membership (`ClusterConfig::membership`: settings and peers), whose
+    /// members the joiner will accept its first configuration from. Open to
+    /// untrusted peers.
     JoinHello { confirm: Vec<u8>, cluster_yaml: String },
     /// The joiner's confirmation did not check out: the inviter gives up
     /// (so the joiner can say so in its log). Open to untrusted peers.

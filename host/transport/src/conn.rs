@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use qu_core::limits::FRAME_BYTES_MAX;
+use qu_core::limits::{FRAME_BYTES_MAX, UNTRUSTED_FRAME_BYTES_MAX};
 use qu_core::{Fingerprint, NodeId};
 use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
@@ -434,8 +434,13 @@ async fn read_loop<P: Protocol, R: AsyncRead + Unpin, H: Handler<P>>(
     let mut closed = shared.closed.subscribe();
     let in_flight = Arc::new(Semaphore::new(INBOUND_REQUESTS_MAX));
     loop {
+        // A stranger's frames are small (the join handshake): a longer
+        // length prefix from a key that is not a member closes the
+        // connection before anything is allocated for it.
+        let trusted = shared.trust.member(&shared.fingerprint).is_some();
+        let bytes_max = if trusted { FRAME_BYTES_MAX } else { UNTRUSTED_FRAME_BYTES_MAX };
         let frame = tokio::select! {
-            frame = read_frame(&mut reader, FRAME_BYTES_MAX) => frame,
+            frame = read_frame(&mut reader, bytes_max) => frame,
             _ = wait_closed(&mut closed) => break,
         };
         let bytes = match frame {

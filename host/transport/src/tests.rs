@@ -174,6 +174,28 @@ async fn an_untrusted_client_reaches_only_the_join_handshake() {
     assert!(handler.notices.lock().unwrap().is_empty(), "notices from strangers are dropped");
 }
 
+/// Before a peer is trusted it may send small frames only (the join
+/// handshake): a long echo from a stranger closes its connection, the same
+/// from a member is answered.
+#[tokio::test]
+async fn a_strangers_frames_are_capped_before_anything_is_allocated() {
+    let (b, member, stranger) = (node(), node(), node());
+    let (addr, _accepted) = serve(endpoint(&b, &[&b, &member]), Arc::new(Recorder::default())).await;
+    let long = "x".repeat(qu_core::limits::UNTRUSTED_FRAME_BYTES_MAX + 1);
+    let trusted = endpoint(&member, &[&member, &b])
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
+        .await
+        .unwrap();
+    assert_eq!(trusted.request(Req::Echo(long.clone()), T).await.unwrap(), long, "a member sends long frames");
+    let conn = endpoint(&stranger, &[&stranger])
+        .connect(&addr, Expect::Pinned(b.identity.fingerprint.clone()), Arc::new(Recorder::default()))
+        .await
+        .unwrap();
+    let err = conn.request(Req::Echo(long), T).await.unwrap_err();
+    assert!(matches!(err, TransportError::Closed), "{err}");
+    tokio::time::timeout(T, conn.closed()).await.expect("the stranger's connection is closed");
+}
+
 #[tokio::test]
 async fn discovery_dial_reports_the_servers_key() {
     let (a, b) = (node(), node());

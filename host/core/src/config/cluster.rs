@@ -359,6 +359,19 @@ impl ClusterConfig {
         serde_yaml::to_string(&self.operator_part()).expect("cluster config always serialises")
     }
 
+    /// What a node joining the cluster is given before it is a member: the
+    /// settings and the peers (whose keys it then trusts, and from whom it
+    /// takes the master's first configuration), under the content's stamp.
+    /// Checks, alerts and plugins — and the credentials alerts hold — reach
+    /// it only by replication, once it is a member.
+    pub fn membership(&self) -> ClusterConfig {
+        let mut membership = self.operator_part();
+        membership.checks = Default::default();
+        membership.alerts = Vec::new();
+        membership.plugins = Vec::new();
+        membership
+    }
+
     /// This config's operator part alone, as [`ClusterConfig::to_operator_yaml`]
     /// writes it (stamped with the content's stamp, without runtime state).
     pub fn operator_part(&self) -> ClusterConfig {

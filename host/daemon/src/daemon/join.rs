@@ -127,16 +127,37 @@ fn short(response: &PeerResponse) -> String {
 }
 
 /// The joiner's half-done handshakes, by TLS session (exporter): the key
-/// each derived, until its inviter confirms or the entry expires.
+/// each derived, until its inviter confirms or the entry expires; and, per
+/// source address, the handshakes started lately and when it was last
+/// warned about, so a flood costs a lookup per attempt and a log line a
+/// minute.
 #[derive(Default)]
 pub(super) struct JoinSessions {
     keys: std::collections::HashMap<[u8; 32], (Vec<u8>, u64)>,
+    sources: std::collections::HashMap<std::net::IpAddr, Source>,
+}
+
+/// What a joiner remembers of one source address.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    /// When the current window of attempts began, and how many it had.
+    window_start: u64,
+    attempts: u32,
+    /// When a warning about it was last logged, and how many were not.
+    warned: Option<u64>,
+    unlogged: u32,
 }
 
 /// How long a joiner waits for the inviter's confirmation.
 const JOIN_SESSION_MS: u64 = 30_000;
 /// Handshakes a joiner keeps open at once; more are refused until one ends.
 const JOIN_SESSIONS_MAX: usize = 16;
+/// Handshakes one source address may start per window (`qu node add` starts
+/// one; a typo or two and retries stay well inside).
+const JOIN_ATTEMPTS_PER_WINDOW: u32 = 10;
+const JOIN_WINDOW_MS: u64 = 60_000;
+/// Source addresses remembered at once (beyond, the stalest are forgotten).
+const JOIN_SOURCES_MAX: usize = 4_096;
 
 impl JoinSessions {
     /// The joiner's answer to an inviter's PAKE message (`JoinStart`): its
@@ -150,6 +171,17 @@ impl JoinSessions {
         now: u64,
     ) -> PeerResponse {
         self.keys.retain(|_, (_, expires)| *expires > now);
+        if !self.admit(from.remote_addr.ip(), now) {
+            if self.may_warn(from.remote_addr.ip(), now) {
+                tracing::warn!(peer = %from.remote_addr, "join refused: too many join attempts from {}", from.remote_addr.ip());
+            }
+            return PeerResponse::Refused {
+                reason: format!(
+                    "too many join attempts from {} (at most {JOIN_ATTEMPTS_PER_WINDOW} a minute); retry in a minute",
+                    from.remote_addr.ip()
+                ),
+            };
+        }
         if self.keys.len() >= JOIN_SESSIONS_MAX && !self.keys.contains_key(&from.exporter) {
             return PeerResponse::Refused { reason: "too many join handshakes in progress; retry in a minute".into() };
         }
@@ -164,9 +196,46 @@ impl JoinSessions {
         PeerResponse::JoinStarted { pake: message, confirm }
     }
 
+    /// Counts an attempt from `ip`; whether it is within the budget.
+    fn admit(&mut self, ip: std::net::IpAddr, now: u64) -> bool {
+        if self.sources.len() >= JOIN_SOURCES_MAX && !self.sources.contains_key(&ip) {
+            self.sources.retain(|_, s| s.window_start + JOIN_WINDOW_MS > now);
+            if self.sources.len() >= JOIN_SOURCES_MAX {
+                return false;
+            }
+        }
+        let source =
+            self.sources.entry(ip).or_insert(Source { window_start: now, attempts: 0, warned: None, unlogged: 0 });
+        if source.window_start + JOIN_WINDOW_MS <= now {
+            (source.window_start, source.attempts) = (now, 0);
+        }
+        source.attempts += 1;
+        source.attempts <= JOIN_ATTEMPTS_PER_WINDOW
+    }
+
+    /// Whether a warning about `ip` may be logged now (one a minute per
+    /// source; the ones held back are counted in the next).
+    pub(super) fn may_warn(&mut self, ip: std::net::IpAddr, now: u64) -> bool {
+        let source =
+            self.sources.entry(ip).or_insert(Source { window_start: now, attempts: 0, warned: None, unlogged: 0 });
+        match source.warned {
+            Some(at) if at + JOIN_WINDOW_MS > now => {
+                source.unlogged += 1;
+                false
+            }
+            _ => {
+                if source.unlogged > 0 {
+                    tracing::warn!("join: {} warnings about {ip} were not logged in the last minute", source.unlogged);
+                }
+                (source.warned, source.unlogged) = (Some(now), 0);
+                true
+            }
+        }
+    }
+
     /// The inviter gave up: the joiner's confirmation did not verify.
-    pub(super) fn failed(&mut self, from: &Caller) {
-        if self.keys.remove(&from.exporter).is_some() {
+    pub(super) fn failed(&mut self, from: &Caller, now: u64) {
+        if self.keys.remove(&from.exporter).is_some() && self.may_warn(from.remote_addr.ip(), now) {
             tracing::warn!(
                 peer = %from.remote_addr,
                 key = %from.fingerprint,

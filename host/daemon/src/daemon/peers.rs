@@ -45,7 +45,8 @@ impl Daemon {
             }
             PeerRequest::JoinHello { confirm, cluster_yaml } => self.on_join_hello(&from, &confirm, &cluster_yaml)?,
             PeerRequest::JoinFailed => {
-                self.join_sessions.failed(&from);
+                let now = self.now();
+                self.join_sessions.failed(&from, now);
                 PeerResponse::Refused { reason: "join handshake ended".into() }
             }
             PeerRequest::Ping => {
@@ -109,7 +110,9 @@ impl Daemon {
     ) -> Result<PeerResponse, DaemonError> {
         let now = self.now();
         if !self.join_sessions.confirmed(&self.fingerprint, from, confirm, now) {
-            tracing::warn!(peer = %from.remote_addr, key = %from.fingerprint, "join refused: wrong cluster secret");
+            if self.join_sessions.may_warn(from.remote_addr.ip(), now) {
+                tracing::warn!(peer = %from.remote_addr, key = %from.fingerprint, "join refused: wrong cluster secret");
+            }
             return Ok(PeerResponse::Refused {
                 reason: "cluster secret mismatch: this node was initialised with a different --secret \
                          (or the handshake did not start on this connection)"

@@ -196,7 +196,7 @@ impl Daemon {
                 endpoint: self.endpoint.clone(),
                 events: self.events.clone(),
                 secret: self.node.cluster_secret.clone(),
-                cluster_yaml: self.written.to_string(),
+                cluster_yaml: self.cluster.membership().to_yaml(),
                 addr,
                 fingerprint,
             };
