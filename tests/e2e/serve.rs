@@ -200,3 +200,23 @@ fn a_cluster_yaml_left_readable_by_others_is_made_private_again() {
     });
     assert!(node.log_text().contains("(mode 664); made it 0600"));
 }
+
+/// The daemon raises its soft limit on open files to the hard one at start:
+/// probes and plugin calls open sockets, and the daemon must keep
+/// descriptors of its own to persist, accept and probe.
+#[test]
+fn the_daemon_raises_its_open_file_limit_to_the_hard_one() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let hard = getrlimit(Resource::Nofile).maximum.expect("a hard limit");
+    assert!(hard > 512, "the machine's hard limit is {hard}");
+    // This test process (and so the daemon it starts) with a low soft limit.
+    setrlimit(Resource::Nofile, Rlimit { current: Some(512), maximum: Some(hard) }).unwrap();
+    let mut node = Node::new("fds");
+    node.init(free_port(), &[]);
+    node.serve();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", node.pid().unwrap())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(numbers, [hard, hard], "{line}");
+    assert!(node.log_text().contains(&format!("open files: soft limit raised from 512 to {hard}")));
+}

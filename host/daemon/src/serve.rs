@@ -22,6 +22,7 @@ pub fn overrides_from_env() -> NodeOverrides {
 /// Runs the daemon in the foreground. Every startup failure is one line
 /// naming the file or resource and what to do.
 pub async fn serve(paths: &Paths) -> Result<(), String> {
+    raise_open_file_limit();
     let loaded = LoadedNode::load(&paths.data, &overrides_from_env()).map_err(|e| e.to_string())?;
     let addr = SocketAddr::new(loaded.node.bind, loaded.node.port);
     let peer = TcpListener::bind(addr).await.map_err(|e| match e.kind() {
@@ -47,6 +48,26 @@ pub async fn serve(paths: &Paths) -> Result<(), String> {
     crate::run(loaded, listeners, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: probes and plugin
+/// calls open sockets, and the daemon must keep descriptors of its own to
+/// persist, accept and probe (a soft limit of 1,024 is a distribution's
+/// default, not a choice).
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), Some(hard)) = (limit.current, limit.maximum) else { return };
+    if soft >= hard {
+        return;
+    }
+    let raised = rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(from = soft, to = hard, "open files: soft limit raised from {soft} to {hard}"),
+        Err(error) => {
+            tracing::warn!(%error, "open files: cannot raise the soft limit ({soft}) to the hard one ({hard})")
+        }
+    }
 }
 
 async fn shutdown_signal() {
