@@ -321,3 +321,32 @@ async fn a_join_flood_leaves_the_cluster_serving_with_regular_heartbeats() {
     assert!(warnings <= 2, "warnings about the flood are rate-limited: {warnings}");
     tokio::task::block_in_place(|| cluster.nodes[master].qu_ok(&["cluster", "settings", "set", "hysteresis", "3"]));
 }
+
+/// Connections from keys that are not members are capped: past 32 open, a
+/// new one is closed at once (and said so once), while members go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_from_strangers_are_capped() {
+    let cluster = tokio::task::spawn_blocking(|| qu_tests::Cluster::new(1, "2m")).await.unwrap();
+    let node = &cluster.nodes[0];
+    let text = std::fs::read_to_string(node.file("cluster.yaml")).unwrap();
+    let key = ClusterConfig::parse(&text).unwrap().peers[0].fingerprint.clone();
+    let addr = node.advertise();
+    let stranger_id = NodeId::from_bytes(*b"crowding-node-id");
+    let generated = qu_transport::identity::generate(&stranger_id).unwrap();
+    let identity = TlsIdentity::from_pem(&generated.cert_pem, &generated.key_pem).unwrap();
+    let endpoint = Endpoint::<Stranger>::new(identity, TrustStore::default()).unwrap();
+    let mut connections = Vec::new();
+    for _ in 0..40 {
+        let conn = endpoint.connect(&addr, Expect::Pinned(key.clone()), Arc::new(Deaf)).await.unwrap();
+        // Each in turn, so the node counts them in order.
+        let _ = conn.request(PeerRequest::Identify, T).await;
+        connections.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let open = connections.iter().filter(|c| !c.is_closed()).count();
+    assert_eq!(open, 32, "at most 32 strangers' connections stay open");
+    assert!(connections[..32].iter().all(|c| !c.is_closed()), "the first ones stay");
+    let log = node.log_text();
+    assert_eq!(log.matches("connections from keys that are not members are open").count(), 1, "{log}");
+    tokio::task::block_in_place(|| node.qu_ok(&["cluster", "settings", "set", "hysteresis", "3"]));
+}

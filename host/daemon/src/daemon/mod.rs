@@ -45,6 +45,11 @@ use crate::status::{CheckListItem, CheckView, PeerView, ProbeStats, SettingsView
 const EVENTS_MAX: usize = 4096;
 /// TLS handshakes in progress at once on the peer listener.
 const HANDSHAKES_MAX: usize = 64;
+/// Open connections from keys that are not members (the join handshake's
+/// only users): beyond, a new one is closed at once.
+const STRANGER_CONNECTIONS_MAX: usize = 32;
+/// How often a warning about refused connections may be logged.
+const REFUSED_WARNING_MS: u64 = 60_000;
 /// Control connections served at once.
 const CONTROL_CLIENTS_MAX: usize = 64;
 /// Mutations waiting for the master to be free.
@@ -247,6 +252,10 @@ pub(crate) struct Daemon {
     queue: VecDeque<(Mutation, Waiter)>,
     /// The joiner's side of join handshakes in progress.
     join_sessions: join::JoinSessions,
+    /// Connections from strangers closed for the cap, and when that was
+    /// last logged.
+    refused_strangers: u64,
+    refused_warned: Option<u64>,
     /// A node being added, trusted for the duration of its add.
     joining: Option<qu_core::config::Peer>,
     /// A master that removed itself, still trusted (until the given time)
@@ -346,6 +355,8 @@ impl Daemon {
             inflight: None,
             queue: VecDeque::new(),
             join_sessions: Default::default(),
+            refused_strangers: 0,
+            refused_warned: None,
             joining: None,
             departing: None,
             restore_peers: Vec::new(),
@@ -542,6 +553,21 @@ impl Daemon {
             }
             PeerEvent::Inbound { connection } => {
                 self.inbound.retain(|c| !c.is_closed());
+                let strangers = self.inbound.iter().filter(|c| c.peer_member().is_none()).count();
+                if connection.peer_member().is_none() && strangers >= STRANGER_CONNECTIONS_MAX {
+                    let now = self.now();
+                    self.refused_strangers += 1;
+                    if self.refused_warned.is_none_or(|at| at + REFUSED_WARNING_MS <= now) {
+                        tracing::warn!(
+                            peer = %connection.remote_addr(),
+                            "{STRANGER_CONNECTIONS_MAX} connections from keys that are not members are open; closing new ones ({} so far)",
+                            self.refused_strangers
+                        );
+                        self.refused_warned = Some(now);
+                    }
+                    connection.close();
+                    return Ok(());
+                }
                 self.inbound.push(connection);
             }
         }
@@ -612,6 +638,7 @@ fn effective_alerts(cluster: &ClusterConfig, check: &qu_core::config::Check) -> 
 async fn accept_peers(listener: TcpListener, endpoint: Arc<Endpoint<Wire>>, events: mpsc::Sender<Event>) {
     let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
     let handler = Arc::new(ToEventLoop { events: events.clone() });
+    let (mut dropped, mut warned): (u64, Option<Instant>) = (0, None);
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -622,7 +649,11 @@ async fn accept_peers(listener: TcpListener, endpoint: Arc<Endpoint<Wire>>, even
             }
         };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(peer = %addr, "too many handshakes in progress; dropping connection");
+            dropped += 1;
+            if warned.is_none_or(|at| at.elapsed() >= Duration::from_millis(REFUSED_WARNING_MS)) {
+                tracing::warn!(peer = %addr, "too many handshakes in progress; dropping connections ({dropped} so far)");
+                warned = Some(Instant::now());
+            }
             continue;
         };
         let (endpoint, handler, events) = (endpoint.clone(), handler.clone(), events.clone());
