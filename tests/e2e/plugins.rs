@@ -202,3 +202,33 @@ fn a_plugin_that_misbehaves_on_one_node_is_outvoted_and_harms_nothing() {
     }
     all_alive(&cluster);
 }
+
+/// A check plugin that makes 1,000 denied HTTP requests per call, and
+/// returns a 1 MiB message and 500,000 metrics from another: the daemon
+/// logs at most 5 denials and one summary line per call, and what it shows
+/// and commits of the results is cut to its budget.
+#[test]
+fn a_flooding_plugin_is_cut_to_its_budget_in_the_daemon() {
+    let cluster = Cluster::new(1, "2m");
+    let node = &cluster.nodes[0];
+    node.qu_ok(&["plugin", "add", "hostile", artifact("hostile").to_str().unwrap()]);
+    let sha256 = qu_plugin::sha256_hex(&std::fs::read(artifact("hostile")).unwrap());
+    wait_ready(&cluster, &[0], "hostile", &sha256);
+    node.qu_ok(&["check", "add", "hostile", "denier", "deny:1000", "--interval", "3s", "--timeout", "2s"]);
+    node.qu_ok(&["check", "add", "hostile", "flooder", "flood:500000", "--interval", "3s", "--timeout", "2s"]);
+    let summary = "more than 5 denied HTTP requests in one call; not logging the rest";
+    eventually(Duration::from_secs(60), "two calls of the denier", || {
+        (node.log_text().matches(summary).count() >= 2).then_some(())
+    });
+    let log = node.log_text();
+    let (calls, denials) = (log.matches(summary).count(), log.matches("plugin: denied HTTP request to").count());
+    assert!(denials <= 5 * (calls + 1), "{denials} denials logged over {calls} calls");
+    let status = node.wait_status("the flooder has a verdict", |s| {
+        s["checks"].as_array().unwrap().iter().any(|c| c["name"] == "flooder" && c["state"] == "up")
+    });
+    let flooder = status["checks"].as_array().unwrap().iter().find(|c| c["name"] == "flooder").unwrap().clone();
+    assert!(flooder.to_string().len() < 4_096, "the check's view is bounded: {} bytes", flooder.to_string().len());
+    node.wait_files_written();
+    let copy = std::fs::metadata(node.copy_path()).unwrap().len();
+    assert!(copy < 64 * 1024, "the committed state is bounded: {copy} bytes");
+}

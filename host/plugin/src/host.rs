@@ -57,7 +57,12 @@ pub struct Hooks {
     pub(crate) rules: Arc<Rules>,
     pub(crate) plugin: Arc<str>,
     pub(crate) client: HttpClient,
+    /// Requests denied in this call (the first few are logged).
+    pub(crate) denied: u32,
 }
+
+/// Denied requests logged per call; the rest are counted in one line.
+pub const DENIED_LOGGED_MAX: u32 = 5;
 
 impl WasiHttpHooks for Hooks {
     fn send_request(
@@ -82,7 +87,15 @@ impl WasiHttpHooks for Hooks {
         let host = uri.host().unwrap_or("").to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         if !self.rules.allows(&host, port) {
-            tracing::warn!(plugin = %self.plugin, "plugin: denied HTTP request to {host}:{port} (not in its allow list)");
+            self.denied += 1;
+            if self.denied <= DENIED_LOGGED_MAX {
+                tracing::warn!(plugin = %self.plugin, "plugin: denied HTTP request to {host}:{port} (not in its allow list)");
+            } else if self.denied == DENIED_LOGGED_MAX + 1 {
+                tracing::warn!(
+                    plugin = %self.plugin,
+                    "plugin: more than {DENIED_LOGGED_MAX} denied HTTP requests in one call; not logging the rest"
+                );
+            }
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         let client = self.client.clone();

@@ -52,6 +52,22 @@ pub const MEMORY_DEFAULT: usize = 64 * 1024 * 1024;
 pub const MEMORY_MAX: usize = 256 * 1024 * 1024;
 /// Default wall time of a sink call.
 pub const SINK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest message or error text a plugin call returns, in characters
+/// (what is kept, logged and committed of it; the rest is cut with `…`).
+pub const MESSAGE_CHARS_MAX: usize = 1_024;
+/// Metrics kept from one check call, and the longest metric name.
+pub const METRICS_MAX: usize = 100;
+pub const METRIC_NAME_CHARS_MAX: usize = 100;
+
+/// `text` cut to `max` characters (at a character boundary, marked `…`).
+fn bounded(mut text: String, max: usize) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(max) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 /// Check calls running at once on one node.
 pub const CALLS_CONCURRENT_MAX: usize = 32;
 /// Sink calls running at once on one node, in slots of their own: no
@@ -497,7 +513,7 @@ impl Runtime {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            hooks: Hooks { rules: rules.clone(), plugin: name.clone(), client: self.http.clone() },
+            hooks: Hooks { rules: rules.clone(), plugin: name.clone(), client: self.http.clone(), denied: 0 },
             limiter: Limiter { memory_max: plugin.limits.memory, exceeded: false },
             plugin: name,
             rules,
@@ -620,8 +636,13 @@ impl Runtime {
                 wit::Status::Degraded => Status::Degraded,
             },
             latency: Duration::from_micros(outcome.latency_us),
-            message: outcome.message,
-            metrics: outcome.metrics.into_iter().map(|m| (m.name, m.value)).collect(),
+            message: bounded(outcome.message, MESSAGE_CHARS_MAX),
+            metrics: outcome
+                .metrics
+                .into_iter()
+                .take(METRICS_MAX)
+                .map(|m| (bounded(m.name, METRIC_NAME_CHARS_MAX), m.value))
+                .collect(),
         })
     }
 
@@ -667,12 +688,13 @@ fn not_a(plugin: &Plugin, kind: Kind) -> CallError {
 }
 
 fn plugin_error(plugin: &Plugin, error: wit::PluginError) -> CallError {
+    let text = |m: String| bounded(m, MESSAGE_CHARS_MAX);
     let error = match error {
-        wit::PluginError::Config(m) => PluginError::Config(m),
+        wit::PluginError::Config(m) => PluginError::Config(text(m)),
         wit::PluginError::Transient(r) => {
-            PluginError::Transient { message: r.message, retry_after: r.after_ms.map(Duration::from_millis) }
+            PluginError::Transient { message: text(r.message), retry_after: r.after_ms.map(Duration::from_millis) }
         }
-        wit::PluginError::Permanent(m) => PluginError::Permanent(m),
+        wit::PluginError::Permanent(m) => PluginError::Permanent(text(m)),
     };
     CallError::Plugin { plugin: plugin.name.clone(), error }
 }

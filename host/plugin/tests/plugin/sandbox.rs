@@ -185,3 +185,20 @@ async fn compiled_components_are_cached_by_hash() {
     let answer = restarted.check(&again, &[], "hello", Duration::from_secs(2)).await.unwrap();
     assert_eq!(answer.message, "hello");
 }
+
+/// What a plugin returns is bounded where the host takes it: a message of
+/// 1 MiB and 500,000 metrics with long names come back as 1,024 characters
+/// and 100 metrics of at most 100; an error text of 64 KiB as 1,024.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_plugin_returns_is_cut_to_its_budget() {
+    let runtime = Runtime::new(None).unwrap();
+    let plugin = hostile(&runtime, Vec::new()).await;
+    let outcome = runtime.check(&plugin, &[], "flood:500000", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(outcome.metrics.len(), qu_plugin::METRICS_MAX);
+    assert!(outcome.metrics.iter().all(|(name, _)| name.chars().count() <= qu_plugin::METRIC_NAME_CHARS_MAX + 1));
+    assert_eq!(outcome.message.chars().count(), qu_plugin::MESSAGE_CHARS_MAX + 1, "cut, with `…`");
+    assert!(outcome.message.ends_with('…'));
+    let denied = permanent(runtime.check(&plugin, &[], "deny:200", Duration::from_secs(30)).await);
+    assert!(denied.starts_with("200 requests denied; "), "{}", &denied[..40]);
+    assert_eq!(denied.chars().count(), qu_plugin::MESSAGE_CHARS_MAX + 1);
+}

@@ -76,6 +76,11 @@ enum Misdeed<'a> {
     Connect(&'a str),
     /// `http:URL`
     Http(&'a str),
+    /// `flood:N`: N metrics (the first ones with long names) and a long
+    /// message.
+    Flood(u32),
+    /// `deny:N`: N HTTP requests to an address no rule allows.
+    Deny(u32),
 }
 
 impl<'a> Misdeed<'a> {
@@ -92,6 +97,10 @@ impl<'a> Misdeed<'a> {
                     Self::Connect(address)
                 } else if let Some(url) = other.strip_prefix("http:") {
                     Self::Http(url)
+                } else if let Some(n) = other.strip_prefix("flood:").and_then(|n| n.parse().ok()) {
+                    Self::Flood(n)
+                } else if let Some(n) = other.strip_prefix("deny:").and_then(|n| n.parse().ok()) {
+                    Self::Deny(n)
                 } else {
                     return Err(Error::config(format!("unknown misdeed `{other}`")));
                 }
@@ -126,6 +135,23 @@ impl<'a> Misdeed<'a> {
             Self::Http(url) => {
                 let response = qu_sdk::http::get(url).send().map_err(|e| Error::permanent(e.to_string()))?;
                 Ok(Outcome::up(format!("status {}", response.status)))
+            }
+            Self::Flood(n) => {
+                let mut outcome = Outcome::up("x".repeat(1 << 20));
+                for i in 0..n {
+                    let name = if i < 10 { format!("m{i}_{}", "y".repeat(200)) } else { format!("m{i}") };
+                    outcome = outcome.metric(name, f64::from(i));
+                }
+                Ok(outcome)
+            }
+            Self::Deny(n) => {
+                let mut denied = 0;
+                for _ in 0..n {
+                    if qu_sdk::http::get("http://192.0.2.1/").send().is_err() {
+                        denied += 1;
+                    }
+                }
+                Err(Error::permanent(format!("{denied} requests denied; {}", "z".repeat(1 << 16))))
             }
         }
     }
@@ -179,6 +205,8 @@ mod tests {
             ("panic", Ok(Misdeed::Panic)),
             ("connect:127.0.0.1:9", Ok(Misdeed::Connect("127.0.0.1:9"))),
             ("http:http://127.0.0.1:8080/x", Ok(Misdeed::Http("http://127.0.0.1:8080/x"))),
+            ("flood:500000", Ok(Misdeed::Flood(500_000))),
+            ("deny:1000", Ok(Misdeed::Deny(1_000))),
             ("OK", Err(Error::config("unknown misdeed `OK`"))),
             ("", Err(Error::config("unknown misdeed ``"))),
             ("explode", Err(Error::config("unknown misdeed `explode`"))),
