@@ -313,8 +313,12 @@ fn the_lowest_id_takes_the_role_back_after_the_cooldown_never_two_masters() {
     let survivors = others(&cluster, lowest);
     let interim = cluster.wait_master(&survivors);
     let interim_term = cluster.nodes[interim].status_json()["term"].as_u64().unwrap();
-    cluster.nodes[lowest].serve();
+    // The cooldown runs from when the interim master first hears the
+    // lowest again, which is after this instant (before `serve` returns:
+    // it waits until the node answers `qu status`, which under load can
+    // take longer than the node takes to send its first heartbeat).
     let back = Instant::now();
+    cluster.nodes[lowest].serve();
     let mut masters_seen = std::collections::BTreeSet::new();
     while back.elapsed() < Duration::from_secs(12) {
         let views: Vec<serde_json::Value> = (0..3).filter_map(|i| cluster.nodes[i].try_status()).collect();
