@@ -48,6 +48,8 @@ const HANDSHAKES_MAX: usize = 64;
 /// Open connections from keys that are not members (the join handshake's
 /// only users): beyond, a new one is closed at once.
 const STRANGER_CONNECTIONS_MAX: usize = 32;
+/// Of those, from one source address (so one host cannot take them all).
+const STRANGER_CONNECTIONS_PER_SOURCE_MAX: usize = 8;
 /// How often a warning about refused connections may be logged.
 const REFUSED_WARNING_MS: u64 = 60_000;
 /// Control connections served at once.
@@ -553,14 +555,19 @@ impl Daemon {
             }
             PeerEvent::Inbound { connection } => {
                 self.inbound.retain(|c| !c.is_closed());
-                let strangers = self.inbound.iter().filter(|c| c.peer_member().is_none()).count();
-                if connection.peer_member().is_none() && strangers >= STRANGER_CONNECTIONS_MAX {
+                let source = connection.remote_addr().ip();
+                let strangers: Vec<_> = self.inbound.iter().filter(|c| c.peer_member().is_none()).collect();
+                let from_source = strangers.iter().filter(|c| c.remote_addr().ip() == source).count();
+                if connection.peer_member().is_none()
+                    && (strangers.len() >= STRANGER_CONNECTIONS_MAX
+                        || from_source >= STRANGER_CONNECTIONS_PER_SOURCE_MAX)
+                {
                     let now = self.now();
                     self.refused_strangers += 1;
                     if self.refused_warned.is_none_or(|at| at + REFUSED_WARNING_MS <= now) {
                         tracing::warn!(
                             peer = %connection.remote_addr(),
-                            "{STRANGER_CONNECTIONS_MAX} connections from keys that are not members are open; closing new ones ({} so far)",
+                            "connections from keys that are not members are at their cap ({STRANGER_CONNECTIONS_MAX}, {STRANGER_CONNECTIONS_PER_SOURCE_MAX} per source address); closing new ones ({} so far)",
                             self.refused_strangers
                         );
                         self.refused_warned = Some(now);
