@@ -92,11 +92,7 @@ impl Probes {
             return Ok(client.clone());
         }
         let tls = qu_transport::probe_client_config(spec.insecure).map_err(|e| e.to_string())?;
-        let redirects = if spec.max_redirects == 0 {
-            reqwest::redirect::Policy::none()
-        } else {
-            reqwest::redirect::Policy::limited(spec.max_redirects as usize)
-        };
+        let redirects = redirect_policy(spec);
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(redirects)
@@ -237,6 +233,59 @@ fn seconds(d: Duration) -> String {
     if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
 }
 
+/// Where an HTTP check's redirects may go: at most `max_redirects` hops
+/// (`0`: none followed, the 3xx is the answer); never from `https` to
+/// `http`; never to an unspecified address (`0.0.0.0`, `::`); and to a
+/// loopback or link-local address (the cloud metadata service at
+/// 169.254.169.254 among them) only if the check's target is one of that
+/// kind itself. The address is judged as the `Location` writes it: a name
+/// that resolves to such an address is not caught here.
+fn redirect_policy(spec: &HttpSpec) -> reqwest::redirect::Policy {
+    let max = spec.max_redirects as usize;
+    if max == 0 {
+        return reqwest::redirect::Policy::none();
+    }
+    let target_kind = spec.url.host().and_then(|h| special_address(&h.to_string()));
+    let https = spec.url.scheme() == "https";
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > max {
+            return attempt.error("too many redirects");
+        }
+        let next = attempt.url();
+        if https && next.scheme() == "http" {
+            let shown = shown_url(next);
+            return attempt.error(format!("redirect from https to {shown} refused (no downgrade to plain http)"));
+        }
+        let host = next.host().map(|h| h.to_string()).unwrap_or_default();
+        match special_address(&host) {
+            Some(kind @ "unspecified") => attempt.error(format!("redirect to {host} refused: an {kind} address")),
+            Some(kind) if Some(kind) != target_kind => attempt
+                .error(format!("redirect to {host} refused: a {kind} address, and the check's target is not one")),
+            _ => attempt.follow(),
+        }
+    })
+}
+
+/// The kind of an IP-literal `host` that a redirect may not reach unless
+/// the target is of the same kind.
+fn special_address(host: &str) -> Option<&'static str> {
+    let ip: std::net::IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let metadata_v6: std::net::Ipv6Addr = "fd00:ec2::254".parse().expect("an address");
+    match ip {
+        ip if ip.is_unspecified() => Some("unspecified"),
+        ip if ip.is_loopback() => Some("loopback"),
+        std::net::IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
+        std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 || v6 == metadata_v6 => Some("link-local"),
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()) => Some("loopback"),
+        _ => None,
+    }
+}
+
+/// A URL as a probe detail may show it: scheme and host, not the path.
+fn shown_url(url: &reqwest::Url) -> String {
+    format!("{}://{}/…", url.scheme(), url.host_str().unwrap_or(""))
+}
+
 /// A short detail for a failed request: what went wrong, from the deepest
 /// cause that says something.
 fn http_error(error: &reqwest::Error, timeout: Duration) -> String {
@@ -244,7 +293,12 @@ fn http_error(error: &reqwest::Error, timeout: Duration) -> String {
         return format!("timeout after {}", seconds(timeout));
     }
     if error.is_redirect() {
-        return "too many redirects".into();
+        // The policy's own refusal (`redirect_policy`), said as it is.
+        let mut cause: &dyn std::error::Error = error;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
+        return cause.to_string();
     }
     let mut cause: &dyn std::error::Error = error;
     while let Some(source) = cause.source() {

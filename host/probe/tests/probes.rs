@@ -40,6 +40,11 @@ async fn http_server() -> String {
                         "/body" => (200, String::new(), format!("{}all systems nominal", "padding ".repeat(1000))),
                         "/redirect" => (302, "Location: /status/200\r\n".to_string(), String::new()),
                         "/loop" => (302, "Location: /loop\r\n".to_string(), String::new()),
+                        "/to-metadata" => {
+                            (302, "Location: http://169.254.169.254/latest/meta-data/\r\n".to_string(), String::new())
+                        }
+                        "/to-unspecified" => (302, "Location: http://0.0.0.0:9/\r\n".to_string(), String::new()),
+                        "/to-loopback-v6" => (302, "Location: http://[::1]:9/\r\n".to_string(), String::new()),
                         "/ua" => {
                             (if head.contains("user-agent: qu/") { 200 } else { 400 }, String::new(), String::new())
                         }
@@ -87,12 +92,25 @@ async fn http_status_classes_body_match_and_redirects() {
         ("/redirect", &[], Outcome::Up, "status 200"),
         ("/redirect", &[("max_redirects", "0")], Outcome::Down, "status 302 (expected 2xx)"),
         ("/loop", &[("max_redirects", "3")], Outcome::Down, "too many redirects"),
+        // Redirects never reach what the target is not (loopback here).
+        (
+            "/to-metadata",
+            &[],
+            Outcome::Down,
+            "redirect to 169.254.169.254 refused: a link-local address, and the check's target is not one",
+        ),
+        ("/to-unspecified", &[], Outcome::Down, "redirect to 0.0.0.0 refused: an unspecified address"),
         ("/ua", &[("method", "HEAD")], Outcome::Up, "status 200"),
     ];
     for (path, settings, outcome, detail) in cases {
         let result = probe(&probes, &http(&format!("http://{addr}{path}"), settings)).await;
         assert_eq!((result.outcome, result.detail.as_str()), (*outcome, *detail), "{path} {settings:?}");
     }
+    // The target is loopback, so a redirect to another loopback address is
+    // followed (and here finds nothing listening).
+    let result = probe(&probes, &http(&format!("http://{addr}/to-loopback-v6"), &[])).await;
+    assert_eq!(result.outcome, Outcome::Down);
+    assert!(result.detail.starts_with("connect"), "followed: {}", result.detail);
 }
 
 #[tokio::test]
