@@ -352,8 +352,14 @@ impl Sim {
     pub(crate) fn persisted(&mut self, i: usize, snapshot: &Snapshot) {
         let node = &mut self.nodes[i];
         let before = content::content_id(node.disk_config.id, &node.disk_config.content);
-        let runtime_only = content::content_id(snapshot.id, &snapshot.content) == before
-            && content::operator_part(&snapshot.content) == content::operator_part(&node.disk_config.content);
+        let after = content::content_id(snapshot.id, &snapshot.content);
+        let runtime_only = !edits::rewrites_file((before.term, before.version), (after.term, after.version));
+        // The same content id is the same content, whichever snapshot.
+        debug_assert!(
+            !runtime_only
+                || content::operator_part(&snapshot.content) == content::operator_part(&node.disk_config.content),
+            "content {after} with two operator parts"
+        );
         if runtime_only {
             if node.file.as_ref().is_some_and(|f| !f.edit.is_empty()) {
                 self.stats.operator.kept_over_runtime += 1;

@@ -164,6 +164,15 @@ pub fn live(edited: u64, current: u64) -> LiveDecision {
     }
 }
 
+/// Whether persisting a config whose content id is `next` rewrites the
+/// operator's cluster.yaml, which shows the content `written`: only a
+/// change of what operators own does. Runtime state alone (a transition, a
+/// delivery result, a re-stamp) leaves the file — and a hand edit standing
+/// in it — as it is, so the edit is neither set aside nor overwritten.
+pub fn rewrites_file(written: (u64, u64), next: (u64, u64)) -> bool {
+    written != next
+}
+
 /// Whether an edit made on the content `base` = (term, version) applies to
 /// the master's `current` content: exactly the same, term included.
 pub fn base_matches(base: (u64, u64), current: (u64, u64)) -> bool {
@@ -228,6 +237,13 @@ mod tests {
         for kept in [StartDecision::Unchanged, StartDecision::Restamped, StartDecision::Restore] {
             assert_eq!(after_replay(kept, 20, Some(23)), kept);
         }
+    }
+
+    #[test]
+    fn only_a_change_of_what_operators_own_rewrites_the_file() {
+        assert!(!rewrites_file((3, 40), (3, 40)), "runtime state alone: the file and an edit in it stand");
+        assert!(rewrites_file((3, 40), (3, 41)), "a new version of the content");
+        assert!(rewrites_file((3, 40), (4, 40)), "the same number from another term is other content");
     }
 
     #[test]

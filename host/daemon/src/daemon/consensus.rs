@@ -151,7 +151,7 @@ impl Daemon {
         // Whether cluster.yaml is to change: only if what operators own
         // changed since it was written (a transition or a delivery result
         // leaves the file alone, and a hand edit in it stands).
-        let file_changes = cluster.content_id() != self.written_id;
+        let file_changes = qu_core::config::edits::rewrites_file(self.written_id, cluster.content_id());
         let file_edited = match entry {
             _ if !file_changes => false,
             Some(_) if self.file_untouched() => false,
@@ -225,5 +225,6 @@ pub(super) fn operator_of(
     written_id: (u64, u64),
 ) -> Option<Operator> {
     let id = cluster.content_id();
-    (id != written_id).then(|| Operator { text: renderer.operator_text(cluster), id })
+    qu_core::config::edits::rewrites_file(written_id, id)
+        .then(|| Operator { text: renderer.operator_text(cluster), id })
 }
