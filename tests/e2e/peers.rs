@@ -12,6 +12,9 @@ use qu_daemon::pake::Pake;
 use qu_tests::{Node, free_port};
 use qu_transport::{Caller, Endpoint, Expect, Handler, Protocol, TlsIdentity, TransportError, TrustStore};
 
+/// The peer protocol as a stranger speaks it: with no trust store of its
+/// own, it takes every request (the impostor below serves them; a client
+/// gets none).
 struct Stranger;
 
 impl Protocol for Stranger {
@@ -19,7 +22,7 @@ impl Protocol for Stranger {
     type Response = PeerResponse;
     type Notice = PeerNotice;
     fn open_to_untrusted(_: &PeerRequest) -> bool {
-        false
+        true
     }
 }
 
@@ -145,18 +148,6 @@ async fn a_stranger_reaches_only_the_join_handshake_and_needs_the_secret() {
     node.qu_ok(&["status"]);
 }
 
-/// Open to strangers like a real node's join handshake.
-struct Impostor;
-
-impl Protocol for Impostor {
-    type Request = PeerRequest;
-    type Response = PeerResponse;
-    type Notice = PeerNotice;
-    fn open_to_untrusted(_: &PeerRequest) -> bool {
-        true
-    }
-}
-
 /// A stand-in at the invited address that speaks the join as far as it
 /// can without the secret: it names itself, answers the PAKE with a message
 /// made for a guess, and records every request it gets.
@@ -166,7 +157,7 @@ struct Recorder {
     seen: std::sync::Mutex<Vec<PeerRequest>>,
 }
 
-impl Handler<Impostor> for Recorder {
+impl Handler<Stranger> for Recorder {
     async fn on_request(&self, from: Caller, request: PeerRequest) -> PeerResponse {
         self.seen.lock().unwrap().push(request.clone());
         match request {
@@ -210,7 +201,7 @@ async fn an_impostor_at_the_invited_address_learns_nothing_of_the_cluster_or_the
     let impostor_id = NodeId::from_bytes(*b"impostor-node-id");
     let generated = qu_transport::identity::generate(&impostor_id).unwrap();
     let identity = TlsIdentity::from_pem(&generated.cert_pem, &generated.key_pem).unwrap();
-    let endpoint = Arc::new(Endpoint::<Impostor>::new(identity, TrustStore::default()).unwrap());
+    let endpoint = Arc::new(Endpoint::<Stranger>::new(identity, TrustStore::default()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let recorder = Arc::new(Recorder { node_id: impostor_id, advertise: addr.clone(), seen: Default::default() });

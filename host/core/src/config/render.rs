@@ -251,11 +251,8 @@ impl Renderer {
     /// through the same cache of checks (so right after [`Renderer::render`]
     /// of the same config, it renders nothing again).
     pub fn operator_text(&mut self, config: &ClusterConfig) -> Arc<str> {
-        let mut frame = config.clone_without_bulk();
-        let stamp = config.content_stamp();
-        (frame.version, frame.term, frame.updated_at, frame.updated_by) =
-            (stamp.version, stamp.term, stamp.updated_at, stamp.updated_by);
-        frame.content = None;
+        let mut frame = config.operator_part();
+        frame.checks = Default::default();
         let head = serde_yaml::to_string(&frame).expect("cluster config always serialises");
         let (before, after) = split_head(&head);
         let mut out = String::with_capacity(self.buffer.len().max(head.len()));

@@ -196,6 +196,11 @@ impl JoinSessions {
         PeerResponse::JoinStarted { pake: message, confirm }
     }
 
+    /// What is remembered of `ip`, from now if nothing was.
+    fn source(&mut self, ip: std::net::IpAddr, now: u64) -> &mut Source {
+        self.sources.entry(ip).or_insert(Source { window_start: now, attempts: 0, warned: None, unlogged: 0 })
+    }
+
     /// Counts an attempt from `ip`; whether it is within the budget.
     fn admit(&mut self, ip: std::net::IpAddr, now: u64) -> bool {
         if self.sources.len() >= JOIN_SOURCES_MAX && !self.sources.contains_key(&ip) {
@@ -204,8 +209,7 @@ impl JoinSessions {
                 return false;
             }
         }
-        let source =
-            self.sources.entry(ip).or_insert(Source { window_start: now, attempts: 0, warned: None, unlogged: 0 });
+        let source = self.source(ip, now);
         if source.window_start + JOIN_WINDOW_MS <= now {
             (source.window_start, source.attempts) = (now, 0);
         }
@@ -216,8 +220,7 @@ impl JoinSessions {
     /// Whether a warning about `ip` may be logged now (one a minute per
     /// source; the ones held back are counted in the next).
     pub(super) fn may_warn(&mut self, ip: std::net::IpAddr, now: u64) -> bool {
-        let source =
-            self.sources.entry(ip).or_insert(Source { window_start: now, attempts: 0, warned: None, unlogged: 0 });
+        let source = self.source(ip, now);
         match source.warned {
             Some(at) if at + JOIN_WINDOW_MS > now => {
                 source.unlogged += 1;
