@@ -8,7 +8,7 @@
 //! `Unavailable`, which is no vote for DOWN.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -96,6 +96,10 @@ impl Probes {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .redirect(redirects)
+            .dns_resolver(Arc::new(RedirectResolver::for_target(&spec.url)))
+            // A probe measures the target, not a proxy the environment names
+            // (and a proxy would resolve the names past the resolver above).
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("qu/", env!("CARGO_PKG_VERSION")))
@@ -238,8 +242,8 @@ fn seconds(d: Duration) -> String {
 /// `http`; never to an unspecified address (`0.0.0.0`, `::`); and to a
 /// loopback or link-local address (the cloud metadata service at
 /// 169.254.169.254 among them) only if the check's target is one of that
-/// kind itself. The address is judged as the `Location` writes it: a name
-/// that resolves to such an address is not caught here.
+/// kind itself. An address in the `Location` is judged here; a name is
+/// judged by the addresses it resolves to ([`RedirectResolver`]).
 fn redirect_policy(spec: &HttpSpec) -> reqwest::redirect::Policy {
     let max = spec.max_redirects as usize;
     if max == 0 {
@@ -266,18 +270,67 @@ fn redirect_policy(spec: &HttpSpec) -> reqwest::redirect::Policy {
     })
 }
 
+/// Resolves the names of an HTTP check's requests: the target's own name
+/// to whatever it resolves to (the operator chose it), and any other name —
+/// one a redirect brought in — to its addresses without the special ones
+/// the redirect policy refuses, so a name that resolves to loopback or to
+/// 169.254.169.254 is refused like the address itself.
+struct RedirectResolver {
+    target_host: String,
+    target_kind: Option<&'static str>,
+}
+
+impl RedirectResolver {
+    fn for_target(url: &reqwest::Url) -> Self {
+        let target_host = url.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+        let target_kind = special_address(target_host).or((target_host == "localhost").then_some("loopback"));
+        Self { target_host: target_host.to_ascii_lowercase(), target_kind }
+    }
+}
+
+impl reqwest::dns::Resolve for RedirectResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let name = name.as_str().to_ascii_lowercase();
+        let own = name == self.target_host;
+        let target_kind = self.target_kind;
+        Box::pin(async move {
+            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            if own {
+                return Ok(Box::new(found.into_iter()) as reqwest::dns::Addrs);
+            }
+            let mut refused = None;
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|addr| match special_address(&addr.ip().to_string()) {
+                    Some(kind) if kind == "unspecified" || Some(kind) != target_kind => {
+                        refused.get_or_insert((addr.ip(), kind));
+                        false
+                    }
+                    _ => true,
+                })
+                .collect();
+            match (allowed.is_empty(), refused) {
+                (true, Some((ip, kind))) => Err(format!(
+                    "redirect to {name} refused: it resolves to {ip}, a{} {kind} address, and the check's target is not one",
+                    if kind == "unspecified" { "n" } else { "" }
+                )
+                .into()),
+                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
+}
+
 /// The kind of an IP-literal `host` that a redirect may not reach unless
-/// the target is of the same kind.
+/// the target is of the same kind (IPv4-mapped forms count as the IPv4
+/// address; the cloud metadata addresses count as link-local).
 fn special_address(host: &str) -> Option<&'static str> {
-    let ip: std::net::IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
-    let metadata_v6: std::net::Ipv6Addr = "fd00:ec2::254".parse().expect("an address");
-    match ip {
-        ip if ip.is_unspecified() => Some("unspecified"),
-        ip if ip.is_loopback() => Some("loopback"),
-        std::net::IpAddr::V4(v4) if v4.is_link_local() => Some("link-local"),
-        std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 || v6 == metadata_v6 => Some("link-local"),
-        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()) => Some("loopback"),
-        _ => None,
+    use qu_transport::net::{Special, special};
+    let ip: IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    match special(ip)? {
+        Special::Unspecified => Some("unspecified"),
+        Special::Loopback => Some("loopback"),
+        Special::LinkLocal | Special::Metadata => Some("link-local"),
     }
 }
 
@@ -291,6 +344,9 @@ fn shown_url(url: &reqwest::Url) -> String {
 fn http_error(error: &reqwest::Error, timeout: Duration) -> String {
     if error.is_timeout() {
         return format!("timeout after {}", seconds(timeout));
+    }
+    if let Some(refused) = redirect_refused_by_resolver(error) {
+        return refused;
     }
     if error.is_redirect() {
         // The policy's own refusal (`redirect_policy`), said as it is.
@@ -314,6 +370,19 @@ fn http_error(error: &reqwest::Error, timeout: Duration) -> String {
     if error.is_connect() { format!("connect: {text}") } else { text }
 }
 
+/// The resolver's refusal of a redirect's name, if that is why it failed.
+fn redirect_refused_by_resolver(error: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&dyn std::error::Error> = Some(error);
+    while let Some(current) = cause {
+        let text = current.to_string();
+        if text.starts_with("redirect to ") && text.contains(" refused: it resolves to ") {
+            return Some(text);
+        }
+        cause = current.source();
+    }
+    None
+}
+
 fn find_io(error: &reqwest::Error) -> Option<&std::io::Error> {
     let mut cause: Option<&dyn std::error::Error> = Some(error);
     while let Some(current) = cause {
@@ -330,6 +399,47 @@ fn find_io(error: &reqwest::Error) -> Option<&std::io::Error> {
 #[cfg(test)]
 mod tests {
     use super::short_detail;
+
+    /// A name a redirect brings in is judged by what it resolves to:
+    /// `localhost` (really resolved) is loopback, refused for a target that
+    /// is not, followed for one that is; the target's own name is never
+    /// filtered.
+    #[test]
+    fn special_addresses_in_every_form() {
+        for (host, kind) in [
+            ("127.0.0.1", Some("loopback")),
+            ("[::1]", Some("loopback")),
+            ("[::ffff:127.0.0.1]", Some("loopback")),
+            ("169.254.169.254", Some("link-local")),
+            ("[::ffff:169.254.169.254]", Some("link-local")),
+            ("[::ffff:a9fe:a9fe]", Some("link-local")),
+            ("[fd00:ec2::254]", Some("link-local")),
+            ("100.100.100.200", Some("link-local")),
+            ("[fe80::1]", Some("link-local")),
+            ("0.0.0.0", Some("unspecified")),
+            ("[::ffff:0.0.0.0]", Some("unspecified")),
+            ("0.1.2.3", Some("unspecified")),
+            ("10.0.0.1", None),
+            ("example.test", None),
+        ] {
+            assert_eq!(super::special_address(host), kind, "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_a_name_that_resolves_to_loopback_is_refused() {
+        use reqwest::dns::Resolve;
+        let name = |n: &str| n.parse::<reqwest::dns::Name>().unwrap();
+        let public = super::RedirectResolver::for_target(&"http://192.0.2.1/health".parse().unwrap());
+        let refused = public.resolve(name("localhost")).await.err().expect("refused").to_string();
+        assert!(refused.starts_with("redirect to localhost refused: it resolves to "), "{refused}");
+        assert!(refused.ends_with("a loopback address, and the check's target is not one"), "{refused}");
+        let local = super::RedirectResolver::for_target(&"http://127.0.0.1:8080/".parse().unwrap());
+        assert!(local.resolve(name("localhost")).await.is_ok(), "a loopback target may be redirected to loopback");
+        let own = super::RedirectResolver::for_target(&"http://localhost:8080/".parse().unwrap());
+        let addrs: Vec<_> = own.resolve(name("localhost")).await.unwrap().collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty(), "{addrs:?}");
+    }
 
     #[test]
     fn details_are_one_short_line() {

@@ -187,23 +187,21 @@ pub async fn inspect(
     Ok(Inspected { chain, chain_error, protocol })
 }
 
-/// What plugins' HTTP requests connect through.
-pub type PluginConnector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+/// [`https_over`]'s connector.
+pub type HttpsOver<C> = hyper_rustls::HttpsConnector<C>;
 
-/// The connector behind plugins' HTTP requests: plain or TLS (HTTP/1.1),
-/// verified against the system roots, with a connect timeout.
-pub fn https_connector(connect_timeout: Duration) -> Result<PluginConnector, String> {
+/// The TLS layer of plugins' HTTP requests over `tcp`, a connector that
+/// yields TCP streams (the plugin host's, which checks every address it
+/// connects to): plain or TLS (HTTP/1.1), verified against the system
+/// roots.
+pub fn https_over<C>(tcp: C) -> Result<HttpsOver<C>, String> {
     let mut config = crate::tls::probe_client_config(false).map_err(|e| e.to_string())?;
     config.alpn_protocols.clear(); // the connector sets its own
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
     Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http))
+        .wrap_connector(tcp))
 }
 
 /// A verified TLS stream over `stream` to `name` (for implicit TLS and

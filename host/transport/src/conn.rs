@@ -76,6 +76,19 @@ enum Envelope<Q, S, N> {
     Notice { body: N },
 }
 
+/// Decodes a frame's payload as the transport does and encodes it again:
+/// what the fuzz targets and their corpus replay run (`tests/fuzz`).
+#[doc(hidden)]
+pub fn decode_payload<Q, S, N>(bytes: &[u8]) -> Option<Vec<u8>>
+where
+    Q: Serialize + DeserializeOwned,
+    S: Serialize + DeserializeOwned,
+    N: Serialize + DeserializeOwned,
+{
+    let envelope: Envelope<Q, S, N> = postcard::from_bytes(bytes).ok()?;
+    Some(postcard::to_allocvec(&envelope).expect("a decoded envelope encodes"))
+}
+
 type Pending<P> = Mutex<HashMap<u64, oneshot::Sender<Result<<P as Protocol>::Response, TransportError>>>>;
 
 struct Shared<P: Protocol> {

@@ -15,12 +15,13 @@ mod conn;
 mod error;
 pub mod frame;
 pub mod identity;
+pub mod net;
 mod tls;
 
 pub use tls::probe_client_config;
 mod trust;
 
-pub use conn::{Caller, Connection, Endpoint, Expect, Handler, Protocol};
+pub use conn::{Caller, Connection, Endpoint, Expect, Handler, Protocol, decode_payload};
 pub use error::TransportError;
 pub use identity::{GeneratedIdentity, IdentityError, TlsIdentity};
 pub use trust::TrustStore;
