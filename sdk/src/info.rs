@@ -17,6 +17,26 @@ pub struct Field {
     pub required: bool,
     pub default: Option<String>,
     pub description: String,
+    /// Whether the value names where the plugin connects ([`Info::destination`]).
+    pub destination: Option<Destination>,
+}
+
+/// What kind of destination a setting's value names. The host lets a call
+/// connect to exactly the host and port such a value gives, and nothing
+/// else in the settings opens anything: a setting the plugin connects to
+/// must be declared, or the operator has to add it to the plugin's allow
+/// list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// An `http(s)://` or `smtp(s)://` URL: its host and port, or the
+    /// scheme's default port.
+    Url,
+    /// `host:port` or `[v6]:port`; a bare host means `default_port` (none:
+    /// the value must name a port).
+    Address { default_port: Option<u16> },
+    /// A bare host whose port is the value of `port_setting`, or one of
+    /// `defaults` when that setting is absent.
+    Host { port_setting: String, defaults: Vec<u16> },
 }
 
 impl Info {
@@ -38,7 +58,13 @@ impl Info {
 
     /// A setting that must be given.
     pub fn required(mut self, name: impl Into<String>, description: impl Into<String>) -> Self {
-        self.fields.push(Field { name: name.into(), required: true, default: None, description: description.into() });
+        self.fields.push(Field {
+            name: name.into(),
+            required: true,
+            default: None,
+            description: description.into(),
+            destination: None,
+        });
         self
     }
 
@@ -49,7 +75,20 @@ impl Info {
             required: false,
             default: default.map(str::to_string),
             description: description.into(),
+            destination: None,
         });
+        self
+    }
+
+    /// Declares that the setting added last names a destination of `kind`
+    /// (see [`Destination`]): `.required("url", "where to POST").destination(Destination::Url)`.
+    ///
+    /// # Panics
+    ///
+    /// When no setting was added before it.
+    pub fn destination(mut self, kind: Destination) -> Self {
+        let field = self.fields.last_mut().expect("Info::destination follows the setting it describes");
+        field.destination = Some(kind);
         self
     }
 }

@@ -1,5 +1,5 @@
 //! The qu plugin SDK: write an extra check type or an alert sink as a
-//! WebAssembly component for qu (contract `qu:plugin@0.1.0`, see `wit/`).
+//! WebAssembly component for qu (contract `qu:plugin@0.2.0`, see `wit/`).
 //!
 //! A plugin is one type implementing [`Check`] or [`Sink`] plus one macro
 //! (compiled as a doctest in the `check` build):
@@ -43,9 +43,11 @@ mod info;
 #[doc(hidden)]
 pub mod log;
 
+#[doc(hidden)]
+pub use config::fuzz_config as __fuzz_config;
 pub use config::{Config, FromValue};
 pub use error::Error;
-pub use info::{Field, Info};
+pub use info::{Destination, Field, Info};
 
 #[cfg(feature = "check")]
 mod check;
@@ -68,7 +70,7 @@ pub mod tcp;
 #[doc(hidden)]
 pub mod __checker {
     wit_bindgen::generate!({
-        path: "../wit/0.1.0",
+        path: "../wit/0.2.0",
         world: "qu:plugin/checker",
         pub_export_macro: true,
         export_macro_name: "__export_checker",
@@ -82,7 +84,7 @@ pub mod __checker {
 #[doc(hidden)]
 pub mod __sink {
     wit_bindgen::generate!({
-        path: "../wit/0.1.0",
+        path: "../wit/0.2.0",
         world: "qu:plugin/sink",
         pub_export_macro: true,
         export_macro_name: "__export_sink",
@@ -178,6 +180,13 @@ pub mod __rt {
                     required: f.required,
                     default_value: f.default,
                     description: f.description,
+                    destination: f.destination.map(|d| match d {
+                        crate::Destination::Url => wit::Destination::Url,
+                        crate::Destination::Address { default_port } => wit::Destination::Address(default_port),
+                        crate::Destination::Host { port_setting, defaults } => {
+                            wit::Destination::Host(wit::PortSetting { setting: port_setting, defaults })
+                        }
+                    }),
                 })
                 .collect(),
         }

@@ -13,7 +13,7 @@ mod wire;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use qu_sdk::{Check, Config, Error, Info, Outcome};
+use qu_sdk::{Check, Config, Destination, Error, Info, Outcome};
 use wire::{Answer, RecordType};
 
 struct Dns;
@@ -24,6 +24,7 @@ impl Check for Dns {
             .target("a DNS name, e.g. example.com")
             .optional("record", Some("A"), "record type: A, AAAA, CNAME, MX, TXT or NS")
             .optional("resolver", None, "resolver IP[:port]; default: the node's first resolver")
+            .destination(Destination::Address { default_port: Some(53) })
             .optional("expect", None, "a substring one of the answers must contain")
             .optional("timeout", Some("2s"), "time per attempt (two attempts)")
     }

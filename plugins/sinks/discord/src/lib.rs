@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use qu_sdk::http::HttpError;
-use qu_sdk::{Config, Error, Event, Info, Sink};
+use qu_sdk::{Config, Destination, Error, Event, Info, Sink};
 
 /// Discord's limit on a message's `content`.
 const CONTENT_CHARS_MAX: usize = 2000;
@@ -17,6 +17,7 @@ impl Sink for Discord {
     fn info() -> Info {
         Info::new("discord", env!("CARGO_PKG_VERSION"), "posts each alert to a Discord channel webhook")
             .required("webhook", "the channel's webhook URL (https://discord.com/api/webhooks/...)")
+            .destination(Destination::Url)
             .optional("username", None, "name the message is posted under")
             .optional("timeout", Some("10s"), "request timeout")
     }

@@ -10,7 +10,7 @@ mod message;
 use std::time::Duration;
 
 use qu_sdk::tcp::{Security, Stream};
-use qu_sdk::{Config, Error, Event, Info, Sink};
+use qu_sdk::{Config, Destination, Error, Event, Info, Sink};
 
 struct Email;
 
@@ -37,6 +37,7 @@ impl Sink for Email {
     fn info() -> Info {
         Info::new("email", env!("CARGO_PKG_VERSION"), "sends each alert as an email over SMTP")
             .required("host", "SMTP server")
+            .destination(Destination::Host { port_setting: "port".into(), defaults: vec![587, 465, 25] })
             .optional("port", Some("587 (465 for implicit TLS, 25 for none)"), "SMTP port")
             .optional("tls", Some("starttls"), "starttls, implicit or none")
             .required("from", "sender address")

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use qu_sdk::http::HttpError;
-use qu_sdk::{Config, Error, Event, Info, Sink};
+use qu_sdk::{Config, Destination, Error, Event, Info, Sink};
 use sha2::Sha256;
 
 struct Webhook;
@@ -18,6 +18,7 @@ impl Sink for Webhook {
     fn info() -> Info {
         Info::new("webhook", env!("CARGO_PKG_VERSION"), "POSTs each alert as JSON to a URL")
             .required("url", "http:// or https:// URL to POST to")
+            .destination(Destination::Url)
             .optional("headers", None, "extra headers, one `Name: value` per line")
             .optional("signing_secret", None, "HMAC-SHA256 key; the signature goes in X-Qu-Signature")
             .optional("timeout", Some("10s"), "request timeout")
