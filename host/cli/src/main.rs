@@ -304,6 +304,7 @@ fn run_settings(set: Option<SettingsCommand>, json: bool) -> anyhow::Result<()> 
                     println!("hysteresis       {}", view.hysteresis);
                     println!("announce_first_up  {}", view.announce_first_up);
                     println!("delivery_deadline  {}", view.delivery_deadline);
+                    println!("plugin_memory_mib  {}", view.plugin_memory_mib);
                 }
                 Ok(())
             }

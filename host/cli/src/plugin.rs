@@ -137,7 +137,10 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
             .fields
             .iter()
             .map(|f| {
-                serde_json::json!({"name": f.name, "required": f.required, "default": f.default, "description": f.description})
+                serde_json::json!({
+                    "name": f.name, "required": f.required, "default": f.default, "description": f.description,
+                    "destination": f.destination.as_ref().map(destination_text),
+                })
             })
             .collect();
         let doc = serde_json::json!({
@@ -168,7 +171,17 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
         } else {
             f.default.as_ref().map_or("optional".to_string(), |d| format!("default {d}"))
         };
-        println!("{:<14} {:<16} {}", f.name, need, f.description);
+        match &f.destination {
+            Some(kind) => {
+                println!("{:<14} {:<16} {} [destination: {}]", f.name, need, f.description, destination_text(kind))
+            }
+            None => println!("{:<14} {:<16} {}", f.name, need, f.description),
+        }
+    }
+    if plugin.wit_version == "0.1.0" {
+        println!(
+            "(built against qu:plugin@0.1.0, which declares no destinations: only settings whose value is a URL open it)"
+        );
     }
     println!("\nCAPABILITIES (beyond clocks, random and logging; all limited to allowed destinations)");
     if capabilities.is_empty() {
@@ -178,6 +191,20 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
         println!("{c}");
     }
     Ok(())
+}
+
+/// How `qu plugin inspect` names what a setting opens.
+fn destination_text(kind: &qu_plugin::rules::DestinationKind) -> String {
+    use qu_plugin::rules::DestinationKind;
+    match kind {
+        DestinationKind::Url => "url".into(),
+        DestinationKind::Address(Some(port)) => format!("host:port, port {port} by default"),
+        DestinationKind::Address(None) => "host:port".into(),
+        DestinationKind::Host { port_setting, defaults } => {
+            let defaults: Vec<String> = defaults.iter().map(u16::to_string).collect();
+            format!("host, port from `{port_setting}` (default {})", defaults.join(" or "))
+        }
+    }
 }
 
 /// Imports every Rust component has (std's runtime) or that grant nothing.
@@ -201,7 +228,12 @@ fn run_once(
         settings.push((key.trim().to_string(), value.to_string()));
     }
     let (name, bytes, entry) = locate(plugin)?;
+    // What the sandbox refuses is logged as a warning, with how to allow it.
+    quiet_logging();
     let runtime = Runtime::new(None)?;
+    if let Some(port) = this_node_peer_port() {
+        runtime.set_peer_port(port);
+    }
     // An added plugin runs with its entry's allow list and limits, as on the cluster.
     let (allow, limits) = match &entry {
         Some(entry) => {
@@ -243,6 +275,27 @@ fn run_once(
         println!("{state}  {latency} ms  {detail}");
     }
     if up { Ok(()) } else { std::process::exit(1) }
+}
+
+/// Warnings and errors to stderr (`RUST_LOG` overrides): the sandbox's
+/// denials, each naming what it refused and how to allow it.
+fn quiet_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// The peer port of the node whose data directory this is, if it is one:
+/// a plugin run here reaches it only as a daemon's plugins would.
+fn this_node_peer_port() -> Option<u16> {
+    let paths = paths().ok()?;
+    let text = std::fs::read_to_string(paths.data.node_yaml()).ok()?;
+    Some(qu_core::config::NodeConfig::parse(&text).ok()?.port)
 }
 
 fn error_text(error: &CallError) -> String {

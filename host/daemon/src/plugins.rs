@@ -157,6 +157,7 @@ impl Registry {
     /// entry is unchanged, loads new versions from the local store or from
     /// `peers`, forgets removed ones.
     pub(crate) fn sync(self: &Arc<Self>, config: &ClusterConfig, peers: Vec<Connection<Wire>>) {
+        self.runtime.set_memory_budget(config.settings.plugin_memory_mib as usize * 1024 * 1024);
         let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
         let known = |name: &String| config.plugins.iter().any(|p| p.name == *name);
         added.slots.retain(|name, _| known(name));

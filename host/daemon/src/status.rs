@@ -100,6 +100,9 @@ pub struct SettingsView {
     pub hysteresis: u32,
     pub announce_first_up: bool,
     pub delivery_deadline: String,
+    /// Linear memory of all plugin calls on a node together.
+    #[serde(default)]
+    pub plugin_memory_mib: u32,
     pub config_version: u64,
 }
 

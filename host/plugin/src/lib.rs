@@ -37,13 +37,17 @@ use wasmtime_wasi_http::WasiHttpCtx;
 use crate::bindings::checker::{Checker, CheckerPre};
 use crate::bindings::sink::{Sink, SinkPre};
 use crate::bindings::types as wit;
-use crate::host::{Hooks, Limiter, State};
-use crate::rules::Rules;
+use crate::bindings::v2;
+use crate::host::{Denials, Hooks, HttpClients, Limiter, MemoryBudget, SocketBudget, State};
+pub use crate::host::{HTTP_IN_FLIGHT_PER_CALL_MAX, SOCKETS_PER_CALL_MAX};
+use crate::rules::{Call, Declarations, DestinationKind, Rules};
 
 include!(concat!(env!("OUT_DIR"), "/built_in.rs"));
 
-/// The contract version this host serves.
-pub const WIT_VERSION: &str = "0.1.0";
+/// The contract version plugins are built against today (the SDK's).
+pub const WIT_VERSION: &str = "0.2.0";
+/// Every contract version this host serves.
+pub const WIT_VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
 /// Largest component accepted.
 pub const COMPONENT_BYTES_MAX: usize = 10 * 1024 * 1024;
 /// Default memory cap of one call.
@@ -68,6 +72,24 @@ fn bounded(mut text: String, max: usize) -> String {
     text
 }
 
+/// Default of the node-wide budget for plugin memory: every call's linear
+/// memory together (`settings.plugin_memory_mib`).
+pub const MEMORY_BUDGET_DEFAULT: usize = 512 * 1024 * 1024;
+/// Open files the daemon keeps for itself, whatever plugins hold: plugin
+/// sockets all together get at most half of what the open-file limit
+/// leaves beyond these, and never more than [`SOCKETS_NODE_MAX`].
+pub const DESCRIPTOR_RESERVE: u64 = 512;
+pub const SOCKETS_NODE_MAX: u64 = 4_096;
+
+/// The node-wide budget of plugin sockets under an open-file limit.
+pub fn socket_budget(open_files: u64) -> usize {
+    (open_files.saturating_sub(DESCRIPTOR_RESERVE) / 2).min(SOCKETS_NODE_MAX) as usize
+}
+
+/// How long an `info` or `validate-config` call waits for room in the
+/// node's memory budget.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
 /// Check calls running at once on one node.
 pub const CALLS_CONCURRENT_MAX: usize = 32;
 /// Sink calls running at once on one node, in slots of their own: no
@@ -83,9 +105,20 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// What a component is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    Check,
-    Sink,
+    Check = 0,
+    Sink = 1,
 }
+
+/// A budget split between check calls (three quarters) and sink calls
+/// (the rest).
+fn shares(total: usize) -> [usize; 2] {
+    let sinks = total / 4;
+    [total - sinks, sinks]
+}
+
+/// Host resources (streams, requests, sockets, pollables...) one call may
+/// hold in its table.
+pub const RESOURCES_PER_CALL_MAX: usize = 10_000;
 
 impl Kind {
     pub fn as_str(self) -> &'static str {
@@ -112,6 +145,8 @@ pub struct Field {
     pub required: bool,
     pub default: Option<String>,
     pub description: String,
+    /// Whether the value names a destination (0.2.0 and later).
+    pub destination: Option<DestinationKind>,
 }
 
 /// A plugin's own error, by what the host should do about it.
@@ -138,6 +173,10 @@ pub enum CallError {
     Plugin { plugin: String, error: PluginError },
     #[error("plugin {plugin} unavailable: {reason}")]
     Unavailable { plugin: String, reason: String },
+    /// The node's budget (memory of all calls together) had no room: a
+    /// matter of this node, not of the plugin or its target.
+    #[error("plugin {plugin} could not run: {reason}")]
+    Busy { plugin: String, reason: String },
 }
 
 fn seconds(d: Duration) -> String {
@@ -185,6 +224,8 @@ impl Default for Limits {
 enum Pre {
     Check(CheckerPre<State>),
     Sink(SinkPre<State>),
+    Check2(v2::checker::CheckerPre<State>),
+    Sink2(v2::sink::SinkPre<State>),
 }
 
 /// A loaded plugin: validated against its world, ready to instantiate.
@@ -213,6 +254,19 @@ impl std::fmt::Debug for Plugin {
     }
 }
 
+impl Plugin {
+    /// What the plugin declares of its settings' destinations: a 0.1.0
+    /// component cannot declare any.
+    pub fn declarations(&self) -> Declarations {
+        if self.wit_version == "0.1.0" {
+            return Declarations::Undeclared;
+        }
+        Declarations::Declared(
+            self.info.fields.iter().filter_map(|f| Some((f.name.clone(), f.destination.clone()?))).collect(),
+        )
+    }
+}
+
 /// The sha256 of a component, as hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -228,7 +282,16 @@ pub struct Runtime {
     check_permits: Semaphore,
     sink_permits: Semaphore,
     resolvers: Arc<Vec<SocketAddr>>,
-    http: host::HttpClient,
+    /// Per kind (checks, sinks): each its own client, counted in its own
+    /// share of the socket budget.
+    http: [HttpClients; 2],
+    /// The node's peer port (0: not inside a daemon).
+    peer_port: Arc<std::sync::atomic::AtomicU32>,
+    /// Sockets of all calls together, a share per kind (checks, sinks), so
+    /// that no number of check calls can leave an alert without.
+    sockets: [Arc<Semaphore>; 2],
+    /// Linear memory of all calls together, a share per kind likewise.
+    memory: [Arc<MemoryBudget>; 2],
     ticker: Ticker,
     compiles: Arc<CompileCounts>,
 }
@@ -319,6 +382,10 @@ impl Runtime {
         pool.total_tables(CALLS_ALL_MAX * 8);
         pool.total_stacks(CALLS_ALL_MAX * 2);
         pool.max_memory_size(MEMORY_MAX);
+        // One component may not take a whole pool's worth by itself.
+        pool.max_memories_per_component(4);
+        pool.max_tables_per_component(16);
+        pool.max_core_instances_per_component(32);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| LoadError(format!("start the plugin engine: {e}")))?;
 
@@ -326,17 +393,24 @@ impl Runtime {
         let mut checkers = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut checkers).map_err(link)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut checkers).map_err(link)?;
+        budget_sockets(&mut checkers).map_err(link)?;
         Checker::add_to_linker::<_, wasmtime::component::HasSelf<State>>(&mut checkers, |s| s).map_err(link)?;
+        v2::checker::Checker::add_to_linker::<_, wasmtime::component::HasSelf<State>>(&mut checkers, |s| s)
+            .map_err(link)?;
         let mut sinks = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut sinks).map_err(link)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut sinks).map_err(link)?;
+        budget_sockets(&mut sinks).map_err(link)?;
         Sink::add_to_linker::<_, wasmtime::component::HasSelf<State>>(&mut sinks, |s| s).map_err(link)?;
+        v2::sink::Sink::add_to_linker::<_, wasmtime::component::HasSelf<State>>(&mut sinks, |s| s).map_err(link)?;
 
-        let connector = qu_transport::client::https_connector(Duration::from_secs(10)).map_err(LoadError)?;
-        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(8)
-            .build(connector);
+        let peer_port = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let sockets = shares(socket_budget(open_file_limit())).map(|n| Arc::new(Semaphore::new(n)));
+        let http = [
+            HttpClients::new(peer_port.clone(), sockets[0].clone()).map_err(LoadError)?,
+            HttpClients::new(peer_port.clone(), sockets[1].clone()).map_err(LoadError)?,
+        ];
+        let memory = shares(MEMORY_BUDGET_DEFAULT).map(|n| Arc::new(MemoryBudget::new(n)));
         let ticker = Ticker::start(engine.clone());
         Ok(Arc::new(Self {
             engine,
@@ -347,9 +421,47 @@ impl Runtime {
             sink_permits: Semaphore::new(SINK_CALLS_CONCURRENT_MAX),
             resolvers: Arc::new(rules::system_resolvers()),
             http,
+            peer_port,
+            sockets,
+            memory,
             ticker,
             compiles: Arc::default(),
         }))
+    }
+
+    /// Tells the runtime the node's peer port: plugins reach it on this
+    /// machine's addresses only through an exact allow-list entry.
+    pub fn set_peer_port(&self, port: u16) {
+        self.peer_port.store(u32::from(port), Ordering::Relaxed);
+    }
+
+    /// Sets the node-wide budget of plugin memory (every call's linear
+    /// memory together); calls that would go past it fail as
+    /// [`CallError::Busy`].
+    pub fn set_memory_budget(&self, bytes: usize) {
+        for (budget, share) in self.memory.iter().zip(shares(bytes)) {
+            budget.limit.store(share, Ordering::Relaxed);
+        }
+    }
+
+    /// Plugin memory in use on this node now, and the budget (both kinds).
+    pub fn memory_in_use(&self) -> (usize, usize) {
+        let used = self.memory.iter().map(|m| m.used.load(Ordering::Acquire)).sum();
+        (used, self.memory.iter().map(|m| m.limit.load(Ordering::Relaxed)).sum())
+    }
+
+    /// Sockets plugin calls hold now, and the node-wide budget (both kinds).
+    pub fn sockets_in_use(&self) -> (usize, usize) {
+        let shares = shares(socket_budget(open_file_limit()));
+        let free: usize = self.sockets.iter().map(|s| s.available_permits()).sum();
+        (shares.iter().sum::<usize>().saturating_sub(free), shares.iter().sum())
+    }
+
+    fn peer_port(&self) -> Option<u16> {
+        match self.peer_port.load(Ordering::Relaxed) {
+            0 => None,
+            port => u16::try_from(port).ok(),
+        }
     }
 
     /// How many components this runtime compiled, and how many it took
@@ -445,24 +557,39 @@ impl Runtime {
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(&self.engine).map(|(n, _)| n.to_string()).collect();
         let imports: Vec<String> = ty.imports(&self.engine).map(|(n, _)| n.to_string()).collect();
-        let wants = |interface: &str| exports.iter().any(|e| e.starts_with(&format!("qu:plugin/{interface}@")));
-        let (kind, pre) = if wants("probe") {
-            let pre = self.checkers.instantiate_pre(&component).map_err(|e| world_error("checker", &e, &exports))?;
-            (Kind::Check, Pre::Check(CheckerPre::new(pre).map_err(|e| world_error("checker", &e, &exports))?))
-        } else if wants("notify") {
-            let pre = self.sinks.instantiate_pre(&component).map_err(|e| world_error("sink", &e, &exports))?;
-            (Kind::Sink, Pre::Sink(SinkPre::new(pre).map_err(|e| world_error("sink", &e, &exports))?))
+        let version_of = |interface: &str| {
+            exports.iter().find_map(|e| e.strip_prefix(&format!("qu:plugin/{interface}@")).map(str::to_string))
+        };
+        let served = WIT_VERSIONS.join(" and ");
+        let unserved = |version: &str| {
+            LoadError(format!(
+                "built against qu:plugin@{version}; this host serves {served}: upgrade qu, or rebuild the plugin"
+            ))
+        };
+        let checker = |e: wasmtime::Error| world_error("checker", &e, &exports);
+        let sink = |e: wasmtime::Error| world_error("sink", &e, &exports);
+        let (kind, pre, wit_version) = if let Some(version) = version_of("probe") {
+            let pre = self.checkers.instantiate_pre(&component).map_err(checker)?;
+            let pre = match version.as_str() {
+                "0.1.0" => Pre::Check(CheckerPre::new(pre).map_err(checker)?),
+                "0.2.0" => Pre::Check2(v2::checker::CheckerPre::new(pre).map_err(checker)?),
+                other => return Err(unserved(other)),
+            };
+            (Kind::Check, pre, version)
+        } else if let Some(version) = version_of("notify") {
+            let pre = self.sinks.instantiate_pre(&component).map_err(sink)?;
+            let pre = match version.as_str() {
+                "0.1.0" => Pre::Sink(SinkPre::new(pre).map_err(sink)?),
+                "0.2.0" => Pre::Sink2(v2::sink::SinkPre::new(pre).map_err(sink)?),
+                other => return Err(unserved(other)),
+            };
+            (Kind::Sink, pre, version)
         } else {
             return Err(LoadError(format!(
-                "exports neither qu:plugin/probe@{WIT_VERSION} (a check) nor qu:plugin/notify@{WIT_VERSION} (a sink); it exports: {}",
+                "exports neither qu:plugin/probe (a check) nor qu:plugin/notify (a sink) of qu:plugin@{served}; it exports: {}",
                 if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
             )));
         };
-        let wit_version = exports
-            .iter()
-            .find_map(|e| e.strip_prefix("qu:plugin/probe@").or_else(|| e.strip_prefix("qu:plugin/notify@")))
-            .unwrap_or(WIT_VERSION)
-            .to_string();
         let mut plugin = Plugin {
             wit_version,
             name: name.unwrap_or("").to_string(),
@@ -482,6 +609,13 @@ impl Runtime {
             pre,
         };
         let info = self.info(&plugin).await.map_err(|e| LoadError(format!("its info call failed: {e}")))?;
+        let settings: Vec<&str> = info.fields.iter().map(|f| f.name.as_str()).collect();
+        let declared = Declarations::Declared(
+            info.fields.iter().filter_map(|f| Some((f.name.clone(), f.destination.clone()?))).collect(),
+        );
+        if let Some(problem) = declared.problem(&settings) {
+            return Err(LoadError(format!("its info declares a destination it may not: {problem}")));
+        }
         if plugin.name.is_empty() {
             plugin.name = info.name.clone();
         }
@@ -490,41 +624,82 @@ impl Runtime {
     }
 
     fn store(&self, plugin: &Plugin, rules: Rules) -> Store<State> {
+        let kind = plugin.kind as usize;
         let rules = Arc::new(rules);
+        let name: Arc<str> = Arc::from(plugin.name.as_str());
+        let denials = Arc::new(Denials::new(name.clone()));
         let mut wasi = WasiCtxBuilder::new();
-        let check = rules.clone();
+        let (check, noted) = (rules.clone(), denials.clone());
         wasi.allow_ip_name_lookup(false).allow_tcp(true).allow_udp(true).socket_addr_check(move |addr, usage| {
-            let rules = check.clone();
+            let (rules, denials) = (check.clone(), noted.clone());
             Box::pin(async move {
                 match usage {
                     // Only ephemeral binds: no listening on chosen ports.
                     SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => addr.ip().is_unspecified() && addr.port() == 0,
                     // Datagrams: out to and in from allowed addresses only.
                     SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
-                        rules.allows_addr(addr).await
+                        match rules.check_addr(addr).await {
+                            Ok(()) => true,
+                            Err(denial) => {
+                                denials.note(&format_args!("socket: {denial}"));
+                                false
+                            }
+                        }
                     }
                     // No listening, ever.
                     SocketAddrUse::TcpListen | SocketAddrUse::TcpAccept => false,
                 }
             })
         });
-        let name: Arc<str> = Arc::from(plugin.name.as_str());
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(RESOURCES_PER_CALL_MAX);
         let state = State {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             http: WasiHttpCtx::new(),
-            hooks: Hooks { rules: rules.clone(), plugin: name.clone(), client: self.http.clone(), denied: 0 },
-            limiter: Limiter { memory_max: plugin.limits.memory, exceeded: false },
+            hooks: Hooks {
+                rules: rules.clone(),
+                denials: denials.clone(),
+                clients: self.http[kind].clone(),
+                in_flight: Arc::new(Semaphore::new(HTTP_IN_FLIGHT_PER_CALL_MAX)),
+            },
+            limiter: Limiter {
+                memory_max: plugin.limits.memory,
+                exceeded: false,
+                node: self.memory[kind].clone(),
+                node_exceeded: false,
+                held: 0,
+            },
             plugin: name,
             rules,
+            denials,
             resolvers: self.resolvers.clone(),
             log_lines: 0,
+            sockets: SocketBudget { created: 0, held: Vec::new(), node: self.sockets[kind].clone() },
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
         store
+    }
+
+    /// The destination rules of one call of `plugin`: a check's (with its
+    /// `target`) or a sink's.
+    pub fn rules(&self, plugin: &Plugin, target: Option<&str>, config: &[(String, String)]) -> Rules {
+        let resolvers: &[SocketAddr] = match plugin.kind {
+            Kind::Check => &self.resolvers,
+            Kind::Sink => &[],
+        };
+        Rules::new(Call {
+            plugin: &plugin.name,
+            target,
+            config,
+            declared: &plugin.declarations(),
+            allow: &plugin.allow,
+            resolvers,
+            peer_port: self.peer_port(),
+        })
     }
 
     /// Runs `call` on a fresh instance within the plugin's limits.
@@ -545,6 +720,7 @@ impl Runtime {
         let _ticking = self.ticker.enter();
         let mut store = self.store(plugin, rules);
         let outcome = tokio::time::timeout(deadline, call(&mut store)).await;
+        store.data().denials.finish();
         match outcome {
             Err(_) => Err(CallError::Timeout { plugin: name, after: deadline }),
             Ok(Ok(value)) => Ok(value),
@@ -552,43 +728,53 @@ impl Runtime {
                 let _ = error;
                 Err(CallError::Memory { plugin: name, limit: plugin.limits.memory })
             }
+            Ok(Err(_)) if store.data().limiter.node_exceeded => {
+                let (_, budget) = self.memory_in_use();
+                let share = self.memory[plugin.kind as usize].limit.load(Ordering::Relaxed);
+                let reason = format!(
+                    "the {} calls' share ({} MiB) of the node's plugin memory budget ({} MiB, \
+                     settings.plugin_memory_mib) is in use by other calls",
+                    plugin.kind.as_str(),
+                    share / (1024 * 1024),
+                    budget / (1024 * 1024)
+                );
+                Err(CallError::Busy { plugin: name, reason })
+            }
             Ok(Err(error)) => Err(CallError::Crashed { plugin: name, reason: trap_reason(&error) }),
         }
     }
 
     async fn info(&self, plugin: &Plugin) -> Result<Info, CallError> {
-        let rules = Rules::default();
-        let info = match &plugin.pre {
-            Pre::Check(pre) => {
-                self.call(plugin, rules, SINK_TIMEOUT, async |store| {
-                    let instance = pre.instantiate_async(&mut *store).await?;
-                    instance.qu_plugin_probe().call_info(&mut *store).await
+        patiently(|| self.info_once(plugin)).await
+    }
+
+    async fn info_once(&self, plugin: &Plugin) -> Result<Info, CallError> {
+        let t = SINK_TIMEOUT;
+        Ok(match &plugin.pre {
+            Pre::Check(pre) => convert::v1::info(
+                self.call(plugin, Rules::none(&plugin.name), t, async |store| {
+                    pre.instantiate_async(&mut *store).await?.qu_plugin_probe().call_info(&mut *store).await
                 })
-                .await?
-            }
-            Pre::Sink(pre) => {
-                self.call(plugin, rules, SINK_TIMEOUT, async |store| {
-                    let instance = pre.instantiate_async(&mut *store).await?;
-                    instance.qu_plugin_notify().call_info(&mut *store).await
+                .await?,
+            ),
+            Pre::Sink(pre) => convert::v1::info(
+                self.call(plugin, Rules::none(&plugin.name), t, async |store| {
+                    pre.instantiate_async(&mut *store).await?.qu_plugin_notify().call_info(&mut *store).await
                 })
-                .await?
-            }
-        };
-        Ok(Info {
-            name: info.name,
-            version: info.version,
-            description: info.description,
-            target: info.target,
-            fields: info
-                .config
-                .into_iter()
-                .map(|f| Field {
-                    name: f.name,
-                    required: f.required,
-                    default: f.default_value,
-                    description: f.description,
+                .await?,
+            ),
+            Pre::Check2(pre) => convert::v2::info(
+                self.call(plugin, Rules::none(&plugin.name), t, async |store| {
+                    pre.instantiate_async(&mut *store).await?.qu_plugin_probe().call_info(&mut *store).await
                 })
-                .collect(),
+                .await?,
+            ),
+            Pre::Sink2(pre) => convert::v2::info(
+                self.call(plugin, Rules::none(&plugin.name), t, async |store| {
+                    pre.instantiate_async(&mut *store).await?.qu_plugin_notify().call_info(&mut *store).await
+                })
+                .await?,
+            ),
         })
     }
 
@@ -599,16 +785,34 @@ impl Runtime {
         config: &[(String, String)],
         target: &str,
     ) -> Result<(), CallError> {
-        let Pre::Check(pre) = &plugin.pre else { return Err(not_a(plugin, Kind::Check)) };
-        let rules = Rules::default();
+        patiently(|| self.validate_check_once(plugin, config, target)).await
+    }
+
+    async fn validate_check_once(
+        &self,
+        plugin: &Plugin,
+        config: &[(String, String)],
+        target: &str,
+    ) -> Result<(), CallError> {
         let config = config.to_vec();
-        let answer = self
-            .call(plugin, rules, SINK_TIMEOUT, async |store| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance.qu_plugin_probe().call_validate_config(&mut *store, &config, target).await
-            })
-            .await?;
-        answer.map_err(|e| plugin_error(plugin, e))
+        let answer = match &plugin.pre {
+            Pre::Check(pre) => self
+                .call(plugin, Rules::none(&plugin.name), SINK_TIMEOUT, async |store| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    instance.qu_plugin_probe().call_validate_config(&mut *store, &config, target).await
+                })
+                .await?
+                .map_err(convert::v1::error),
+            Pre::Check2(pre) => self
+                .call(plugin, Rules::none(&plugin.name), SINK_TIMEOUT, async |store| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    instance.qu_plugin_probe().call_validate_config(&mut *store, &config, target).await
+                })
+                .await?
+                .map_err(convert::v2::error),
+            _ => return Err(not_a(plugin, Kind::Check)),
+        };
+        answer.map_err(|error| CallError::Plugin { plugin: plugin.name.clone(), error })
     }
 
     /// Probes `target` once with a check plugin, within `timeout`.
@@ -619,44 +823,55 @@ impl Runtime {
         target: &str,
         timeout: Duration,
     ) -> Result<ProbeOutcome, CallError> {
-        let Pre::Check(pre) = &plugin.pre else { return Err(not_a(plugin, Kind::Check)) };
-        let rules = Rules::for_check(target, config, &plugin.allow, &self.resolvers);
+        let rules = self.rules(plugin, Some(target), config);
         let config = config.to_vec();
-        let answer = self
-            .call(plugin, rules, timeout, async |store| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance.qu_plugin_probe().call_check(&mut *store, &config, target).await
-            })
-            .await?;
-        let outcome = answer.map_err(|e| plugin_error(plugin, e))?;
-        Ok(ProbeOutcome {
-            status: match outcome.status {
-                wit::Status::Up => Status::Up,
-                wit::Status::Down => Status::Down,
-                wit::Status::Degraded => Status::Degraded,
-            },
-            latency: Duration::from_micros(outcome.latency_us),
-            message: bounded(outcome.message, MESSAGE_CHARS_MAX),
-            metrics: outcome
-                .metrics
-                .into_iter()
-                .take(METRICS_MAX)
-                .map(|m| (bounded(m.name, METRIC_NAME_CHARS_MAX), m.value))
-                .collect(),
-        })
+        let answer = match &plugin.pre {
+            Pre::Check(pre) => self
+                .call(plugin, rules, timeout, async |store| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    instance.qu_plugin_probe().call_check(&mut *store, &config, target).await
+                })
+                .await?
+                .map(convert::v1::outcome)
+                .map_err(convert::v1::error),
+            Pre::Check2(pre) => self
+                .call(plugin, rules, timeout, async |store| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    instance.qu_plugin_probe().call_check(&mut *store, &config, target).await
+                })
+                .await?
+                .map(convert::v2::outcome)
+                .map_err(convert::v2::error),
+            _ => return Err(not_a(plugin, Kind::Check)),
+        };
+        answer.map_err(|error| CallError::Plugin { plugin: plugin.name.clone(), error })
     }
 
     /// Asks a sink plugin whether an alert's `config` is acceptable.
     pub async fn validate_sink(&self, plugin: &Plugin, config: &[(String, String)]) -> Result<(), CallError> {
-        let Pre::Sink(pre) = &plugin.pre else { return Err(not_a(plugin, Kind::Sink)) };
+        patiently(|| self.validate_sink_once(plugin, config)).await
+    }
+
+    async fn validate_sink_once(&self, plugin: &Plugin, config: &[(String, String)]) -> Result<(), CallError> {
         let config = config.to_vec();
-        let answer = self
-            .call(plugin, Rules::default(), SINK_TIMEOUT, async |store| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance.qu_plugin_notify().call_validate_config(&mut *store, &config).await
-            })
-            .await?;
-        answer.map_err(|e| plugin_error(plugin, e))
+        let answer = match &plugin.pre {
+            Pre::Sink(pre) => self
+                .call(plugin, Rules::none(&plugin.name), SINK_TIMEOUT, async |store| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    instance.qu_plugin_notify().call_validate_config(&mut *store, &config).await
+                })
+                .await?
+                .map_err(convert::v1::error),
+            Pre::Sink2(pre) => self
+                .call(plugin, Rules::none(&plugin.name), SINK_TIMEOUT, async |store| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    instance.qu_plugin_notify().call_validate_config(&mut *store, &config).await
+                })
+                .await?
+                .map_err(convert::v2::error),
+            _ => return Err(not_a(plugin, Kind::Sink)),
+        };
+        answer.map_err(|error| CallError::Plugin { plugin: plugin.name.clone(), error })
     }
 
     /// Delivers one event through a sink plugin (10 s unless the plugin's
@@ -667,17 +882,183 @@ impl Runtime {
         event: &AlertEvent,
         config: &[(String, String)],
     ) -> Result<(), CallError> {
-        let Pre::Sink(pre) = &plugin.pre else { return Err(not_a(plugin, Kind::Sink)) };
-        let rules = Rules::for_sink(config, &plugin.allow);
+        let rules = self.rules(plugin, None, config);
         let config = config.to_vec();
-        let answer = self
-            .call(plugin, rules, SINK_TIMEOUT, async |store| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance.qu_plugin_notify().call_send(&mut *store, event, &config).await
-            })
-            .await?;
-        answer.map_err(|e| plugin_error(plugin, e))
+        let answer = match &plugin.pre {
+            Pre::Sink(pre) => self
+                .call(plugin, rules, SINK_TIMEOUT, async |store| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    instance.qu_plugin_notify().call_send(&mut *store, event, &config).await
+                })
+                .await?
+                .map_err(convert::v1::error),
+            Pre::Sink2(pre) => {
+                let event = convert::v2::event(event);
+                self.call(plugin, rules, SINK_TIMEOUT, async |store| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    instance.qu_plugin_notify().call_send(&mut *store, &event, &config).await
+                })
+                .await?
+                .map_err(convert::v2::error)
+            }
+            _ => return Err(not_a(plugin, Kind::Sink)),
+        };
+        answer.map_err(|error| CallError::Plugin { plugin: plugin.name.clone(), error })
     }
+}
+
+/// Between each contract version's generated types and the host's own.
+mod convert {
+    use super::*;
+
+    /// What is the same in every version: outcomes, errors, events.
+    macro_rules! common {
+        () => {
+            pub fn outcome(outcome: types::ProbeOutcome) -> ProbeOutcome {
+                ProbeOutcome {
+                    status: match outcome.status {
+                        types::Status::Up => Status::Up,
+                        types::Status::Down => Status::Down,
+                        types::Status::Degraded => Status::Degraded,
+                    },
+                    latency: Duration::from_micros(outcome.latency_us),
+                    message: bounded(outcome.message, MESSAGE_CHARS_MAX),
+                    metrics: outcome
+                        .metrics
+                        .into_iter()
+                        .take(METRICS_MAX)
+                        .map(|m| (bounded(m.name, METRIC_NAME_CHARS_MAX), m.value))
+                        .collect(),
+                }
+            }
+
+            pub fn error(error: types::PluginError) -> PluginError {
+                let text = |m: String| bounded(m, MESSAGE_CHARS_MAX);
+                match error {
+                    types::PluginError::Config(m) => PluginError::Config(text(m)),
+                    types::PluginError::Transient(r) => PluginError::Transient {
+                        message: text(r.message),
+                        retry_after: r.after_ms.map(Duration::from_millis),
+                    },
+                    types::PluginError::Permanent(m) => PluginError::Permanent(text(m)),
+                }
+            }
+
+            fn info_with(info: types::PluginInfo, fields: Vec<Field>) -> Info {
+                Info {
+                    name: info.name,
+                    version: info.version,
+                    description: info.description,
+                    target: info.target,
+                    fields,
+                }
+            }
+        };
+    }
+
+    pub mod v1 {
+        use super::*;
+        use crate::bindings::types;
+        common!();
+
+        pub fn info(mut info: types::PluginInfo) -> Info {
+            let fields = std::mem::take(&mut info.config)
+                .into_iter()
+                .map(|f| Field {
+                    name: f.name,
+                    required: f.required,
+                    default: f.default_value,
+                    description: f.description,
+                    destination: None,
+                })
+                .collect();
+            info_with(info, fields)
+        }
+    }
+
+    pub mod v2 {
+        use super::*;
+        use crate::bindings::v2::types;
+        common!();
+
+        pub fn info(mut info: types::PluginInfo) -> Info {
+            let fields = std::mem::take(&mut info.config)
+                .into_iter()
+                .map(|f| Field {
+                    name: f.name,
+                    required: f.required,
+                    default: f.default_value,
+                    description: f.description,
+                    destination: f.destination.map(|d| match d {
+                        types::Destination::Url => DestinationKind::Url,
+                        types::Destination::Address(port) => DestinationKind::Address(port),
+                        types::Destination::Host(p) => {
+                            DestinationKind::Host { port_setting: p.setting, defaults: p.defaults }
+                        }
+                    }),
+                })
+                .collect();
+            info_with(info, fields)
+        }
+
+        /// The event as 0.2.0 spells it (the host keeps 0.1.0's).
+        pub fn event(e: &AlertEvent) -> types::AlertEvent {
+            let e = e.clone();
+            types::AlertEvent {
+                check_id: e.check_id,
+                check_name: e.check_name,
+                check_type: e.check_type,
+                check_target: e.check_target,
+                from_state: e.from_state,
+                to_state: e.to_state,
+                verb: e.verb,
+                ok: e.ok,
+                failing: e.failing,
+                total: e.total,
+                detail: e.detail,
+                subject: e.subject,
+                body: e.body,
+                idempotency_key: e.idempotency_key,
+                timestamp_ms: e.timestamp_ms,
+                master: e.master,
+                test: e.test,
+            }
+        }
+    }
+}
+
+/// Runs an `info` or `validate-config` call, which reaches nothing: an
+/// operator waits for it, so when the node's memory budget has no room it
+/// is tried again for up to [`PATIENCE`] rather than refused.
+async fn patiently<T, F: Future<Output = Result<T, CallError>>>(
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, CallError> {
+    let started = std::time::Instant::now();
+    loop {
+        match attempt().await {
+            Err(CallError::Busy { .. }) if started.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The process's soft limit on open files.
+fn open_file_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(SOCKETS_NODE_MAX * 4)
+}
+
+/// Puts the call's and the node's socket budgets in front of WASI's socket
+/// creation (`State::take_socket`), over what `add_to_linker_async` added.
+fn budget_sockets(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    use wasmtime_wasi::p2::bindings::sockets::{tcp_create_socket, udp_create_socket};
+    linker.allow_shadowing(true);
+    tcp_create_socket::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    udp_create_socket::add_to_linker::<State, HasSelf<State>>(linker, |s| s)?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 fn not_a(plugin: &Plugin, kind: Kind) -> CallError {
@@ -687,21 +1068,9 @@ fn not_a(plugin: &Plugin, kind: Kind) -> CallError {
     }
 }
 
-fn plugin_error(plugin: &Plugin, error: wit::PluginError) -> CallError {
-    let text = |m: String| bounded(m, MESSAGE_CHARS_MAX);
-    let error = match error {
-        wit::PluginError::Config(m) => PluginError::Config(text(m)),
-        wit::PluginError::Transient(r) => {
-            PluginError::Transient { message: text(r.message), retry_after: r.after_ms.map(Duration::from_millis) }
-        }
-        wit::PluginError::Permanent(m) => PluginError::Permanent(text(m)),
-    };
-    CallError::Plugin { plugin: plugin.name.clone(), error }
-}
-
 fn world_error(world: &str, error: &wasmtime::Error, exports: &[String]) -> LoadError {
     LoadError(format!(
-        "does not fit the qu:plugin@{WIT_VERSION} `{world}` world ({}); it exports: {}",
+        "does not fit the qu:plugin `{world}` world ({}); it exports: {}",
         short(error),
         exports.join(", ")
     ))

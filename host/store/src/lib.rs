@@ -39,6 +39,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the process (EMFILE) or the system (ENFILE) ran out of file
+    /// descriptors: a passing shortage, worth waiting out.
+    pub fn out_of_descriptors(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if matches!(source.raw_os_error(), Some(23 | 24)))
+    }
+
     fn io(path: &Path, source: io::Error) -> Self {
         if source.kind() == io::ErrorKind::NotFound {
             StoreError::NotFound { path: path.to_path_buf() }
@@ -178,12 +184,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreErr
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = write_then_rename(&temp, path, dir, bytes, mode);
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
+    let started = std::time::Instant::now();
+    let mut wait = DESCRIPTORS_RETRY_FIRST;
+    loop {
+        let result = write_then_rename(&temp, path, dir, bytes, mode);
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        match result {
+            Err(error) if error.out_of_descriptors() && started.elapsed() < DESCRIPTORS_RETRY_FOR => {
+                if wait == DESCRIPTORS_RETRY_FIRST {
+                    tracing::warn!(
+                        "{}: out of open files ({error}); retrying for up to {}s (something holds too many)",
+                        path.display(),
+                        DESCRIPTORS_RETRY_FOR.as_secs()
+                    );
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(std::time::Duration::from_secs(1));
+            }
+            result => return result,
+        }
     }
-    result
 }
+
+/// How long a write that found no free file descriptor is retried: the
+/// descriptors are held by something else (plugin calls end within their
+/// deadlines), so waiting frees them, and stopping a node for it would not.
+pub const DESCRIPTORS_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+const DESCRIPTORS_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
 
 fn write_then_rename(temp: &Path, path: &Path, dir: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     let mut file =
@@ -226,6 +255,45 @@ fn remove_stale_temps(dir: &Path) -> Result<usize, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write that finds every file descriptor taken waits for one to be
+    /// given back instead of failing. In a child process of its own, whose
+    /// open-file limit it lowers and then uses up.
+    #[test]
+    fn a_write_without_free_descriptors_waits_for_one() {
+        const CHILD: &str = "QU_STORE_DESCRIPTORS_CHILD";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "tests::a_write_without_free_descriptors_waits_for_one", "--nocapture"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && text.contains("child: written after"), "{text}");
+            return;
+        }
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.yaml");
+        let limit = getrlimit(Resource::Nofile);
+        setrlimit(Resource::Nofile, Rlimit { current: Some(256), maximum: limit.maximum }).unwrap();
+        let mut held = Vec::new();
+        while let Ok(file) = File::open("/dev/null") {
+            held.push(file);
+        }
+        assert!(File::open("/dev/null").is_err(), "every descriptor is taken");
+        let started = std::time::Instant::now();
+        let freeing = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        write_atomic(&path, b"kept", SECRET_FILE_MODE).unwrap();
+        let waited = started.elapsed();
+        freeing.join().unwrap();
+        assert_eq!(read_text(&path).unwrap(), "kept");
+        assert!(waited >= std::time::Duration::from_millis(250), "it waited for the descriptors: {waited:?}");
+        println!("child: written after {waited:?}");
+    }
 
     #[test]
     fn atomic_write_replaces_content_with_exact_mode() {

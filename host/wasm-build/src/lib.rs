@@ -18,6 +18,15 @@ pub const GROUPS: [&[&str]; 2] = [&["dns", "tls", "http-json", "echo", "hostile"
 /// target is missing or a plugin does not compile: a build script cannot
 /// go on without them.
 pub fn build_plugins() -> PathBuf {
+    // Components another build already made (the fuzzer's nightly build
+    // has no wasm32-wasip2 target: `tests/fuzz/run` builds them on stable
+    // first and points here).
+    println!("cargo:rerun-if-env-changed=QU_PLUGIN_ARTIFACTS");
+    if let Some(dir) = std::env::var_os("QU_PLUGIN_ARTIFACTS") {
+        let dir = PathBuf::from(dir);
+        assert!(dir.is_dir(), "QU_PLUGIN_ARTIFACTS={}: no such directory", dir.display());
+        return dir;
+    }
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("run from a build script"));
     let root = manifest_dir
         .ancestors()

@@ -146,6 +146,9 @@ pub struct Settings {
     /// How long a failing delivery is retried before it is marked failed.
     #[serde(with = "humantime_serde")]
     pub delivery_deadline: Duration,
+    /// Linear memory of all plugin calls on a node together, in MiB.
+    #[serde(skip_serializing_if = "Settings::is_default_plugin_memory")]
+    pub plugin_memory_mib: u32,
 }
 
 impl Default for Settings {
@@ -157,6 +160,7 @@ impl Default for Settings {
             hysteresis: 2,
             announce_first_up: true,
             delivery_deadline: Duration::from_secs(3600),
+            plugin_memory_mib: Self::PLUGIN_MEMORY_MIB_DEFAULT,
         }
     }
 }
@@ -166,6 +170,14 @@ impl Settings {
     pub const HEARTBEAT_MAX: Duration = Duration::from_secs(60);
     pub const MASTER_COOLDOWN_MAX: Duration = Duration::from_secs(24 * 3600);
     pub const HYSTERESIS_MAX: u32 = 100;
+    pub const PLUGIN_MEMORY_MIB_DEFAULT: u32 = 512;
+    /// At least one call at the largest cap a plugin may have.
+    pub const PLUGIN_MEMORY_MIB_MIN: u32 = 256;
+    pub const PLUGIN_MEMORY_MIB_MAX: u32 = 65_536;
+
+    fn is_default_plugin_memory(mib: &u32) -> bool {
+        *mib == Self::PLUGIN_MEMORY_MIB_DEFAULT
+    }
 
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -200,6 +212,14 @@ impl Settings {
         }
         if self.hysteresis == 0 || self.hysteresis > Self::HYSTERESIS_MAX {
             problems.push(format!("settings.hysteresis: {} is outside 1..={}", self.hysteresis, Self::HYSTERESIS_MAX));
+        }
+        if !(Self::PLUGIN_MEMORY_MIB_MIN..=Self::PLUGIN_MEMORY_MIB_MAX).contains(&self.plugin_memory_mib) {
+            problems.push(format!(
+                "settings.plugin_memory_mib: {} is outside {}..={} (MiB of all plugin calls on a node together)",
+                self.plugin_memory_mib,
+                Self::PLUGIN_MEMORY_MIB_MIN,
+                Self::PLUGIN_MEMORY_MIB_MAX
+            ));
         }
         problems
     }

@@ -581,8 +581,15 @@ fn resolve_alerts(config: &ClusterConfig, refs: &[String]) -> Result<Vec<String>
 }
 
 /// Names `qu cluster settings set` accepts.
-pub const SETTING_KEYS: [&str; 6] =
-    ["heartbeat", "dead_after", "master_cooldown", "hysteresis", "announce_first_up", "delivery_deadline"];
+pub const SETTING_KEYS: [&str; 7] = [
+    "heartbeat",
+    "dead_after",
+    "master_cooldown",
+    "hysteresis",
+    "announce_first_up",
+    "delivery_deadline",
+    "plugin_memory_mib",
+];
 
 fn set_setting(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> {
     let duration = || -> Result<Duration, String> {
@@ -600,6 +607,10 @@ fn set_setting(settings: &mut Settings, key: &str, value: &str) -> Result<(), St
                 value.parse().map_err(|_| format!("announce_first_up: `{value}` is not true or false"))?
         }
         "delivery_deadline" => settings.delivery_deadline = duration()?,
+        "plugin_memory_mib" => {
+            settings.plugin_memory_mib =
+                value.parse().map_err(|_| format!("plugin_memory_mib: `{value}` is not a whole number of MiB"))?
+        }
         other => return Err(format!("unknown setting `{other}`; settable: {}", SETTING_KEYS.join(", "))),
     }
     let problems = settings.validate();
@@ -871,6 +882,8 @@ mod tests {
             Mutation::SetSetting { key: key.into(), value: value.into() }.apply(&base, &stamp(2))
         };
         assert!(set("delivery_deadline", "10s").unwrap_err().contains("outside 1m..7days"));
+        assert!(set("plugin_memory_mib", "64").unwrap_err().contains("outside 256..=65536"));
+        assert!(set("plugin_memory_mib", "lots").unwrap_err().contains("not a whole number of MiB"));
         assert!(set("delivery_deadline", "30days").unwrap_err().contains("outside 1m..7days"));
         assert_eq!(set("delivery_deadline", "2h").unwrap().settings.delivery_deadline, Duration::from_secs(7_200));
         assert!(!set("announce_first_up", "false").unwrap().settings.announce_first_up);

@@ -174,7 +174,9 @@ impl Daemon {
         let members_changed = cluster.peers != self.cluster.peers;
         // Most commits (transitions, delivery results) change neither: with
         // 10,000 checks, rebuilding the schedule costs more than comparing.
-        let probing_changed = cluster.checks != self.cluster.checks || cluster.plugins != self.cluster.plugins;
+        let probing_changed = cluster.checks != self.cluster.checks
+            || cluster.plugins != self.cluster.plugins
+            || cluster.settings.plugin_memory_mib != self.cluster.settings.plugin_memory_mib;
         if let Some(master) = self.core.master()
             && master != self.me()
             && cluster.peer(&master).is_none()

@@ -153,7 +153,7 @@ fn outcome_of(result: Result<(), qu_plugin::CallError>) -> SendOutcome {
         Err(error) => {
             let after = match &error {
                 CallError::Plugin { error: PluginError::Transient { retry_after, .. }, .. } => Some(*retry_after),
-                CallError::Timeout { .. } | CallError::Unavailable { .. } => Some(None),
+                CallError::Timeout { .. } | CallError::Unavailable { .. } | CallError::Busy { .. } => Some(None),
                 _ => None,
             };
             match after {

@@ -409,6 +409,10 @@ pub async fn run(
         daemon.note_restore_peers();
     }
     daemon.refresh_links();
+    // Plugins reach this node's own peer port only when allow-listed exactly.
+    if let Ok(addr) = listeners.peer.local_addr() {
+        daemon.plugins.runtime().set_peer_port(addr.port());
+    }
 
     daemon.schedule.send_replace(Arc::new(scheduler::scheduled(&daemon.cluster)));
     daemon.plugins.sync(&daemon.cluster, daemon.peer_connections());

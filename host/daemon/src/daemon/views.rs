@@ -41,6 +41,7 @@ impl Daemon {
             hysteresis: s.hysteresis,
             announce_first_up: s.announce_first_up,
             delivery_deadline: humantime::format_duration(s.delivery_deadline).to_string(),
+            plugin_memory_mib: s.plugin_memory_mib,
             config_version: self.cluster.version,
         }
     }

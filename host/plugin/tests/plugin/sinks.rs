@@ -396,33 +396,52 @@ async fn email_over_starttls_with_auth_to_a_real_smtp_server() {
     let _ = server.wait().await;
 }
 
-/// Check calls and sink calls have slots of their own: with every check
-/// slot (and more) held by spinning check plugins, an alert still goes out
-/// at once — before any of those checks has ended.
+/// Check calls and sink calls have slots of their own: with 200 slow check
+/// plugins running or waiting for a slot (every check slot held by a call
+/// waiting on a server that never answers), an alert goes out as fast as
+/// on an idle node — before any of those checks has ended. (Spinning
+/// checks, which take CPU rather than slots, are `a_spinning_plugin_...`
+/// in the sandbox tests.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_check_plugins_do_not_hold_up_an_alert() {
     let runtime = Runtime::new(None).unwrap();
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
     let path = std::path::Path::new(qu_plugin::ARTIFACTS).join("hostile.wasm");
+    let allow = vec![format!("127.0.0.1:{silent_port}")];
     let hostile = runtime
-        .load(Some("hostile"), Arc::from(std::fs::read(&path).unwrap()), Vec::new(), Limits::default())
+        .load(Some("hostile"), Arc::from(std::fs::read(&path).unwrap()), allow, Limits::default())
         .await
         .unwrap();
     let webhook = built_in(&runtime, "webhook").await;
     let (port, seen) = receiver(|_| ("204 No Content".into(), String::new())).await;
-    let spinning: Vec<_> = (0..qu_plugin::CALLS_CONCURRENT_MAX + 8)
+    let config = settings(&[("url", &format!("http://127.0.0.1:{port}/hook"))]);
+    let started = std::time::Instant::now();
+    runtime.send(&webhook, &event("body"), &config).await.unwrap();
+    let idle = started.elapsed();
+    let spinning: Vec<_> = (0..200)
         .map(|_| {
             let (runtime, hostile) = (runtime.clone(), hostile.clone());
-            tokio::spawn(async move { runtime.check(&hostile, &[], "spin", Duration::from_secs(4)).await })
+            let target = format!("http:http://127.0.0.1:{silent_port}/");
+            tokio::spawn(async move { runtime.check(&hostile, &[], &target, Duration::from_secs(4)).await })
         })
         .collect();
-    // Every check slot is taken (the spinning calls run for 4 s each).
+    // Every check slot is taken (each call waits 4 s for an answer).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let config = settings(&[("url", &format!("http://127.0.0.1:{port}/hook"))]);
+    let started = std::time::Instant::now();
     runtime.send(&webhook, &event("body"), &config).await.unwrap();
+    let loaded = started.elapsed();
     let ended = spinning.iter().filter(|s| s.is_finished()).count();
-    assert_eq!(ended, 0, "the alert waited for {ended} spinning checks to end");
-    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(ended, 0, "the alert waited for {ended} slow checks to end");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    eprintln!("alert latency: {idle:?} idle, {loaded:?} with 200 slow checks");
     for spin in spinning {
-        assert!(matches!(spin.await.unwrap(), Err(CallError::Timeout { .. })));
+        spin.abort();
     }
 }

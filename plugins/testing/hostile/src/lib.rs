@@ -11,7 +11,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use qu_sdk::{Check, Config, Error, Info, Outcome};
+use qu_sdk::{Check, Config, Destination, Error, Info, Outcome};
 
 /// How long the `unless_reachable` connect may take. Short, so that a node
 /// whose packets are dropped (rather than refused) still gets to its
@@ -23,13 +23,19 @@ struct Hostile;
 impl Check for Hostile {
     fn info() -> Info {
         Info::new("hostile", env!("CARGO_PKG_VERSION"), "misbehaves on request (tests only)")
-            .target("spin | alloc | read-file | env | connect:HOST:PORT | http:URL | panic | ok")
+            .target("spin | alloc | fill | read-file | env | connect:HOST:PORT | http:URL | sockets | flood:N | deny:N | panic | ok")
             .optional(
                 "unless_reachable",
                 None,
                 "IP:PORT; when a TCP connect there succeeds (within 1s), answer UP instead of misbehaving \
                  (give the check a timeout above 1s)",
             )
+            .destination(Destination::Address { default_port: None })
+            .optional("endpoint", None, "HOST:PORT the plugin declares as a destination (opens it)")
+            .destination(Destination::Address { default_port: None })
+            .optional("url", None, "a URL the plugin declares as a destination (opens its host and port)")
+            .destination(Destination::Url)
+            .optional("note", None, "free text, not a destination: whatever it holds opens nothing")
     }
 
     fn validate(config: &Config, _target: &str) -> Result<(), Error> {
@@ -74,6 +80,14 @@ enum Misdeed<'a> {
     Panic,
     /// `connect:HOST:PORT`
     Connect(&'a str),
+    /// `sockets`: open UDP sockets until refused, and hold them.
+    Sockets,
+    /// `fill`: allocate memory 1 MiB at a time, touching every page, until
+    /// the host stops it.
+    Fill,
+    /// `inspect:N:HOST:PORT`: N TLS handshakes through the host there, one
+    /// after another.
+    Inspect(u32, &'a str),
     /// `http:URL`
     Http(&'a str),
     /// `flood:N`: N metrics (the first ones with long names) and a long
@@ -92,6 +106,8 @@ impl<'a> Misdeed<'a> {
             "read-file" => Self::ReadFile,
             "env" => Self::Env,
             "panic" => Self::Panic,
+            "sockets" => Self::Sockets,
+            "fill" => Self::Fill,
             other => {
                 if let Some(address) = other.strip_prefix("connect:") {
                     Self::Connect(address)
@@ -99,6 +115,10 @@ impl<'a> Misdeed<'a> {
                     Self::Http(url)
                 } else if let Some(n) = other.strip_prefix("flood:").and_then(|n| n.parse().ok()) {
                     Self::Flood(n)
+                } else if let Some((n, address)) = other.strip_prefix("inspect:").and_then(|r| r.split_once(':'))
+                    && let Ok(n) = n.parse()
+                {
+                    Self::Inspect(n, address)
                 } else if let Some(n) = other.strip_prefix("deny:").and_then(|n| n.parse().ok()) {
                     Self::Deny(n)
                 } else {
@@ -128,6 +148,41 @@ impl<'a> Misdeed<'a> {
             },
             Self::Env => env_report(std::env::vars().map(|(k, _)| k).collect()),
             Self::Panic => panic!("hostile plugin panics on purpose"),
+            Self::Fill => {
+                let mut held: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    for page in chunk.iter_mut().step_by(4096) {
+                        *page = 1;
+                    }
+                    held.push(std::hint::black_box(chunk));
+                }
+            }
+            Self::Inspect(n, address) => {
+                let (host, port) = address.rsplit_once(':').ok_or_else(|| Error::config("inspect:N:HOST:PORT"))?;
+                let port: u16 = port.parse().map_err(|_| Error::config("inspect:N:HOST:PORT"))?;
+                for i in 0..n {
+                    if let Err(e) = qu_sdk::tls::inspect(host, port, None, None, Duration::from_millis(500))
+                        && e.contains("refused")
+                    {
+                        return Err(Error::permanent(format!("handshake {i}: {e}")));
+                    }
+                }
+                Ok(Outcome::up(format!("{n} handshakes")))
+            }
+            Self::Sockets => {
+                let mut held = Vec::new();
+                let error = loop {
+                    match std::net::UdpSocket::bind("0.0.0.0:0") {
+                        Ok(socket) => held.push(socket),
+                        Err(e) => break e,
+                    }
+                    if held.len() >= 1_000_000 {
+                        return Ok(Outcome::up(format!("opened {} sockets, never refused", held.len())));
+                    }
+                };
+                Err(Error::permanent(format!("opened {} sockets, then: {error}", held.len())))
+            }
             Self::Connect(address) => match TcpStream::connect(address) {
                 Ok(_) => Ok(Outcome::up(format!("connected to {address}"))),
                 Err(e) => Err(Error::permanent(format!("connect {address}: {e}"))),
@@ -203,6 +258,9 @@ mod tests {
             ("read-file", Ok(Misdeed::ReadFile)),
             ("env", Ok(Misdeed::Env)),
             ("panic", Ok(Misdeed::Panic)),
+            ("sockets", Ok(Misdeed::Sockets)),
+            ("fill", Ok(Misdeed::Fill)),
+            ("inspect:100:127.0.0.1:9", Ok(Misdeed::Inspect(100, "127.0.0.1:9"))),
             ("connect:127.0.0.1:9", Ok(Misdeed::Connect("127.0.0.1:9"))),
             ("http:http://127.0.0.1:8080/x", Ok(Misdeed::Http("http://127.0.0.1:8080/x"))),
             ("flood:500000", Ok(Misdeed::Flood(500_000))),
