@@ -715,10 +715,15 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// A receiver on `ip` (the bridge address of a fault-suite network).
+    pub fn start_on(ip: &str) -> Self {
         use std::io::{BufRead, BufReader, Read};
         use std::sync::Arc;
         use std::sync::atomic::AtomicBool;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind(format!("{ip}:0")).unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         let up = Arc::new(AtomicBool::new(true));
         let hold = Arc::new(AtomicBool::new(false));
@@ -999,12 +1004,39 @@ impl Netns {
     pub fn wrapper(&self) -> Vec<String> {
         ["ip", "netns", "exec", self.name.as_str()].map(String::from).to_vec()
     }
+
+    /// The `/etc/hosts` that commands run through [`Netns::wrapper`] see
+    /// (`ip netns exec` mounts `/etc/netns/NAME/hosts` over it).
+    pub fn hosts(&self, text: &str) {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("hosts"), text).unwrap();
+    }
+
+    /// Runs `f` on a thread that lives inside the namespace: the sockets it
+    /// opens are the namespace's (a server on its loopback, say).
+    pub fn spawn_inside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = Path::new("/run/netns").join(&self.name);
+        std::thread::spawn(move || {
+            let namespace = fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&namespace),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns into the test namespace");
+            f()
+        })
+    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace removes the veth pair with it.
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
 }
 
