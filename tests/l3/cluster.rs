@@ -1,0 +1,311 @@
+//! The processes and the world around them: nodes in their namespaces,
+//! flippable targets, the receiver, the workload and the status poller,
+//! each recording into the shared [`History`].
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qu_tests::{Node, Receiver};
+
+use crate::history::{Event, History, OpResult};
+use crate::net::Hub;
+
+pub const HEARTBEAT: &str = "200ms";
+pub const DEAD_AFTER: Duration = Duration::from_millis(1_000);
+pub const INTERVAL: &str = "1s";
+
+pub struct World {
+    pub hub: Hub,
+    pub nodes: Vec<Node>,
+    pub ports: Vec<u16>,
+    pub targets: Vec<Target>,
+    pub steady: Target,
+    pub receiver: Receiver,
+    pub history: Arc<History>,
+    pub stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Every node's directory and log; removed after a run that passed,
+    /// kept after one that failed ([`World::keep`]).
+    pub root: std::path::PathBuf,
+    keep: std::cell::Cell<bool>,
+}
+
+/// A TCP target on the hub: listening while up, refusing while down.
+pub struct Target {
+    pub name: String,
+    pub addr: String,
+    listener: Arc<Mutex<Option<TcpListener>>>,
+}
+
+impl Target {
+    fn start(ip: &str, name: &str) -> Self {
+        let listener = TcpListener::bind(format!("{ip}:0")).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        let listener = Arc::new(Mutex::new(Some(listener)));
+        let held = listener.clone();
+        std::thread::spawn(move || {
+            loop {
+                if let Some(l) = held.lock().unwrap().as_ref() {
+                    while l.accept().is_ok() {}
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self { name: name.to_string(), addr, listener }
+    }
+
+    pub fn set(&self, up: bool, history: &History) {
+        let mut listener = self.listener.lock().unwrap();
+        if up && listener.is_none() {
+            let l = TcpListener::bind(&self.addr).unwrap();
+            l.set_nonblocking(true).unwrap();
+            *listener = Some(l);
+        } else if !up {
+            *listener = None;
+        }
+        history.record(Event::Target { name: self.name.clone(), up });
+    }
+}
+
+impl World {
+    /// `n` nodes in their namespaces, formed into one cluster, two flip
+    /// targets and a steady one checked by every node, a default webhook
+    /// alert, and the poller and the workload running.
+    pub fn start(n: usize) -> Self {
+        let hub = Hub::create(n);
+        let root = tempfile::Builder::new().prefix("qu-l3-").tempdir().unwrap().keep();
+        let history = Arc::new(History::new());
+        let mut nodes: Vec<Node> = (0..n).map(|i| Node::in_dir(&root, &format!("n{i}"))).collect();
+        let ports: Vec<u16> = (0..n).map(|i| 9_000 + i as u16).collect();
+        for (i, node) in nodes.iter_mut().enumerate() {
+            node.wrapper = hub.wrapper(i);
+            node.ip = hub.node_ip(i);
+        }
+        let out = nodes[0].init(ports[0], &["--json"]);
+        let secret =
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster_secret"].as_str().unwrap().to_string();
+        for i in 1..n {
+            nodes[i].init(ports[i], &["--secret", &secret]);
+        }
+        for node in &mut nodes {
+            node.serve();
+        }
+        let first = &nodes[0];
+        first.qu_ok(&["cluster", "settings", "set", "heartbeat", HEARTBEAT]);
+        first.qu_ok(&["cluster", "settings", "set", "dead_after", &format!("{}ms", DEAD_AFTER.as_millis())]);
+        first.qu_ok(&["cluster", "settings", "set", "master_cooldown", "0s"]);
+        for i in 1..n {
+            let addr = nodes[i].advertise();
+            nodes[0].qu_ok(&["node", "add", &addr, "--yes"]);
+        }
+        let receiver = Receiver::start_on(&hub.hub_ip());
+        nodes[0].qu_ok(&["alert", "add", "webhook", "hook", "--set", &format!("url={}", receiver.url), "--default"]);
+        let targets: Vec<Target> = (0..2).map(|i| Target::start(&hub.hub_ip(), &format!("flip{i}"))).collect();
+        let steady = Target::start(&hub.hub_ip(), "steady");
+        for target in &targets {
+            nodes[0].qu_ok(&["check", "add", "tcp", &target.name, &target.addr, "--interval", INTERVAL]);
+        }
+        let mut world = Self {
+            hub,
+            nodes,
+            ports,
+            targets,
+            steady,
+            receiver,
+            history,
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            root,
+            keep: std::cell::Cell::new(false),
+        };
+        world.converged(Duration::from_secs(30)).expect("the cluster forms");
+        world.spawn_poller();
+        world.spawn_workload();
+        world
+    }
+
+    fn spawn_poller(&mut self) {
+        let commands: Vec<(usize, Node)> = self.nodes.iter().enumerate().map(|(i, n)| (i, shadow(n))).collect();
+        let (history, stop) = (self.history.clone(), self.stop.clone());
+        self.threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for (i, node) in &commands {
+                    if let Some(status) = status(node, Duration::from_secs(2)) {
+                        let me = status["node_id"].as_str().unwrap_or("").to_string();
+                        let master = status["master"].as_str().map(str::to_string);
+                        history.record(Event::Status {
+                            node: *i,
+                            term: status["term"].as_u64().unwrap_or(0),
+                            is_master: master.as_deref() == Some(me.as_str()),
+                            version: status["config_version"].as_u64().unwrap_or(0),
+                        });
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }));
+    }
+
+    fn spawn_workload(&mut self) {
+        let commands: Vec<Node> = self.nodes.iter().map(shadow).collect();
+        let (history, stop) = (self.history.clone(), self.stop.clone());
+        let steady = self.steady.addr.clone();
+        self.threads.push(std::thread::spawn(move || {
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let node = (seq as usize * 7 + seq as usize / 3) % commands.len();
+                let name = format!("wl-{seq}");
+                let invoked = Instant::now();
+                let args = ["check", "add", "tcp", name.as_str(), steady.as_str(), "--interval", "60s"];
+                let (result, version) = match run_bounded(&commands[node], &args, Duration::from_secs(15)) {
+                    // "added check NAME (ID); config version N"
+                    Some((0, out)) => {
+                        let version = out.trim().rsplit_once("config version ").and_then(|(_, v)| v.parse().ok());
+                        (OpResult::Ok, version)
+                    }
+                    Some((3, _)) | None => (OpResult::Unknown, None),
+                    Some(_) => (OpResult::Definite, None),
+                };
+                history.record(Event::Op { name, node, invoked, completed: Instant::now(), result, version });
+                std::thread::sleep(Duration::from_millis(1_000));
+            }
+        }));
+    }
+
+    /// Whether every node runs, answers and agrees on the master, the term
+    /// and the version, within `within`.
+    pub fn converged(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            // `qu status` lists every check: with thousands of them on a
+            // loaded machine it takes seconds.
+            let views: Vec<Option<serde_json::Value>> =
+                self.nodes.iter().map(|n| status(n, Duration::from_secs(10))).collect();
+            let key = |v: &serde_json::Value| (v["master"].clone(), v["term"].clone(), v["config_version"].clone());
+            if views.iter().all(Option::is_some) {
+                let keys: Vec<_> = views.iter().flatten().map(key).collect();
+                if keys[0].0.is_string() && keys.iter().all(|k| *k == keys[0]) {
+                    return Ok(());
+                }
+                last = format!("{keys:?}");
+            } else {
+                let silent: Vec<String> =
+                    views.iter().enumerate().filter(|(_, v)| v.is_none()).map(|(i, _)| format!("n{i}")).collect();
+                last = format!("{} did not answer `qu status` within 10 s", silent.join(", "));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Err(format!("no convergence within {within:?}: {last}"))
+    }
+
+    /// The node the others follow now, if they agree.
+    pub fn master(&self) -> Option<usize> {
+        for node in &self.nodes {
+            if let Some(status) = status(node, Duration::from_secs(2))
+                && let Some(master) = status["master"].as_str()
+            {
+                return self.nodes.iter().position(|n| n.node_id() == master);
+            }
+        }
+        None
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        if self.nodes[i].is_alive() {
+            self.nodes[i].kill();
+        }
+        self.history.record(Event::Fault(format!("kill -9 n{i}")));
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        if !self.nodes[i].is_alive() {
+            self.nodes[i].serve();
+        }
+        self.history.record(Event::Fault(format!("restart n{i}")));
+    }
+
+    pub fn signal(&self, i: usize, signal: rustix::process::Signal, what: &str) {
+        if self.nodes[i].is_alive() {
+            self.nodes[i].signal(signal);
+        }
+        self.history.record(Event::Fault(format!("{what} n{i}")));
+    }
+
+    /// Keeps every node's directory and log after the run.
+    pub fn keep(&self) {
+        self.keep.set(true);
+    }
+
+    /// Stops the workload and the poller.
+    pub fn quiesce(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A second handle on a node's directory and socket, for the threads (it
+/// never starts or stops the daemon).
+fn shadow(node: &Node) -> Node {
+    let mut copy = Node::in_dir(node.dir.parent().unwrap().parent().unwrap(), &node.name);
+    copy.wrapper = node.wrapper.clone();
+    copy.ip = node.ip.clone();
+    copy
+}
+
+/// `qu status --json`, or nothing within `within`.
+pub fn status(node: &Node, within: Duration) -> Option<serde_json::Value> {
+    match run_bounded(node, &["status", "--json"], within)? {
+        (0, out) => serde_json::from_str(&out).ok(),
+        _ => None,
+    }
+}
+
+/// Runs `qu ARGS`; its exit code and what it printed, or nothing if it
+/// did not end in `within`.
+fn run_bounded(node: &Node, args: &[&str], within: Duration) -> Option<(i32, String)> {
+    let mut child = node
+        .command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(code) = child.try_wait().ok()? {
+            let (mut out, mut err) = (String::new(), String::new());
+            std::io::Read::read_to_string(child.stdout.as_mut()?, &mut out).ok()?;
+            std::io::Read::read_to_string(child.stderr.as_mut()?, &mut err).ok()?;
+            let code = code.code().unwrap_or(-1);
+            if code != 0 && std::env::var_os("QU_L3_VERBOSE").is_some() {
+                eprintln!("qu {}: exit {code}: {}", args.join(" "), err.trim());
+            }
+            return Some((code, out));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.quiesce();
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        if !self.keep.get() {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+}
