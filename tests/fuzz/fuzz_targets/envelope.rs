@@ -1,0 +1,3 @@
+#![no_main]
+//! See `qu_fuzz_targets::envelope`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| qu_fuzz_targets::envelope(data));
