@@ -20,6 +20,14 @@ pub fn qu_bin() -> PathBuf {
     BIN.get_or_init(build_qu).clone()
 }
 
+static QU_FEATURES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Builds `qu` with these cargo features (`qu-cli/failpoints` for the
+/// fault suite); call before the first [`qu_bin`].
+pub fn qu_features(features: &str) {
+    assert!(QU_FEATURES.set(features.to_string()).is_ok(), "qu_features is set once, before qu_bin");
+}
+
 fn build_qu() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // A test runs as <target>/<profile>/deps/e2e-HASH, a bench binary as
@@ -57,6 +65,9 @@ fn build_qu() -> PathBuf {
         .arg(target_dir)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit());
+    if let Some(features) = QU_FEATURES.get() {
+        command.args(["--features", features]);
+    }
     match profile.as_str() {
         "debug" => {}
         "release" => {
@@ -136,6 +147,10 @@ pub struct Node {
     pub log: PathBuf,
     child: Option<Child>,
     extra_env: Vec<(String, String)>,
+    /// Variables for `qu serve` alone, set past the wrapper (`env K=V qu
+    /// serve`): preload libraries that the wrapper and the CLI must not
+    /// load.
+    serve_env: Vec<(String, String)>,
     /// A command to run `qu` under, e.g. `ip netns exec NAME`.
     pub wrapper: Vec<String>,
     /// The loopback address it binds and advertises (`127.0.0.1` unless a
@@ -164,6 +179,7 @@ impl Node {
             log: base.join("qu.log"),
             child: None,
             extra_env: Vec::new(),
+            serve_env: Vec::new(),
             wrapper: Vec::new(),
             ip: "127.0.0.1".into(),
             _root: None,
@@ -176,15 +192,27 @@ impl Node {
         self
     }
 
+    /// Sets an environment variable for `qu serve` alone (past the wrapper).
+    pub fn serve_env(&mut self, key: &str, value: &str) -> &mut Self {
+        self.serve_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
     pub fn command(&self) -> Command {
-        let mut command = match self.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(qu_bin());
-                command
-            }
-            None => Command::new(qu_bin()),
-        };
+        self.command_with(&[])
+    }
+
+    /// [`Node::command`], with `env` set for the `qu` process alone (past
+    /// the wrapper).
+    fn command_with(&self, env: &[(String, String)]) -> Command {
+        let mut program: Vec<std::ffi::OsString> = self.wrapper.iter().map(Into::into).collect();
+        if !env.is_empty() {
+            program.push("env".into());
+            program.extend(env.iter().map(|(k, v)| format!("{k}={v}").into()));
+        }
+        program.push(qu_bin().into());
+        let mut command = Command::new(&program[0]);
+        command.args(&program[1..]);
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -243,10 +271,26 @@ impl Node {
 
     /// Starts `qu serve` in the background, logging to `self.log`.
     pub fn spawn_serve(&mut self) {
+        self.spawn_serve_with(&[]);
+    }
+
+    /// [`Node::spawn_serve`] with `env` added for this start alone.
+    pub fn spawn_serve_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "{} is already serving", self.name);
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = self.command().arg("serve").stdout(Stdio::null()).stderr(log).spawn().expect("spawn qu serve");
+        let mut all = self.serve_env.clone();
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let child = self.command_with(&all).arg("serve").stdout(Stdio::null()).stderr(log).spawn().expect("spawn qu serve");
         self.child = Some(child);
+    }
+
+    /// The exit status of a `qu serve` that ended on its own (reaped: the
+    /// node can then be started again), or `None` while it runs or when
+    /// none was started.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
     }
 
     /// Starts `qu serve` and waits until `qu status` answers.
@@ -693,6 +737,9 @@ pub struct Received {
     pub status: Option<u16>,
     /// When it arrived.
     pub at: Instant,
+    /// The address it came from (which node sent it, on a fault-suite
+    /// network where each node has its own).
+    pub from: Option<std::net::IpAddr>,
 }
 
 impl Received {
@@ -734,6 +781,7 @@ impl Receiver {
                 let Ok(stream) = stream else { continue };
                 let (flag, held, log) = (flag.clone(), held.clone(), log.clone());
                 std::thread::spawn(move || {
+                    let from = stream.peer_addr().ok().map(|a| a.ip());
                     let mut writer = stream.try_clone().unwrap();
                     let mut reader = BufReader::new(stream);
                     loop {
@@ -768,6 +816,7 @@ impl Receiver {
                                 json,
                                 status: None,
                                 at: Instant::now(),
+                                from,
                             });
                             log.len() - 1
                         };
@@ -1109,6 +1158,38 @@ impl FreezableDisk {
         let ok = Command::new("fsfreeze").arg("-f").arg(&self.mount).status().unwrap().success();
         assert!(ok, "fsfreeze -f {}", self.mount.display());
         self.frozen.set(true);
+    }
+
+    /// Fills the disk: a filler file takes every free block, so the
+    /// next write that needs one fails with ENOSPC.
+    pub fn fill(&self) {
+        use std::io::Write;
+        let mut filler = fs::File::create(self.filler()).unwrap();
+        let block = vec![0u8; 1 << 16];
+        let mut size = block.len();
+        while size > 0 {
+            match filler.write(&block[..size]) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => size /= 2,
+            }
+        }
+        let _ = filler.sync_all();
+    }
+
+    /// Frees what [`FreezableDisk::fill`] took.
+    pub fn unfill(&self) {
+        let _ = fs::remove_file(self.filler());
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.mount.join("filler")
+    }
+
+    /// Copies the disk's files to `to` (what a failed run keeps, before
+    /// the disk is unmounted).
+    pub fn copy_to(&self, to: &Path) {
+        let _ = Command::new("cp").arg("-a").arg(&self.mount).arg(to).status();
     }
 
     pub fn thaw(&self) {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use qu_tests::{Node, Receiver};
+use qu_tests::{FreezableDisk, LIBFAKETIME, Node, Receiver};
 
 use crate::history::{Event, History, OpResult};
 use crate::net::Hub;
@@ -15,6 +15,31 @@ use crate::net::Hub;
 pub const HEARTBEAT: &str = "200ms";
 pub const DEAD_AFTER: Duration = Duration::from_millis(1_000);
 pub const INTERVAL: &str = "1s";
+pub const INTERVAL_SECS: u64 = 1;
+/// The cluster's `hysteresis` (its default): rounds a verdict must hold.
+pub const HYSTERESIS: u32 = 2;
+
+/// libfiu's preload libraries: fsync errors switched on and off in a
+/// running node (`fiu-ctrl`).
+const FIU_RUN: &str = "/usr/lib/fiu/fiu_run_preload.so";
+const FIU_POSIX: &str = "/usr/lib/fiu/fiu_posix_preload.so";
+
+/// A node's clocks, steppable while it runs: libfaketime reads the offset
+/// from `file` on every call. Even nodes have their wall clock stepped
+/// alone (monotonic untouched, as an NTP step leaves it); odd nodes have
+/// both moved forward together (a VM paused and resumed).
+pub struct Clock {
+    file: std::path::PathBuf,
+    pub monotonic: bool,
+    pub offset: i64,
+}
+
+impl Clock {
+    pub fn set(&mut self, offset: i64) {
+        self.offset = offset;
+        std::fs::write(&self.file, format!("{offset:+}\n")).unwrap();
+    }
+}
 
 pub struct World {
     pub hub: Hub,
@@ -24,6 +49,11 @@ pub struct World {
     pub steady: Target,
     pub receiver: Receiver,
     pub history: Arc<History>,
+    /// Each node's data directory is a disk of its own (ext4 on a loop
+    /// device), to fill up or freeze.
+    pub disks: Vec<FreezableDisk>,
+    pub clocks: Vec<Clock>,
+    fiu: std::path::PathBuf,
     pub stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
     /// Every node's directory and log; removed after a run that passed,
@@ -78,12 +108,28 @@ impl World {
         let hub = Hub::create(n);
         let root = tempfile::Builder::new().prefix("qu-l3-").tempdir().unwrap().keep();
         let history = Arc::new(History::new());
+        preflight();
         let mut nodes: Vec<Node> = (0..n).map(|i| Node::in_dir(&root, &format!("n{i}"))).collect();
         let ports: Vec<u16> = (0..n).map(|i| 9_000 + i as u16).collect();
+        let fiu = root.join("fiu");
+        std::fs::create_dir_all(&fiu).unwrap();
+        let mut clocks = Vec::new();
         for (i, node) in nodes.iter_mut().enumerate() {
             node.wrapper = hub.wrapper(i);
             node.ip = hub.node_ip(i);
+            let mut clock = Clock { file: root.join(format!("clock-n{i}")), monotonic: i % 2 == 1, offset: 0 };
+            clock.set(0);
+            node.serve_env("LD_PRELOAD", &format!("{FIU_RUN} {FIU_POSIX} {LIBFAKETIME}"))
+                .serve_env("FIU_CTRL_FIFO", fiu.join(format!("n{i}")).to_str().unwrap())
+                .serve_env("FIU_ENABLE", "")
+                .serve_env("FAKETIME_TIMESTAMP_FILE", clock.file.to_str().unwrap())
+                .serve_env("FAKETIME_NO_CACHE", "1");
+            if !clock.monotonic {
+                node.serve_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            }
+            clocks.push(clock);
         }
+        let disks: Vec<FreezableDisk> = nodes.iter().map(FreezableDisk::under).collect();
         let out = nodes[0].init(ports[0], &["--json"]);
         let secret =
             serde_json::from_str::<serde_json::Value>(&out).unwrap()["cluster_secret"].as_str().unwrap().to_string();
@@ -94,19 +140,19 @@ impl World {
             node.serve();
         }
         let first = &nodes[0];
-        first.qu_ok(&["cluster", "settings", "set", "heartbeat", HEARTBEAT]);
-        first.qu_ok(&["cluster", "settings", "set", "dead_after", &format!("{}ms", DEAD_AFTER.as_millis())]);
-        first.qu_ok(&["cluster", "settings", "set", "master_cooldown", "0s"]);
+        setup(first, &["cluster", "settings", "set", "heartbeat", HEARTBEAT]);
+        setup(first, &["cluster", "settings", "set", "dead_after", &format!("{}ms", DEAD_AFTER.as_millis())]);
+        setup(first, &["cluster", "settings", "set", "master_cooldown", "0s"]);
         for i in 1..n {
             let addr = nodes[i].advertise();
-            nodes[0].qu_ok(&["node", "add", &addr, "--yes"]);
+            setup(&nodes[0], &["node", "add", &addr, "--yes"]);
         }
         let receiver = Receiver::start_on(&hub.hub_ip());
-        nodes[0].qu_ok(&["alert", "add", "webhook", "hook", "--set", &format!("url={}", receiver.url), "--default"]);
+        setup(&nodes[0], &["alert", "add", "webhook", "hook", "--set", &format!("url={}", receiver.url), "--default"]);
         let targets: Vec<Target> = (0..2).map(|i| Target::start(&hub.hub_ip(), &format!("flip{i}"))).collect();
         let steady = Target::start(&hub.hub_ip(), "steady");
         for target in &targets {
-            nodes[0].qu_ok(&["check", "add", "tcp", &target.name, &target.addr, "--interval", INTERVAL]);
+            setup(&nodes[0], &["check", "add", "tcp", &target.name, &target.addr, "--interval", INTERVAL]);
         }
         let mut world = Self {
             hub,
@@ -116,11 +162,17 @@ impl World {
             steady,
             receiver,
             history,
+            disks,
+            clocks,
+            fiu,
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
             root,
             keep: std::cell::Cell::new(false),
         };
+        for i in 0..n {
+            world.history.record(Event::Node { node: i, ip: world.nodes[i].ip.parse().unwrap() });
+        }
         world.converged(Duration::from_secs(30)).expect("the cluster forms");
         world.spawn_poller();
         world.spawn_workload();
@@ -216,6 +268,7 @@ impl World {
     }
 
     pub fn kill(&mut self, i: usize) {
+        self.supervise();
         if self.nodes[i].is_alive() {
             self.nodes[i].kill();
         }
@@ -223,10 +276,71 @@ impl World {
     }
 
     pub fn restart(&mut self, i: usize) {
-        if !self.nodes[i].is_alive() {
-            self.nodes[i].serve();
+        self.restart_with(i, &[]);
+    }
+
+    /// Restarts node `i` (if it is not running) with `env` for this start.
+    pub fn restart_with(&mut self, i: usize, env: &[(&str, &str)]) {
+        if self.nodes[i].exited().is_some() || !self.nodes[i].is_serving() {
+            self.nodes[i].spawn_serve_with(env);
+            if env.is_empty() {
+                self.nodes[i].wait_answering();
+            }
         }
         self.history.record(Event::Fault(format!("restart n{i}")));
+    }
+
+    /// A node that stopped by itself outside a fault that may stop it (a
+    /// full disk, an fsync error, a crash point) is a violation: it is
+    /// recorded with the last lines of its log, and started again, as
+    /// systemd would.
+    pub fn supervise(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(status) = self.nodes[i].exited() {
+                let tail = self.log_tail(i, 5);
+                self.history.record(Event::Violation(format!("n{i} stopped by itself ({status}); its log ends:\n{tail}")));
+                self.restart(i);
+            }
+        }
+    }
+
+    /// After a fault that may stop node `i` for `reason` (a text its log
+    /// then holds): if it stopped, its log must say why, and it is started
+    /// again (what `Restart=on-failure` does). Whether it stopped.
+    pub fn settle(&mut self, i: usize, reason: &str) -> bool {
+        let Some(status) = self.nodes[i].exited() else { return false };
+        let tail = self.log_tail(i, 5);
+        if tail.contains(reason) {
+            self.history.record(Event::Fault(format!("n{i} stopped ({status}): {reason}")));
+        } else {
+            self.history.record(Event::Violation(format!(
+                "n{i} stopped ({status}) without saying `{reason}`; its log ends:\n{tail}"
+            )));
+        }
+        self.restart(i);
+        true
+    }
+
+    /// The last `lines` lines of node `i`'s log.
+    pub fn log_tail(&self, i: usize, lines: usize) -> String {
+        let text = self.nodes[i].log_text();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Switches fsync and fdatasync failing with EIO on or off in node
+    /// `i`'s running daemon (libfiu, through its control FIFO).
+    pub fn fsync_errors(&self, i: usize, on: bool) -> Result<(), String> {
+        let pid = self.nodes[i].pid().ok_or("not running")?;
+        let mut command = std::process::Command::new("fiu-ctrl");
+        command.arg("-f").arg(self.fiu.join(format!("n{i}")));
+        for name in ["posix/io/sync/fsync", "posix/io/sync/fdatasync"] {
+            let action = if on { format!("enable name={name},failinfo=5") } else { format!("disable name={name}") };
+            command.arg("-c").arg(action);
+        }
+        let out = command.arg(pid.to_string()).output().map_err(|e| format!("fiu-ctrl: {e}"))?;
+        let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() && !said.contains("Error") { Ok(()) } else { Err(said.trim().to_string()) }
     }
 
     pub fn signal(&self, i: usize, signal: rustix::process::Signal, what: &str) {
@@ -247,6 +361,24 @@ impl World {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// Runs a setup command, retrying for up to 30 s while it is refused with
+/// a hint to retry (a hand-over to the preferred master may be under way
+/// as the cluster forms); any other failure, or an unknown outcome (exit
+/// 3), ends the run.
+fn setup(node: &Node, args: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = node.qu(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return;
+        }
+        let transient = out.status.code() != Some(3) && stderr.contains("retry");
+        assert!(transient && Instant::now() < deadline, "setup: qu {} failed: {stderr}", args.join(" "));
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -298,12 +430,46 @@ fn run_bounded(node: &Node, args: &[&str], within: Duration) -> Option<(i32, Str
     }
 }
 
+/// What a run needs besides root: the tools, and a `qu` built with crash
+/// points. Each missing one is named with what installs it.
+fn preflight() {
+    for (path, what) in [
+        (FIU_RUN, "apt-get install fiu-utils (.ci/setup does)"),
+        (FIU_POSIX, "apt-get install fiu-utils (.ci/setup does)"),
+        (LIBFAKETIME, "apt-get install libfaketime (.ci/setup does)"),
+    ] {
+        assert!(std::path::Path::new(path).is_file(), "{path} is missing: {what}");
+    }
+    for tool in ["fiu-ctrl", "nft", "mkfs.ext4", "fsfreeze"] {
+        let found = std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output();
+        assert!(found.is_ok_and(|o| o.status.success()), "{tool} is missing (.ci/setup installs it)");
+    }
+    let out = std::process::Command::new(qu_tests::qu_bin()).args(["version", "--json"]).output().unwrap();
+    let version: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        version["crash_points"] == serde_json::Value::Bool(true),
+        "{} has no crash points: build it with `cargo build --release -p qu-cli -p qu-tests --bin qu --bin qu-l3 --features qu-cli/failpoints` (.ci/test does)",
+        qu_tests::qu_bin().display()
+    );
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         self.quiesce();
         for node in &mut self.nodes {
             node.kill();
         }
+        for disk in &self.disks {
+            disk.thaw();
+        }
+        if self.keep.get() {
+            // The disks are unmounted when dropped: their files are kept
+            // beside the logs.
+            for (i, disk) in self.disks.iter().enumerate() {
+                disk.copy_to(&self.root.join(format!("n{i}")).join("data-kept"));
+            }
+        }
+        self.disks.clear();
         if !self.keep.get() {
             let _ = std::fs::remove_dir_all(&self.root);
         }

@@ -13,8 +13,10 @@
 //! qu-l3 scenarios [--nodes 3]                 the named scenarios, one after another
 //! qu-l3 nemesis [--nodes 5] [--seconds 120] [--seed N]   random faults for that long
 //! ```
-//! Build it with `cargo build --release -p qu-cli -p qu-tests --bin qu --bin qu-l3`
-//! (`.ci/test` does); it drives the `qu` next to it. Root only.
+//! Build it with `cargo build --release -p qu-cli -p qu-tests --bin qu --bin qu-l3
+//! --features qu-cli/failpoints` (`.ci/test` does); it drives the `qu` next
+//! to it, built with the store's crash points. Root only; it needs
+//! nftables, libfaketime, fiu-utils and e2fsprogs (`.ci/setup`).
 
 mod cluster;
 mod history;
@@ -31,6 +33,8 @@ fn main() {
     let seed: u64 = value("--seed").map(|v| v.parse().expect("--seed N")).unwrap_or_else(seed_from_commit);
     assert!(rustix::process::geteuid().is_root(), "qu-l3 creates network namespaces: run it as root");
     qu_tests::quiet();
+    // The store's crash points (`Fault::CrashPoint`).
+    qu_tests::qu_features("qu-cli/failpoints");
     let outcome = match args.first().map(String::as_str) {
         Some("scenarios") => nemesis::scenarios(if nodes == 0 { 3 } else { nodes }),
         Some("nemesis") => nemesis::random(if nodes == 0 { 5 } else { nodes }, Duration::from_secs(seconds), seed),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rustix::process::Signal;
 
-use crate::cluster::{DEAD_AFTER, World};
+use crate::cluster::{DEAD_AFTER, HYSTERESIS, INTERVAL_SECS, World};
 use crate::history::{self, Event};
 
 /// One fault, healed by the time it returns.
@@ -31,11 +31,28 @@ pub enum Fault {
     RollingRestart,
     /// The webhook receiver answers 503 for a while.
     SinkOutage,
-    /// A target goes down, or comes back.
+    /// A target goes down, or comes back, and stays so for a while.
     FlipTarget,
+    /// A node's wall clock steps (even nodes), or its wall and monotonic
+    /// clocks jump forward together (odd nodes), libfaketime.
+    ClockJump,
+    /// A node's disk fills up (ENOSPC), then is freed.
+    DiskFull,
+    /// A node's fsync and fdatasync fail with EIO for a while (libfiu).
+    FsyncError,
+    /// The master's disk stops answering (fsfreeze), then thaws.
+    DiskStall,
+    /// A node restarted with one of the store's crash points set: it
+    /// aborts at that step of its next write, and is started again.
+    CrashPoint,
+    /// A node stopped, one of its files damaged, started again: a torn log
+    /// tail, a left temp file and a `version: 0` restore it must start on;
+    /// a cut cluster.yaml, an unknown field and a zeroed state.yaml it
+    /// must refuse, naming the file, until the file is restored.
+    CorruptFile,
 }
 
-const ALL: [Fault; 10] = [
+const ALL: [Fault; 16] = [
     Fault::KillMaster,
     Fault::StopMaster,
     Fault::PartitionMasterMinority,
@@ -46,9 +63,43 @@ const ALL: [Fault; 10] = [
     Fault::RollingRestart,
     Fault::SinkOutage,
     Fault::FlipTarget,
+    Fault::ClockJump,
+    Fault::DiskFull,
+    Fault::FsyncError,
+    Fault::DiskStall,
+    Fault::CrashPoint,
+    Fault::CorruptFile,
 ];
 
+impl Fault {
+    /// Whether it may leave the cluster without a master or a majority for
+    /// a while (the checker does not time verdicts across those).
+    fn disrupts(self) -> bool {
+        !matches!(self, Fault::SinkOutage | Fault::FlipTarget)
+    }
+}
+
+/// The timing the checker holds a run to.
+pub fn bounds() -> history::Bounds {
+    history::Bounds {
+        verdict: Duration::from_secs(INTERVAL_SECS) * HYSTERESIS + DEAD_AFTER,
+        // The poller sees every node every ~0.3 s; a probe round starts up
+        // to one interval after a change.
+        slack: Duration::from_secs(INTERVAL_SECS) + Duration::from_millis(500),
+        recovery: DEAD_AFTER * 4,
+        lease: DEAD_AFTER * 2,
+    }
+}
+
 fn inject(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
+    world.supervise();
+    world.history.record(Event::Begin { what: format!("{fault:?}"), disrupts: fault.disrupts() });
+    act(world, fault, rng);
+    world.supervise();
+    world.history.record(Event::End);
+}
+
+fn act(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
     let n = world.nodes.len();
     let master = world.master().unwrap_or(0);
     match fault {
@@ -72,8 +123,10 @@ fn inject(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
             }
             world.hub.partition(&side, n);
             world.history.record(Event::Fault(format!("partition {side:?} from the rest")));
+            world.history.record(Event::Isolated { nodes: side.clone(), on: true });
             std::thread::sleep(Duration::from_millis(rng.random_range(2_000..5_000)));
             world.hub.heal();
+            world.history.record(Event::Isolated { nodes: side, on: false });
             world.history.record(Event::Fault("heal".into()));
         }
         Fault::DialCut => {
@@ -100,9 +153,18 @@ fn inject(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
             let b = (a + rng.random_range(1..n)) % n;
             world.kill(a);
             world.kill(b);
+            // With three nodes the one left has no majority.
+            let left: Vec<usize> = (0..n).filter(|i| *i != a && *i != b).collect();
+            let cut_off = left.len() * 2 <= n;
+            if cut_off {
+                world.history.record(Event::Isolated { nodes: left.clone(), on: true });
+            }
             std::thread::sleep(DEAD_AFTER);
             world.restart(a);
             world.restart(b);
+            if cut_off {
+                world.history.record(Event::Isolated { nodes: left, on: false });
+            }
         }
         Fault::RestartAll => {
             for i in 0..n {
@@ -129,11 +191,173 @@ fn inject(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
             world.history.record(Event::Fault("sink up".into()));
         }
         Fault::FlipTarget => {
+            // After the last fault has settled, so the verdict is timed.
+            std::thread::sleep(bounds().recovery + Duration::from_millis(500));
             let t = rng.random_range(0..world.targets.len());
             let up = rng.random_bool(0.5);
             world.targets[t].set(up, &world.history);
+            // Long enough for the verdict to be committed (and timed).
+            std::thread::sleep(bounds().verdict + bounds().slack + Duration::from_millis(500));
+        }
+        Fault::ClockJump => {
+            let i = rng.random_range(0..n);
+            let clock = &mut world.clocks[i];
+            let what = if clock.monotonic {
+                let step = rng.random_range(2..=8);
+                clock.set(clock.offset + step);
+                format!("n{i}'s wall and monotonic clocks jump {step}s forward (to {:+}s)", clock.offset)
+            } else {
+                let to = [-3_600, 3_600, -90, 0][rng.random_range(0..4)];
+                clock.set(to);
+                format!("n{i}'s wall clock steps to {to:+}s")
+            };
+            world.history.record(Event::Fault(what));
+            std::thread::sleep(Duration::from_millis(rng.random_range(2_000..4_000)));
+        }
+        Fault::DiskFull => {
+            let i = rng.random_range(0..n);
+            world.disks[i].fill();
+            world.history.record(Event::Fault(format!("n{i}'s disk full")));
+            std::thread::sleep(Duration::from_millis(rng.random_range(2_000..5_000)));
+            world.disks[i].unfill();
+            world.history.record(Event::Fault(format!("n{i}'s disk freed")));
+            world.settle(i, "No space left on device");
+        }
+        Fault::FsyncError => {
+            let i = rng.random_range(0..n);
+            let on = world.fsync_errors(i, true);
+            world.history.record(Event::Fault(format!("n{i}'s fsync fails with EIO")));
+            std::thread::sleep(Duration::from_millis(rng.random_range(2_000..4_000)));
+            if on.is_ok() && world.nodes[i].is_alive() {
+                let _ = world.fsync_errors(i, false);
+            }
+            world.history.record(Event::Fault(format!("n{i}'s fsync works again")));
+            if !world.settle(i, "Input/output error")
+                && let Err(e) = on
+            {
+                world.history.record(Event::Violation(format!("could not make n{i}'s fsync fail: {e}")));
+            }
+        }
+        Fault::DiskStall => {
+            world.disks[master].freeze();
+            world.history.record(Event::Fault(format!("n{master}'s disk frozen")));
+            std::thread::sleep(Duration::from_millis(rng.random_range(1_000..4_000)));
+            world.disks[master].thaw();
+            world.history.record(Event::Fault(format!("n{master}'s disk thawed")));
+        }
+        Fault::CrashPoint => {
+            let i = rng.random_range(0..n);
+            let point = qu_store::CRASH_POINTS[rng.random_range(0..qu_store::CRASH_POINTS.len())];
+            world.kill(i);
+            world.restart_with(i, &[("FAILPOINTS", &format!("{point}=return"))]);
+            world.history.record(Event::Fault(format!("n{i} runs with crash point {point}")));
+            // Commits come every second (the workload): the point is reached.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while world.nodes[i].is_alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !world.settle(i, &format!("crash point {point}")) {
+                // Not reached (a point on a rare path): a plain restart.
+                world.history.record(Event::Fault(format!("crash point {point} not reached in 20s")));
+                world.kill(i);
+                world.restart(i);
+            }
+        }
+        Fault::CorruptFile => corrupt(world, rng.random_range(0..n), rng),
+    }
+}
+
+/// Stops node `i`, damages one of its files, and starts it: it must start
+/// on damage a crash can leave, and refuse, naming the file, damage it
+/// cannot tell from a wrong file; then the file is restored from the copy
+/// taken before (the operator's backup) and it starts.
+fn corrupt(world: &mut World, i: usize, rng: &mut rand::rngs::StdRng) {
+    world.kill(i);
+    let dir = world.nodes[i].dir.clone();
+    let cluster = dir.join("cluster.yaml");
+    let state = dir.join("state.yaml");
+    let log = dir.join("store").join("log");
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_default();
+    // (what, the file, its backup, the refusal's text or None to start)
+    let (what, path, backup, refusal): (&str, std::path::PathBuf, Vec<u8>, Option<&str>) = match rng.random_range(0..6)
+    {
+        0 => {
+            let backup = read(&log);
+            let mut torn = backup.clone();
+            torn.extend_from_slice(b"3f2a9c {\"partial\": ");
+            std::fs::write(&log, torn).unwrap();
+            ("a torn record at the end of store/log", log, backup, None)
+        }
+        1 => {
+            let temp = dir.join(".cluster.yaml.tmp-999999-0");
+            std::fs::write(&temp, b"version: 4\nchecks: [").unwrap();
+            ("a temp file left by an interrupted write", temp, Vec::new(), None)
+        }
+        2 => {
+            let backup = read(&cluster);
+            let text = String::from_utf8_lossy(&backup).to_string();
+            std::fs::write(&cluster, qu_tests::set_version(&text, 0)).unwrap();
+            world.history.record(Event::Reset { node: i });
+            ("cluster.yaml restored with version: 0", cluster, backup, None)
+        }
+        3 => {
+            let backup = read(&cluster);
+            // Cut inside a line, so what is left never reads as a shorter file.
+            let mut at = backup.len() / 2;
+            while at > 1 && (backup[at - 1] == b'\n' || backup[at] == b'\n') {
+                at -= 1;
+            }
+            std::fs::write(&cluster, &backup[..at]).unwrap();
+            ("cluster.yaml cut in the middle of a line", cluster, backup, Some("cluster.yaml"))
+        }
+        4 => {
+            let backup = read(&cluster);
+            let mut edited = backup.clone();
+            edited.extend_from_slice(b"colour: blue\n");
+            std::fs::write(&cluster, edited).unwrap();
+            ("an unknown field in cluster.yaml", cluster, backup, Some("unknown field `colour`"))
+        }
+        _ => {
+            let backup = read(&state);
+            std::fs::write(&state, vec![0u8; backup.len().max(16)]).unwrap();
+            ("state.yaml zeroed", state, backup, Some("state.yaml"))
+        }
+    };
+    world.history.record(Event::Fault(format!("n{i}: {what}")));
+    let Some(refusal) = refusal else {
+        world.restart(i);
+        if path.file_name().is_some_and(|n| n.to_string_lossy().contains(".tmp-")) && path.exists() {
+            world.history.record(Event::Violation(format!("n{i} started but left {}", path.display())));
+        }
+        return;
+    };
+    world.nodes[i].spawn_serve();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = world.nodes[i].exited() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let last = world.log_tail(i, 1);
+    match status {
+        Some(status) if !status.success() && last.starts_with("error: ") && last.contains(refusal) => {
+            world.history.record(Event::Fault(format!("n{i} refused to start: {last}")));
+        }
+        Some(status) => world.history.record(Event::Violation(format!(
+            "n{i} with {what} exited ({status}) without an `error:` line naming `{refusal}`: {last}"
+        ))),
+        None => {
+            world.history.record(Event::Violation(format!("n{i} started on {what}")));
+            world.kill(i);
         }
     }
+    std::fs::write(&path, backup).unwrap();
+    world.history.record(Event::Fault(format!("n{i}'s file restored from its backup")));
+    world.restart(i);
 }
 
 /// The named scenarios, each once, on `n` nodes; then the checker.
@@ -171,6 +395,7 @@ pub fn random(n: usize, length: Duration, seed: u64) -> Result<String, String> {
 fn finish(mut world: World, scenario: &str, seed: Option<u64>, started: Instant) -> Result<String, String> {
     world.hub.heal();
     world.receiver.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    world.supervise();
     for i in 0..world.nodes.len() {
         if !world.nodes[i].is_alive() {
             world.restart(i);
@@ -192,7 +417,7 @@ fn finish(mut world: World, scenario: &str, seed: Option<u64>, started: Instant)
         }
         std::thread::sleep(Duration::from_millis(500));
     };
-    match history::check(&world.history, &copies, &world.receiver.requests()) {
+    match history::check(&world.history, &copies, &world.receiver.requests(), bounds()) {
         Ok(figures) => {
             Ok(format!("{scenario} on {} nodes, {:.0}s: {figures}", world.nodes.len(), started.elapsed().as_secs_f64()))
         }

@@ -142,6 +142,7 @@ struct InitArgs {
 }
 
 fn main() -> ExitCode {
+    qu_store::crash_points_from_env();
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,8 +180,13 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Serve => run_serve(),
         Command::Status { json } => run_status(json),
         Command::Version { json } => {
-            if json {
+            // A build with crash points (the fault suite's) says so.
+            if json && qu_store::HAS_CRASH_POINTS {
+                println!("{}", serde_json::json!({ "version": qu_daemon::VERSION, "crash_points": true }));
+            } else if json {
                 println!("{}", serde_json::json!({ "version": qu_daemon::VERSION }));
+            } else if qu_store::HAS_CRASH_POINTS {
+                println!("qu {} (with crash points, for fault testing only)", qu_daemon::VERSION);
             } else {
                 println!("qu {}", qu_daemon::VERSION);
             }

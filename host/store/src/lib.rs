@@ -18,6 +18,26 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A crash point (see [`CRASH_POINTS`]): with the `failpoints` feature,
+/// the process aborts here when `FAILPOINTS` sets it to `return` (after
+/// `$then`, if given); without it, nothing.
+#[cfg(feature = "failpoints")]
+macro_rules! crash_point {
+    ($name:literal) => {
+        fail::fail_point!($name, |_| $crate::crash($name))
+    };
+    ($name:literal, $then:block) => {
+        fail::fail_point!($name, |_| {
+            $then;
+            $crate::crash($name)
+        })
+    };
+}
+#[cfg(not(feature = "failpoints"))]
+macro_rules! crash_point {
+    ($($any:tt)*) => {};
+}
+
 mod log;
 pub use log::{AppendLog, Opened, read_log};
 
@@ -217,13 +237,54 @@ const DESCRIPTORS_RETRY_FIRST: std::time::Duration = std::time::Duration::from_m
 fn write_then_rename(temp: &Path, path: &Path, dir: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     let mut file =
         OpenOptions::new().write(true).create_new(true).mode(mode).open(temp).map_err(|e| StoreError::io(temp, e))?;
+    crash_point!("store::after_create");
     // The umask may have dropped bits from `mode`; set it exactly.
     file.set_permissions(fs::Permissions::from_mode(mode)).map_err(|e| StoreError::io(temp, e))?;
     file.write_all(bytes).map_err(|e| StoreError::io(temp, e))?;
+    crash_point!("store::after_write");
     file.sync_all().map_err(|e| StoreError::io(temp, e))?;
     drop(file);
+    crash_point!("store::before_rename");
     fs::rename(temp, path).map_err(|e| StoreError::io(path, e))?;
+    crash_point!("store::after_rename");
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
+}
+
+/// The crash points of the store's writes, each a step of a write:
+/// `store::after_create` (an empty temp file), `store::after_write` (the
+/// temp written, not synced), `store::before_rename` (synced, not in
+/// place), `store::after_rename` (in place, its directory not synced),
+/// `log::torn` (half of a record appended), `log::before_sync` (a record
+/// appended, not synced), `log::after_append` (synced, not yet
+/// acknowledged), `log::before_clear`. Built only with the `failpoints`
+/// feature (the fault suite's build); without it they are nothing.
+pub const CRASH_POINTS: [&str; 8] = [
+    "store::after_create",
+    "store::after_write",
+    "store::before_rename",
+    "store::after_rename",
+    "log::torn",
+    "log::before_sync",
+    "log::after_append",
+    "log::before_clear",
+];
+
+/// Sets the crash points named in `FAILPOINTS` (`NAME=return;...`): at a
+/// point set so, the process aborts, as a crash at that step would stop
+/// it (the page cache survives, as it does a kill). A no-op without the
+/// `failpoints` feature.
+pub fn crash_points_from_env() {
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}
+
+/// Whether this build has the crash points (`qu --version` says so).
+pub const HAS_CRASH_POINTS: bool = cfg!(feature = "failpoints");
+
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+fn crash(point: &str) -> ! {
+    eprintln!("crash point {point}: aborting");
+    std::process::abort()
 }
 
 /// Writes a new file, refusing to replace an existing one (`qu init`).

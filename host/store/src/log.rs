@@ -59,8 +59,14 @@ impl AppendLog {
         assert!(!record.contains('\n'), "a log record is one line");
         let line = format!("{} {record}\n", hex(&qu_core::consensus::digest(record)));
         let io = |e| StoreError::io(&self.path, e);
+        crash_point!("log::torn", {
+            let _ = self.file.write_all(&line.as_bytes()[..line.len() / 2]);
+            let _ = self.file.sync_data();
+        });
         self.file.write_all(line.as_bytes()).map_err(io)?;
+        crash_point!("log::before_sync");
         self.file.sync_data().map_err(io)?;
+        crash_point!("log::after_append");
         self.records += 1;
         Ok(())
     }
@@ -71,6 +77,7 @@ impl AppendLog {
             return Ok(());
         }
         let io = |e| StoreError::io(&self.path, e);
+        crash_point!("log::before_clear");
         self.file.set_len(0).map_err(io)?;
         self.file.sync_all().map_err(io)?;
         self.records = 0;
