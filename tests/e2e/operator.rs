@@ -254,6 +254,34 @@ fn a_node_restored_with_version_zero_votes_for_nobody_until_it_has_caught_up() {
     cluster.assert_identical_configs(&[0, 1, 2]);
 }
 
+/// A follower whose disk is full takes a change, forwards it to the master,
+/// and stops when it cannot persist the commit, before it answers: the CLI
+/// cannot know the outcome and must exit 3, and the change is applied by
+/// the others. (Found by the fault suite: the CLI said `error: ... closed
+/// the connection without answering` and exited 1, a definite refusal, for
+/// a change the cluster had committed.)
+#[test]
+fn a_node_that_stops_before_answering_a_change_leaves_its_outcome_unknown() {
+    let mut disks = Vec::new();
+    let mut cluster = Cluster::prepared(3, "200ms", "1s", "2m", |node| disks.push(FreezableDisk::under(node)));
+    let disks = disks;
+    let master = cluster.wait_converged();
+    let follower = followers(&cluster, master)[0];
+    disks[follower].fill();
+    let out = cluster.nodes[follower].qu(&["check", "add", "tcp", "after-full", "127.0.0.1:9", "--interval", "60s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    disks[follower].unfill();
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("without answering") && stderr.contains("outcome is unknown"), "{stderr}");
+    let stopped = cluster.nodes[follower].wait_exit(Duration::from_secs(20));
+    assert!(!stopped.success(), "the follower stopped on its full disk");
+    assert!(cluster.nodes[follower].log_text().contains("No space left on device"));
+    eventually(Duration::from_secs(15), "the change applied on the master", || {
+        let list = cluster.nodes[master].qu_ok(&["check", "list"]);
+        list.contains("after-full").then_some(())
+    });
+}
+
 /// Both followers' disks freeze, so a change reaches them but cannot be
 /// acknowledged: the CLI says the outcome is unknown and exits 3 — and
 /// rightly, since it applies once the disks thaw. A change refused while no

@@ -269,9 +269,8 @@ impl World {
 
     pub fn kill(&mut self, i: usize) {
         self.supervise();
-        if self.nodes[i].is_alive() {
-            self.nodes[i].kill();
-        }
+        // Also reaps a process that is dying already.
+        self.nodes[i].kill();
         self.history.record(Event::Fault(format!("kill -9 n{i}")));
     }
 
@@ -296,7 +295,7 @@ impl World {
     /// systemd would.
     pub fn supervise(&mut self) {
         for i in 0..self.nodes.len() {
-            if let Some(status) = self.nodes[i].exited() {
+            if let Some(status) = self.stopped(i) {
                 let tail = self.log_tail(i, 5);
                 self.history.record(Event::Violation(format!("n{i} stopped by itself ({status}); its log ends:\n{tail}")));
                 self.restart(i);
@@ -308,7 +307,7 @@ impl World {
     /// then holds): if it stopped, its log must say why, and it is started
     /// again (what `Restart=on-failure` does). Whether it stopped.
     pub fn settle(&mut self, i: usize, reason: &str) -> bool {
-        let Some(status) = self.nodes[i].exited() else { return false };
+        let Some(status) = self.stopped(i) else { return false };
         let tail = self.log_tail(i, 5);
         if tail.contains(reason) {
             self.history.record(Event::Fault(format!("n{i} stopped ({status}): {reason}")));
@@ -319,6 +318,25 @@ impl World {
         }
         self.restart(i);
         true
+    }
+
+    /// The exit status of node `i` if it has stopped by itself (reaped).
+    /// A process whose threads are still dying shows as dead in /proc
+    /// before it can be reaped: that is waited for.
+    pub fn stopped(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if !self.nodes[i].is_serving() {
+                return None; // stopped by the harness, or never started
+            }
+            if let Some(status) = self.nodes[i].exited() {
+                return Some(status);
+            }
+            if self.nodes[i].is_alive() || Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The last `lines` lines of node `i`'s log.

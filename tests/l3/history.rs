@@ -610,7 +610,7 @@ mod tests {
             transition: transition.into(),
             from,
             to,
-            status: DeliveryStatus::Delivered,
+            status: DeliveryStatus::Failed,
             created: qu_core::config::Timestamp::from_system_time(std::time::SystemTime::now()),
             finished: None,
             attempts: 1,

@@ -13,6 +13,7 @@
 //! qu-l3 scenarios [--nodes 3]                 the named scenarios, one after another
 //! qu-l3 nemesis [--nodes 5] [--seconds 120] [--seed N]   random faults for that long
 //! ```
+//! `QU_L3_TIMELINE=1` prints the timeline of a run that passed, too.
 //! Build it with `cargo build --release -p qu-cli -p qu-tests --bin qu --bin qu-l3
 //! --features qu-cli/failpoints` (`.ci/test` does); it drives the `qu` next
 //! to it, built with the store's crash points. Root only; it needs

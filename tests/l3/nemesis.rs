@@ -91,15 +91,26 @@ pub fn bounds() -> history::Bounds {
     }
 }
 
-fn inject(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
+/// Injects `fault`; `pick` chooses its variant (the crash point, the damage
+/// to a file) where the scenarios go through each, or the seed does.
+fn inject(world: &mut World, fault: Fault, pick: Option<usize>, rng: &mut rand::rngs::StdRng) {
     world.supervise();
     world.history.record(Event::Begin { what: format!("{fault:?}"), disrupts: fault.disrupts() });
-    act(world, fault, rng);
+    act(world, fault, pick, rng);
     world.supervise();
     world.history.record(Event::End);
 }
 
-fn act(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
+/// How many variants `fault` has (the scenarios run each).
+fn variants(fault: Fault) -> usize {
+    match fault {
+        Fault::CrashPoint => qu_store::CRASH_POINTS.len(),
+        Fault::CorruptFile => DAMAGES,
+        _ => 1,
+    }
+}
+
+fn act(world: &mut World, fault: Fault, pick: Option<usize>, rng: &mut rand::rngs::StdRng) {
     let n = world.nodes.len();
     let master = world.master().unwrap_or(0);
     match fault {
@@ -247,7 +258,7 @@ fn act(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
         }
         Fault::CrashPoint => {
             let i = rng.random_range(0..n);
-            let point = qu_store::CRASH_POINTS[rng.random_range(0..qu_store::CRASH_POINTS.len())];
+            let point = qu_store::CRASH_POINTS[pick.unwrap_or_else(|| rng.random_range(0..qu_store::CRASH_POINTS.len()))];
             world.kill(i);
             world.restart_with(i, &[("FAILPOINTS", &format!("{point}=return"))]);
             world.history.record(Event::Fault(format!("n{i} runs with crash point {point}")));
@@ -256,6 +267,7 @@ fn act(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
             while world.nodes[i].is_alive() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // `settle` waits for a dying process to be reaped.
             if !world.settle(i, &format!("crash point {point}")) {
                 // Not reached (a point on a rare path): a plain restart.
                 world.history.record(Event::Fault(format!("crash point {point} not reached in 20s")));
@@ -263,15 +275,21 @@ fn act(world: &mut World, fault: Fault, rng: &mut rand::rngs::StdRng) {
                 world.restart(i);
             }
         }
-        Fault::CorruptFile => corrupt(world, rng.random_range(0..n), rng),
+        Fault::CorruptFile => {
+            let i = rng.random_range(0..n);
+            corrupt(world, i, pick.unwrap_or_else(|| rng.random_range(0..DAMAGES)));
+        }
     }
 }
+
+/// The kinds of damage [`corrupt`] does.
+const DAMAGES: usize = 6;
 
 /// Stops node `i`, damages one of its files, and starts it: it must start
 /// on damage a crash can leave, and refuse, naming the file, damage it
 /// cannot tell from a wrong file; then the file is restored from the copy
 /// taken before (the operator's backup) and it starts.
-fn corrupt(world: &mut World, i: usize, rng: &mut rand::rngs::StdRng) {
+fn corrupt(world: &mut World, i: usize, damage: usize) {
     world.kill(i);
     let dir = world.nodes[i].dir.clone();
     let cluster = dir.join("cluster.yaml");
@@ -279,8 +297,7 @@ fn corrupt(world: &mut World, i: usize, rng: &mut rand::rngs::StdRng) {
     let log = dir.join("store").join("log");
     let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_default();
     // (what, the file, its backup, the refusal's text or None to start)
-    let (what, path, backup, refusal): (&str, std::path::PathBuf, Vec<u8>, Option<&str>) = match rng.random_range(0..6)
-    {
+    let (what, path, backup, refusal): (&str, std::path::PathBuf, Vec<u8>, Option<&str>) = match damage {
         0 => {
             let backup = read(&log);
             let mut torn = backup.clone();
@@ -366,12 +383,14 @@ pub fn scenarios(n: usize) -> Result<String, String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let started = Instant::now();
     for fault in ALL {
-        // An incident under each fault: a target down before, back after.
-        world.targets[0].set(false, &world.history);
-        inject(&mut world, fault, &mut rng);
-        world.targets[0].set(true, &world.history);
-        if let Err(e) = world.converged(Duration::from_secs(30)) {
-            return Err(report(&world, "scenarios", None, &[format!("after {fault:?}: {e}")]));
+        for pick in 0..variants(fault) {
+            // An incident under each fault: a target down before, back after.
+            world.targets[0].set(false, &world.history);
+            inject(&mut world, fault, Some(pick), &mut rng);
+            world.targets[0].set(true, &world.history);
+            if let Err(e) = world.converged(Duration::from_secs(30)) {
+                return Err(report(&world, "scenarios", None, &[format!("after {fault:?} ({pick}): {e}")]));
+            }
         }
     }
     finish(world, "scenarios", None, started)
@@ -384,7 +403,7 @@ pub fn random(n: usize, length: Duration, seed: u64) -> Result<String, String> {
     let started = Instant::now();
     while started.elapsed() < length {
         let fault = ALL[rng.random_range(0..ALL.len())];
-        inject(&mut world, fault, &mut rng);
+        inject(&mut world, fault, None, &mut rng);
         std::thread::sleep(Duration::from_millis(rng.random_range(500..2_000)));
     }
     finish(world, "nemesis", Some(seed), started)
@@ -419,6 +438,9 @@ fn finish(mut world: World, scenario: &str, seed: Option<u64>, started: Instant)
     };
     match history::check(&world.history, &copies, &world.receiver.requests(), bounds()) {
         Ok(figures) => {
+            if std::env::var_os("QU_L3_TIMELINE").is_some() {
+                eprint!("timeline:\n{}", world.history.timeline());
+            }
             Ok(format!("{scenario} on {} nodes, {:.0}s: {figures}", world.nodes.len(), started.elapsed().as_secs_f64()))
         }
         Err(violations) => Err(report(&world, scenario, seed, &violations)),

@@ -380,7 +380,7 @@ pub(crate) fn call(socket: &std::path::Path, request: ControlRequest) -> anyhow:
     match runtime.block_on(control::call(socket, &request, CONTROL_TIMEOUT)) {
         Ok(ControlResponse::Unknown { message }) => Err(OutcomeUnknown(message).into()),
         Ok(answer) => Ok(answer),
-        Err(error @ control::ControlError::Timeout(_)) => Err(OutcomeUnknown(format!(
+        Err(error @ (control::ControlError::Timeout(_) | control::ControlError::Lost { .. })) => Err(OutcomeUnknown(format!(
             "{error}; if this was a change, its outcome is unknown: see `qu status` (its config version) and `qu check list` or `qu alert list` before retrying"
         ))
         .into()),

@@ -189,6 +189,10 @@ pub enum ControlError {
     Protocol { path: String, reason: String },
     #[error("the daemon did not answer within {0:?}")]
     Timeout(Duration),
+    /// The request was sent whole, and no answer came back: the daemon
+    /// may have acted on it (it stopped, or the connection broke).
+    #[error("control socket {path}: {reason}, after the request was sent")]
+    Lost { path: String, reason: String },
 }
 
 /// Sends one request to the daemon at `path` and returns its answer.
@@ -202,16 +206,19 @@ pub async fn call(path: &Path, request: &ControlRequest, timeout: Duration) -> R
         let mut line = serde_json::to_vec(request).map_err(|e| protocol(e.to_string()))?;
         line.push(b'\n');
         stream.write_all(&line).await.map_err(|e| protocol(e.to_string()))?;
+        // From here on the daemon may have acted on the request: whatever
+        // goes wrong leaves its outcome unknown.
+        let lost = |reason: String| ControlError::Lost { path: label.clone(), reason };
         let mut reply = String::new();
         BufReader::new(stream)
             .take(CONTROL_LINE_BYTES_MAX)
             .read_line(&mut reply)
             .await
-            .map_err(|e| protocol(e.to_string()))?;
+            .map_err(|e| lost(e.to_string()))?;
         if reply.is_empty() {
-            return Err(protocol("the daemon closed the connection without answering".into()));
+            return Err(lost("the daemon closed the connection without answering".into()));
         }
-        serde_json::from_str(&reply).map_err(|e| protocol(format!("unreadable answer: {e}")))
+        serde_json::from_str(&reply).map_err(|e| lost(format!("unreadable answer: {e}")))
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| ControlError::Timeout(timeout))?
 }
