@@ -280,7 +280,8 @@ impl Node {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut all = self.serve_env.clone();
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let child = self.command_with(&all).arg("serve").stdout(Stdio::null()).stderr(log).spawn().expect("spawn qu serve");
+        let child =
+            self.command_with(&all).arg("serve").stdout(Stdio::null()).stderr(log).spawn().expect("spawn qu serve");
         self.child = Some(child);
     }
 

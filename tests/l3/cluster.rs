@@ -297,7 +297,8 @@ impl World {
         for i in 0..self.nodes.len() {
             if let Some(status) = self.stopped(i) {
                 let tail = self.log_tail(i, 5);
-                self.history.record(Event::Violation(format!("n{i} stopped by itself ({status}); its log ends:\n{tail}")));
+                self.history
+                    .record(Event::Violation(format!("n{i} stopped by itself ({status}); its log ends:\n{tail}")));
                 self.restart(i);
             }
         }

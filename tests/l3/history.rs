@@ -169,7 +169,8 @@ impl std::fmt::Display for Figures {
         write!(
             f,
             "{} faults; operations: {} acknowledged, {} refused, {} unknown; {} terms; {} committed transitions; \
-             {} deliveries accepted; {} verdicts timed (slowest {:.1}s); 0 violations",
+             {} deliveries accepted; {} verdicts timed (slowest {:.1}s); {} alerts from cut-off nodes, all \
+             within their lease; 0 violations",
             self.faults,
             self.ops_ok,
             self.ops_definite,
@@ -178,7 +179,8 @@ impl std::fmt::Display for Figures {
             self.transitions,
             self.deliveries,
             self.verdicts_timed,
-            self.verdict_slowest.as_secs_f64()
+            self.verdict_slowest.as_secs_f64(),
+            self.sent_while_cut_off
         )
     }
 }
@@ -426,9 +428,8 @@ fn verdicts_in_time(
     if let Some((from, true)) = open {
         disrupted.push((from, end));
     }
-    let healthy = |from: Instant, until: Instant| {
-        disrupted.iter().all(|(a, b)| *b + bounds.recovery < from || *a > until)
-    };
+    let healthy =
+        |from: Instant, until: Instant| disrupted.iter().all(|(a, b)| *b + bounds.recovery < from || *a > until);
     // Each flip target's changes, in order.
     let mut changes: BTreeMap<&str, Vec<(Instant, bool)>> = BTreeMap::new();
     for (at, event) in events {
@@ -629,7 +630,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(200));
             let last = Instant::now() + Duration::from_secs(5);
             history.events.lock().unwrap().push((last, Event::Fault("end".into())));
-            check(&history, &[copy.clone()], &[], Bounds { verdict: Duration::from_millis(100), slack: Duration::ZERO, ..BOUNDS })
+            check(
+                &history,
+                &[copy.clone()],
+                &[],
+                Bounds { verdict: Duration::from_millis(100), slack: Duration::ZERO, ..BOUNDS },
+            )
         };
         let in_time = run(Duration::from_millis(10)).unwrap();
         assert_eq!(in_time.verdicts_timed, 1);

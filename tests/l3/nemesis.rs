@@ -258,7 +258,8 @@ fn act(world: &mut World, fault: Fault, pick: Option<usize>, rng: &mut rand::rng
         }
         Fault::CrashPoint => {
             let i = rng.random_range(0..n);
-            let point = qu_store::CRASH_POINTS[pick.unwrap_or_else(|| rng.random_range(0..qu_store::CRASH_POINTS.len()))];
+            let point =
+                qu_store::CRASH_POINTS[pick.unwrap_or_else(|| rng.random_range(0..qu_store::CRASH_POINTS.len()))];
             world.kill(i);
             world.restart_with(i, &[("FAILPOINTS", &format!("{point}=return"))]);
             world.history.record(Event::Fault(format!("n{i} runs with crash point {point}")));
