@@ -128,6 +128,12 @@ fn check_commands_validate_input_and_change_only_what_they_name() {
             "no alert has the name or id `pager`",
         ),
         (vec!["check", "edit", "nope", "--interval", "9s"], "no check has the name or id `nope`"),
+        (
+            vec!["check", "add", "http", "head", "http://x/", "--method", "HEAD", "--body-match", "ok"],
+            "a HEAD response has no body",
+        ),
+        (vec!["check", "edit", "web"], "nothing to change"),
+        (vec!["check", "edit", "web", "--interval", "5s"], "nothing to change"),
     ] {
         let err = node.qu_err(&args);
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -141,6 +147,14 @@ fn check_commands_validate_input_and_change_only_what_they_name() {
     assert_eq!(web["timeout"], "2s");
     assert_eq!(web["settings"]["expect"], "200-299,301", "untouched");
     assert_eq!(web["settings"]["body_match"], "ok");
+    // An alert list is set, and cleared with an empty one.
+    node.qu_ok(&["alert", "add", "webhook", "pager", "--url", "http://127.0.0.1:9/hook"]);
+    node.qu_ok(&["check", "edit", "web", "--alerts", "pager", "--suppress", "pager"]);
+    let listed = || -> serde_json::Value { serde_json::from_str(&node.qu_ok(&["check", "list", "--json"])).unwrap() };
+    assert_eq!(listed()[0]["alerts"], serde_json::json!(["pager"]), "{}", listed());
+    node.qu_ok(&["check", "edit", "web", "--alerts", "", "--suppress", ""]);
+    assert_eq!(listed()[0]["alerts"], serde_json::json!([]));
+    assert_eq!(listed()[0]["suppressed"], serde_json::json!([]));
     node.qu_ok(&["check", "disable", "web"]);
     let status = node.status_json();
     assert_eq!(status["checks"][0]["disabled"], true);
@@ -252,4 +266,24 @@ fn a_node_without_a_master_shows_committed_states_marked_stale() {
     let detail = check["detail"].as_str().unwrap();
     assert!(detail.contains("(stale: the master's view could not be fetched)"), "{detail}");
     drop(target);
+}
+
+/// What `--help` offers is what the command takes: `qu check run` has no
+/// schedule or alerts, `edit` names no defaults it would not apply, and
+/// `qu cluster settings set` names every key.
+#[test]
+fn help_offers_only_what_each_command_takes() {
+    let node = qu_tests::Node::new("help");
+    let help = |args: &[&str]| node.qu_ok(args);
+    let run = help(&["check", "run", "--help"]);
+    for flag in ["--interval", "--alerts", "--suppress"] {
+        assert!(!run.contains(flag), "`qu check run` ignores {flag} and must not offer it:\n{run}");
+    }
+    assert!(run.contains("--timeout") && run.contains("--expect"), "{run}");
+    let edit = help(&["check", "edit", "--help"]);
+    assert!(!edit.contains("[default:"), "edit changes only what it is given:\n{edit}");
+    let set = help(&["cluster", "settings", "set", "--help"]);
+    for key in qu_core::config::SETTING_KEYS {
+        assert!(set.contains(key), "`{key}` missing from:\n{set}");
+    }
 }

@@ -6,8 +6,9 @@
 //!   nodes' copies differ;
 //! - a mutation refused definitely was applied;
 //! - an alert was accepted for a transition that is not committed, a
-//!   committed delivery that says `delivered` was never accepted, or a
-//!   check's first deliveries arrived out of transition order;
+//!   committed delivery that says `delivered` was never accepted, one was
+//!   given up (the receiver only ever refuses for a while), or a check's
+//!   first deliveries arrived out of transition order;
 //! - a node's term or config version went backwards;
 //! - real-time order broke: an acknowledged change that completed before
 //!   another was invoked was committed at a later version;
@@ -303,6 +304,11 @@ pub fn check(
         let delivered = delivery.status == qu_core::config::DeliveryStatus::Delivered;
         if delivered && !keys.contains(key.as_str()) {
             violations.push(format!("{key} is committed as delivered but the receiver never accepted it"));
+        }
+        // The receiver refuses only for a while (503s), well within the
+        // deadline: every page must get through in the end.
+        if delivery.status == qu_core::config::DeliveryStatus::Failed {
+            violations.push(format!("{key} was given up ({}): a page lost", delivery.error));
         }
     }
     let mut first_seen: BTreeMap<String, Vec<(u64, u64, u64)>> = BTreeMap::new();
@@ -611,7 +617,7 @@ mod tests {
             transition: transition.into(),
             from,
             to,
-            status: DeliveryStatus::Failed,
+            status: DeliveryStatus::Pending,
             created: qu_core::config::Timestamp::from_system_time(std::time::SystemTime::now()),
             finished: None,
             attempts: 1,
@@ -641,5 +647,15 @@ mod tests {
         assert_eq!(in_time.verdicts_timed, 1);
         let late = run(Duration::from_millis(150)).unwrap_err();
         assert!(late.iter().any(|v| v.contains("but down was committed after")), "{late:?}");
+    }
+
+    #[test]
+    fn a_page_given_up_fails_the_run() {
+        let mut copy = fixture();
+        let Some(delivery) = copy.deliveries.values_mut().next() else { panic!("the fixture has a delivery") };
+        delivery.status = qu_core::config::DeliveryStatus::Failed;
+        delivery.error = "not delivered before the deadline".into();
+        let violations = check(&History::new(), &[copy], &[], BOUNDS).unwrap_err();
+        assert!(violations.iter().any(|v| v.contains("a page lost")), "{violations:?}");
     }
 }

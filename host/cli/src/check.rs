@@ -48,7 +48,7 @@ pub enum CheckCommand {
         /// URL (http), HOST:PORT (tcp) or host (icmp).
         target: String,
         #[command(flatten)]
-        flags: CheckFlags,
+        flags: ProbeFlags,
     },
     /// Start probing a disabled check again.
     Enable { check: String },
@@ -64,42 +64,51 @@ pub enum CheckCommand {
     },
 }
 
-/// Flags shared by `add` and `edit`.
+/// How a probe runs: flags of `add`, `edit` and `run`. The defaults named
+/// are what a new check (or a run) gets; `edit` changes only what it is
+/// given.
 #[derive(Args, Default)]
-pub struct CheckFlags {
-    /// Expected HTTP status: a code (200), a class (2xx) or ranges (200-299,301) [default: 2xx].
+pub struct ProbeFlags {
+    /// Expected HTTP status: a code (200), a class (2xx) or ranges (200-299,301); a new check expects 2xx.
     #[arg(long)]
     expect: Option<String>,
-    /// Text the HTTP body must contain (first 1 MiB).
+    /// Text the HTTP body must contain (within its first 1 MiB); not with --method HEAD.
     #[arg(long)]
     body_match: Option<String>,
-    /// HTTP method [default: GET].
+    /// HTTP method: GET, HEAD, POST, PUT, DELETE, OPTIONS or PATCH; a new check uses GET.
     #[arg(long)]
     method: Option<String>,
     /// Skip TLS certificate verification for HTTPS.
     #[arg(long)]
     insecure: bool,
-    /// Redirects to follow [default: 5].
+    /// Redirects to follow (0-20); a new check follows 5.
     #[arg(long)]
     max_redirects: Option<u32>,
-    /// Time between probes [default: 30s].
-    #[arg(long, value_parser = humantime::parse_duration)]
-    interval: Option<Duration>,
-    /// Time a probe may take, below the interval [default: 10s, or half the interval if that is shorter].
+    /// Time a probe may take, below the interval; a new check gets 10s, or half its interval if that is shorter.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
-    /// Alerts to notify (names or ids, comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    alerts: Option<Vec<String>>,
-    /// Default alerts not to notify for this check (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    suppress: Option<Vec<String>>,
     /// Type setting KEY=VALUE (repeatable); an empty VALUE removes it on edit.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
 }
 
-impl CheckFlags {
+/// Flags of `add` and `edit`: the probe's, its schedule and its alerts.
+#[derive(Args, Default)]
+pub struct CheckFlags {
+    #[command(flatten)]
+    probe: ProbeFlags,
+    /// Time between probes; a new check gets 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+    /// Alerts to notify (names or ids, comma-separated; '' clears the list on edit).
+    #[arg(long, value_delimiter = ',')]
+    alerts: Option<Vec<String>>,
+    /// Default alerts not to notify for this check (comma-separated; '' clears the list on edit).
+    #[arg(long, value_delimiter = ',')]
+    suppress: Option<Vec<String>>,
+}
+
+impl ProbeFlags {
     fn settings(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let mut settings = BTreeMap::new();
         for pair in &self.set {
@@ -135,8 +144,8 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
                 kind,
                 target,
                 interval,
-                timeout: flags.timeout.unwrap_or_else(|| (interval / 2).min(Duration::from_secs(10))),
-                settings: flags.settings()?,
+                timeout: flags.probe.timeout.unwrap_or_else(|| (interval / 2).min(Duration::from_secs(10))),
+                settings: flags.probe.settings()?,
                 alert_ids: flags.alerts.clone().unwrap_or_default(),
                 suppress_alert_ids: flags.suppress.clone().unwrap_or_default(),
                 disabled: false,
@@ -147,8 +156,8 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
             let changes = CheckChanges {
                 target,
                 interval: flags.interval,
-                timeout: flags.timeout,
-                settings: flags.settings()?,
+                timeout: flags.probe.timeout,
+                settings: flags.probe.settings()?,
                 alert_ids: flags.alerts.clone(),
                 suppress_alert_ids: flags.suppress.clone(),
             };
@@ -178,7 +187,7 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
     }
 }
 
-fn run_once(kind: &str, target: &str, flags: &CheckFlags) -> anyhow::Result<()> {
+fn run_once(kind: &str, target: &str, flags: &ProbeFlags) -> anyhow::Result<()> {
     let spec = match qu_core::config::NativeSpec::parse(kind, target, &flags.settings()?) {
         Ok(Some(spec)) => spec,
         Ok(None) => bail!("`{kind}` is not a native check type (http, tcp, icmp)"),

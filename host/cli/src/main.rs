@@ -118,8 +118,18 @@ enum ClusterCommand {
 
 #[derive(Subcommand)]
 enum SettingsCommand {
-    /// Set KEY (heartbeat, dead_after, master_cooldown, hysteresis) to VALUE.
-    Set { key: String, value: String },
+    /// Set a cluster setting to VALUE (every node applies it; see docs/configuration.md).
+    Set {
+        #[arg(help = settable_keys_help())]
+        key: String,
+        /// The new value: a duration (1s, 2m), a whole number, or true/false, as KEY takes.
+        value: String,
+    },
+}
+
+/// The help of `qu cluster settings set KEY`: every key the daemon takes.
+fn settable_keys_help() -> String {
+    format!("One of: {}", qu_core::config::SETTING_KEYS.join(", "))
 }
 
 #[derive(Args)]

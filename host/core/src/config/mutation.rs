@@ -372,6 +372,12 @@ fn edit_check(
     if let Some(suppress) = suppress {
         edited.suppress_alert_ids = suppress;
     }
+    if *edited == *current.checks[index] {
+        return Err(format!(
+            "nothing to change: check `{}` already is as the edit says (give the flags to change)",
+            edited.name
+        ));
+    }
     Ok(())
 }
 fn remove_check(current: &ClusterConfig, next: &mut ClusterConfig, check: &str) -> Result<(), String> {
@@ -566,9 +572,12 @@ fn check_index(config: &ClusterConfig, id_or_name: &str) -> Result<usize, String
         .ok_or_else(|| format!("no check has the name or id `{id_or_name}` (see `qu check list`)"))
 }
 
-/// Alert references (ids or names) as ids.
+/// Alert references (names or ids) as ids. Empty ones are skipped, so an empty list
+/// (`--alerts ''`) clears a check's list.
 fn resolve_alerts(config: &ClusterConfig, refs: &[String]) -> Result<Vec<String>, String> {
     refs.iter()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
         .map(|r| {
             config
                 .alerts
@@ -790,6 +799,46 @@ mod tests {
         assert!(
             Mutation::RemoveCheck { check: "web".into() }.apply(&gone, &stamp(6)).unwrap_err().contains("no check")
         );
+    }
+
+    #[test]
+    fn an_edit_clears_alert_lists_with_an_empty_list_and_one_that_changes_nothing_is_refused() {
+        let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
+        let alert = Alert {
+            id: "a-pager".into(),
+            name: "pager".into(),
+            kind: "webhook".into(),
+            config: [("url".to_string(), "https://hooks.example/x".to_string())].into(),
+            default: false,
+            disabled: false,
+            subject_template: None,
+            body_template: None,
+        };
+        let with_alert = Mutation::AddAlert { alert: Box::new(alert) }.apply(&base, &stamp(2)).unwrap();
+        let mut web = check("web");
+        web.alert_ids = vec!["pager".into()];
+        web.suppress_alert_ids = vec!["pager".into()];
+        let one = Mutation::AddCheck { check: Box::new(web) }.apply(&with_alert, &stamp(3)).unwrap();
+        assert_eq!(one.checks[0].alert_ids, vec!["a-pager".to_string()]);
+        let edit = |c: &ClusterConfig, changes: CheckChanges, v| {
+            Mutation::EditCheck { check: "web".into(), changes: Box::new(changes) }.apply(c, &stamp(v))
+        };
+        // `--alerts ''` arrives as one empty name: the list is cleared.
+        let cleared = edit(
+            &one,
+            CheckChanges {
+                alert_ids: Some(vec![String::new()]),
+                suppress_alert_ids: Some(vec![" ".into()]),
+                ..Default::default()
+            },
+            4,
+        )
+        .unwrap();
+        assert!(cleared.checks[0].alert_ids.is_empty() && cleared.checks[0].suppress_alert_ids.is_empty());
+        // No flags, or flags that leave it as it is: refused, nothing committed.
+        assert!(edit(&cleared, CheckChanges::default(), 5).unwrap_err().contains("nothing to change"));
+        let same = CheckChanges { interval: Some(Duration::from_secs(30)), ..Default::default() };
+        assert!(edit(&cleared, same, 5).unwrap_err().contains("nothing to change"));
     }
 
     /// Several checks change in one commit (an outage): each transition
