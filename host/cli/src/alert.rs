@@ -24,6 +24,7 @@ pub enum AlertCommand {
     },
     /// List the alerts, with their last delivery and pending ones (secrets masked).
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -35,20 +36,33 @@ pub enum AlertCommand {
         flags: AlertFlags,
     },
     /// Remove an alert (checks stop referring to it).
-    Remove { alert: String },
+    Remove {
+        /// The alert's name or id.
+        alert: String,
+    },
     /// Deliver again through a disabled alert.
-    Enable { alert: String },
+    Enable {
+        /// The alert's name or id.
+        alert: String,
+    },
     /// Stop delivering through an alert (its settings are kept).
-    Disable { alert: String },
+    Disable {
+        /// The alert's name or id.
+        alert: String,
+    },
     /// Make an alert a default one (every check gets it unless it suppresses it), or not.
     Default {
+        /// The alert's name or id.
         alert: String,
+        /// on: every check gets it unless it suppresses it; off: only checks that name it.
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
     /// Send a clearly marked test event through the alert's sink from this node (no quorum needed).
     Test {
+        /// The alert's name or id.
         alert: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -99,11 +113,13 @@ pub struct AlertFlags {
     /// Subject template (minijinja), e.g. '{{ verb }}: {{ check.name }}'; empty resets to the default.
     #[arg(long, conflicts_with = "subject_file")]
     subject: Option<String>,
+    /// Read the subject template from FILE.
     #[arg(long, value_name = "FILE")]
     subject_file: Option<PathBuf>,
     /// Body template (minijinja); empty resets to the default.
     #[arg(long, conflicts_with = "body_file")]
     body: Option<String>,
+    /// Read the body template from FILE.
     #[arg(long, value_name = "FILE")]
     body_file: Option<PathBuf>,
 }

@@ -26,6 +26,7 @@ pub enum CheckCommand {
     },
     /// List the checks and their committed states.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -40,7 +41,10 @@ pub enum CheckCommand {
         flags: CheckFlags,
     },
     /// Remove a check.
-    Remove { check: String },
+    Remove {
+        /// The check's name or id.
+        check: String,
+    },
     /// Probe a target once from this machine, without a daemon (exit 0 when up).
     Run {
         /// Check type: http, tcp or icmp.
@@ -51,14 +55,23 @@ pub enum CheckCommand {
         flags: ProbeFlags,
     },
     /// Start probing a disabled check again.
-    Enable { check: String },
+    Enable {
+        /// The check's name or id.
+        check: String,
+    },
     /// Stop probing a check (its state is kept).
-    Disable { check: String },
+    Disable {
+        /// The check's name or id.
+        check: String,
+    },
     /// Send a synthetic transition of a real check through every effective alert (its state is unchanged).
     Test {
+        /// The check's name or id.
         check: String,
+        /// The transition to send: down, up, or recovered (an up after a down).
         #[arg(long, default_value = "down", value_parser = ["down", "up", "recovered"])]
         state: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

@@ -51,6 +51,7 @@ enum Command {
     },
     /// Print the version of this binary.
     Version {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -77,6 +78,7 @@ enum Command {
 enum NodeCommand {
     /// List the members with their liveness as this node sees it.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -94,12 +96,15 @@ enum NodeCommand {
         /// Add only if the node presents exactly this key (sha256:HEX).
         #[arg(long)]
         fingerprint: Option<String>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Remove a member; every node drops its trust and its connections.
     Remove {
+        /// The member's node id (see `qu node list`).
         node_id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -111,6 +116,7 @@ enum ClusterCommand {
     Settings {
         #[command(subcommand)]
         set: Option<SettingsCommand>,
+        /// Print JSON instead of text.
         #[arg(long, global = true)]
         json: bool,
     },
@@ -429,4 +435,36 @@ pub(crate) fn init_logging() {
 
 pub(crate) fn data_dir_display(path: &std::path::Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command, subcommand, argument and flag says what it is for:
+    /// `--help` never shows a bare name.
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none_or(|a| a.to_string().trim().is_empty()) {
+                    missing.push(format!("{name} (the command)"));
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "qu", &mut missing);
+        assert!(missing.is_empty(), "no help for:\n{}", missing.join("\n"));
+    }
 }

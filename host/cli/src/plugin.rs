@@ -34,14 +34,20 @@ pub enum PluginCommand {
     },
     /// List the built-in and added plugins with their state on this node.
     List {
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
     /// Remove an added plugin (refused while a check or alert uses it).
-    Remove { name: String },
+    Remove {
+        /// The plugin's name.
+        name: String,
+    },
     /// Show what a component is: kind, WIT version, settings, requested capabilities.
     Inspect {
+        /// The component file (.wasm).
         file: PathBuf,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -49,6 +55,7 @@ pub enum PluginCommand {
     Run {
         /// A component file, or the name of a built-in or added plugin.
         plugin: String,
+        /// What the check probes, as `qu check add` takes it (a host, a URL, ...).
         #[arg(long)]
         target: String,
         /// A setting of the check (repeatable): KEY=VALUE.
@@ -57,8 +64,10 @@ pub enum PluginCommand {
         /// A destination the plugin may reach besides the target (repeatable).
         #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
         allow_host: Vec<String>,
+        /// Wall-time cap of the call.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },

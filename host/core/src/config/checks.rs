@@ -203,7 +203,8 @@ mod tests {
         let settings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
             pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
         };
-        let head = NativeSpec::parse("http", "http://127.0.0.1/", &settings(&[("method", "head"), ("body_match", "ok")]));
+        let head =
+            NativeSpec::parse("http", "http://127.0.0.1/", &settings(&[("method", "head"), ("body_match", "ok")]));
         let problems = head.unwrap_err();
         assert!(problems.iter().any(|p| p.contains("HEAD response has no body")), "{problems:?}");
         let get = NativeSpec::parse("http", "http://127.0.0.1/", &settings(&[("body_match", "ok")]));

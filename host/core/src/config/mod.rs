@@ -23,7 +23,9 @@ pub use cluster::{
     Alert, Check, CheckStatus, ClusterConfig, ContentStamp, Delivery, DeliveryStatus, Peer, PluginEntry, PluginKind,
     PluginLimits, Settings,
 };
-pub use mutation::{AlertChanges, CheckChanges, DeliveryResult, Mutation, SETTING_KEYS, Stamp, Transition, merge_settings};
+pub use mutation::{
+    AlertChanges, CheckChanges, DeliveryResult, Mutation, SETTING_KEYS, Stamp, Transition, merge_settings,
+};
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, SECRET_BITS_MIN, secret_bits, secret_problem};
 pub use render::{Renderer, content_hash};
 pub use replay::{Replayed, replay};
