@@ -320,13 +320,7 @@ fn run_settings(set: Option<SettingsCommand>, json: bool) -> anyhow::Result<()> 
                 if json {
                     println!("{}", serde_json::to_string_pretty(&view)?);
                 } else {
-                    println!("heartbeat        {}", view.heartbeat);
-                    println!("dead_after       {}", view.dead_after);
-                    println!("master_cooldown  {}", view.master_cooldown);
-                    println!("hysteresis       {}", view.hysteresis);
-                    println!("announce_first_up  {}", view.announce_first_up);
-                    println!("delivery_deadline  {}", view.delivery_deadline);
-                    println!("plugin_memory_mib  {}", view.plugin_memory_mib);
+                    print!("{}", render::settings_text(&view));
                 }
                 Ok(())
             }

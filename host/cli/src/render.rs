@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use qu_daemon::init::InitReport;
-use qu_daemon::status::{PeerView, StatusView};
+use qu_daemon::status::{PeerView, SettingsView, StatusView};
 
 pub fn init_text(report: &InitReport, dir: &Path) -> String {
     let mut out = String::new();
@@ -104,6 +104,24 @@ fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
 }
 
 /// Left-aligned columns separated by two spaces; the last column unpadded.
+/// `qu cluster settings`: one key and its value a line, the values in one
+/// column.
+pub fn settings_text(view: &SettingsView) -> String {
+    let rows: Vec<Vec<String>> = [
+        ("heartbeat", view.heartbeat.clone()),
+        ("dead_after", view.dead_after.clone()),
+        ("master_cooldown", view.master_cooldown.clone()),
+        ("hysteresis", view.hysteresis.to_string()),
+        ("announce_first_up", view.announce_first_up.to_string()),
+        ("delivery_deadline", view.delivery_deadline.clone()),
+        ("plugin_memory_mib", view.plugin_memory_mib.to_string()),
+    ]
+    .into_iter()
+    .map(|(key, value)| vec![key.to_string(), value])
+    .collect();
+    table(&rows)
+}
+
 pub fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
@@ -123,4 +141,35 @@ pub fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_settings_values_line_up_and_every_settable_key_is_shown() {
+        let view = SettingsView {
+            heartbeat: "1s".into(),
+            dead_after: "5s".into(),
+            master_cooldown: "2m".into(),
+            hysteresis: 2,
+            announce_first_up: true,
+            delivery_deadline: "1h".into(),
+            plugin_memory_mib: 512,
+            config_version: 9,
+        };
+        let text = settings_text(&view);
+        let columns: Vec<usize> = text
+            .lines()
+            .map(|line| {
+                let key_end = line.find(' ').unwrap();
+                key_end + line[key_end..].find(|c: char| c != ' ').unwrap()
+            })
+            .collect();
+        assert!(columns.windows(2).all(|w| w[0] == w[1]), "values start in one column:\n{text}");
+        for key in qu_core::config::SETTING_KEYS {
+            assert!(text.lines().any(|l| l.starts_with(&format!("{key} "))), "{key} missing:\n{text}");
+        }
+    }
 }

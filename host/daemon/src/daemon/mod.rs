@@ -376,13 +376,17 @@ impl Daemon {
             plugins,
             delivery: delivery::Delivery::new(rand::random()),
         };
+        // Two terms: the one the loaded version was committed in, and the
+        // node's own (its vote's), which may be later.
         tracing::info!(
             term = daemon.core.term(),
             version = daemon.cluster.version,
+            committed_in = daemon.cluster.term,
             members = daemon.cluster.peers.len(),
-            "config version {} loaded (term {})",
+            "config version {} (committed in term {}) loaded; this node is at term {}",
             daemon.cluster.version,
-            daemon.cluster.term
+            daemon.cluster.term,
+            daemon.core.term()
         );
         if !daemon.core.is_member() {
             tracing::warn!(
