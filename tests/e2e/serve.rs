@@ -135,6 +135,46 @@ fn serve_refuses_invalid_yaml_and_mismatched_keys() {
     assert!(log.contains("does not belong to the certificate"), "{log}");
 }
 
+/// A node that has run has its own copy of what it last persisted: a hand
+/// edit that leaves cluster.yaml unreadable (a typo) no longer keeps it
+/// down at the next start. It runs on its copy and says so, leaves the
+/// file as it is, and sets it aside when a newer version is written, as
+/// it does with a bad edit while running. (On a first start there is no
+/// copy, and the tests above show the refusal.)
+#[test]
+fn a_typo_in_cluster_yaml_made_while_stopped_keeps_the_node_serving_its_last_good_config() {
+    let mut node = Node::new("typo");
+    node.init(free_port(), &[]);
+    node.serve();
+    node.qu_ok(&["check", "add", "tcp", "db", "127.0.0.1:9", "--interval", "60s"]);
+    assert!(node.terminate().success());
+    let path = node.file("cluster.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let broken = text.replace("checks:\n", "checks:\n  - nmae: typo\n");
+    assert_ne!(broken, text, "the edit went in");
+    std::fs::write(&path, &broken).unwrap();
+
+    node.serve();
+    let log = node.log_text();
+    assert!(log.contains("cluster.yaml does not parse or validate") && log.contains("last persisted copy"), "{log}");
+    let checks = node.qu_ok(&["check", "list"]);
+    assert!(checks.contains("db"), "the last good config is served: {checks}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), broken, "the file is left as the operator left it");
+
+    // A newer version sets the edit aside and writes the file again.
+    node.qu_ok(&["check", "add", "tcp", "cache", "127.0.0.1:10", "--interval", "60s"]);
+    let set_aside: Vec<_> = std::fs::read_dir(node.dir.clone())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cluster.yaml.unreplicated-"))
+        .collect();
+    assert_eq!(set_aside.len(), 1, "the unreadable edit is kept beside the file");
+    assert_eq!(std::fs::read_to_string(set_aside[0].path()).unwrap(), broken);
+    let now = std::fs::read_to_string(&path).unwrap();
+    let parsed = qu_core::config::ClusterConfig::parse(&now).expect("cluster.yaml parses again");
+    assert!(parsed.checks.iter().any(|c| c.name == "cache") && parsed.checks.iter().any(|c| c.name == "db"));
+}
+
 #[test]
 fn serve_refuses_a_port_in_use() {
     let mut node = Node::new("busy");

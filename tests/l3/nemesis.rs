@@ -47,8 +47,9 @@ pub enum Fault {
     CrashPoint,
     /// A node stopped, one of its files damaged, started again: a torn log
     /// tail, a left temp file and a `version: 0` restore it must start on;
-    /// a cut cluster.yaml, an unknown field and a zeroed state.yaml it
-    /// must refuse, naming the file, until the file is restored.
+    /// on a cut cluster.yaml or an unknown field in it, it must run on its
+    /// own copy and say so; a zeroed state.yaml it must refuse, naming the
+    /// file, until the file is restored.
     CorruptFile,
 }
 
@@ -285,11 +286,15 @@ fn act(world: &mut World, fault: Fault, pick: Option<usize>, rng: &mut rand::rng
 
 /// The kinds of damage [`corrupt`] does.
 const DAMAGES: usize = 6;
+/// What [`corrupt`] expects of a node whose cluster.yaml does not parse:
+/// it runs on its own last copy, and says so.
+const ON_COPY: &str = "(runs on its copy)";
 
 /// Stops node `i`, damages one of its files, and starts it: it must start
-/// on damage a crash can leave, and refuse, naming the file, damage it
-/// cannot tell from a wrong file; then the file is restored from the copy
-/// taken before (the operator's backup) and it starts.
+/// on damage a crash can leave; run on its own copy, saying so, when
+/// cluster.yaml does not parse (a hand edit's typo); and refuse, naming
+/// the file, a damaged state.yaml (guessing could vote twice), which is
+/// then restored from the copy taken before (the operator's backup).
 fn corrupt(world: &mut World, i: usize, damage: usize) {
     world.kill(i);
     let dir = world.nodes[i].dir.clone();
@@ -326,14 +331,14 @@ fn corrupt(world: &mut World, i: usize, damage: usize) {
                 at -= 1;
             }
             std::fs::write(&cluster, &backup[..at]).unwrap();
-            ("cluster.yaml cut in the middle of a line", cluster, backup, Some("cluster.yaml"))
+            ("cluster.yaml cut in the middle of a line", cluster, backup, Some(ON_COPY))
         }
         4 => {
             let backup = read(&cluster);
             let mut edited = backup.clone();
             edited.extend_from_slice(b"colour: blue\n");
             std::fs::write(&cluster, edited).unwrap();
-            ("an unknown field in cluster.yaml", cluster, backup, Some("unknown field `colour`"))
+            ("an unknown field in cluster.yaml", cluster, backup, Some(ON_COPY))
         }
         _ => {
             let backup = read(&state);
@@ -342,6 +347,15 @@ fn corrupt(world: &mut World, i: usize, damage: usize) {
         }
     };
     world.history.record(Event::Fault(format!("n{i}: {what}")));
+    if refusal == Some(ON_COPY) {
+        // It runs on its own copy and says why; the file stays until a
+        // newer version sets it aside (the workload commits every second).
+        world.restart(i);
+        if !world.nodes[i].log_text().contains("cluster.yaml does not parse or validate") {
+            world.history.record(Event::Violation(format!("n{i} started on {what} without saying so")));
+        }
+        return;
+    }
     let Some(refusal) = refusal else {
         world.restart(i);
         if path.file_name().is_some_and(|n| n.to_string_lossy().contains(".tmp-")) && path.exists() {

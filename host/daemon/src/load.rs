@@ -30,6 +30,9 @@ pub struct LoadedNode {
 pub struct StartTexts {
     pub file: String,
     pub copy: Option<String>,
+    /// Why cluster.yaml did not parse or validate, when the node runs on
+    /// its copy instead.
+    pub unreadable: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +66,17 @@ impl LoadedNode {
         let identity = load_identity(data)?;
         let cluster_path = data.cluster_yaml();
         let file_text = read(&cluster_path)?;
-        let file = ClusterConfig::parse(&file_text)?;
+        let parsed = ClusterConfig::parse(&file_text);
+        if let Err(error) = parsed {
+            // With a copy of its own the node runs on that (what the rules
+            // decide, below); without one, this is the error to show, even
+            // if the copy is broken too.
+            if !data.last_cluster_yaml().exists() {
+                return Err(error.into());
+            }
+            return Self::load_with_unreadable_file(data, node, identity, file_text, error.to_string());
+        }
+        let file = parsed?;
         keep_copy_if_upgrading(data)?;
         let durable = load_durable(data)?;
         let (copy_text, last) = load_last(data)?.unzip();
@@ -107,7 +120,34 @@ impl LoadedNode {
                 ClusterConfig { term: file.term.min(durable.term), content: None, ..file }
             }
         };
-        let texts = StartTexts { file: file_text, copy: copy_text };
+        let texts = StartTexts { file: file_text, copy: copy_text, unreadable: None };
+        let loaded = Self { data: data.clone(), node, identity, cluster, durable, start, texts };
+        loaded.cross_check()?;
+        loaded.warn_about_loose_modes();
+        Ok(loaded)
+    }
+
+    /// cluster.yaml does not parse or validate (a typo in a hand edit) and
+    /// the node has its own copy: what the rules decide
+    /// (`edits::at_start_unreadable`) — run on the copy, with its log
+    /// replayed, and leave the file for the live rules.
+    fn load_with_unreadable_file(
+        data: &DataDir,
+        node: NodeConfig,
+        identity: TlsIdentity,
+        file_text: String,
+        error: String,
+    ) -> Result<Self, LoadError> {
+        keep_copy_if_upgrading(data)?;
+        let durable = load_durable(data)?;
+        let Some((copy_text, last)) = load_last(data)? else {
+            return Err(LoadError::Invalid { path: data.cluster_yaml().display().to_string(), reason: error });
+        };
+        let Some(start) = edits::at_start_unreadable(true) else {
+            return Err(LoadError::Invalid { path: data.cluster_yaml().display().to_string(), reason: error });
+        };
+        let (cluster, _) = replay_log(data, last)?;
+        let texts = StartTexts { file: file_text, copy: Some(copy_text), unreadable: Some(error) };
         let loaded = Self { data: data.clone(), node, identity, cluster, durable, start, texts };
         loaded.cross_check()?;
         loaded.warn_about_loose_modes();

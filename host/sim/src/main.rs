@@ -101,12 +101,13 @@ fn main() -> ExitCode {
         );
         let o = &operator;
         println!(
-            "  operators: {} live and {} stopped edits ({} stale, {} bumped versions, {} edited terms), {} restores with version 0, {} whole-cluster restores, {} timer changes; {} edits committed, {} set aside, {} refused by the master, {} kept over runtime-only commits; {} proposals with an unknown outcome, {} failed definitely",
+            "  operators: {} live and {} stopped edits ({} stale, {} bumped versions, {} edited terms, {} unreadable), {} restores with version 0, {} whole-cluster restores, {} timer changes; {} edits committed, {} set aside, {} refused by the master, {} kept over runtime-only commits; {} proposals with an unknown outcome, {} failed definitely",
             o.live_edits,
             o.stopped_edits,
             o.stale_edits,
             o.bumped_versions,
             o.edited_terms,
+            o.unreadable_edits,
             o.restores,
             o.whole_restores,
             o.timing_changes,

@@ -36,6 +36,9 @@ pub(crate) struct FileEdit {
     pub content: Arc<str>,
     /// The edit's mutation name; empty when only the stamp was changed.
     pub edit: String,
+    /// The operator left a typo: the file does not parse. Never proposed;
+    /// a node starts on its own copy, and a newer version sets it aside.
+    pub unreadable: bool,
 }
 
 /// What the operators did over a run.
@@ -46,6 +49,8 @@ pub struct OperatorStats {
     pub stale_edits: u64,
     pub bumped_versions: u64,
     pub edited_terms: u64,
+    /// Edits that left the file unreadable (a typo).
+    pub unreadable_edits: u64,
     pub restores: u64,
     /// Whole-cluster restores: every node from the same backup.
     pub whole_restores: u64,
@@ -71,6 +76,7 @@ impl OperatorStats {
         self.stale_edits += other.stale_edits;
         self.bumped_versions += other.bumped_versions;
         self.edited_terms += other.edited_terms;
+        self.unreadable_edits += other.unreadable_edits;
         self.restores += other.restores;
         self.whole_restores += other.whole_restores;
         self.timing_changes += other.timing_changes;
@@ -103,26 +109,31 @@ impl Sim {
         // The file shows the version of what operators own (runtime state
         // committed since leaves it, and an edit of it, as it was).
         let version = content::content_id(disk.id, &disk.content).version;
-        let edit = match self.rng.below(4) {
+        let edit = match self.rng.below(5) {
             // Fresh: the file as the node wrote it, plus the edit.
-            0 => FileEdit { version, content: disk.content.clone(), edit: name },
+            0 => FileEdit { version, content: disk.content.clone(), edit: name, unreadable: false },
             // Stale: a copy the node held before (an editor open meanwhile);
             // only runtime state may have changed since, and then it is not.
             1 => {
                 let Some(old) = self.older_copy(i, &disk) else { return };
                 self.stats.operator.stale_edits += 1;
                 let version = content::content_id(old.id, &old.content).version;
-                FileEdit { version, content: old.content, edit: name }
+                FileEdit { version, content: old.content, edit: name, unreadable: false }
             }
             // The version bumped by hand.
             2 => {
                 self.stats.operator.bumped_versions += 1;
-                FileEdit { version: version + 50, content: disk.content.clone(), edit: name }
+                FileEdit { version: version + 50, content: disk.content.clone(), edit: name, unreadable: false }
             }
             // Only the term edited.
-            _ => {
+            3 => {
                 self.stats.operator.edited_terms += 1;
-                FileEdit { version, content: disk.content.clone(), edit: String::new() }
+                FileEdit { version, content: disk.content.clone(), edit: String::new(), unreadable: false }
+            }
+            // An edit with a typo: the file does not parse.
+            _ => {
+                self.stats.operator.unreadable_edits += 1;
+                FileEdit { version, content: disk.content.clone(), edit: name, unreadable: true }
             }
         };
         if running {
@@ -186,7 +197,8 @@ impl Sim {
         }
         let backup = backups[self.rng.below(backups.len() as u64) as usize].clone();
         self.stats.operator.restores += 1;
-        self.nodes[i].file = Some(FileEdit { version: 0, content: backup.content, edit: String::new() });
+        self.nodes[i].file =
+            Some(FileEdit { version: 0, content: backup.content, edit: String::new(), unreadable: false });
     }
 
     /// Every node is lost and rebuilt from the same backup — its
@@ -256,6 +268,14 @@ impl Sim {
     /// At a restart: what the daemon's start does with the file.
     pub(crate) fn file_at_start(&mut self, i: usize) -> Result<(), Violation> {
         let Some(file) = self.nodes[i].file.clone() else { return Ok(()) };
+        if file.unreadable {
+            // The node has its own copy: it runs on that, and the file is
+            // left for the live rules (the daemon's load does the same).
+            return match edits::at_start_unreadable(true) {
+                Some(StartDecision::Unreadable) => Ok(()),
+                other => Err(self.violation(format!("node {i}: an unreadable file at start gave {other:?}"))),
+            };
+        }
         let disk = self.nodes[i].disk_config.clone();
         let copy = |version| Copy { version, members: disk.members.clone() };
         let facts = AtStart {
@@ -289,6 +309,7 @@ impl Sim {
                 self.stats.operator.set_aside += 1;
                 self.nodes[i].file = None;
             }
+            StartDecision::Unreadable => unreachable!("a file that parses is never unreadable"),
         }
         Ok(())
     }
@@ -300,6 +321,9 @@ impl Sim {
         }
         self.nodes[i].next_poll = self.now + POLL_MS;
         let Some(file) = self.nodes[i].file.clone() else { return Ok(()) };
+        if file.unreadable {
+            return Ok(()); // ignored with a warning, as the daemon's poll does
+        }
         let Some(core) = self.nodes[i].core.as_ref() else { return Ok(()) };
         let current = core.config().clone();
         if file.edit.is_empty() && content::operator_part(&file.content) == content::operator_part(&current.content) {

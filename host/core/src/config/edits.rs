@@ -74,6 +74,11 @@ pub enum StartDecision {
     /// An edit based on an older version than the node persisted: run on the
     /// last copy, set the file aside, rewrite it.
     Stale { edited: u64, current: u64 },
+    /// The file does not parse or validate (a typo in a hand edit): run on
+    /// the last copy and leave the file as it is, for the live rules (which
+    /// ignore it with a warning, and set it aside when a newer version is
+    /// written).
+    Unreadable,
 }
 
 impl AtStart {
@@ -98,8 +103,17 @@ impl StartDecision {
     /// Whether the file keeps an edit for the live rules to propose or set
     /// aside ([`live`] judges it again), instead of being rewritten now.
     pub fn leaves_edit(self) -> bool {
-        matches!(self, StartDecision::Propose { .. } | StartDecision::Stale { .. })
+        matches!(self, StartDecision::Propose { .. } | StartDecision::Stale { .. } | StartDecision::Unreadable)
     }
+}
+
+/// What start does with a cluster.yaml that does not parse or validate:
+/// with a copy of its own (`has_last`) the node runs on that, as it does
+/// while running ([`StartDecision::Unreadable`]), so a typo never keeps a
+/// node down; with none (a first start, a machine restored from the file
+/// alone) there is nothing else to run on, and start refuses (`None`).
+pub fn at_start_unreadable(has_last: bool) -> Option<StartDecision> {
+    has_last.then_some(StartDecision::Unreadable)
 }
 
 /// Decides what start does with cluster.yaml (see the module rules).
@@ -193,6 +207,15 @@ mod tests {
 
     fn facts(file: Copy, last: Option<Copy>, changed: bool) -> AtStart {
         AtStart { file, last, changed, peers_unchanged_apart_from_removals: true, me: id(1) }
+    }
+
+    #[test]
+    fn an_unreadable_file_runs_on_the_copy_and_is_left_for_the_live_rules() {
+        let decision = at_start_unreadable(true).unwrap();
+        assert_eq!(decision, StartDecision::Unreadable);
+        assert!(decision.leaves_edit() && !decision.runs_on_file());
+        assert_eq!(after_replay(decision, 0, Some(9)), StartDecision::Unreadable, "a log replayed changes nothing");
+        assert_eq!(at_start_unreadable(false), None, "without a copy there is nothing else to run on");
     }
 
     #[test]

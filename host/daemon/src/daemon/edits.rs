@@ -109,6 +109,12 @@ pub(super) fn at_start(
         StartDecision::Stale { edited, current } => tracing::warn!(
             "manual-edit: cluster.yaml was edited while the daemon was stopped, on version {edited}, but this node persisted version {current}: setting it aside"
         ),
+        StartDecision::Unreadable => tracing::warn!(
+            version = cluster.version,
+            "manual-edit: cluster.yaml does not parse or validate ({}); running on this node's last persisted copy (version {}). The file is left as it is: fix it and it is proposed, or it is set aside as cluster.yaml.unreplicated-N when a newer version is written",
+            texts.unreadable.as_deref().unwrap_or("unknown error"),
+            cluster.version
+        ),
     }
     let copy_current = texts.copy.as_deref() == Some(&*content);
     // The file is rewritten only if it says something else (an edit
