@@ -234,7 +234,11 @@ fn alert_test_through_discord_and_email() {
             writer.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
         }
     });
-    node.qu_ok(&["alert", "add", "discord", "chat", "--webhook", &discord]);
+    // Refused as it is: not https, not a Discord host.
+    let refused = node.qu_err(&["alert", "add", "discord", "chat", "--webhook", &discord]);
+    assert!(refused.contains("Discord webhooks are https") && !refused.contains("/token"), "{refused}");
+    // A stand-in for Discord is a relay.
+    node.qu_ok(&["alert", "add", "discord", "chat", "--webhook", &discord, "--set", "relay=true"]);
     let out = node.qu_ok(&["alert", "test", "chat"]);
     assert!(out.starts_with("chat: delivered"), "{out}");
     assert!(

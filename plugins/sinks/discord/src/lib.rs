@@ -19,13 +19,18 @@ impl Sink for Discord {
             .required("webhook", "the channel's webhook URL (https://discord.com/api/webhooks/...)")
             .destination(Destination::Url)
             .optional("username", None, "name the message is posted under")
+            .optional(
+                "relay",
+                Some("false"),
+                "true when `webhook` is a Discord-compatible relay (or a test stand-in), not Discord: any http(s) URL is taken",
+            )
             .optional("timeout", Some("10s"), "request timeout")
     }
 
     fn validate(config: &Config) -> Result<(), Error> {
         let url: String = config.required("webhook")?;
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(Error::config(format!("setting `webhook`: expected a webhook URL, got `{url}`")));
+        if let Some(problem) = webhook_problem(&url, config.get_or("relay", false)?) {
+            return Err(Error::config(format!("setting `webhook`: {problem}")));
         }
         config.get_or("timeout", Duration::from_secs(10))?;
         Ok(())
@@ -85,9 +90,62 @@ fn content(event: &Event) -> String {
     cut
 }
 
+/// The hosts Discord serves webhooks on.
+const DISCORD_HOSTS: [&str; 4] = ["discord.com", "discordapp.com", "ptb.discord.com", "canary.discord.com"];
+
+/// What is wrong with `url` as a Discord webhook, if anything: https on a
+/// Discord host under `/api/webhooks/`, unless `relay` takes any http(s)
+/// URL. The URL is never quoted (its path holds the webhook's token).
+fn webhook_problem(url: &str, relay: bool) -> Option<String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Some("expected a webhook URL (https://discord.com/api/webhooks/...)".into());
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("").split(':').next().unwrap_or("").to_ascii_lowercase();
+    let path = &rest[authority.len()..];
+    if relay {
+        return (!matches!(scheme.as_str(), "http" | "https") || host.is_empty())
+            .then(|| format!("expected an http(s) URL, got a {scheme} one"));
+    }
+    if scheme != "https" {
+        return Some(format!(
+            "Discord webhooks are https, not {scheme} (set relay=true for a Discord-compatible relay)"
+        ));
+    }
+    if !DISCORD_HOSTS.contains(&host.as_str()) {
+        return Some(format!(
+            "{host} is not a Discord host ({}); set relay=true for a Discord-compatible relay",
+            DISCORD_HOSTS.join(", ")
+        ));
+    }
+    (!path.starts_with("/api/webhooks/"))
+        .then(|| format!("a Discord webhook URL is https://{host}/api/webhooks/ID/TOKEN (see the channel's Integrations)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_discord_webhook_urls_are_taken_unless_it_is_a_relay() {
+        assert_eq!(webhook_problem("https://discord.com/api/webhooks/1/secret-token", false), None);
+        assert_eq!(webhook_problem("https://canary.discord.com/api/webhooks/1/t", false), None);
+        let http = webhook_problem("http://example.com/", false).unwrap();
+        assert!(http.contains("https, not http"), "{http}");
+        let other = webhook_problem("https://example.com/api/webhooks/1/t", false).unwrap();
+        assert!(other.contains("example.com is not a Discord host"), "{other}");
+        let path = webhook_problem("https://discord.com/channels/1", false).unwrap();
+        assert!(path.contains("/api/webhooks/ID/TOKEN"), "{path}");
+        assert!(webhook_problem("discord.com/api/webhooks/1/t", false).is_some());
+        // A relay or stand-in: any http(s) URL.
+        assert_eq!(webhook_problem("http://127.0.0.1:8080/api/webhooks/1/t", true), None);
+        assert!(webhook_problem("ftp://relay.example/", true).is_some());
+        // The token never appears in a problem.
+        for url in ["http://example.com/api/webhooks/1/secret-token", "https://discord.com/x/secret-token"] {
+            assert!(!webhook_problem(url, false).unwrap().contains("secret-token"));
+        }
+    }
 
     fn event(subject: &str, body: &str) -> Event {
         Event {
