@@ -169,6 +169,12 @@ fn alert_test_and_check_test_go_through_the_real_sink_without_changing_state() {
     // Real state is untouched and nothing real was announced.
     state_everywhere(&cluster, &[0, 1, 2], "up");
     assert_eq!(receiver.count("RECOVERED"), (0, 0));
+    // The status lists the check's alerts as data, the default ones apart;
+    // the text marks a default alert with `*`.
+    let status = node.status_json();
+    assert_eq!(status["checks"][0]["alerts"], serde_json::json!(["hook"]), "{status}");
+    assert_eq!(status["checks"][0]["default_alerts"], serde_json::json!(["hook"]), "{status}");
+    assert!(node.qu_ok(&["status"]).contains("hook*"));
 
     // A sink that fails says so, verbatim, and the command fails.
     receiver.up.store(false, Ordering::SeqCst);

@@ -84,7 +84,13 @@ pub fn status_text(view: &StatusView) -> String {
     let _ = writeln!(out, "CHECKS");
     let mut checks = vec![row(["ID", "NAME", "TYPE", "STATE", "OK/TOTAL", "ALERTS", "DETAIL"])];
     for check in &view.checks {
-        let alerts = if check.alerts.is_empty() { "-".to_string() } else { check.alerts.join(",") };
+        // Default alerts are marked `*` (in text only: JSON lists them apart).
+        let marked: Vec<String> = check
+            .alerts
+            .iter()
+            .map(|a| if check.default_alerts.contains(a) { format!("{a}*") } else { a.clone() })
+            .collect();
+        let alerts = if marked.is_empty() { "-".to_string() } else { marked.join(",") };
         checks.push(row([
             &check.id,
             &check.name,

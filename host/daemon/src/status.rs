@@ -87,7 +87,13 @@ pub struct CheckView {
     pub ok: u32,
     pub total: u32,
     pub disabled: bool,
+    /// The names of its effective alerts (its own and the defaults it does
+    /// not suppress).
     pub alerts: Vec<String>,
+    /// Which of `alerts` it gets as default alerts (`qu status` marks them
+    /// with `*`).
+    #[serde(default)]
+    pub default_alerts: Vec<String>,
     pub detail: String,
 }
 

@@ -643,10 +643,13 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
 
 /// A check's alerts: its own plus the defaults, minus suppressed and
 /// disabled ones; names, with `*` on defaults.
-fn effective_alerts(cluster: &ClusterConfig, check: &qu_core::config::Check) -> Vec<String> {
+/// The names of `check`'s effective alerts, or of the default ones among
+/// them (`defaults_only`).
+fn effective_alerts(cluster: &ClusterConfig, check: &qu_core::config::Check, defaults_only: bool) -> Vec<String> {
     qu_core::alerting::effective_alerts(cluster, check)
         .into_iter()
-        .map(|a| if a.default { format!("{}*", a.name) } else { a.name.clone() })
+        .filter(|a| a.default || !defaults_only)
+        .map(|a| a.name.clone())
         .collect()
 }
 

@@ -169,7 +169,8 @@ impl Daemon {
                     ok: summary.map(|s| s.ok).unwrap_or(0),
                     total: summary.map(|s| s.total).unwrap_or(0),
                     disabled: c.disabled,
-                    alerts: effective_alerts(&self.cluster, c),
+                    alerts: effective_alerts(&self.cluster, c, false),
+                    default_alerts: effective_alerts(&self.cluster, c, true),
                     detail,
                 }
             })
