@@ -145,6 +145,12 @@ fn check_commands_validate_input_and_change_only_what_they_name() {
     let web = &list[0];
     assert_eq!(web["interval"], "5s", "untouched");
     assert_eq!(web["timeout"], "2s");
+    // Durations come in seconds too, for programs.
+    assert_eq!((web["interval_secs"].as_f64(), web["timeout_secs"].as_f64()), (Some(5.0), Some(2.0)), "{web}");
+    let settings: serde_json::Value = serde_json::from_str(&node.qu_ok(&["cluster", "settings", "--json"])).unwrap();
+    let heartbeat = humantime::parse_duration(settings["heartbeat"].as_str().unwrap()).unwrap();
+    assert_eq!(settings["heartbeat_secs"].as_f64(), Some(heartbeat.as_secs_f64()), "{settings}");
+    assert!(settings["delivery_deadline_secs"].as_f64().is_some_and(|s| s >= 60.0), "{settings}");
     assert_eq!(web["settings"]["expect"], "200-299,301", "untouched");
     assert_eq!(web["settings"]["body_match"], "ok");
     // An alert list is set, and cleared with an empty one.

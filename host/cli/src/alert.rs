@@ -234,7 +234,7 @@ fn list(json: bool) -> anyhow::Result<()> {
         bail!("unexpected answer from the daemon");
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&alerts)?);
+        crate::print_json(&alerts)?;
         return Ok(());
     }
     let mut rows =
@@ -265,7 +265,7 @@ fn list(json: bool) -> anyhow::Result<()> {
 pub fn tested(answer: ControlResponse, json: bool) -> anyhow::Result<()> {
     let ControlResponse::Tested { results } = answer else { return Err(unexpected(answer)) };
     if json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        crate::print_json(&results)?;
     } else {
         for TestResult { alert, ok, error, millis } in &results {
             if *ok {

@@ -223,7 +223,7 @@ fn list(json: bool) -> anyhow::Result<()> {
         bail!("unexpected answer from the daemon");
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        crate::print_json(&checks)?;
         return Ok(());
     }
     let mut rows = vec![["ID", "NAME", "TYPE", "TARGET", "INTERVAL", "STATE", "ENABLED"].map(String::from).to_vec()];

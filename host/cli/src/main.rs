@@ -198,9 +198,9 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Version { json } => {
             // A build with crash points (the fault suite's) says so.
             if json && qu_store::HAS_CRASH_POINTS {
-                println!("{}", serde_json::json!({ "version": qu_daemon::VERSION, "crash_points": true }));
+                print_json(&serde_json::json!({ "version": qu_daemon::VERSION, "crash_points": true }))?;
             } else if json {
-                println!("{}", serde_json::json!({ "version": qu_daemon::VERSION }));
+                print_json(&serde_json::json!({ "version": qu_daemon::VERSION }))?;
             } else if qu_store::HAS_CRASH_POINTS {
                 println!("qu {} (with crash points, for fault testing only)", qu_daemon::VERSION);
             } else {
@@ -235,7 +235,7 @@ fn run_node(command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::List { json } => match call_ok(ControlRequest::NodeList)? {
             ControlResponse::Nodes { peers } => {
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&peers)?);
+                    print_json(&peers)?;
                 } else {
                     print!("{}", render::peers_text(&peers));
                 }
@@ -249,10 +249,9 @@ fn run_node(command: NodeCommand) -> anyhow::Result<()> {
             match call_ok(ControlRequest::NodeRemove { node_id })? {
                 ControlResponse::Committed { term, version, .. } => {
                     if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({ "removed": node_id, "config_version": version, "term": term })
-                        );
+                        print_json(
+                            &serde_json::json!({ "removed": node_id, "config_version": version, "term": term }),
+                        )?;
                     } else {
                         println!("removed node {node_id}; config version {version}");
                     }
@@ -290,7 +289,7 @@ fn node_add(addr: String, yes: bool, fingerprint: Option<String>, json: bool) ->
         ControlResponse::Committed { term, version, node_id } => {
             let node_id = node_id.map(|n| n.to_string()).unwrap_or_default();
             if json {
-                println!("{}", serde_json::json!({ "node_id": node_id, "config_version": version, "term": term }));
+                print_json(&serde_json::json!({ "node_id": node_id, "config_version": version, "term": term }))?;
             } else {
                 println!("added node {node_id}; config version {version}");
             }
@@ -318,7 +317,7 @@ fn run_settings(set: Option<SettingsCommand>, json: bool) -> anyhow::Result<()> 
         None => match call_ok(ControlRequest::Settings)? {
             ControlResponse::Settings(view) => {
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&view)?);
+                    print_json(&view)?;
                 } else {
                     print!("{}", render::settings_text(&view));
                 }
@@ -330,10 +329,9 @@ fn run_settings(set: Option<SettingsCommand>, json: bool) -> anyhow::Result<()> 
             match call_ok(ControlRequest::SettingsSet { key: key.clone(), value: value.clone() })? {
                 ControlResponse::Committed { term, version, .. } => {
                     if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({ "key": key, "value": value, "config_version": version, "term": term })
-                        );
+                        print_json(
+                            &serde_json::json!({ "key": key, "value": value, "config_version": version, "term": term }),
+                        )?;
                     } else {
                         println!("set {key} = {value}; config version {version}");
                     }
@@ -357,7 +355,7 @@ fn run_init(args: InitArgs) -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
     if args.json {
-        println!("{}", render::init_json(&report, paths.data.root()));
+        print_json(&render::init_json(&report, paths.data.root()))?;
     } else {
         print!("{}", render::init_text(&report, paths.data.root()));
     }
@@ -375,7 +373,7 @@ fn run_status(json: bool) -> anyhow::Result<()> {
     match call_ok(ControlRequest::Status)? {
         ControlResponse::Status(view) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&view)?);
+                print_json(&view)?;
             } else {
                 print!("{}", render::status_text(&view));
             }
@@ -396,6 +394,12 @@ pub(crate) fn call(socket: &std::path::Path, request: ControlRequest) -> anyhow:
         .into()),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Prints one JSON document, pretty (every `--json` output has one shape).
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 /// A change that may or may not have been applied (exit code 3).

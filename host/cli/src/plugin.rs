@@ -99,7 +99,7 @@ pub fn run(command: PluginCommand) -> anyhow::Result<()> {
                 bail!("unexpected answer from the daemon");
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&plugins)?);
+                crate::print_json(&plugins)?;
                 return Ok(());
             }
             let mut rows = vec![["NAME", "KIND", "VERSION", "SOURCE", "SHA256", "STATUS"].map(String::from).to_vec()];
@@ -157,7 +157,7 @@ fn inspect(file: &Path, json: bool) -> anyhow::Result<()> {
             "wit_version": plugin.wit_version, "description": info.description, "target": info.target,
             "sha256": plugin.sha256, "size": plugin.size, "settings": fields, "imports": plugin.imports,
         });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::print_json(&doc)?;
         return Ok(());
     }
     println!("name        {}", info.name);
@@ -279,7 +279,7 @@ fn run_once(
             Err(_) => Vec::new(),
         };
         let doc = serde_json::json!({"state": state, "latency_ms": latency, "detail": detail, "metrics": metrics});
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::print_json(&doc)?;
     } else {
         println!("{state}  {latency} ms  {detail}");
     }

@@ -33,7 +33,7 @@ pub fn init_text(report: &InitReport, dir: &Path) -> String {
     out
 }
 
-pub fn init_json(report: &InitReport, dir: &Path) -> String {
+pub fn init_json(report: &InitReport, dir: &Path) -> serde_json::Value {
     serde_json::json!({
         "node_id": report.node_id,
         "fingerprint": report.fingerprint.as_str(),
@@ -43,7 +43,6 @@ pub fn init_json(report: &InitReport, dir: &Path) -> String {
         "port": report.port,
         "cluster_secret": report.generated_secret,
     })
-    .to_string()
 }
 
 /// The PEERS table with its legend (also `qu node list`).
@@ -157,11 +156,15 @@ mod tests {
     fn the_settings_values_line_up_and_every_settable_key_is_shown() {
         let view = SettingsView {
             heartbeat: "1s".into(),
+            heartbeat_secs: 1.0,
             dead_after: "5s".into(),
+            dead_after_secs: 5.0,
             master_cooldown: "2m".into(),
+            master_cooldown_secs: 120.0,
             hysteresis: 2,
             announce_first_up: true,
             delivery_deadline: "1h".into(),
+            delivery_deadline_secs: 3600.0,
             plugin_memory_mib: 512,
             config_version: 9,
         };

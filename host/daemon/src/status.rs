@@ -97,23 +97,35 @@ pub struct CheckView {
     pub detail: String,
 }
 
-/// `qu cluster settings`: durations as text (`1s`, `2m`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `qu cluster settings`: durations as text (`1s`, `2m`), and each also in
+/// seconds (`*_secs`) for programs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SettingsView {
     pub heartbeat: String,
+    #[serde(default)]
+    pub heartbeat_secs: f64,
     pub dead_after: String,
+    #[serde(default)]
+    pub dead_after_secs: f64,
     pub master_cooldown: String,
+    #[serde(default)]
+    pub master_cooldown_secs: f64,
     pub hysteresis: u32,
     pub announce_first_up: bool,
     pub delivery_deadline: String,
+    #[serde(default)]
+    pub delivery_deadline_secs: f64,
     /// Linear memory of all plugin calls on a node together.
     #[serde(default)]
     pub plugin_memory_mib: u32,
     pub config_version: u64,
 }
 
-/// One row of `qu check list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// The seconds are whole milliseconds of a `Duration`, never NaN.
+impl Eq for SettingsView {}
+
+/// One row of `qu check list`: durations as text, and in seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckListItem {
     pub id: String,
     pub name: String,
@@ -121,11 +133,23 @@ pub struct CheckListItem {
     pub kind: String,
     pub target: String,
     pub interval: String,
+    #[serde(default)]
+    pub interval_secs: f64,
     pub timeout: String,
+    #[serde(default)]
+    pub timeout_secs: f64,
     pub settings: std::collections::BTreeMap<String, String>,
     pub alerts: Vec<String>,
     pub suppressed: Vec<String>,
     pub disabled: bool,
     /// The committed state: `up`, `down` or `unknown`.
     pub state: String,
+}
+
+// As for `SettingsView`.
+impl Eq for CheckListItem {}
+
+/// A duration in seconds, to the millisecond, for JSON.
+pub fn seconds(duration: std::time::Duration) -> f64 {
+    duration.as_millis() as f64 / 1000.0
 }

@@ -22,7 +22,9 @@ impl Daemon {
                 kind: c.kind.clone(),
                 target: c.target.clone(),
                 interval: humantime::format_duration(c.interval).to_string(),
+                interval_secs: crate::status::seconds(c.interval),
                 timeout: humantime::format_duration(c.timeout).to_string(),
+                timeout_secs: crate::status::seconds(c.timeout),
                 settings: c.settings.clone(),
                 alerts: names(&c.alert_ids),
                 suppressed: names(&c.suppress_alert_ids),
@@ -36,11 +38,15 @@ impl Daemon {
         let s = &self.cluster.settings;
         SettingsView {
             heartbeat: humantime::format_duration(s.heartbeat).to_string(),
+            heartbeat_secs: crate::status::seconds(s.heartbeat),
             dead_after: humantime::format_duration(s.dead_after).to_string(),
+            dead_after_secs: crate::status::seconds(s.dead_after),
             master_cooldown: humantime::format_duration(s.master_cooldown).to_string(),
+            master_cooldown_secs: crate::status::seconds(s.master_cooldown),
             hysteresis: s.hysteresis,
             announce_first_up: s.announce_first_up,
             delivery_deadline: humantime::format_duration(s.delivery_deadline).to_string(),
+            delivery_deadline_secs: crate::status::seconds(s.delivery_deadline),
             plugin_memory_mib: s.plugin_memory_mib,
             config_version: self.cluster.version,
         }
