@@ -175,6 +175,34 @@ fn a_typo_in_cluster_yaml_made_while_stopped_keeps_the_node_serving_its_last_goo
     assert!(parsed.checks.iter().any(|c| c.name == "cache") && parsed.checks.iter().any(|c| c.name == "db"));
 }
 
+/// Under systemd, stderr is the journal, which stamps every line: the
+/// daemon then leaves its own timestamp out (each line once, not twice).
+/// Elsewhere (a terminal, a file) lines keep theirs.
+#[test]
+fn log_lines_carry_no_second_timestamp_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let mut node = Node::new("journal");
+    node.init(free_port(), &[]);
+    std::fs::write(&node.log, "").unwrap();
+    let meta = std::fs::metadata(&node.log).unwrap();
+    node.env("JOURNAL_STREAM", &format!("{}:{}", meta.dev(), meta.ino()));
+    node.serve();
+    assert!(node.terminate().success());
+    let log = node.log_text();
+    let started = log.lines().find(|l| l.contains("qu daemon starting")).unwrap_or_else(|| panic!("{log}"));
+    assert!(started.trim_start().starts_with("INFO"), "no timestamp of its own: {started}");
+
+    // Another file than the one JOURNAL_STREAM names: timestamps stay.
+    let mut plain = Node::new("plain");
+    plain.init(free_port(), &[]);
+    plain.env("JOURNAL_STREAM", "1:1");
+    plain.serve();
+    assert!(plain.terminate().success());
+    let log = plain.log_text();
+    let started = log.lines().find(|l| l.contains("qu daemon starting")).unwrap_or_else(|| panic!("{log}"));
+    assert!(started.starts_with("20"), "a timestamp first: {started}");
+}
+
 #[test]
 fn serve_refuses_a_port_in_use() {
     let mut node = Node::new("busy");

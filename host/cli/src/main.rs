@@ -417,18 +417,29 @@ impl std::error::Error for OutcomeUnknown {}
 /// Exit code of a change whose outcome is unknown (CLI.md, Operating).
 const EXIT_UNKNOWN: u8 = 3;
 
-/// Logs to stderr for journald: `RUST_LOG` filters (default `info`); no
-/// colours unless stderr is a terminal.
+/// Logs to stderr: `RUST_LOG` filters (default `info`); no colours unless
+/// stderr is a terminal; no timestamp when stderr is the journal (systemd
+/// sets `JOURNAL_STREAM`), which stamps every line itself.
 pub(crate) fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if stderr_is_the_journal() { logs.without_time().init() } else { logs.init() }
+}
+
+/// Whether stderr is the stream systemd connected to the journal: its
+/// `JOURNAL_STREAM` (`DEVICE:INODE`) names this very file.
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
 
 pub(crate) fn data_dir_display(path: &std::path::Path) -> PathBuf {
