@@ -201,6 +201,19 @@ fn log_lines_carry_no_second_timestamp_when_stderr_is_the_journal() {
     let log = plain.log_text();
     let started = log.lines().find(|l| l.contains("qu daemon starting")).unwrap_or_else(|| panic!("{log}"));
     assert!(started.starts_with("20"), "a timestamp first: {started}");
+
+    // QUPTIME_LOG_FORMAT=json: every line one JSON object.
+    let mut json = Node::new("json");
+    json.init(free_port(), &[]);
+    json.env("QUPTIME_LOG_FORMAT", "json");
+    json.serve();
+    assert!(json.terminate().success());
+    let log = json.log_text();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let started = lines.iter().find(|l| l["fields"]["message"] == "qu daemon starting").expect("the start line");
+    assert_eq!(started["level"], "INFO");
+    assert!(started["timestamp"].as_str().is_some_and(|t| t.starts_with("20")), "{started}");
 }
 
 #[test]

@@ -419,7 +419,9 @@ const EXIT_UNKNOWN: u8 = 3;
 
 /// Logs to stderr: `RUST_LOG` filters (default `info`); no colours unless
 /// stderr is a terminal; no timestamp when stderr is the journal (systemd
-/// sets `JOURNAL_STREAM`), which stamps every line itself.
+/// sets `JOURNAL_STREAM`), which stamps every line itself. With
+/// `QUPTIME_LOG_FORMAT=json`, one JSON object a line instead (timestamp,
+/// level, fields), for log shippers.
 pub(crate) fn init_logging() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -429,7 +431,15 @@ pub(crate) fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
-    if stderr_is_the_journal() { logs.without_time().init() } else { logs.init() }
+    match std::env::var("QUPTIME_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().with_ansi(false).init(),
+        Ok(other) if other != "text" => {
+            logs.init();
+            tracing::warn!("QUPTIME_LOG_FORMAT={other} is neither text nor json; logging text");
+        }
+        _ if stderr_is_the_journal() => logs.without_time().init(),
+        _ => logs.init(),
+    }
 }
 
 /// Whether stderr is the stream systemd connected to the journal: its
