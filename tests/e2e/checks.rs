@@ -292,4 +292,8 @@ fn help_offers_only_what_each_command_takes() {
     for key in qu_core::config::SETTING_KEYS {
         assert!(set.contains(key), "`{key}` missing from:\n{set}");
     }
+    // A usage error exits 2, as docs/operations.md's exit codes say.
+    for args in [&["check", "add"][..], &["check", "run", "http", "http://x/", "--interval", "5s"], &["no-such"]] {
+        assert_eq!(node.qu(args).status.code(), Some(2), "qu {args:?}");
+    }
 }
