@@ -216,6 +216,40 @@ fn log_lines_carry_no_second_timestamp_when_stderr_is_the_journal() {
     assert!(started["timestamp"].as_str().is_some_and(|t| t.starts_with("20")), "{started}");
 }
 
+/// `qu config validate` finds, offline, what start would: every problem of
+/// cluster.yaml and node.yaml, one per line, exit 1; exit 0 when valid.
+#[test]
+fn config_validate_lists_every_problem_offline_and_exits_by_them() {
+    let node = Node::new("validate");
+    node.init(free_port(), &[]);
+    let out = node.qu_ok(&["config", "validate"]);
+    assert!(
+        out.lines().any(|l| l.ends_with("cluster.yaml: valid (version 1, 1 peers, 0 checks, 0 alerts, 0 plugins)")),
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l.contains("node.yaml: valid (node ")), "{out}");
+
+    let path = node.file("cluster.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let broken = text.replace("dead_after: 4s", "dead_after: 1s").replace("hysteresis: 2", "hysteresis: 0");
+    let copy = node.dir.parent().unwrap().join("edited-cluster.yaml");
+    std::fs::write(&copy, &broken).unwrap();
+    let out = node.qu(&["config", "validate", copy.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let problems: Vec<&str> = stdout.lines().collect();
+    assert_eq!(problems.len(), 2, "one problem a line: {stdout}");
+    assert!(problems[0].contains("settings.dead_after") && problems[1].contains("settings.hysteresis"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim_end().ends_with("error: 2 problem(s) in 1 file(s); nothing was changed"), "{stderr}");
+
+    let out = node.qu(&["config", "validate", copy.to_str().unwrap(), "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    assert_eq!(doc["files"][0]["problems"].as_array().map(Vec::len), Some(2), "{doc}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "validate changes nothing");
+}
+
 #[test]
 fn serve_refuses_a_port_in_use() {
     let mut node = Node::new("busy");

@@ -4,6 +4,7 @@
 
 mod alert;
 mod check;
+mod config;
 mod demo;
 mod plugin;
 mod render;
@@ -55,6 +56,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check configuration files offline (`qu config validate [FILE]`).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// List, add and remove the cluster's nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -213,6 +217,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Plugin(command) => plugin::run(command),
         Command::Alert(command) => alert::run(command),
         Command::Cluster(ClusterCommand::Settings { set, json }) => run_settings(set, json),
+        Command::Config(command) => config::run(command),
         Command::Demo(args) => demo::run(args),
     }
 }
@@ -343,7 +348,7 @@ fn run_settings(set: Option<SettingsCommand>, json: bool) -> anyhow::Result<()> 
     }
 }
 
-fn paths() -> anyhow::Result<Paths> {
+pub(crate) fn paths() -> anyhow::Result<Paths> {
     Paths::from_env().map_err(anyhow::Error::msg)
 }
 
