@@ -292,6 +292,24 @@ fn help_offers_only_what_each_command_takes() {
     for key in qu_core::config::SETTING_KEYS {
         assert!(set.contains(key), "`{key}` missing from:\n{set}");
     }
+    // Completions and man pages come from the same definitions.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = node.qu_ok(&["completions", shell]);
+        assert!(script.contains("completions") && script.contains("validate"), "{shell}: every command is in it");
+    }
+    let bash = node.qu_ok(&["completions", "bash"]);
+    let checked = std::process::Command::new("bash").args(["-n", "-c", &bash]).status().expect("bash");
+    assert!(checked.success(), "the bash completion script parses");
+    let man = tempfile::tempdir().unwrap();
+    node.qu_ok(&["man", man.path().to_str().unwrap()]);
+    let page = std::fs::read_to_string(man.path().join("qu-check-add.1")).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH qu-check-add 1"),
+        "a man page: {}",
+        &page[..80.min(page.len())]
+    );
+    assert!(page.contains("interval"), "{page}");
+    assert!(man.path().join("qu.1").is_file() && man.path().join("qu-config-validate.1").is_file());
     // A usage error exits 2, as docs/operations.md's exit codes say.
     for args in [&["check", "add"][..], &["check", "run", "http", "http://x/", "--interval", "5s"], &["no-such"]] {
         assert_eq!(node.qu(args).status.code(), Some(2), "qu {args:?}");

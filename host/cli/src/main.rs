@@ -56,6 +56,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print shell completions for qu on stdout (e.g. `qu completions bash > /etc/bash_completion.d/qu`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for qu and every subcommand (qu.1, qu-check-add.1, ...) into DIR.
+    Man {
+        /// The directory to write them to (created if missing).
+        dir: PathBuf,
+    },
     /// Check configuration files offline (`qu config validate [FILE]`).
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -218,6 +228,17 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Alert(command) => alert::run(command),
         Command::Cluster(ClusterCommand::Settings { set, json }) => run_settings(set, json),
         Command::Config(command) => config::run(command),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "qu", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.context("write the completions"),
+            }
+        }
+        Command::Man { dir } => write_man_pages(&dir),
         Command::Demo(args) => demo::run(args),
     }
 }
@@ -399,6 +420,32 @@ pub(crate) fn call(socket: &std::path::Path, request: ControlRequest) -> anyhow:
         .into()),
         Err(error) => Err(error.into()),
     }
+}
+
+/// Writes `qu.1` and a page for every subcommand (`qu-check-add.1`, ...).
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mut written = 0;
+    fn each(command: &clap::Command, name: String, dir: &std::path::Path, written: &mut usize) -> anyhow::Result<()> {
+        // clap names are `&'static str` without its `string` feature; this
+        // runs once per page of a one-shot command.
+        let command = command.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone()).render(&mut page)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, page).with_context(|| format!("write {}", path.display()))?;
+        *written += 1;
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            each(sub, format!("{name}-{}", sub.get_name()), dir, written)?;
+        }
+        Ok(())
+    }
+    let mut root = Cli::command();
+    root.build();
+    each(&root, "qu".into(), dir, &mut written)?;
+    println!("wrote {written} man pages to {}", dir.display());
+    Ok(())
 }
 
 /// Prints one JSON document, pretty (every `--json` output has one shape).
