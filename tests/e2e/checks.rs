@@ -109,7 +109,22 @@ fn check_commands_validate_input_and_change_only_what_they_name() {
     let cluster = Cluster::new(1, "2m");
     let node = &cluster.nodes[0];
     let version = || node.status_json()["config_version"].as_u64().unwrap();
-    node.qu_ok(&["check", "add", "http", "web", "http://127.0.0.1:9/", "--expect", "200-299,301", "--interval", "5s"]);
+    let added = node.qu_ok(&[
+        "check",
+        "add",
+        "http",
+        "web",
+        "http://127.0.0.1:9/",
+        "--expect",
+        "200-299,301",
+        "--interval",
+        "5s",
+        "--json",
+    ]);
+    // Every change answers in JSON with its config version and the new id.
+    let added: serde_json::Value = serde_json::from_str(&added).unwrap();
+    assert_eq!(added["config_version"].as_u64(), Some(version()), "{added}");
+    assert!(added["term"].as_u64().is_some() && added["id"].as_str().is_some_and(|id| id.starts_with('c')), "{added}");
     let before = version();
     for (args, needle) in [
         (vec!["check", "add", "http", "web", "http://127.0.0.1:9/"], "already exists"),
@@ -154,14 +169,18 @@ fn check_commands_validate_input_and_change_only_what_they_name() {
     assert_eq!(web["settings"]["expect"], "200-299,301", "untouched");
     assert_eq!(web["settings"]["body_match"], "ok");
     // An alert list is set, and cleared with an empty one.
-    node.qu_ok(&["alert", "add", "webhook", "pager", "--url", "http://127.0.0.1:9/hook"]);
+    let pager = node.qu_ok(&["alert", "add", "webhook", "pager", "--url", "http://127.0.0.1:9/hook"]);
+    assert!(pager.starts_with("alert pager added (a") && pager.contains("); config version "), "{pager}");
     node.qu_ok(&["check", "edit", "web", "--alerts", "pager", "--suppress", "pager"]);
     let listed = || -> serde_json::Value { serde_json::from_str(&node.qu_ok(&["check", "list", "--json"])).unwrap() };
     assert_eq!(listed()[0]["alerts"], serde_json::json!(["pager"]), "{}", listed());
     node.qu_ok(&["check", "edit", "web", "--alerts", "", "--suppress", ""]);
     assert_eq!(listed()[0]["alerts"], serde_json::json!([]));
     assert_eq!(listed()[0]["suppressed"], serde_json::json!([]));
-    node.qu_ok(&["check", "disable", "web"]);
+    let disabled: serde_json::Value =
+        serde_json::from_str(&node.qu_ok(&["check", "disable", "web", "--json"])).unwrap();
+    assert_eq!(disabled["config_version"].as_u64(), Some(version()), "{disabled}");
+    assert!(disabled.get("id").is_none(), "nothing was created: {disabled}");
     let status = node.status_json();
     assert_eq!(status["checks"][0]["disabled"], true);
     assert_eq!(status["checks"][0]["detail"], "disabled");

@@ -39,16 +39,25 @@ pub enum AlertCommand {
     Remove {
         /// The alert's name or id.
         alert: String,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Deliver again through a disabled alert.
     Enable {
         /// The alert's name or id.
         alert: String,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop delivering through an alert (its settings are kept).
     Disable {
         /// The alert's name or id.
         alert: String,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Make an alert a default one (every check gets it unless it suppresses it), or not.
     Default {
@@ -57,6 +66,9 @@ pub enum AlertCommand {
         /// on: every check gets it unless it suppresses it; off: only checks that name it.
         #[arg(value_parser = ["on", "off"])]
         state: String,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Send a clearly marked test event through the alert's sink from this node (no quorum needed).
     Test {
@@ -71,6 +83,9 @@ pub enum AlertCommand {
 /// Flags of `add` and `edit`. Sink flags map to the sink's settings.
 #[derive(Args, Default)]
 pub struct AlertFlags {
+    /// Print JSON (the config version, and the id of a new alert) instead of text.
+    #[arg(long)]
+    json: bool,
     /// discord: the channel's webhook URL.
     #[arg(long)]
     webhook: Option<String>,
@@ -168,18 +183,8 @@ impl AlertFlags {
     }
 }
 
-fn committed(answer: ControlResponse, done: &str) -> anyhow::Result<()> {
-    match answer {
-        ControlResponse::Committed { version, .. } => {
-            println!("{done}; config version {version}");
-            Ok(())
-        }
-        other => Err(unexpected(other)),
-    }
-}
-
-fn edit(alert: String, changes: AlertChanges, done: &str) -> anyhow::Result<()> {
-    committed(call_ok(ControlRequest::AlertEdit { alert, changes: Box::new(changes) })?, done)
+fn edit(alert: String, changes: AlertChanges, done: &str, json: bool) -> anyhow::Result<()> {
+    crate::committed(call_ok(ControlRequest::AlertEdit { alert, changes: Box::new(changes) })?, done, json)
 }
 
 pub fn run(command: AlertCommand) -> anyhow::Result<()> {
@@ -195,7 +200,8 @@ pub fn run(command: AlertCommand) -> anyhow::Result<()> {
                 subject_template: AlertFlags::template(&flags.subject, &flags.subject_file)?.filter(|t| !t.is_empty()),
                 body_template: AlertFlags::template(&flags.body, &flags.body_file)?.filter(|t| !t.is_empty()),
             };
-            committed(call_ok(ControlRequest::AlertAdd { alert: Box::new(alert) })?, &format!("alert {name} added"))
+            let done = format!("alert {name} added");
+            crate::committed(call_ok(ControlRequest::AlertAdd { alert: Box::new(alert) })?, &done, flags.json)
         }
         AlertCommand::Edit { alert, flags } => {
             let changes = AlertChanges {
@@ -206,23 +212,23 @@ pub fn run(command: AlertCommand) -> anyhow::Result<()> {
                 body_template: AlertFlags::template(&flags.body, &flags.body_file)?,
             };
             let done = format!("alert {alert} changed");
-            edit(alert, changes, &done)
+            edit(alert, changes, &done, flags.json)
         }
-        AlertCommand::Remove { alert } => {
+        AlertCommand::Remove { alert, json } => {
             let done = format!("alert {alert} removed");
-            committed(call_ok(ControlRequest::AlertRemove { alert })?, &done)
+            crate::committed(call_ok(ControlRequest::AlertRemove { alert })?, &done, json)
         }
-        AlertCommand::Enable { alert } => {
+        AlertCommand::Enable { alert, json } => {
             let done = format!("alert {alert} enabled");
-            edit(alert, AlertChanges { disabled: Some(false), ..Default::default() }, &done)
+            edit(alert, AlertChanges { disabled: Some(false), ..Default::default() }, &done, json)
         }
-        AlertCommand::Disable { alert } => {
+        AlertCommand::Disable { alert, json } => {
             let done = format!("alert {alert} disabled");
-            edit(alert, AlertChanges { disabled: Some(true), ..Default::default() }, &done)
+            edit(alert, AlertChanges { disabled: Some(true), ..Default::default() }, &done, json)
         }
-        AlertCommand::Default { alert, state } => {
+        AlertCommand::Default { alert, state, json } => {
             let done = format!("alert {alert} default {state}");
-            edit(alert, AlertChanges { default: Some(state == "on"), ..Default::default() }, &done)
+            edit(alert, AlertChanges { default: Some(state == "on"), ..Default::default() }, &done, json)
         }
         AlertCommand::List { json } => list(json),
         AlertCommand::Test { alert, json } => tested(call_ok(ControlRequest::AlertTest { alert })?, json),

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use qu_core::config::{Check, CheckChanges};
 use qu_daemon::control::{ControlRequest, ControlResponse};
 
-use crate::{call_ok, unexpected};
+use crate::call_ok;
 
 #[derive(Subcommand)]
 pub enum CheckCommand {
@@ -44,6 +44,9 @@ pub enum CheckCommand {
     Remove {
         /// The check's name or id.
         check: String,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Probe a target once from this machine, without a daemon (exit 0 when up).
     Run {
@@ -58,11 +61,17 @@ pub enum CheckCommand {
     Enable {
         /// The check's name or id.
         check: String,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop probing a check (its state is kept).
     Disable {
         /// The check's name or id.
         check: String,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Send a synthetic transition of a real check through every effective alert (its state is unchanged).
     Test {
@@ -119,6 +128,9 @@ pub struct CheckFlags {
     /// Default alerts not to notify for this check (comma-separated; '' clears the list on edit).
     #[arg(long, value_delimiter = ',')]
     suppress: Option<Vec<String>>,
+    /// Print JSON (the config version, and the id of a new check) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 impl ProbeFlags {
@@ -143,7 +155,7 @@ impl ProbeFlags {
 }
 
 pub fn run(command: CheckCommand) -> anyhow::Result<()> {
-    let (request, done) = match command {
+    let (request, done, json) = match command {
         CheckCommand::List { json } => return list(json),
         CheckCommand::Run { kind, target, flags } => return run_once(&kind, &target, &flags),
         CheckCommand::Test { check, state, json } => {
@@ -163,7 +175,7 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
                 suppress_alert_ids: flags.suppress.clone().unwrap_or_default(),
                 disabled: false,
             };
-            (ControlRequest::CheckAdd { check: Box::new(check) }, format!("added check {name}"))
+            (ControlRequest::CheckAdd { check: Box::new(check) }, format!("added check {name}"), flags.json)
         }
         CheckCommand::Edit { check, target, flags } => {
             let changes = CheckChanges {
@@ -177,27 +189,24 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
             (
                 ControlRequest::CheckEdit { check: check.clone(), changes: Box::new(changes) },
                 format!("edited check {check}"),
+                flags.json,
             )
         }
-        CheckCommand::Remove { check } => {
-            (ControlRequest::CheckRemove { check: check.clone() }, format!("removed check {check}"))
+        CheckCommand::Remove { check, json } => {
+            (ControlRequest::CheckRemove { check: check.clone() }, format!("removed check {check}"), json)
         }
-        CheckCommand::Enable { check } => (
+        CheckCommand::Enable { check, json } => (
             ControlRequest::CheckSetDisabled { check: check.clone(), disabled: false },
             format!("enabled check {check}"),
+            json,
         ),
-        CheckCommand::Disable { check } => (
+        CheckCommand::Disable { check, json } => (
             ControlRequest::CheckSetDisabled { check: check.clone(), disabled: true },
             format!("disabled check {check}"),
+            json,
         ),
     };
-    match call_ok(request)? {
-        ControlResponse::Committed { version, .. } => {
-            println!("{done}; config version {version}");
-            Ok(())
-        }
-        other => Err(unexpected(other)),
-    }
+    crate::committed(call_ok(request)?, &done, json)
 }
 
 fn run_once(kind: &str, target: &str, flags: &ProbeFlags) -> anyhow::Result<()> {

@@ -312,7 +312,7 @@ fn node_add(addr: String, yes: bool, fingerprint: Option<String>, json: bool) ->
         None => confirm(&format!("Add node {node_id} to the cluster?"))?,
     }
     match call_ok(ControlRequest::NodeAdd { addr, fingerprint: key })? {
-        ControlResponse::Committed { term, version, node_id } => {
+        ControlResponse::Committed { term, version, node_id, .. } => {
             let node_id = node_id.map(|n| n.to_string()).unwrap_or_default();
             if json {
                 print_json(&serde_json::json!({ "node_id": node_id, "config_version": version, "term": term }))?;
@@ -445,6 +445,24 @@ fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     root.build();
     each(&root, "qu".into(), dir, &mut written)?;
     println!("wrote {written} man pages to {}", dir.display());
+    Ok(())
+}
+
+/// Prints the answer to a change: `DONE (ID); config version N`, or with
+/// `json` `{"config_version", "term", "id"}` (`id` of what it created).
+pub(crate) fn committed(answer: ControlResponse, done: &str, json: bool) -> anyhow::Result<()> {
+    let ControlResponse::Committed { term, version, created, .. } = answer else { return Err(unexpected(answer)) };
+    if json {
+        let mut doc = serde_json::json!({ "config_version": version, "term": term });
+        if let Some(id) = created {
+            doc["id"] = id.into();
+        }
+        return print_json(&doc);
+    }
+    match created {
+        Some(id) => println!("{done} ({id}); config version {version}"),
+        None => println!("{done}; config version {version}"),
+    }
     Ok(())
 }
 

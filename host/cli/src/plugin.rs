@@ -10,7 +10,7 @@ use clap::Subcommand;
 use qu_daemon::control::{ControlRequest, ControlResponse};
 use qu_plugin::{CallError, Limits, Plugin, Runtime, Status};
 
-use crate::{call_ok, paths, render, unexpected};
+use crate::{call_ok, paths, render};
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
@@ -31,6 +31,9 @@ pub enum PluginCommand {
         /// Wall-time cap of one call, overriding the check's timeout (10 s for sinks).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List the built-in and added plugins with their state on this node.
     List {
@@ -42,6 +45,9 @@ pub enum PluginCommand {
     Remove {
         /// The plugin's name.
         name: String,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show what a component is: kind, WIT version, settings, requested capabilities.
     Inspect {
@@ -75,25 +81,17 @@ pub enum PluginCommand {
 
 pub fn run(command: PluginCommand) -> anyhow::Result<()> {
     match command {
-        PluginCommand::Add { name, file, allow_host, memory_mib, timeout } => {
+        PluginCommand::Add { name, file, allow_host, memory_mib, timeout, json } => {
             let path = std::fs::canonicalize(&file).with_context(|| format!("{}", file.display()))?;
             let request =
                 ControlRequest::PluginAdd { name: name.clone(), path, allow: allow_host, memory_mib, timeout };
-            match call_ok(request)? {
-                ControlResponse::Committed { version, .. } => {
-                    println!("plugin {name} added; config version {version}");
-                    Ok(())
-                }
-                other => Err(unexpected(other)),
-            }
+            crate::committed(call_ok(request)?, &format!("plugin {name} added"), json)
         }
-        PluginCommand::Remove { name } => match call_ok(ControlRequest::PluginRemove { name: name.clone() })? {
-            ControlResponse::Committed { version, .. } => {
-                println!("plugin {name} removed; config version {version}");
-                Ok(())
-            }
-            other => Err(unexpected(other)),
-        },
+        PluginCommand::Remove { name, json } => crate::committed(
+            call_ok(ControlRequest::PluginRemove { name: name.clone() })?,
+            &format!("plugin {name} removed"),
+            json,
+        ),
         PluginCommand::List { json } => {
             let ControlResponse::Plugins { plugins } = call_ok(ControlRequest::PluginList)? else {
                 bail!("unexpected answer from the daemon");

@@ -157,6 +157,9 @@ pub enum ControlResponse {
         term: u64,
         version: u64,
         node_id: Option<NodeId>,
+        /// The id of the check or alert the change created.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created: Option<String>,
     },
     Settings(SettingsView),
     Plugins {

@@ -170,7 +170,7 @@ impl Waiter {
     fn finish(self, result: Result<(u64, u64), Failure>, node_id: Option<NodeId>) {
         match (self, result) {
             (Waiter::Control(reply), Ok((term, version))) => {
-                let _ = reply.send(ControlResponse::Committed { term, version, node_id });
+                let _ = reply.send(ControlResponse::Committed { term, version, node_id, created: None });
             }
             (Waiter::Control(reply), Err(failure)) => {
                 let _ = reply.send(failure.control(failure.message()));

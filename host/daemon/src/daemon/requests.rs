@@ -30,12 +30,14 @@ impl Daemon {
             ControlRequest::SettingsSet { key, value } => Mutation::SetSetting { key, value },
             ControlRequest::CheckAdd { mut check } => {
                 check.id = format!("c{:07x}", rand::random::<u32>() & 0x0fff_ffff);
+                let reply = naming_created(check.id.clone(), reply);
                 let (kind, target, settings) = (check.kind.clone(), check.target.clone(), check.settings.clone());
                 return self.submit_validated(Mutation::AddCheck { check }, &kind, target, settings, reply);
             }
             ControlRequest::CheckEdit { check, changes } => return self.check_edit(check, changes, reply),
             ControlRequest::AlertAdd { mut alert } => {
                 alert.id = format!("a{:07x}", rand::random::<u32>() & 0x0fff_ffff);
+                let reply = naming_created(alert.id.clone(), reply);
                 let checked = (*alert).clone();
                 return self.submit_alert(Mutation::AddAlert { alert }, checked, reply);
             }
@@ -402,4 +404,20 @@ impl Daemon {
             let _ = reply.send(ControlResponse::Tested { results });
         });
     }
+}
+
+/// `reply`, with the id of what the change creates added to a commit's
+/// answer (the id is drawn here, before the change is proposed or
+/// forwarded).
+fn naming_created(id: String, reply: oneshot::Sender<ControlResponse>) -> oneshot::Sender<ControlResponse> {
+    let (named, answer) = oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(mut answer) = answer.await {
+            if let ControlResponse::Committed { created, .. } = &mut answer {
+                *created = Some(id);
+            }
+            let _ = reply.send(answer);
+        }
+    });
+    named
 }
