@@ -329,6 +329,12 @@ fn help_offers_only_what_each_command_takes() {
     );
     assert!(page.contains("interval"), "{page}");
     assert!(man.path().join("qu.1").is_file() && man.path().join("qu-config-validate.1").is_file());
+    // `qu check run --json`: the probe's outcome as data, exit 1 when not up.
+    let out = node.qu(&["check", "run", "tcp", "127.0.0.1:9", "--timeout", "2s", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["outcome"], "down", "{run}");
+    assert!(run["latency_ms"].is_u64() && run["detail"].is_string(), "{run}");
     // A usage error exits 2, as docs/operations.md's exit codes say.
     for args in [&["check", "add"][..], &["check", "run", "http", "http://x/", "--interval", "5s"], &["no-such"]] {
         assert_eq!(node.qu(args).status.code(), Some(2), "qu {args:?}");

@@ -56,6 +56,9 @@ pub enum CheckCommand {
         target: String,
         #[command(flatten)]
         flags: ProbeFlags,
+        /// Print JSON (outcome, latency_ms, detail) instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Start probing a disabled check again.
     Enable {
@@ -157,7 +160,7 @@ impl ProbeFlags {
 pub fn run(command: CheckCommand) -> anyhow::Result<()> {
     let (request, done, json) = match command {
         CheckCommand::List { json } => return list(json),
-        CheckCommand::Run { kind, target, flags } => return run_once(&kind, &target, &flags),
+        CheckCommand::Run { kind, target, flags, json } => return run_once(&kind, &target, &flags, json),
         CheckCommand::Test { check, state, json } => {
             return crate::alert::tested(call_ok(ControlRequest::CheckTest { check, state })?, json);
         }
@@ -209,7 +212,7 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
     crate::committed(call_ok(request)?, &done, json)
 }
 
-fn run_once(kind: &str, target: &str, flags: &ProbeFlags) -> anyhow::Result<()> {
+fn run_once(kind: &str, target: &str, flags: &ProbeFlags, json: bool) -> anyhow::Result<()> {
     let spec = match qu_core::config::NativeSpec::parse(kind, target, &flags.settings()?) {
         Ok(Some(spec)) => spec,
         Ok(None) => bail!("`{kind}` is not a native check type (http, tcp, icmp)"),
@@ -223,7 +226,13 @@ fn run_once(kind: &str, target: &str, flags: &ProbeFlags) -> anyhow::Result<()> 
         qu_core::monitor::Outcome::Down => "down",
         qu_core::monitor::Outcome::Unavailable => "unavailable",
     };
-    println!("{outcome}  {} ms  {}", result.latency_ms, result.detail);
+    if json {
+        crate::print_json(
+            &serde_json::json!({ "outcome": outcome, "latency_ms": result.latency_ms, "detail": result.detail }),
+        )?;
+    } else {
+        println!("{outcome}  {} ms  {}", result.latency_ms, result.detail);
+    }
     if result.outcome == qu_core::monitor::Outcome::Up { Ok(()) } else { std::process::exit(1) }
 }
 
