@@ -421,31 +421,60 @@ pub fn status(node: &Node, within: Duration) -> Option<serde_json::Value> {
 /// Runs `qu ARGS`; its exit code and what it printed, or nothing if it
 /// did not end in `within`.
 fn run_bounded(node: &Node, args: &[&str], within: Duration) -> Option<(i32, String)> {
-    let mut child = node
-        .command()
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(code) = child.try_wait().ok()? {
-            let (mut out, mut err) = (String::new(), String::new());
-            std::io::Read::read_to_string(child.stdout.as_mut()?, &mut out).ok()?;
-            std::io::Read::read_to_string(child.stderr.as_mut()?, &mut err).ok()?;
-            let code = code.code().unwrap_or(-1);
-            if code != 0 && std::env::var_os("QU_L3_VERBOSE").is_some() {
-                eprintln!("qu {}: exit {code}: {}", args.join(" "), err.trim());
+    let (code, out, err) = bounded(node.command().args(args), within)?;
+    if code != 0 && std::env::var_os("QU_L3_VERBOSE").is_some() {
+        eprintln!("qu {}: exit {code}: {}", args.join(" "), err.trim());
+    }
+    Some((code, out))
+}
+
+/// Runs `command`: its exit code, stdout and stderr, or nothing if it did
+/// not end in `within` (it is killed). Both pipes are read while it runs:
+/// one that fills up (64 KiB: a status of a few hundred checks) would
+/// otherwise block the command forever.
+fn bounded(command: &mut std::process::Command, within: Duration) -> Option<(i32, String, String)> {
+    use std::process::Stdio;
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().ok()?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
             }
-            return Some((code, out));
+            text
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().ok()? {
+            break Some(status);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return None;
+            break None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    Some((status?.code().unwrap_or(-1), out, err))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_with_more_output_than_a_pipe_holds_still_ends() {
+        let mut command = std::process::Command::new("sh");
+        command.args(["-c", "head -c 300000 /dev/zero | tr '\\0' x; echo done >&2"]);
+        let (code, out, err) = bounded(&mut command, Duration::from_secs(20)).expect("it ends");
+        assert_eq!((code, out.len(), err.trim()), (0, 300_000, "done"));
+        let mut slow = std::process::Command::new("sleep");
+        slow.arg("30");
+        assert!(bounded(&mut slow, Duration::from_millis(200)).is_none(), "cut at its deadline");
     }
 }
 
