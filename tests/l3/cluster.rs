@@ -462,22 +462,6 @@ fn bounded(command: &mut std::process::Command, within: Duration) -> Option<(i32
     Some((status?.code().unwrap_or(-1), out, err))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_command_with_more_output_than_a_pipe_holds_still_ends() {
-        let mut command = std::process::Command::new("sh");
-        command.args(["-c", "head -c 300000 /dev/zero | tr '\\0' x; echo done >&2"]);
-        let (code, out, err) = bounded(&mut command, Duration::from_secs(20)).expect("it ends");
-        assert_eq!((code, out.len(), err.trim()), (0, 300_000, "done"));
-        let mut slow = std::process::Command::new("sleep");
-        slow.arg("30");
-        assert!(bounded(&mut slow, Duration::from_millis(200)).is_none(), "cut at its deadline");
-    }
-}
-
 /// What a run needs besides root: the tools, and a `qu` built with crash
 /// points. Each missing one is named with what installs it.
 fn preflight() {
@@ -521,5 +505,21 @@ impl Drop for World {
         if !self.keep.get() {
             let _ = std::fs::remove_dir_all(&self.root);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_with_more_output_than_a_pipe_holds_still_ends() {
+        let mut command = std::process::Command::new("sh");
+        command.args(["-c", "head -c 300000 /dev/zero | tr '\\0' x; echo done >&2"]);
+        let (code, out, err) = bounded(&mut command, Duration::from_secs(20)).expect("it ends");
+        assert_eq!((code, out.len(), err.trim()), (0, 300_000, "done"));
+        let mut slow = std::process::Command::new("sleep");
+        slow.arg("30");
+        assert!(bounded(&mut slow, Duration::from_millis(200)).is_none(), "cut at its deadline");
     }
 }
