@@ -340,6 +340,9 @@ fn add_check(current: &ClusterConfig, next: &mut ClusterConfig, check: &Check) -
     if current.checks.iter().any(|c| c.id == check.id) {
         return Err(format!("check id `{}` is taken; retry", check.id));
     }
+    if let Some(problem) = super::checks::head_with_body_match(&check.kind, &check.settings) {
+        return Err(problem);
+    }
     let mut check = check.clone();
     check.alert_ids = resolve_alerts(current, &check.alert_ids)?;
     check.suppress_alert_ids = resolve_alerts(current, &check.suppress_alert_ids)?;
@@ -371,6 +374,9 @@ fn edit_check(
     }
     if let Some(suppress) = suppress {
         edited.suppress_alert_ids = suppress;
+    }
+    if let Some(problem) = super::checks::head_with_body_match(&edited.kind, &edited.settings) {
+        return Err(problem);
     }
     if *edited == *current.checks[index] {
         return Err(format!(
@@ -839,6 +845,27 @@ mod tests {
         assert!(edit(&cleared, CheckChanges::default(), 5).unwrap_err().contains("nothing to change"));
         let same = CheckChanges { interval: Some(Duration::from_secs(30)), ..Default::default() };
         assert!(edit(&cleared, same, 5).unwrap_err().contains("nothing to change"));
+    }
+
+    #[test]
+    fn a_head_request_with_a_body_match_is_refused_when_made_but_a_file_holding_one_still_loads() {
+        let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
+        let mut head = check("head");
+        head.settings =
+            [("method".to_string(), "head".to_string()), ("body_match".to_string(), "ok".to_string())].into();
+        let add = |c: &ClusterConfig, check: Check| Mutation::AddCheck { check: Box::new(check) }.apply(c, &stamp(2));
+        assert!(add(&base, head.clone()).unwrap_err().contains("a HEAD response has no body"));
+        let plain = add(&base, check("head")).unwrap();
+        let changes = CheckChanges {
+            settings: [("method".to_string(), "HEAD".to_string()), ("body_match".to_string(), "ok".to_string())].into(),
+            ..Default::default()
+        };
+        let edit = Mutation::EditCheck { check: "head".into(), changes: Box::new(changes) }.apply(&plain, &stamp(3));
+        assert!(edit.unwrap_err().contains("a HEAD response has no body"));
+        // A file written before the rule, holding one, still parses.
+        let mut old = plain.clone();
+        std::sync::Arc::make_mut(&mut old.checks)[0] = std::sync::Arc::new(head);
+        assert!(ClusterConfig::parse(&old.to_yaml()).is_ok(), "an upgrade must not stop on it");
     }
 
     /// Several checks change in one commit (an outage): each transition
