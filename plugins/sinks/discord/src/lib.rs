@@ -119,8 +119,9 @@ fn webhook_problem(url: &str, relay: bool) -> Option<String> {
             DISCORD_HOSTS.join(", ")
         ));
     }
-    (!path.starts_with("/api/webhooks/"))
-        .then(|| format!("a Discord webhook URL is https://{host}/api/webhooks/ID/TOKEN (see the channel's Integrations)"))
+    (!path.starts_with("/api/webhooks/")).then(|| {
+        format!("a Discord webhook URL is https://{host}/api/webhooks/ID/TOKEN (see the channel's Integrations)")
+    })
 }
 
 #[cfg(test)]
