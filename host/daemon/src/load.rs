@@ -68,7 +68,13 @@ impl LoadedNode {
         let file_text = read(&cluster_path)?;
         let parsed = ClusterConfig::parse(&file_text);
         if let Err(error) = parsed {
-            return Self::load_with_unreadable_file(data, node, identity, file_text, error);
+            // With a copy of its own the node runs on that (what the rules
+            // decide, below); without one, this is the error to show, even
+            // if the copy is broken too.
+            if !data.last_cluster_yaml().exists() {
+                return Err(error.into());
+            }
+            return Self::load_with_unreadable_file(data, node, identity, file_text, error.to_string());
         }
         let file = parsed?;
         keep_copy_if_upgrading(data)?;
@@ -130,18 +136,18 @@ impl LoadedNode {
         node: NodeConfig,
         identity: TlsIdentity,
         file_text: String,
-        error: ConfigError,
+        error: String,
     ) -> Result<Self, LoadError> {
-        // A copy that does not parse either is no copy to run on: the
-        // file's error is the one to show then.
-        let last = if data.last_cluster_yaml().exists() { load_last(data).ok().flatten() } else { None };
-        let (Some(start), Some((copy_text, last))) = (edits::at_start_unreadable(last.is_some()), last) else {
-            return Err(error.into());
-        };
         keep_copy_if_upgrading(data)?;
         let durable = load_durable(data)?;
+        let Some((copy_text, last)) = load_last(data)? else {
+            return Err(LoadError::Invalid { path: data.cluster_yaml().display().to_string(), reason: error });
+        };
+        let Some(start) = edits::at_start_unreadable(true) else {
+            return Err(LoadError::Invalid { path: data.cluster_yaml().display().to_string(), reason: error });
+        };
         let (cluster, _) = replay_log(data, last)?;
-        let texts = StartTexts { file: file_text, copy: Some(copy_text), unreadable: Some(error.to_string()) };
+        let texts = StartTexts { file: file_text, copy: Some(copy_text), unreadable: Some(error) };
         let loaded = Self { data: data.clone(), node, identity, cluster, durable, start, texts };
         loaded.cross_check()?;
         loaded.warn_about_loose_modes();
