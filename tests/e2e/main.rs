@@ -11,6 +11,7 @@
 //!   the preferred master's return, removal, hand edits.
 //! - `recovery` — the seed's procedures: restore with version 0, whole-cluster restore,
 //!   shrink, replace, long absence, rolling restart.
+//! - `cluster_alerts` — alerts about the cluster itself: no quorum, a member dead, the dead man's switch.
 //! - `alerts`  — alerts through the webhook sink on 3 nodes: once per incident through failovers.
 //! - `delivery` — delivery under faults: committed-only, in order through an outage, clock steps.
 //! - `operator` — an operator's hands: stale write-backs, bumped versions, edits while stopped,
@@ -22,6 +23,7 @@
 mod alerts;
 mod checks;
 mod cluster;
+mod cluster_alerts;
 mod control;
 mod delivery;
 mod demo;

@@ -125,6 +125,12 @@ pub struct AlertFlags {
     /// Every check gets this alert unless it suppresses it.
     #[arg(long)]
     default: bool,
+    /// Also send alerts about the cluster itself here: a node without quorum, a member dead, and their recovery.
+    #[arg(long)]
+    cluster_events: bool,
+    /// edit: stop sending alerts about the cluster itself here.
+    #[arg(long, conflicts_with = "cluster_events")]
+    no_cluster_events: bool,
     /// Subject template (minijinja), e.g. '{{ verb }}: {{ check.name }}'; empty resets to the default.
     #[arg(long, conflicts_with = "subject_file")]
     subject: Option<String>,
@@ -199,6 +205,7 @@ pub fn run(command: AlertCommand) -> anyhow::Result<()> {
                 disabled: false,
                 subject_template: AlertFlags::template(&flags.subject, &flags.subject_file)?.filter(|t| !t.is_empty()),
                 body_template: AlertFlags::template(&flags.body, &flags.body_file)?.filter(|t| !t.is_empty()),
+                cluster_events: flags.cluster_events,
             };
             let done = format!("alert {name} added");
             crate::committed(call_ok(ControlRequest::AlertAdd { alert: Box::new(alert) })?, &done, flags.json)
@@ -210,6 +217,13 @@ pub fn run(command: AlertCommand) -> anyhow::Result<()> {
                 disabled: None,
                 subject_template: AlertFlags::template(&flags.subject, &flags.subject_file)?,
                 body_template: AlertFlags::template(&flags.body, &flags.body_file)?,
+                cluster_events: if flags.cluster_events {
+                    Some(true)
+                } else if flags.no_cluster_events {
+                    Some(false)
+                } else {
+                    None
+                },
             };
             let done = format!("alert {alert} changed");
             edit(alert, changes, &done, flags.json)
@@ -243,8 +257,11 @@ fn list(json: bool) -> anyhow::Result<()> {
         crate::print_json(&alerts)?;
         return Ok(());
     }
-    let mut rows =
-        vec![["ID", "NAME", "TYPE", "DEFAULT", "ENABLED", "PENDING", "LAST DELIVERY"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["ID", "NAME", "TYPE", "DEFAULT", "CLUSTER EVENTS", "ENABLED", "PENDING", "LAST DELIVERY"]
+            .map(String::from)
+            .to_vec(),
+    ];
     for a in &alerts {
         let last = a.last.as_ref().map_or("-".to_string(), |d| {
             let mut text = format!("{} {} {} ({} attempt(s))", d.status, d.verb, d.check, d.attempts);
@@ -258,6 +275,7 @@ fn list(json: bool) -> anyhow::Result<()> {
             a.name.clone(),
             a.kind.clone(),
             a.default.to_string(),
+            a.cluster_events.to_string(),
             (!a.disabled).to_string(),
             a.pending.to_string(),
             last,

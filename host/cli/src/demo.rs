@@ -113,6 +113,9 @@ fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         disabled: false,
         subject_template: None,
         body_template: None,
+        // The demo's receiver hears of the cluster too (a node stopped for
+        // a minute is announced).
+        cluster_events: true,
     };
     expect_committed(call(&nodes[master], ControlRequest::AlertAdd { alert: Box::new(alert) })?)?;
     println!("$ qu alert add webhook demo-hook --url {receiver} --default");

@@ -120,6 +120,10 @@ pub fn settings_text(view: &SettingsView) -> String {
         ("announce_first_up", view.announce_first_up.to_string()),
         ("delivery_deadline", view.delivery_deadline.clone()),
         ("plugin_memory_mib", view.plugin_memory_mib.to_string()),
+        ("no_quorum_after", view.no_quorum_after.clone()),
+        ("member_dead_after", view.member_dead_after.clone()),
+        ("deadman_url", if view.deadman_url.is_empty() { "(off)".to_string() } else { view.deadman_url.clone() }),
+        ("deadman_interval", view.deadman_interval.clone()),
     ]
     .into_iter()
     .map(|(key, value)| vec![key.to_string(), value])
@@ -166,6 +170,13 @@ mod tests {
             delivery_deadline: "1h".into(),
             delivery_deadline_secs: 3600.0,
             plugin_memory_mib: 512,
+            no_quorum_after: "18s (default: 2 × dead_after + 10s)".into(),
+            no_quorum_after_secs: 18.0,
+            member_dead_after: "1m".into(),
+            member_dead_after_secs: 60.0,
+            deadman_url: String::new(),
+            deadman_interval: "1m".into(),
+            deadman_interval_secs: 60.0,
             config_version: 9,
         };
         let text = settings_text(&view);

@@ -84,6 +84,9 @@ pub const DEFAULT_SUBJECT: &str = "{{ verb }}: {{ check.name }}";
 /// The body used when an alert has none of its own, by check type.
 pub fn default_body(kind: &str) -> &'static str {
     match kind {
+        alerting::cluster::CLUSTER_EVENT_TYPE => {
+            "{{ check.name }} is {{ verb }}\n{{ detail }}\nAt {{ time }} (sent by node {{ master }})"
+        }
         "http" => {
             "{{ check.name }} is {{ verb }}: {{ check.target }}\nExpected status {{ check.settings.expect | default('2xx') }}; {{ detail }}\nReporters: {{ ok }} OK, {{ failing }} failing of {{ total }}\nAt {{ time }} (master {{ master }}, transition {{ transition }})"
         }
@@ -267,11 +270,120 @@ pub fn event(context: &Context, alert: &Alert, key: &str, at: Timestamp) -> (qu_
     (event, error)
 }
 
+/// What a delivery record's subject is called: its check's name, or
+/// `node <address>` for a member's announcement.
+pub fn subject_name(config: &ClusterConfig, subject: &str) -> String {
+    if let Some(node) = alerting::member_of(subject) {
+        return match config.peer(&node) {
+            Some(peer) => format!("node {}", peer.advertise),
+            None => format!("node {node}"),
+        };
+    }
+    config.checks.iter().find(|c| c.id == subject).map_or(subject.to_string(), |c| c.name.clone())
+}
+
+/// A cluster event dressed as a check for templates and sinks: type
+/// `qu-cluster`, so a receiver can tell it from a check's transition.
+pub fn cluster_subject(id: String, name: String, target: String) -> Check {
+    Check {
+        id,
+        name,
+        kind: alerting::cluster::CLUSTER_EVENT_TYPE.to_string(),
+        target,
+        interval: std::time::Duration::from_secs(1),
+        timeout: std::time::Duration::from_secs(1),
+        settings: BTreeMap::new(),
+        alert_ids: Vec::new(),
+        suppress_alert_ids: Vec::new(),
+        disabled: false,
+    }
+}
+
+/// The context of a member's committed announcement.
+fn member_context(
+    config: &ClusterConfig,
+    record: &qu_core::config::Delivery,
+    alert: &Alert,
+    master: &str,
+) -> Option<Context> {
+    let node = alerting::member_of(&record.check_id)?;
+    let target = config.peer(&node).map_or_else(String::new, |p| p.advertise.clone());
+    let subject = cluster_subject(record.check_id.clone(), subject_name(config, &record.check_id), target.clone());
+    let detail = if record.to == CheckState::Down {
+        format!(
+            "member {node} ({target}) has not been heard from by the master for {}",
+            humantime::format_duration(config.settings.member_dead_after)
+        )
+    } else {
+        format!("member {node} ({target}) is heard from again")
+    };
+    let members = config.peers.len() as u32;
+    Some(context(
+        &subject,
+        alert,
+        record.from,
+        record.to,
+        (0, 0, members),
+        &detail,
+        master,
+        record.created,
+        &record.transition,
+        false,
+    ))
+}
+
+/// The event of a node's own no-quorum notice (sent without quorum, so
+/// from its own copy of the config and its own books).
+pub fn quorum_notice(
+    config: &ClusterConfig,
+    me: &qu_core::NodeId,
+    alert: &Alert,
+    notice: &alerting::cluster::Notice,
+    reachable: (usize, usize, usize),
+) -> (qu_plugin::AlertEvent, Option<String>) {
+    let advertise = config.peer(me).map_or_else(String::new, |p| p.advertise.clone());
+    let subject = cluster_subject(format!("quorum:{me}"), format!("quorum at node {advertise}"), advertise.clone());
+    let (live, members, need) = reachable;
+    let (from, to, detail, at) = if notice.resolved {
+        let ended = notice.ended.unwrap_or(notice.since);
+        let lasted = std::time::Duration::from_millis(ended.unix_millis().saturating_sub(notice.since.unix_millis()));
+        (
+            CheckState::Down,
+            CheckState::Up,
+            format!(
+                "node {me} ({advertise}) has quorum again since {ended}, after {} without",
+                humantime::format_duration(std::time::Duration::from_secs(lasted.as_secs()))
+            ),
+            ended,
+        )
+    } else {
+        (
+            CheckState::Up,
+            CheckState::Down,
+            format!(
+                "node {me} ({advertise}) has had no quorum since {}: {live} of {members} members reachable, \
+                 {need} needed. The cluster cannot commit verdicts or send check alerts from here; this node \
+                 sends this one itself.",
+                notice.since
+            ),
+            notice.since,
+        )
+    };
+    let master = me.to_string();
+    let context =
+        context(&subject, alert, from, to, (live as u32, 0, members as u32), &detail, &master, at, &notice.key, false);
+    event(&context, alert, &notice.key, at)
+}
+
 /// The context of a committed delivery record (from its check's state).
 pub fn delivery_context(config: &ClusterConfig, key: &str, master: &str) -> Option<(Context, Alert, Timestamp)> {
     let record = config.deliveries.get(key)?;
-    let check = config.checks.iter().find(|c| c.id == record.check_id)?;
     let alert = config.alerts.iter().find(|a| a.id == record.alert_id)?;
+    if alerting::member_of(&record.check_id).is_some() {
+        let context = member_context(config, record, alert, master)?;
+        return Some((context, alert.clone(), record.created));
+    }
+    let check = config.checks.iter().find(|c| c.id == record.check_id)?;
     let status = config.states.get(&check.id);
     // The state's counts and detail belong to this transition only while it
     // is still the latest one; otherwise say so rather than show another's.
@@ -308,6 +420,7 @@ mod tests {
             disabled: false,
             subject_template: subject.map(str::to_string),
             body_template: body.map(str::to_string),
+            cluster_events: false,
         }
     }
 

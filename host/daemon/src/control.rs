@@ -111,6 +111,9 @@ pub struct AlertListItem {
     pub disabled: bool,
     pub subject_template: Option<String>,
     pub body_template: Option<String>,
+    /// A destination for alerts about the cluster itself.
+    #[serde(default)]
+    pub cluster_events: bool,
     /// Deliveries committed and not yet finished.
     pub pending: usize,
     /// The most recently finished delivery.

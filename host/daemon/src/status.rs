@@ -118,6 +118,23 @@ pub struct SettingsView {
     /// Linear memory of all plugin calls on a node together.
     #[serde(default)]
     pub plugin_memory_mib: u32,
+    /// How long a node goes without quorum before it sends its own
+    /// cluster alert (`default` follows dead_after).
+    #[serde(default)]
+    pub no_quorum_after: String,
+    #[serde(default)]
+    pub no_quorum_after_secs: f64,
+    #[serde(default)]
+    pub member_dead_after: String,
+    #[serde(default)]
+    pub member_dead_after_secs: f64,
+    /// The dead man's switch, masked like alert URLs (empty: off).
+    #[serde(default)]
+    pub deadman_url: String,
+    #[serde(default)]
+    pub deadman_interval: String,
+    #[serde(default)]
+    pub deadman_interval_secs: f64,
     pub config_version: u64,
 }
 

@@ -39,6 +39,23 @@ impl ProbeResult {
 /// A probe's detail as `qu status` shows it: one line, whitespace
 /// collapsed, at most 160 characters (cut with `…`). Plugin checks' details
 /// go through it too.
+/// One call of a dead man's switch (healthchecks.io style): a GET of
+/// `url`; any 2xx answer counts. Returns the status, or why it failed.
+pub async fn ping(url: &str, timeout: Duration) -> Result<u16, String> {
+    let tls = qu_transport::probe_client_config(false).map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("qu/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let response = client.get(url).send().await.map_err(|e| http_error(&e, timeout))?;
+    let status = response.status();
+    if status.is_success() { Ok(status.as_u16()) } else { Err(format!("status {}", status.as_u16())) }
+}
+
 pub fn short_detail(text: &str) -> String {
     let mut detail: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if detail.chars().count() > DETAIL_CHARS_MAX {

@@ -12,10 +12,12 @@
 //!   finishing a record that is not pending changes nothing.
 //! - Nothing is sent for a record that is not committed `pending`.
 
+pub mod cluster;
 mod dispatcher;
 
 use std::time::Duration;
 
+pub use self::cluster::{member_announced_down, member_deliveries, member_of};
 pub use self::dispatcher::{
     CommittedView, Decision, DispatchInput, DispatchLimits, DispatchOutput, Dispatcher, FailReason, PendingRecord,
     SendOutcome, TransitionOrder,
@@ -141,6 +143,7 @@ mod tests {
             disabled,
             subject_template: None,
             body_template: None,
+            cluster_events: false,
         }
     }
 

@@ -59,6 +59,23 @@ pub struct ClusterConfig {
     /// [`crate::alerting`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub deliveries: BTreeMap<String, Delivery>,
+    /// Members the master announced dead, and those announced back, by
+    /// node id ([`crate::alerting::cluster`]): runtime state, like
+    /// `states`, so the announcement is made once by whichever master
+    /// holds the lease, never again by the next.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members_seen: BTreeMap<NodeId, MemberStatus>,
+}
+
+/// What the cluster last announced of one member: dead (`down`) or back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberStatus {
+    pub state: CheckState,
+    /// When the master committed the announcement.
+    pub since: Timestamp,
+    /// The transition id of the announcement ([`crate::alerting::transition_id`]).
+    pub transition: String,
 }
 
 /// The stamp of the commit that last changed what operators own: what
@@ -149,6 +166,20 @@ pub struct Settings {
     /// Linear memory of all plugin calls on a node together, in MiB.
     #[serde(skip_serializing_if = "Settings::is_default_plugin_memory")]
     pub plugin_memory_mib: u32,
+    /// How long a node goes without quorum before it sends its own
+    /// cluster alert; unset: 2 × `dead_after` + 10 s
+    /// ([`Settings::no_quorum_alert_after`]).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub no_quorum_after: Option<Duration>,
+    /// How long the master sees a member dead before it announces it.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Settings::is_default_member_dead")]
+    pub member_dead_after: Duration,
+    /// The dead man's switch: a URL the master calls every
+    /// `deadman_interval` while it holds its lease (empty: off).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub deadman_url: String,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Settings::is_default_deadman_interval")]
+    pub deadman_interval: Duration,
 }
 
 impl Default for Settings {
@@ -161,6 +192,10 @@ impl Default for Settings {
             announce_first_up: true,
             delivery_deadline: Duration::from_secs(3600),
             plugin_memory_mib: Self::PLUGIN_MEMORY_MIB_DEFAULT,
+            no_quorum_after: None,
+            member_dead_after: Self::MEMBER_DEAD_AFTER_DEFAULT,
+            deadman_url: String::new(),
+            deadman_interval: Self::DEADMAN_INTERVAL_DEFAULT,
         }
     }
 }
@@ -175,8 +210,25 @@ impl Settings {
     pub const PLUGIN_MEMORY_MIB_MIN: u32 = 256;
     pub const PLUGIN_MEMORY_MIB_MAX: u32 = 65_536;
 
+    pub const MEMBER_DEAD_AFTER_DEFAULT: Duration = Duration::from_secs(60);
+    pub const DEADMAN_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+    /// The dead man's switch is called at most this often.
+    pub const DEADMAN_INTERVAL_MIN: Duration = Duration::from_secs(1);
+
     fn is_default_plugin_memory(mib: &u32) -> bool {
         *mib == Self::PLUGIN_MEMORY_MIB_DEFAULT
+    }
+    fn is_default_member_dead(after: &Duration) -> bool {
+        *after == Self::MEMBER_DEAD_AFTER_DEFAULT
+    }
+    fn is_default_deadman_interval(every: &Duration) -> bool {
+        *every == Self::DEADMAN_INTERVAL_DEFAULT
+    }
+
+    /// How long a node is without quorum before it alerts:
+    /// `no_quorum_after`, or 2 × `dead_after` + 10 s.
+    pub fn no_quorum_alert_after(&self) -> Duration {
+        self.no_quorum_after.unwrap_or(self.dead_after * 2 + Duration::from_secs(10))
     }
 
     pub fn validate(&self) -> Vec<String> {
@@ -212,6 +264,36 @@ impl Settings {
         }
         if self.hysteresis == 0 || self.hysteresis > Self::HYSTERESIS_MAX {
             problems.push(format!("settings.hysteresis: {} is outside 1..={}", self.hysteresis, Self::HYSTERESIS_MAX));
+        }
+        // Shorter than `dead_after`, every election would page.
+        if let Some(after) = self.no_quorum_after
+            && after < self.dead_after
+        {
+            problems.push(format!(
+                "settings.no_quorum_after: {} is shorter than dead_after ({})",
+                humantime::format_duration(after),
+                humantime::format_duration(self.dead_after),
+            ));
+        }
+        if self.member_dead_after < self.dead_after {
+            problems.push(format!(
+                "settings.member_dead_after: {} is shorter than dead_after ({})",
+                humantime::format_duration(self.member_dead_after),
+                humantime::format_duration(self.dead_after),
+            ));
+        }
+        if !self.deadman_url.is_empty() {
+            match url::Url::parse(&self.deadman_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                _ => problems.push("settings.deadman_url: not an http(s) URL".to_string()),
+            }
+        }
+        if self.deadman_interval < Self::DEADMAN_INTERVAL_MIN || self.deadman_interval > Duration::from_secs(86_400) {
+            problems.push(format!(
+                "settings.deadman_interval: {} is outside {}..1day",
+                humantime::format_duration(self.deadman_interval),
+                humantime::format_duration(Self::DEADMAN_INTERVAL_MIN),
+            ));
         }
         if !(Self::PLUGIN_MEMORY_MIB_MIN..=Self::PLUGIN_MEMORY_MIB_MAX).contains(&self.plugin_memory_mib) {
             problems.push(format!(
@@ -291,6 +373,10 @@ pub struct Alert {
     pub subject_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_template: Option<String>,
+    /// A destination for alerts about the cluster itself: a node without
+    /// quorum, a member dead, and their recovery (`--cluster-events`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster_events: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +430,7 @@ impl ClusterConfig {
             plugins: Vec::new(),
             states: BTreeMap::new(),
             deliveries: BTreeMap::new(),
+            members_seen: BTreeMap::new(),
         }
     }
 
@@ -409,6 +496,7 @@ impl ClusterConfig {
             plugins: self.plugins.clone(),
             states: BTreeMap::new(),
             deliveries: BTreeMap::new(),
+            members_seen: BTreeMap::new(),
         }
     }
 
@@ -453,7 +541,10 @@ impl ClusterConfig {
     pub fn drop_runtime_state_of_removed(&mut self) {
         let ids: std::collections::HashSet<&str> = self.checks.iter().map(|c| c.id.as_str()).collect();
         self.states.retain(|id, _| ids.contains(id.as_str()));
-        self.deliveries.retain(|_, d| ids.contains(d.check_id.as_str()));
+        self.deliveries
+            .retain(|_, d| ids.contains(d.check_id.as_str()) || crate::alerting::member_of(&d.check_id).is_some());
+        let members: BTreeSet<NodeId> = self.peers.iter().map(|p| p.node_id).collect();
+        self.members_seen.retain(|id, _| members.contains(id));
     }
 
     /// Member ids, sorted.
@@ -508,7 +599,9 @@ impl ClusterConfig {
             if !alerts.contains(delivery.alert_id.as_str()) {
                 problems.push(format!("deliveries.{key}: no alert has id `{}`", delivery.alert_id));
             }
-            if !checks.contains(delivery.check_id.as_str()) {
+            // A member's announcement names the member, not a check.
+            if !checks.contains(delivery.check_id.as_str()) && crate::alerting::member_of(&delivery.check_id).is_none()
+            {
                 problems.push(format!("deliveries.{key}: no check has id `{}`", delivery.check_id));
             }
         }
@@ -772,6 +865,7 @@ mod tests {
             disabled: false,
             subject_template: Some("{{ check.name }} is {{ verb }}".into()),
             body_template: None,
+            cluster_events: false,
         });
         std::sync::Arc::make_mut(&mut config.checks).push(Arc::new(Check {
             id: "c1".into(),

@@ -20,11 +20,11 @@ pub use checks::{
     BUILT_IN_CHECK_PLUGINS, BUILT_IN_SINK_PLUGINS, HttpSpec, NATIVE_TYPES, NativeSpec, REDIRECTS_MAX, StatusMatcher,
 };
 pub use cluster::{
-    Alert, Check, CheckStatus, ClusterConfig, ContentStamp, Delivery, DeliveryStatus, Peer, PluginEntry, PluginKind,
-    PluginLimits, Settings,
+    Alert, Check, CheckStatus, ClusterConfig, ContentStamp, Delivery, DeliveryStatus, MemberStatus, Peer, PluginEntry,
+    PluginKind, PluginLimits, Settings,
 };
 pub use mutation::{
-    AlertChanges, CheckChanges, DeliveryResult, Mutation, SETTING_KEYS, Stamp, Transition, merge_settings,
+    AlertChanges, CheckChanges, DeliveryResult, MemberChange, Mutation, SETTING_KEYS, Stamp, Transition, merge_settings,
 };
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, SECRET_BITS_MIN, secret_bits, secret_problem};
 pub use render::{Renderer, content_hash};

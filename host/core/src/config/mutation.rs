@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Alert, Check, CheckStatus, ClusterConfig, DeliveryStatus, Peer, PluginEntry, Settings, Timestamp};
+use super::{
+    Alert, Check, CheckStatus, ClusterConfig, DeliveryStatus, MemberStatus, Peer, PluginEntry, Settings, Timestamp,
+};
 use crate::NodeId;
 use crate::consensus::ConfigId;
+use crate::monitor::CheckState;
 
 /// What of a changed config validation looks at ([`Mutation::validation_scope`]).
 enum Scope {
@@ -98,6 +101,20 @@ pub enum Mutation {
     FinishDeliveries {
         results: Vec<DeliveryResult>,
     },
+    /// The master announces members dead (`down: true`) or back, with a
+    /// delivery record per alert marked for cluster events
+    /// ([`crate::alerting::cluster::MemberWatch`]). A change that is no
+    /// change (already announced so, or not a member) is skipped.
+    RecordMembers {
+        changes: Vec<MemberChange>,
+    },
+}
+
+/// One member announced dead or back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberChange {
+    pub node_id: NodeId,
+    pub down: bool,
 }
 
 /// The fields `qu alert edit` may change.
@@ -110,6 +127,8 @@ pub struct AlertChanges {
     /// `Some("")` removes the template (back to the default).
     pub subject_template: Option<String>,
     pub body_template: Option<String>,
+    #[serde(default)]
+    pub cluster_events: Option<bool>,
 }
 
 /// How one delivery ended.
@@ -161,6 +180,7 @@ impl Mutation {
             Mutation::Restamp
             | Mutation::RecordTransitions { .. }
             | Mutation::FinishDeliveries { .. }
+            | Mutation::RecordMembers { .. }
             // A check goes with its states and delivery records; nothing
             // else refers to checks.
             | Mutation::RemoveCheck { .. } => Scope::Nothing,
@@ -186,7 +206,13 @@ impl Mutation {
     /// `cluster.yaml`): everything but a new master's re-stamp and the
     /// runtime state the master records (transitions, delivery results).
     pub fn changes_content(&self) -> bool {
-        !matches!(self, Mutation::Restamp | Mutation::RecordTransitions { .. } | Mutation::FinishDeliveries { .. })
+        !matches!(
+            self,
+            Mutation::Restamp
+                | Mutation::RecordTransitions { .. }
+                | Mutation::FinishDeliveries { .. }
+                | Mutation::RecordMembers { .. }
+        )
     }
 
     /// The peer a change adds, who must acknowledge before it counts.
@@ -221,6 +247,11 @@ impl Mutation {
             Mutation::EditAlert { alert, .. } => format!("edit alert {alert}"),
             Mutation::RemoveAlert { alert } => format!("remove alert {alert}"),
             Mutation::FinishDeliveries { results } => format!("finish {} deliveries", results.len()),
+            Mutation::RecordMembers { changes } => changes
+                .iter()
+                .map(|c| format!("node {} {}", c.node_id, if c.down { "dead" } else { "back" }))
+                .collect::<Vec<_>>()
+                .join(", "),
         }
     }
 
@@ -248,6 +279,7 @@ impl Mutation {
             Mutation::RemoveAlert { alert } => remove_alert(current, &mut next, alert)?,
             Mutation::FinishDeliveries { results } => finish_deliveries(current, &mut next, results, stamp)?,
             Mutation::RemovePlugin { name } => remove_plugin(current, &mut next, name)?,
+            Mutation::RecordMembers { changes } => record_members(current, &mut next, changes, stamp)?,
         }
         // What operators own keeps the stamp of its last change, which the
         // operator's file shows and a hand edit is based on.
@@ -303,6 +335,7 @@ fn remove_peer(current: &ClusterConfig, next: &mut ClusterConfig, node_id: &Node
         return Err("cannot remove the last member of a cluster".into());
     }
     next.peers.retain(|p| p.node_id != *node_id);
+    next.members_seen.remove(node_id);
     Ok(())
 }
 fn replace(
@@ -429,6 +462,32 @@ fn record_transitions(
     }
     if applied == 0 {
         return Err("every transition is stale (the checks changed or were removed)".into());
+    }
+    Ok(())
+}
+fn record_members(
+    current: &ClusterConfig,
+    next: &mut ClusterConfig,
+    changes: &[MemberChange],
+    stamp: &Stamp,
+) -> Result<(), String> {
+    let mut applied = 0;
+    for change in changes {
+        if current.peer(&change.node_id).is_none()
+            || crate::alerting::member_announced_down(current, &change.node_id) == change.down
+        {
+            continue;
+        }
+        let (from, to) =
+            if change.down { (CheckState::Up, CheckState::Down) } else { (CheckState::Down, CheckState::Up) };
+        let status =
+            MemberStatus { state: to, since: stamp.at, transition: crate::alerting::transition_id(stamp.id, applied) };
+        next.deliveries.extend(crate::alerting::member_deliveries(current, &change.node_id, from, &status));
+        next.members_seen.insert(change.node_id, status);
+        applied += 1;
+    }
+    if applied == 0 {
+        return Err("every member change is stale (already announced, or no longer a member)".into());
     }
     Ok(())
 }
@@ -559,6 +618,9 @@ impl AlertChanges {
         if let Some(body) = &self.body_template {
             alert.body_template = (!body.is_empty()).then(|| body.clone());
         }
+        if let Some(cluster_events) = self.cluster_events {
+            alert.cluster_events = cluster_events;
+        }
     }
 }
 
@@ -596,7 +658,7 @@ fn resolve_alerts(config: &ClusterConfig, refs: &[String]) -> Result<Vec<String>
 }
 
 /// Names `qu cluster settings set` accepts.
-pub const SETTING_KEYS: [&str; 7] = [
+pub const SETTING_KEYS: [&str; 11] = [
     "heartbeat",
     "dead_after",
     "master_cooldown",
@@ -604,6 +666,10 @@ pub const SETTING_KEYS: [&str; 7] = [
     "announce_first_up",
     "delivery_deadline",
     "plugin_memory_mib",
+    "no_quorum_after",
+    "member_dead_after",
+    "deadman_url",
+    "deadman_interval",
 ];
 
 fn set_setting(settings: &mut Settings, key: &str, value: &str) -> Result<(), String> {
@@ -626,6 +692,12 @@ fn set_setting(settings: &mut Settings, key: &str, value: &str) -> Result<(), St
             settings.plugin_memory_mib =
                 value.parse().map_err(|_| format!("plugin_memory_mib: `{value}` is not a whole number of MiB"))?
         }
+        // `default`: 2 × dead_after + 10 s, following dead_after.
+        "no_quorum_after" => settings.no_quorum_after = if value == "default" { None } else { Some(duration()?) },
+        "member_dead_after" => settings.member_dead_after = duration()?,
+        // Empty: the dead man's switch is off.
+        "deadman_url" => settings.deadman_url = value.trim().to_string(),
+        "deadman_interval" => settings.deadman_interval = duration()?,
         other => return Err(format!("unknown setting `{other}`; settable: {}", SETTING_KEYS.join(", "))),
     }
     let problems = settings.validate();
@@ -819,6 +891,7 @@ mod tests {
             disabled: false,
             subject_template: None,
             body_template: None,
+            cluster_events: false,
         };
         let with_alert = Mutation::AddAlert { alert: Box::new(alert) }.apply(&base, &stamp(2)).unwrap();
         let mut web = check("web");
@@ -979,6 +1052,7 @@ mod tests {
             disabled: false,
             subject_template: None,
             body_template: None,
+            cluster_events: false,
         };
         let a = Mutation::AddAlert { alert: Box::new(alert("a1", true)) }.apply(&base, &stamp(2)).unwrap();
         let b = Mutation::AddAlert { alert: Box::new(alert("a2", false)) }.apply(&a, &stamp(3)).unwrap();

@@ -307,6 +307,7 @@ impl ClusterConfig {
             plugins: self.plugins.clone(),
             states: Default::default(),
             deliveries: Default::default(),
+            members_seen: self.members_seen.clone(),
         }
     }
 }

@@ -146,7 +146,7 @@ impl Delivery {
 
 /// A sink's answer as the dispatcher sees it: timeouts and an unavailable
 /// plugin are worth retrying; a permanent error or a broken plugin is not.
-fn outcome_of(result: Result<(), qu_plugin::CallError>) -> SendOutcome {
+pub(super) fn outcome_of(result: Result<(), qu_plugin::CallError>) -> SendOutcome {
     use qu_plugin::{CallError, PluginError};
     match result {
         Ok(()) => SendOutcome::Delivered,
@@ -169,8 +169,7 @@ fn names(cluster: &ClusterConfig, key: &str) -> (String, String, &'static str) {
     let Some(record) = cluster.deliveries.get(key) else { return (key.to_string(), String::new(), "") };
     let alert =
         cluster.alerts.iter().find(|a| a.id == record.alert_id).map_or(record.alert_id.clone(), |a| a.name.clone());
-    let check =
-        cluster.checks.iter().find(|c| c.id == record.check_id).map_or(record.check_id.clone(), |c| c.name.clone());
+    let check = crate::alerts::subject_name(cluster, &record.check_id);
     (alert, check, qu_core::alerting::verb(record.from, record.to))
 }
 

@@ -67,6 +67,10 @@ pub(crate) enum PeerEvent {
 pub(crate) enum DeliveryEvent {
     /// One attempt to deliver an alert finished.
     Attempt { key: String, attempt: u32, result: Result<(), qu_plugin::CallError>, took: Duration },
+    /// One attempt to send this node's own no-quorum notice finished.
+    Notice { key: String, attempt: u32, result: Result<(), qu_plugin::CallError> },
+    /// A call of the dead man's switch finished (its status, or why not).
+    Deadman { result: Result<u16, String> },
 }
 
 /// Forwards peer messages into the event loop, so all state changes happen

@@ -4,6 +4,7 @@
 //! persisting it).
 
 mod alerting;
+mod cluster_watch;
 mod consensus;
 mod delivery;
 mod edits;
@@ -294,6 +295,8 @@ pub(crate) struct Daemon {
     plugins: Arc<crate::plugins::Registry>,
     /// Alert delivery: the pure dispatcher and the sends it runs.
     delivery: delivery::Delivery,
+    /// Alerts about the cluster itself (see `watch`).
+    watch: cluster_watch::Watch,
 }
 
 /// Probes whose lateness `qu status --json` summarises.
@@ -311,6 +314,7 @@ impl Daemon {
     /// still to execute.
     fn start(loaded: LoadedNode, events: mpsc::Sender<Event>) -> Result<(Self, Vec<Output>), DaemonError> {
         let LoadedNode { data, node, identity, cluster, durable, start, texts } = loaded;
+        let quorum_books = data.root().join(cluster_watch::BOOKS_FILE);
         let written = edits::at_start(&data, &cluster, start, &texts)?;
         let written_id = cluster.content_id();
         // The copy now holds whatever the log did (start replayed it).
@@ -375,6 +379,7 @@ impl Daemon {
             lateness_us: VecDeque::new(),
             plugins,
             delivery: delivery::Delivery::new(rand::random()),
+            watch: cluster_watch::Watch::load(&quorum_books),
         };
         // Two terms: the one the loaded version was committed in, and the
         // node's own (its vote's), which may be later.
@@ -429,6 +434,8 @@ pub async fn run(
     ));
     let peer_task = tokio::spawn(accept_peers(listeners.peer, endpoint, events.clone()));
     let control_task = tokio::spawn(accept_control(listeners.control, events));
+    let mut notifier = crate::notify::Notifier::from_env();
+    notifier.ready(daemon.service_status());
     let mut tick_every = daemon.tick_interval();
     let mut ticker = tokio::time::interval(tick_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -444,7 +451,10 @@ pub async fn run(
                 None => break Ok(()),
             },
             Some(round) = rounds.recv() => daemon.handle(Event::Probe(round)),
-            _ = ticker.tick() => daemon.tick(),
+            _ = ticker.tick() => {
+                notifier.tick(daemon.service_status());
+                daemon.tick()
+            }
             _ = file_poll.tick() => {
                 daemon.poll_file();
                 if daemon.plugins.has_unavailable() {
@@ -457,6 +467,7 @@ pub async fn run(
             }
             () = &mut shutdown => {
                 tracing::info!("shutting down");
+                notifier.stopping();
                 break daemon.flush();
             }
         };
@@ -502,6 +513,27 @@ impl Daemon {
         Timestamp::from_system_time(SystemTime::now())
     }
 
+    /// What `systemctl status` shows (`STATUS=`): role, term, version.
+    fn service_status(&self) -> String {
+        let (term, version) = (self.core.term(), self.cluster.version);
+        if !self.core.is_member() {
+            return format!("not a member of the cluster in cluster.yaml (term {term}); waiting to be added");
+        }
+        let (live, members, need) = (self.core.live_members(), self.cluster.peers.len(), self.cluster.quorum_size());
+        match self.core.role() {
+            Role::Master => format!("master, term {term}, config version {version}, {live} of {members} members live"),
+            _ if live < need => {
+                format!(
+                    "no quorum: {live} of {members} members reachable, {need} needed (term {term}, config version {version})"
+                )
+            }
+            _ => match self.core.master() {
+                Some(master) => format!("follower of {master}, term {term}, config version {version}"),
+                None => format!("electing a master, term {term}, config version {version}"),
+            },
+        }
+    }
+
     fn tick(&mut self) -> Result<(), DaemonError> {
         if self.departing.as_ref().is_some_and(|(_, until)| self.now() >= *until) {
             self.departing = None;
@@ -511,6 +543,7 @@ impl Daemon {
         self.fan_in();
         self.judge();
         self.deliver();
+        self.watch_cluster();
         self.start_next_mutation()
     }
 
@@ -523,6 +556,10 @@ impl Daemon {
             Event::Delivery(DeliveryEvent::Attempt { key, attempt, result, took }) => {
                 self.delivery_attempted(key, attempt, result, took);
             }
+            Event::Delivery(DeliveryEvent::Notice { key, attempt, result }) => {
+                self.notice_attempted(key, attempt, result)
+            }
+            Event::Delivery(DeliveryEvent::Deadman { result }) => self.deadman_called(result),
             Event::Probe(round) => {
                 self.on_round(round);
                 return Ok(());

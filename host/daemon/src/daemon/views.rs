@@ -48,6 +48,18 @@ impl Daemon {
             delivery_deadline: humantime::format_duration(s.delivery_deadline).to_string(),
             delivery_deadline_secs: crate::status::seconds(s.delivery_deadline),
             plugin_memory_mib: s.plugin_memory_mib,
+            no_quorum_after: match s.no_quorum_after {
+                Some(after) => humantime::format_duration(after).to_string(),
+                None => {
+                    format!("{} (default: 2 × dead_after + 10s)", humantime::format_duration(s.no_quorum_alert_after()))
+                }
+            },
+            no_quorum_after_secs: crate::status::seconds(s.no_quorum_alert_after()),
+            member_dead_after: humantime::format_duration(s.member_dead_after).to_string(),
+            member_dead_after_secs: crate::status::seconds(s.member_dead_after),
+            deadman_url: crate::alerts::redacted_url(&s.deadman_url).unwrap_or_else(|| s.deadman_url.clone()),
+            deadman_interval: humantime::format_duration(s.deadman_interval).to_string(),
+            deadman_interval_secs: crate::status::seconds(s.deadman_interval),
             config_version: self.cluster.version,
         }
     }
@@ -185,8 +197,6 @@ impl Daemon {
 
     pub(super) fn alert_list(&self) -> Vec<crate::control::AlertListItem> {
         use qu_core::config::DeliveryStatus;
-        let check_name =
-            |id: &str| self.cluster.checks.iter().find(|c| c.id == id).map_or(id.to_string(), |c| c.name.clone());
         self.cluster
             .alerts
             .iter()
@@ -200,7 +210,7 @@ impl Daemon {
                     .max_by_key(|(_, d)| d.finished.map(|f| f.unix_millis()))
                     .map(|(key, d)| crate::control::DeliveryView {
                         key: (*key).clone(),
-                        check: check_name(&d.check_id),
+                        check: crate::alerts::subject_name(&self.cluster, &d.check_id),
                         verb: qu_core::alerting::verb(d.from, d.to).to_string(),
                         status: if d.status == DeliveryStatus::Delivered {
                             "delivered".into()
@@ -220,6 +230,7 @@ impl Daemon {
                     disabled: a.disabled,
                     subject_template: a.subject_template.clone(),
                     body_template: a.body_template.clone(),
+                    cluster_events: a.cluster_events,
                     pending,
                     last,
                 }
