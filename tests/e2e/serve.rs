@@ -335,3 +335,58 @@ fn the_daemon_raises_its_open_file_limit_to_the_hard_one() {
     assert_eq!(numbers, [hard, hard], "{line}");
     assert!(node.log_text().contains(&format!("open files: soft limit raised from 512 to {hard}")));
 }
+
+/// Under systemd (`Type=notify`, `WatchdogSec=`): `READY=1` only once the
+/// node answers, `STATUS=` with its role and term, `WATCHDOG=1` from the
+/// event loop at half the interval (and none while the process is
+/// stopped), `STOPPING=1` on SIGTERM. The socket is the test's own, as
+/// systemd's would be.
+#[test]
+fn under_systemd_it_says_ready_pings_the_watchdog_and_reports_role_and_term() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let read = |within: Duration| -> Vec<String> {
+        let until = std::time::Instant::now() + within;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < until {
+            if let Ok(n) = socket.recv(&mut buf) {
+                got.extend(String::from_utf8_lossy(&buf[..n]).lines().map(String::from));
+            }
+        }
+        got
+    };
+    let mut node = Node::new("notified");
+    node.init(free_port(), &[]);
+    // systemd names the service's pid in WATCHDOG_PID: a shell that
+    // execs the daemon knows it.
+    node.wrapper = ["sh", "-c", "WATCHDOG_PID=$$ exec \"$@\"", "sh"].map(String::from).to_vec();
+    node.spawn_serve_with(&[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "1000000")]);
+    node.wrapper.clear();
+    let mut seen = Vec::new();
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while !seen.iter().any(|l| l == "READY=1") && std::time::Instant::now() < until {
+        seen.extend(read(Duration::from_millis(100)));
+    }
+    assert!(seen.iter().any(|l| l == "READY=1"), "no READY=1: {seen:?}");
+    let status = node.qu(&["status", "--json"]);
+    assert!(status.status.success(), "READY=1 before the control socket answered");
+    seen.extend(read(Duration::from_secs(3)));
+    let pings = seen.iter().filter(|l| *l == "WATCHDOG=1").count();
+    assert!((3..=12).contains(&pings), "WATCHDOG=1 about twice a second: {pings} in 3 s: {seen:?}");
+    assert!(
+        seen.iter().any(|l| l.starts_with("STATUS=master, term ") && l.contains("config version")),
+        "the role and term in STATUS=: {seen:?}"
+    );
+    node.signal(rustix::process::Signal::STOP);
+    read(Duration::from_millis(300));
+    let stopped = read(Duration::from_secs(2));
+    node.signal(rustix::process::Signal::CONT);
+    assert!(!stopped.iter().any(|l| l == "WATCHDOG=1"), "a stopped loop pings nothing: {stopped:?}");
+    assert!(read(Duration::from_secs(2)).iter().any(|l| l == "WATCHDOG=1"), "pings again once it runs");
+    node.terminate();
+    assert!(read(Duration::from_millis(500)).iter().any(|l| l == "STOPPING=1"), "STOPPING=1 on SIGTERM");
+}

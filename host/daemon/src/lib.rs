@@ -10,6 +10,7 @@ pub mod control;
 mod daemon;
 pub mod init;
 pub mod load;
+pub mod notify;
 pub mod pake;
 pub mod paths;
 mod peer;
