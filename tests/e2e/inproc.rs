@@ -19,7 +19,7 @@ async fn a_node_runs_in_process_on_port_zero_and_stops_on_its_shutdown_future() 
     let socket = dir.path().join("qu.sock");
     let control_listener = control::bind(&socket).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let listeners = Listeners { peer, control: control_listener, control_path: Some(socket.clone()) };
+    let listeners = Listeners { peer, control: control_listener, control_path: Some(socket.clone()), http: None };
     let daemon = tokio::spawn(qu_daemon::run(loaded, listeners, async {
         let _ = stopped.await;
     }));

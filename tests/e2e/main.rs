@@ -18,6 +18,7 @@
 //!   version-0 restores, unknown outcomes (exit code 3).
 //! - `plugins` — WebAssembly plugins on 3 nodes: add, replicate, verify, run, contain.
 //! - `upgrade` — a data directory written by qu 0.1 (a committed fixture), started by this binary.
+//! - `metrics` — `/metrics` on 3 nodes: promtool accepts it, a real Prometheus scrapes it.
 //! - `demo`    — the README's main-job command.
 
 mod alerts;
@@ -29,6 +30,7 @@ mod delivery;
 mod demo;
 mod init;
 mod inproc;
+mod metrics;
 mod operator;
 mod peers;
 mod plugins;

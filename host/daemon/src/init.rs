@@ -86,6 +86,7 @@ pub fn init(data: &DataDir, options: InitOptions) -> Result<InitReport, InitErro
         port: options.port.unwrap_or(advertise.port),
         advertise: advertise.to_string(),
         cluster_secret: secret,
+        http_listen: None,
     };
     let problems = node.validate();
     if !problems.is_empty() {

@@ -8,8 +8,10 @@
 pub mod alerts;
 pub mod control;
 mod daemon;
+mod http;
 pub mod init;
 pub mod load;
+pub mod metrics;
 pub mod notify;
 pub mod pake;
 pub mod paths;

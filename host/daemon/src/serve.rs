@@ -34,17 +34,32 @@ pub async fn serve(paths: &Paths) -> Result<(), String> {
         }
         _ => format!("bind peer listener {addr}: {e}"),
     })?;
+    let http = match loaded.node.http_listen {
+        Some(listen) => Some(TcpListener::bind(listen).await.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                format!(
+                    "http_listen {listen} is already in use; stop what holds it or change `http_listen` in node.yaml"
+                )
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                format!("cannot bind http_listen {listen}: no such local address; fix `http_listen` in node.yaml")
+            }
+            _ => format!("bind http_listen {listen}: {e}"),
+        })?),
+        None => None,
+    };
     let control = control::bind(&paths.socket)?;
     tracing::info!(
         node = %loaded.node_id(),
         listen = %addr,
         advertise = %loaded.node.advertise,
         socket = %paths.socket.display(),
+        http = %loaded.node.http_listen.map_or_else(|| "off".to_string(), |a| format!("http://{a}/metrics")),
         fingerprint = %loaded.fingerprint(),
         version = crate::VERSION,
         "qu daemon starting"
     );
-    let listeners = Listeners { peer, control, control_path: Some(paths.socket.clone()) };
+    let listeners = Listeners { peer, control, control_path: Some(paths.socket.clone()), http };
     crate::run(loaded, listeners, shutdown_signal()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())

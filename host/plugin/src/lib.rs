@@ -294,6 +294,8 @@ pub struct Runtime {
     memory: [Arc<MemoryBudget>; 2],
     ticker: Ticker,
     compiles: Arc<CompileCounts>,
+    /// Per (plugin, kind): its calls since start ([`Runtime::call_stats`]).
+    calls: std::sync::Mutex<std::collections::BTreeMap<(String, &'static str), CallStats>>,
 }
 
 /// How this runtime's components were compiled since it started: from
@@ -302,6 +304,18 @@ pub struct Runtime {
 struct CompileCounts {
     compiled: std::sync::atomic::AtomicU64,
     from_cache: std::sync::atomic::AtomicU64,
+}
+
+/// Calls of one plugin since the runtime started ([`Runtime::call_stats`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CallStats {
+    pub calls: u64,
+    /// Calls that did not finish: timed out, trapped, out of memory.
+    pub errors: u64,
+    /// Time in calls, in seconds.
+    pub seconds: f64,
+    /// The most linear memory one call used, in bytes.
+    pub memory_max: u64,
 }
 
 /// A snapshot of [`Runtime::compile_stats`].
@@ -426,6 +440,7 @@ impl Runtime {
             memory,
             ticker,
             compiles: Arc::default(),
+            calls: Default::default(),
         }))
     }
 
@@ -462,6 +477,12 @@ impl Runtime {
             0 => None,
             port => u16::try_from(port).ok(),
         }
+    }
+
+    /// Per plugin and kind (`check` or `sink`), its calls since start.
+    pub fn call_stats(&self) -> Vec<(String, &'static str, CallStats)> {
+        let calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+        calls.iter().map(|((name, kind), stats)| (name.clone(), *kind, stats.clone())).collect()
     }
 
     /// How many components this runtime compiled, and how many it took
@@ -719,8 +740,17 @@ impl Runtime {
         })?;
         let _ticking = self.ticker.enter();
         let mut store = self.store(plugin, rules);
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(deadline, call(&mut store)).await;
         store.data().denials.finish();
+        {
+            let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
+            let stats = calls.entry((plugin.name.clone(), plugin.kind.as_str())).or_default();
+            stats.calls += 1;
+            stats.errors += u64::from(!matches!(outcome, Ok(Ok(_))));
+            stats.seconds += started.elapsed().as_secs_f64();
+            stats.memory_max = stats.memory_max.max(store.data().limiter.held as u64);
+        }
         match outcome {
             Err(_) => Err(CallError::Timeout { plugin: name, after: deadline }),
             Ok(Ok(value)) => Ok(value),

@@ -25,6 +25,10 @@ pub struct NodeConfig {
     pub advertise: String,
     /// Shared secret proven (never sent) when a node joins.
     pub cluster_secret: String,
+    /// `ADDR:PORT` of qu's own HTTP listener (`/metrics`); absent: off.
+    /// It has no authentication: keep it on loopback or a private network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// Values from the environment (`QUPTIME_ADVERTISE`, ...) that win over the
@@ -89,6 +93,16 @@ impl NodeConfig {
         }
         if let Some(problem) = secret_problem(&self.cluster_secret) {
             problems.push(format!("cluster_secret: {problem}"));
+        }
+        if let Some(listen) = self.http_listen {
+            if listen.port() == 0 {
+                problems.push("http_listen: port 0 is not a fixed port; pick one such as 9902".to_string());
+            }
+            if listen.port() == self.port
+                && (listen.ip() == self.bind || listen.ip().is_unspecified() || self.bind.is_unspecified())
+            {
+                problems.push(format!("http_listen: {listen} is the peer listener's port"));
+            }
         }
         problems
     }
@@ -156,6 +170,7 @@ mod tests {
             port: 9901,
             advertise: "alpha.example.com:9901".into(),
             cluster_secret: "s3cret-s3cret-s3cret".into(),
+            http_listen: None,
         }
     }
 

@@ -42,6 +42,7 @@ impl Daemon {
         result: Result<(), qu_plugin::CallError>,
         took: Duration,
     ) {
+        self.metrics.delivery_attempt(result.is_ok());
         let (now, acting, master) = (self.now(), self.may_act(), self.me());
         let cx = delivery::Context { cluster: &self.cluster, master, plugins: &self.plugins, events: &self.events };
         // Whether it may still act first: an answer between two ticks must

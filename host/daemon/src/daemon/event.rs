@@ -48,6 +48,10 @@ pub(crate) enum ControlEvent {
         summaries: Option<Vec<CheckSummary>>,
         reply: oneshot::Sender<ControlResponse>,
     },
+    /// A scrape of `/metrics` (the HTTP listener): the text to answer.
+    Metrics {
+        reply: oneshot::Sender<String>,
+    },
     /// A change checked off the event loop (by a plugin's validation):
     /// check it against the config again and propose it.
     SubmitChecked {

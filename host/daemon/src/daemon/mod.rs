@@ -80,6 +80,8 @@ pub struct Listeners {
     pub control: UnixListener,
     /// Removed at shutdown if it is still our socket.
     pub control_path: Option<PathBuf>,
+    /// qu's own HTTP listener (node.yaml `http_listen`), if configured.
+    pub http: Option<TcpListener>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +207,8 @@ impl Waiter {
 }
 
 struct Pending {
+    /// When it was proposed (for the commit latency in `/metrics`).
+    started: Instant,
     request: u64,
     mutation: Mutation,
     waiter: Waiter,
@@ -297,6 +301,8 @@ pub(crate) struct Daemon {
     delivery: delivery::Delivery,
     /// Alerts about the cluster itself (see `watch`).
     watch: cluster_watch::Watch,
+    /// What `/metrics` shows (fed as events happen).
+    metrics: crate::metrics::Metrics,
 }
 
 /// Probes whose lateness `qu status --json` summarises.
@@ -380,6 +386,7 @@ impl Daemon {
             plugins,
             delivery: delivery::Delivery::new(rand::random()),
             watch: cluster_watch::Watch::load(&quorum_books),
+            metrics: crate::metrics::Metrics::new(),
         };
         // Two terms: the one the loaded version was committed in, and the
         // node's own (its vote's), which may be later.
@@ -433,6 +440,7 @@ pub async fn run(
         finished,
     ));
     let peer_task = tokio::spawn(accept_peers(listeners.peer, endpoint, events.clone()));
+    let http_task = listeners.http.map(|http| tokio::spawn(crate::http::serve(http, events.clone())));
     let control_task = tokio::spawn(accept_control(listeners.control, events));
     let mut notifier = crate::notify::Notifier::from_env();
     notifier.ready(daemon.service_status());
@@ -483,6 +491,9 @@ pub async fn run(
     };
     peer_task.abort();
     control_task.abort();
+    if let Some(task) = http_task {
+        task.abort();
+    }
     scheduler_task.abort();
     daemon.links.close_all();
     for connection in daemon.inbound.drain(..) {
@@ -534,6 +545,40 @@ impl Daemon {
         }
     }
 
+    /// A scrape of `/metrics`.
+    fn metrics_text(&mut self) -> String {
+        use qu_core::config::DeliveryStatus;
+        let count = |status| self.cluster.deliveries.values().filter(|d| d.status == status).count();
+        let (memory_in_use, memory_budget) = self.plugins.runtime().memory_in_use();
+        let snapshot = crate::metrics::Snapshot {
+            role: match self.core.role() {
+                Role::Master => "master",
+                Role::Follower => "follower",
+                Role::Candidate => "candidate",
+            },
+            term: self.core.term(),
+            quorum: self.core.is_member() && self.core.live_members() >= self.cluster.quorum_size(),
+            config_version: self.cluster.version,
+            peers: self.cluster.peers.len(),
+            peers_live: self.core.live_members(),
+            checks: self
+                .cluster
+                .checks
+                .iter()
+                .map(|c| (c.name.clone(), c.id.clone(), self.cluster.check_state(&c.id).to_string()))
+                .collect(),
+            deliveries: [
+                ("pending", count(DeliveryStatus::Pending)),
+                ("delivered", count(DeliveryStatus::Delivered)),
+                ("failed", count(DeliveryStatus::Failed)),
+            ],
+            plugin_memory_in_use: memory_in_use,
+            plugin_memory_budget: memory_budget,
+            plugin_calls: self.plugins.runtime().call_stats(),
+        };
+        self.metrics.render(snapshot)
+    }
+
     fn tick(&mut self) -> Result<(), DaemonError> {
         if self.departing.as_ref().is_some_and(|(_, until)| self.now() >= *until) {
             self.departing = None;
@@ -580,6 +625,9 @@ impl Daemon {
                 let _ = reply.send(ControlResponse::Status(view));
             }
             ControlEvent::EditRefused { text } => self.edit_refused(&text),
+            ControlEvent::Metrics { reply } => {
+                let _ = reply.send(self.metrics_text());
+            }
             ControlEvent::Invited { result, reply } => match result {
                 Ok(peer) => self.submit(Mutation::AddPeer { peer }, Waiter::Control(reply)),
                 Err(message) => {

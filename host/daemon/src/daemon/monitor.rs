@@ -49,6 +49,9 @@ impl Daemon {
             scheduler::Round::Probed(report, lateness) => (report, lateness),
         };
         self.probes_run += 1;
+        if let Some(check) = self.cluster.checks.iter().find(|c| c.id == report.check_id) {
+            self.metrics.probed(&check.name, &report);
+        }
         if self.lateness_us.len() >= LATENESS_WINDOW {
             self.lateness_us.pop_front();
         }

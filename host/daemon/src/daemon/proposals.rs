@@ -75,7 +75,7 @@ impl Daemon {
             }
             let snapshot = self.renderer.snapshot(&next);
             self.pending_entry = Some(self.remember_entry(&mutation, &stamp, &snapshot));
-            self.inflight = Some(Pending { request, mutation, waiter });
+            self.inflight = Some(Pending { started: Instant::now(), request, mutation, waiter });
             self.parsed = Some((snapshot.content.clone(), next));
             self.step(Input::Propose { request, snapshot, new_member })?;
         }
@@ -89,6 +89,7 @@ impl Daemon {
             self.joining = None;
             self.refresh_trust();
         }
+        let mut committed_transitions = 0;
         if let Mutation::RecordTransitions { transitions } = &pending.mutation {
             let names: std::collections::HashMap<&str, &str> =
                 self.cluster.checks.iter().map(|c| (c.id.as_str(), c.name.as_str())).collect();
@@ -98,6 +99,7 @@ impl Daemon {
                 if result.is_err() || committed != status.state {
                     continue;
                 }
+                committed_transitions += 1;
                 let name = names.get(check_id.as_str()).copied().unwrap_or(check_id.as_str());
                 tracing::info!(
                     check = %name,
@@ -115,6 +117,7 @@ impl Daemon {
         }
         match result {
             Ok(id) => {
+                self.metrics.committed(pending.started.elapsed(), committed_transitions);
                 tracing::info!(version = id.version, term = id.term, change = %pending.mutation.describe(), "config version {} committed", id.version);
                 pending.waiter.finish(Ok((id.term, id.version)), new_member);
                 self.delivery_committed(id);
