@@ -701,4 +701,143 @@ mod tests {
         assert!(out.iter().any(|o| matches!(o, QuorumOutput::Finished { delivered: false, .. })), "{out:?}");
         assert!(sends(&watch.tick(300 * S, wall(300 * S), &me, false, &alerts, AFTER, deadline)).is_empty());
     }
+
+    /// The no-quorum notices under random quorum flaps, restarts (from the
+    /// books last persisted; sends in flight are lost, their outcome
+    /// unknown) and sink failures, with a calm end: one first and one
+    /// resolved notice per incident and alert (a repeat only for a key in
+    /// flight at a restart), a resolved one only after its first was tried
+    /// and never before it was accepted, none earlier than `after`, and
+    /// nothing owed once quorum holds.
+    mod simulated {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Debug, Default)]
+        struct Sink {
+            /// Accepted requests per key.
+            accepted: BTreeMap<String, usize>,
+            /// Keys in flight when the node restarted (a repeat is excused).
+            excused: BTreeSet<String>,
+            /// Keys tried at least once.
+            tried: BTreeSet<String>,
+            order: Vec<String>,
+        }
+
+        /// One run; the number of keys the sink accepted.
+        fn run(seed: u64, steps: u64) -> Result<usize, TestCaseError> {
+            let mut rng = SplitMix64::new(seed);
+            let me = node(1);
+            let alerts = vec!["ops".to_string(), "pager".to_string()];
+            let after = Duration::from_secs(10);
+            let mut books = QuorumBooks::default();
+            let mut watch = QuorumWatch::new(books.clone(), rng.next_u64());
+            let mut booted_at = 0u64;
+            let mut quorum = true;
+            let mut lost_at: Option<u64> = None;
+            let mut in_flight: Vec<(String, u32, bool)> = Vec::new();
+            let mut sink = Sink::default();
+            let calm_from = steps.saturating_sub(120);
+            for step in 0..steps {
+                let t = step * S;
+                let calm = step >= calm_from;
+                if calm {
+                    quorum = true;
+                } else if rng.chance(8) {
+                    quorum = !quorum;
+                }
+                lost_at = if quorum { None } else { lost_at.or(Some(t)) };
+                if !calm && rng.chance(2) {
+                    // Restart: what was persisted survives; sends in flight
+                    // may or may not have reached the sink.
+                    for (key, _, _) in in_flight.drain(..) {
+                        if rng.chance(50) {
+                            *sink.accepted.entry(key.clone()).or_default() += 1;
+                            sink.order.push(key.clone());
+                        }
+                        sink.excused.insert(key);
+                    }
+                    watch = QuorumWatch::new(books.clone(), rng.next_u64());
+                    booted_at = t;
+                }
+                let local = t - booted_at;
+                // Answers of the sends of the previous step.
+                for (key, attempt, accept) in std::mem::take(&mut in_flight) {
+                    let outcome = if accept {
+                        *sink.accepted.entry(key.clone()).or_default() += 1;
+                        sink.order.push(key.clone());
+                        SendOutcome::Delivered
+                    } else {
+                        SendOutcome::Retry { error: "503".into(), after: None }
+                    };
+                    for o in watch.attempted(local, &key, attempt, outcome) {
+                        if let QuorumOutput::Persist(b) = o {
+                            books = b;
+                        }
+                    }
+                }
+                let out = watch.tick(local, wall(t), &me, quorum, &alerts, after, DEADLINE);
+                for o in out {
+                    match o {
+                        QuorumOutput::Persist(b) => books = b,
+                        QuorumOutput::Send { notice, attempt } => {
+                            sink.tried.insert(notice.key.clone());
+                            if !notice.resolved {
+                                let lost = lost_at.expect("a first notice only without quorum");
+                                prop_assert!(
+                                    t - lost >= after.as_millis() as u64,
+                                    "{} sent {} ms into the loss",
+                                    notice.key,
+                                    t - lost
+                                );
+                            } else {
+                                let first = notice.key.replace(".back/", ".lost/");
+                                prop_assert!(
+                                    sink.tried.contains(&first),
+                                    "{} resolves a notice never tried",
+                                    notice.key
+                                );
+                            }
+                            let accept = calm || rng.chance(70);
+                            in_flight.push((notice.key, attempt, accept));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for (key, count) in &sink.accepted {
+                prop_assert!(*count == 1 || sink.excused.contains(key), "{key} accepted {count} times");
+            }
+            for key in sink.accepted.keys().filter(|k| k.contains(".back/")) {
+                let first = key.replace(".back/", ".lost/");
+                if let (Some(a), Some(b)) =
+                    (sink.order.iter().position(|k| *k == first), sink.order.iter().position(|k| k == key))
+                {
+                    prop_assert!(a < b, "{key} overtook its first notice");
+                }
+            }
+            for key in sink.accepted.keys().filter(|k| k.contains(".lost/")) {
+                let back = key.replace(".lost/", ".back/");
+                prop_assert!(sink.accepted.contains_key(&back), "{key} was never resolved");
+            }
+            prop_assert_eq!(books, QuorumBooks::default(), "nothing owed once quorum holds");
+            prop_assert_eq!(watch.in_flight(), 0);
+            Ok(sink.accepted.len())
+        }
+
+        #[test]
+        fn the_simulation_exercises_incidents() {
+            let notices: usize = (0..20).map(|seed| run(seed, 600).unwrap()).sum();
+            assert!(notices >= 40, "20 runs made {notices} notices: too calm to test anything");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+            #[test]
+            fn one_first_and_one_resolved_notice_per_incident_through_restarts_and_failures(seed in any::<u64>()) {
+                run(seed, 600)?;
+            }
+        }
+    }
 }
