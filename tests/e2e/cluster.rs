@@ -548,3 +548,23 @@ fn a_hand_edit_overtaken_by_a_newer_version_is_kept_aside_not_lost() {
         }
     });
 }
+
+/// docs/operations.md ("Changing timers"): a change that is wrong in
+/// itself is refused the same way on a follower as on the master (checked
+/// where it was run, never forwarded), exits 1 and changes nothing.
+#[test]
+fn a_change_wrong_in_itself_is_refused_alike_on_every_node() {
+    let cluster = Cluster::new(3, "2m");
+    let master = cluster.wait_converged();
+    let follower = (master + 1) % 3;
+    let version = cluster.nodes[master].status_json()["config_version"].clone();
+    let bad = ["cluster", "settings", "set", "heartbeat", "1s"];
+    let from_follower = cluster.nodes[follower].qu(&bad);
+    assert_eq!(from_follower.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&from_follower.stderr);
+    assert!(text.starts_with("error: change refused: settings.dead_after: "), "from a follower: {text}");
+    let on_master = cluster.nodes[master].qu(&bad);
+    assert_eq!(on_master.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&on_master.stderr), text, "the same words on the master");
+    assert_eq!(cluster.nodes[master].status_json()["config_version"], version, "nothing changed");
+}
