@@ -175,6 +175,56 @@ fn a_typo_in_cluster_yaml_made_while_stopped_keeps_the_node_serving_its_last_goo
     assert!(parsed.checks.iter().any(|c| c.name == "cache") && parsed.checks.iter().any(|c| c.name == "db"));
 }
 
+/// A cluster.yaml cut short inside a line (an interrupted copy, a full
+/// disk) can still parse — as a config without everything after the cut
+/// (found by the fault suite, seed 1143289454474873784: the rest was taken
+/// as a hand edit removing checks and alerts). A file that does not end
+/// with a newline is never taken, at start or while running: the node
+/// serves its last good config and says why, and `qu config validate`
+/// says so first.
+#[test]
+fn a_cluster_yaml_cut_short_is_never_taken_as_an_edit_even_when_what_is_left_parses() {
+    let mut node = Node::new("cut");
+    node.init(free_port(), &[]);
+    node.serve();
+    for name in ["db", "cache", "queue"] {
+        node.qu_ok(&["check", "add", "tcp", name, "127.0.0.1:9", "--interval", "60s"]);
+    }
+    node.qu_ok(&["alert", "add", "webhook", "hook", "--url", "http://127.0.0.1:9/hook"]);
+    node.wait_files_written();
+    let path = node.file("cluster.yaml");
+    let whole = std::fs::read_to_string(&path).unwrap();
+    // Inside the second check's name: what is left is valid YAML with one
+    // check and no alerts.
+    let at = whole.find("name: cache").unwrap() + "name: ca".len();
+    let cut = &whole[..at];
+    assert!(serde_yaml::from_str::<serde_yaml::Value>(cut).is_ok(), "the cut still parses as YAML");
+    let check = |node: &Node, what: &str| {
+        let list = node.qu_ok(&["check", "list"]);
+        assert!(["db", "cache", "queue"].iter().all(|c| list.contains(c)), "{what}: every check is kept:\n{list}");
+        assert!(node.qu_ok(&["alert", "list"]).contains("hook"), "{what}: the alert is kept");
+    };
+
+    // While running: logged, ignored, nothing proposed.
+    std::fs::write(&path, cut).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    check(&node, "while running");
+    let log = node.log_text();
+    assert!(log.contains("cut short"), "{log}");
+    let out = node.qu(&["config", "validate", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "validate refuses it");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cut short"), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // At start: runs on its copy and says so.
+    assert!(node.terminate().success());
+    std::fs::write(&path, cut).unwrap();
+    node.serve();
+    let log = node.log_text();
+    assert!(log.contains("last persisted copy") && log.contains("cut short"), "{log}");
+    check(&node, "after a restart");
+    assert!(!log.contains("proposing it"), "never proposed as an edit: {log}");
+}
+
 /// Under systemd, stderr is the journal, which stamps every line: the
 /// daemon then leaves its own timestamp out (each line once, not twice).
 /// Elsewhere (a terminal, a file) lines keep theirs.

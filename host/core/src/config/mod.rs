@@ -66,5 +66,19 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(file: &str, text: &str, bytes_max:
     if text.trim().is_empty() {
         return Err(ConfigError::new(file, vec!["file is empty".to_string()]));
     }
+    // qu writes every file whole, ending in a newline, and so does any
+    // editor set to: a file that stops inside a line was cut short (an
+    // interrupted copy, a full disk), and what is left of it may still
+    // parse — as a config missing everything after the cut. Never taken.
+    if !text.ends_with('\n') {
+        return Err(ConfigError::new(
+            file,
+            vec![
+                "the file does not end with a newline: it looks cut short (an interrupted copy or write, a full disk?); \
+                 if it is complete, end its last line with a newline"
+                    .to_string(),
+            ],
+        ));
+    }
     serde_yaml::from_str(text).map_err(|error| ConfigError::new(file, vec![error.to_string()]))
 }
