@@ -63,6 +63,8 @@ mod sink;
 #[cfg(feature = "sink")]
 pub use sink::{Event, Sink};
 #[cfg(feature = "sink")]
+pub mod deliver;
+#[cfg(feature = "sink")]
 pub mod tcp;
 
 /// Generated bindings of the `checker` world (used by [`export_check!`]).

@@ -47,6 +47,30 @@ pub struct Event {
 }
 
 impl Event {
+    /// A DOWN of a check `web` (an HTTPS target, 2 of 3 nodes failing):
+    /// what a sink's unit tests start from, changing what they test.
+    pub fn sample() -> Self {
+        Self {
+            check_id: "c0a1b2c3".into(),
+            check_name: "web".into(),
+            check_type: "http".into(),
+            check_target: "https://example.com/".into(),
+            from_state: "up".into(),
+            to_state: "down".into(),
+            verb: "DOWN".into(),
+            ok: 1,
+            failing: 2,
+            total: 3,
+            detail: "status 503 (expected 2xx)".into(),
+            subject: "DOWN: web".into(),
+            body: "web is DOWN: https://example.com/\nExpected status 2xx; status 503".into(),
+            idempotency_key: "3.14/a1b2c3d4".into(),
+            timestamp_ms: 1_767_225_600_000,
+            master: "7a1e0c3e-1111-4222-8333-444455556666".into(),
+            test: false,
+        }
+    }
+
     pub(crate) fn from_wit(e: wit::AlertEvent) -> Self {
         Self {
             check_id: e.check_id,
