@@ -36,8 +36,19 @@ pub enum NotReady {
 #[derive(Clone)]
 enum Slot {
     Ready(Arc<Plugin>),
-    Loading { sha256: String },
-    Unavailable { sha256: String, reason: String },
+    Loading {
+        sha256: String,
+    },
+    Unavailable {
+        sha256: String,
+        reason: String,
+    },
+    /// A built-in nothing has used yet: compiled on first use (a check or
+    /// an alert of its type, a test, a validation), so a node pays only
+    /// for the plugins it needs.
+    Dormant {
+        sha256: String,
+    },
 }
 
 /// What `qu plugin list` shows of one plugin on this node.
@@ -133,15 +144,33 @@ impl Registry {
         }
     }
 
-    /// Compiles the built-in plugins (in the background; checks using
-    /// them report `loading` meanwhile).
+    /// Registers the built-in plugins, dormant: each is compiled (in the
+    /// background; checks using it report `loading` meanwhile) when the
+    /// config uses it ([`Registry::sync`]) or something asks for it.
     pub fn load_built_in(self: &Arc<Self>) {
+        let mut built_in = self.built_in.lock().unwrap_or_else(|e| e.into_inner());
         for (name, bytes) in qu_plugin::BUILT_IN {
-            let sha256 = qu_plugin::sha256_hex(bytes);
-            self.built_in.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), Slot::Loading { sha256 });
+            built_in.insert(name.to_string(), Slot::Dormant { sha256: qu_plugin::sha256_hex(bytes) });
+        }
+    }
+
+    /// Starts compiling the built-in `name` if it is dormant.
+    fn wake(self: &Arc<Self>, name: &str) {
+        let Some((name, bytes)) = qu_plugin::BUILT_IN.iter().find(|(n, _)| *n == name).copied() else { return };
+        {
+            let mut built_in = self.built_in.lock().unwrap_or_else(|e| e.into_inner());
+            match built_in.get(name) {
+                Some(Slot::Dormant { sha256 }) => {
+                    let sha256 = sha256.clone();
+                    built_in.insert(name.to_string(), Slot::Loading { sha256 });
+                }
+                _ => return,
+            }
+        }
+        {
             let this = self.clone();
             tokio::spawn(async move {
-                let slot = match this.runtime.load(Some(name), Arc::from(*bytes), Vec::new(), Limits::default()).await {
+                let slot = match this.runtime.load(Some(name), Arc::from(bytes), Vec::new(), Limits::default()).await {
                     Ok(plugin) => Slot::Ready(plugin),
                     Err(error) => {
                         tracing::error!("plugin {name}: the built-in component does not load: {error}");
@@ -153,11 +182,24 @@ impl Registry {
         }
     }
 
+    /// Wakes every built-in the config uses (checks' and alerts' types not
+    /// overridden by an added plugin).
+    fn wake_used(self: &Arc<Self>, config: &ClusterConfig) {
+        let added = |name: &str| config.plugins.iter().any(|p| p.name == name);
+        let used = config.checks.iter().map(|c| c.kind.as_str()).chain(config.alerts.iter().map(|a| a.kind.as_str()));
+        for kind in used {
+            if !added(kind) {
+                self.wake(kind);
+            }
+        }
+    }
+
     /// Brings the added plugins in line with `config`: keeps those whose
     /// entry is unchanged, loads new versions from the local store or from
     /// `peers`, forgets removed ones.
     pub(crate) fn sync(self: &Arc<Self>, config: &ClusterConfig, peers: Vec<Connection<Wire>>) {
         self.runtime.set_memory_budget(config.settings.plugin_memory_mib as usize * 1024 * 1024);
+        self.wake_used(config);
         let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
         let known = |name: &String| config.plugins.iter().any(|p| p.name == *name);
         added.slots.retain(|name, _| known(name));
@@ -287,15 +329,18 @@ impl Registry {
     /// The plugin named `name` as the cluster defines it: an added one
     /// (kept in line with `plugins:` by [`Registry::sync`]) wins over a
     /// built-in of the same name.
-    pub fn get(&self, name: &str) -> Result<Arc<Plugin>, NotReady> {
+    pub fn get(self: &Arc<Self>, name: &str) -> Result<Arc<Plugin>, NotReady> {
         let added = self.added.lock().unwrap_or_else(|e| e.into_inner()).slots.get(name).cloned();
+        if added.is_none() {
+            self.wake(name);
+        }
         let slot = match added {
             Some(slot) => Some(slot),
             None => self.built_in.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned(),
         };
         match slot {
             Some(Slot::Ready(plugin)) => Ok(plugin),
-            Some(Slot::Loading { .. }) => Err(NotReady::Loading),
+            Some(Slot::Loading { .. } | Slot::Dormant { .. }) => Err(NotReady::Loading),
             Some(Slot::Unavailable { reason, .. }) => Err(NotReady::Unavailable(reason)),
             None => Err(NotReady::Missing),
         }
@@ -303,7 +348,7 @@ impl Registry {
 
     /// Like [`Registry::get`], but waits (up to `within`) for a plugin that
     /// is still loading — a node that just started compiles its built-ins.
-    pub async fn get_ready(&self, name: &str, within: Duration) -> Result<Arc<Plugin>, NotReady> {
+    pub async fn get_ready(self: &Arc<Self>, name: &str, within: Duration) -> Result<Arc<Plugin>, NotReady> {
         let deadline = Instant::now() + within;
         loop {
             match self.get(name) {
@@ -322,6 +367,7 @@ impl Registry {
             let (status, plugin, sha) = match slot {
                 Some(Slot::Ready(p)) => ("ready".to_string(), Some(p.clone()), p.sha256.clone()),
                 Some(Slot::Loading { sha256 }) => ("loading".to_string(), None, sha256.clone()),
+                Some(Slot::Dormant { sha256 }) => ("idle: loads when used".to_string(), None, sha256.clone()),
                 Some(Slot::Unavailable { sha256, reason }) => (format!("unavailable: {reason}"), None, sha256.clone()),
                 None => ("unavailable: not loaded".to_string(), None, String::new()),
             };
