@@ -5,7 +5,24 @@
 use std::fmt::Write;
 
 /// Plugins shipped inside `qu`.
-const BUILT_IN: &[&str] = &["dns", "tls", "webhook", "discord", "email"];
+const BUILT_IN: &[&str] = &[
+    "dns",
+    "tls",
+    "webhook",
+    "discord",
+    "email",
+    "slack",
+    "teams",
+    "telegram",
+    "pagerduty",
+    "opsgenie",
+    "ntfy",
+    "gotify",
+    "pushover",
+    "matrix",
+    "mattermost",
+    "googlechat",
+];
 
 fn main() {
     let dir = qu_wasm_build::build_plugins();

@@ -1258,3 +1258,115 @@ impl Drop for Firewall {
         let _ = Command::new("nft").args(["delete", "table", "inet", &self.table]).status();
     }
 }
+
+/// One request a [`StandIn`] got.
+#[derive(Debug, Clone)]
+pub struct StandInRequest {
+    pub method: String,
+    /// The path and query, as sent.
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub at: Instant,
+    /// What it was answered.
+    pub status: u16,
+}
+
+impl StandInRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_default()
+    }
+}
+
+/// An answer of a [`StandIn`]: status, headers, body.
+pub type StandInAnswer = (u16, Vec<(String, String)>, String);
+
+/// A local stand-in for a third-party HTTP service (a sink's API) on
+/// loopback: records every request and answers what `answer` says, given
+/// the request and the requests before it — so a test makes it behave like
+/// the service (its success body, its 429 with its retry hint, its error
+/// bodies, its deduplication).
+pub struct StandIn {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<StandInRequest>>>,
+}
+
+impl StandIn {
+    pub fn start(answer: impl Fn(&StandInRequest, &[StandInRequest]) -> StandInAnswer + Send + Sync + 'static) -> Self {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let got: std::sync::Arc<std::sync::Mutex<Vec<StandInRequest>>> = Default::default();
+        let (log, answer) = (got.clone(), std::sync::Arc::new(answer));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (log, answer) = (log.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let mut reader = BufReader::new(stream);
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) =
+                        (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                    let mut headers = Vec::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':') {
+                            headers.push((k.trim().to_string(), v.trim().to_string()));
+                        }
+                    }
+                    let length = headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                        .and_then(|(_, v)| v.parse().ok())
+                        .unwrap_or(0usize);
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let mut request = StandInRequest {
+                        method,
+                        path,
+                        headers,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                        at: Instant::now(),
+                        status: 0,
+                    };
+                    let (status, extra, text) = {
+                        let before = log.lock().unwrap();
+                        answer(&request, &before)
+                    };
+                    request.status = status;
+                    log.lock().unwrap().push(request);
+                    let mut head = format!(
+                        "HTTP/1.1 {status} Stand-in\r\ncontent-length: {}\r\nconnection: close\r\n",
+                        text.len()
+                    );
+                    for (k, v) in extra {
+                        head.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    head.push_str("\r\n");
+                    let _ = writer.write_all(head.as_bytes());
+                    let _ = writer.write_all(text.as_bytes());
+                });
+            }
+        });
+        StandIn { url, got }
+    }
+
+    pub fn requests(&self) -> Vec<StandInRequest> {
+        self.got.lock().unwrap().clone()
+    }
+}

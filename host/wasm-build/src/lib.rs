@@ -11,7 +11,25 @@ pub const TARGET: &str = "wasm32-wasip2";
 /// The plugins, by the SDK feature they use. Cargo unifies a dependency's
 /// features across the packages of one build, and the SDK allows one world
 /// per plugin, so check plugins and sinks are built in separate runs.
-pub const GROUPS: [&[&str]; 2] = [&["dns", "tls", "http-json", "echo", "hostile"], &["webhook", "discord", "email"]];
+pub const GROUPS: [&[&str]; 2] = [
+    &["dns", "tls", "http-json", "echo", "hostile"],
+    &[
+        "webhook",
+        "discord",
+        "email",
+        "slack",
+        "teams",
+        "telegram",
+        "pagerduty",
+        "opsgenie",
+        "ntfy",
+        "gotify",
+        "pushover",
+        "matrix",
+        "mattermost",
+        "googlechat",
+    ],
+];
 
 /// Builds every plugin (release) and returns the directory holding the
 /// `.wasm` components. Panics with a message naming the fix when the

@@ -12,7 +12,22 @@ pub const NATIVE_TYPES: [&str; 3] = ["http", "tcp", "icmp"];
 /// an entry of the same name takes precedence).
 pub const BUILT_IN_CHECK_PLUGINS: [&str; 2] = ["dns", "tls"];
 /// Sink plugins built into every `qu`.
-pub const BUILT_IN_SINK_PLUGINS: [&str; 3] = ["webhook", "discord", "email"];
+pub const BUILT_IN_SINK_PLUGINS: [&str; 14] = [
+    "webhook",
+    "discord",
+    "email",
+    "slack",
+    "teams",
+    "telegram",
+    "pagerduty",
+    "opsgenie",
+    "ntfy",
+    "gotify",
+    "pushover",
+    "matrix",
+    "mattermost",
+    "googlechat",
+];
 
 /// Settings each native type accepts.
 pub const HTTP_SETTINGS: [&str; 5] = ["method", "expect", "body_match", "insecure", "max_redirects"];
