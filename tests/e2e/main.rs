@@ -19,6 +19,8 @@
 //! - `plugins` — WebAssembly plugins on 3 nodes: add, replicate, verify, run, contain.
 //! - `upgrade` — a data directory written by qu 0.1 (a committed fixture), started by this binary.
 //! - `metrics` — `/metrics` on 3 nodes: promtool accepts it, a real Prometheus scrapes it.
+//! - `sinks`   — the built-in sinks for third-party services against stand-ins that behave like them.
+//! - `reminders` — repeat reminders once per slot through a master kill; `qu alert ack` stops them.
 //! - `demo`    — the README's main-job command.
 
 mod alerts;
@@ -35,5 +37,7 @@ mod operator;
 mod peers;
 mod plugins;
 mod recovery;
+mod reminders;
 mod serve;
+mod sinks;
 mod upgrade;

@@ -612,6 +612,7 @@ mod tests {
         let check_id = copy.checks[0].id.clone();
         let name = copy.checks[0].name.clone();
         let delivery = |transition: &str, from, to| Delivery {
+            reminder: None,
             check_id: check_id.clone(),
             alert_id: "a1".into(),
             transition: transition.into(),

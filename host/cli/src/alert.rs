@@ -70,6 +70,17 @@ pub enum AlertCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Acknowledge a check's current incident: no more reminders for it (committed, shown in `qu status`).
+    Ack {
+        /// The check's name or id (it must be DOWN).
+        check: String,
+        /// Why, or who is on it; shown with the acknowledgement.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Print JSON (the config version) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a clearly marked test event through the alert's sink from this node (no quorum needed).
     Test {
         /// The alert's name or id.
@@ -131,6 +142,9 @@ pub struct AlertFlags {
     /// edit: stop sending alerts about the cluster itself here.
     #[arg(long, conflicts_with = "cluster_events")]
     no_cluster_events: bool,
+    /// Remind every DURATION (e.g. 30m) while a check stays DOWN, until it recovers or is acknowledged; `off` stops it.
+    #[arg(long, value_name = "DURATION|off")]
+    repeat: Option<String>,
     /// Subject template (minijinja), e.g. '{{ verb }}: {{ check.name }}'; empty resets to the default.
     #[arg(long, conflicts_with = "subject_file")]
     subject: Option<String>,
@@ -189,6 +203,17 @@ impl AlertFlags {
     }
 }
 
+/// `--repeat`: a duration, or `off` (zero: reminders off).
+fn repeat(value: &Option<String>) -> anyhow::Result<Option<std::time::Duration>> {
+    match value.as_deref() {
+        None => Ok(None),
+        Some("off" | "0" | "") => Ok(Some(std::time::Duration::ZERO)),
+        Some(text) => humantime::parse_duration(text)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("--repeat: `{text}` is not a duration like 30m or 2h, or off: {e}")),
+    }
+}
+
 fn edit(alert: String, changes: AlertChanges, done: &str, json: bool) -> anyhow::Result<()> {
     crate::committed(call_ok(ControlRequest::AlertEdit { alert, changes: Box::new(changes) })?, done, json)
 }
@@ -206,6 +231,7 @@ pub fn run(command: AlertCommand) -> anyhow::Result<()> {
                 subject_template: AlertFlags::template(&flags.subject, &flags.subject_file)?.filter(|t| !t.is_empty()),
                 body_template: AlertFlags::template(&flags.body, &flags.body_file)?.filter(|t| !t.is_empty()),
                 cluster_events: flags.cluster_events,
+                repeat: repeat(&flags.repeat)?.filter(|r| !r.is_zero()),
             };
             let done = format!("alert {name} added");
             crate::committed(call_ok(ControlRequest::AlertAdd { alert: Box::new(alert) })?, &done, flags.json)
@@ -224,6 +250,7 @@ pub fn run(command: AlertCommand) -> anyhow::Result<()> {
                 } else {
                     None
                 },
+                repeat: repeat(&flags.repeat)?,
             };
             let done = format!("alert {alert} changed");
             edit(alert, changes, &done, flags.json)
@@ -244,6 +271,10 @@ pub fn run(command: AlertCommand) -> anyhow::Result<()> {
             let done = format!("alert {alert} default {state}");
             edit(alert, AlertChanges { default: Some(state == "on"), ..Default::default() }, &done, json)
         }
+        AlertCommand::Ack { check, reason, json } => {
+            let done = format!("check {check}'s incident acknowledged: no more reminders for it");
+            crate::committed(call_ok(ControlRequest::AlertAck { check, reason })?, &done, json)
+        }
         AlertCommand::List { json } => list(json),
         AlertCommand::Test { alert, json } => tested(call_ok(ControlRequest::AlertTest { alert })?, json),
     }
@@ -258,7 +289,7 @@ fn list(json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut rows = vec![
-        ["ID", "NAME", "TYPE", "DEFAULT", "CLUSTER EVENTS", "ENABLED", "PENDING", "LAST DELIVERY"]
+        ["ID", "NAME", "TYPE", "DEFAULT", "CLUSTER EVENTS", "REPEAT", "ENABLED", "PENDING", "LAST DELIVERY"]
             .map(String::from)
             .to_vec(),
     ];
@@ -276,6 +307,7 @@ fn list(json: bool) -> anyhow::Result<()> {
             a.kind.clone(),
             a.default.to_string(),
             a.cluster_events.to_string(),
+            a.repeat.clone().unwrap_or_else(|| "-".into()),
             (!a.disabled).to_string(),
             a.pending.to_string(),
             last,

@@ -116,6 +116,7 @@ fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         // The demo's receiver hears of the cluster too (a node stopped for
         // a minute is announced).
         cluster_events: true,
+        repeat: None,
     };
     expect_committed(call(&nodes[master], ControlRequest::AlertAdd { alert: Box::new(alert) })?)?;
     println!("$ qu alert add webhook demo-hook --url {receiver} --default");

@@ -97,7 +97,11 @@ pub fn status_text(view: &StatusView) -> String {
             &check.state,
             &format!("{}/{}", check.ok, check.total),
             &alerts,
-            &check.detail,
+            &match &check.acked {
+                Some(ack) if ack.reason.is_empty() => format!("{} (acked {})", check.detail, ack.at),
+                Some(ack) => format!("{} (acked {}: {})", check.detail, ack.at, ack.reason),
+                None => check.detail.clone(),
+            },
         ]));
     }
     out.push_str(&table(&checks));

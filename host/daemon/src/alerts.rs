@@ -12,7 +12,18 @@ use qu_core::monitor::CheckState;
 use serde::Serialize;
 
 /// Setting keys whose values are secrets: never printed or logged.
-pub const SECRET_KEYS: [&str; 6] = ["password", "signing_secret", "secret", "token", "webhook", "headers"];
+pub const SECRET_KEYS: [&str; 10] = [
+    "password",
+    "signing_secret",
+    "secret",
+    "token",
+    "webhook",
+    "headers",
+    "routing_key",
+    "api_key",
+    "access_token",
+    "user_key",
+];
 
 /// A copy of an alert's settings with the secrets masked: the values of
 /// [`SECRET_KEYS`], and of any URL the path or query (or credentials) of
@@ -391,7 +402,7 @@ pub fn delivery_context(config: &ClusterConfig, key: &str, master: &str) -> Opti
         Some(s) if s.transition == record.transition => ((s.ok, s.failing, s.total), s.detail.clone()),
         _ => ((0, 0, 0), String::new()),
     };
-    let context = context(
+    let mut context = context(
         check,
         alert,
         record.from,
@@ -403,6 +414,26 @@ pub fn delivery_context(config: &ClusterConfig, key: &str, master: &str) -> Opti
         &record.transition,
         false,
     );
+    if let Some(reminder) = &record.reminder {
+        // Still DOWN: since when, and which reminder this is.
+        context.verb = "REMINDER".into();
+        let since = status.filter(|s| s.transition == reminder.of).map(|s| s.since);
+        let (ok, failing, total) = status.map_or((0, 0, 0), |s| (s.ok, s.failing, s.total));
+        (context.ok, context.failing, context.total) = (ok, failing, total);
+        context.detail = match since {
+            Some(since) => format!(
+                "still DOWN since {since} (for {}), reminder {}{}",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    record.created.unix_millis().saturating_sub(since.unix_millis()) / 1000
+                )),
+                reminder.slot,
+                status
+                    .map(|s| if s.detail.is_empty() { String::new() } else { format!(": {}", s.detail) })
+                    .unwrap_or_default()
+            ),
+            None => format!("still DOWN, reminder {}", reminder.slot),
+        };
+    }
     Some((context, alert.clone(), record.created))
 }
 
@@ -412,6 +443,7 @@ mod tests {
 
     fn alert(subject: Option<&str>, body: Option<&str>) -> Alert {
         Alert {
+            repeat: None,
             id: "a1".into(),
             name: "ops".into(),
             kind: "webhook".into(),

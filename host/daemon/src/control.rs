@@ -83,6 +83,11 @@ pub enum ControlRequest {
         alert: String,
         changes: Box<qu_core::config::AlertChanges>,
     },
+    /// `qu alert ack CHECK`: no more reminders for its current incident.
+    AlertAck {
+        check: String,
+        reason: String,
+    },
     AlertRemove {
         alert: String,
     },
@@ -100,7 +105,7 @@ pub enum ControlRequest {
 }
 
 /// One alert as `qu alert list` shows it (secrets masked).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertListItem {
     pub id: String,
     pub name: String,
@@ -114,11 +119,19 @@ pub struct AlertListItem {
     /// A destination for alerts about the cluster itself.
     #[serde(default)]
     pub cluster_events: bool,
+    /// The reminder interval while a check stays DOWN, if any.
+    #[serde(default)]
+    pub repeat: Option<String>,
+    #[serde(default)]
+    pub repeat_secs: Option<f64>,
     /// Deliveries committed and not yet finished.
     pub pending: usize,
     /// The most recently finished delivery.
     pub last: Option<DeliveryView>,
 }
+
+// `repeat_secs` is whole milliseconds of a `Duration`, never NaN.
+impl Eq for AlertListItem {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryView {

@@ -95,6 +95,17 @@ pub struct CheckView {
     #[serde(default)]
     pub default_alerts: Vec<String>,
     pub detail: String,
+    /// The current incident's acknowledgement (`qu alert ack`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<AckView>,
+}
+
+/// Who acknowledged an incident, when and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckView {
+    pub at: String,
+    pub by: String,
+    pub reason: String,
 }
 
 /// `qu cluster settings`: durations as text (`1s`, `2m`), and each also in

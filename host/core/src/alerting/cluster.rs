@@ -79,6 +79,7 @@ pub fn member_deliveries(
                 finished: None,
                 attempts: 0,
                 error: String::new(),
+                reminder: None,
             };
             (key(&status.transition, &alert.id), record)
         })
@@ -517,6 +518,7 @@ mod tests {
     fn the_announcement_commits_with_its_records_and_a_repeat_is_stale() {
         let mut base = config(&[1, 2, 3]);
         let alert = |id: &str, cluster_events: bool, disabled: bool| Alert {
+            repeat: None,
             id: id.into(),
             name: id.into(),
             kind: "webhook".into(),

@@ -89,9 +89,16 @@ impl CommittedView {
             .filter(|(_, d)| d.status == DeliveryStatus::Pending)
             .map(|(key, d)| {
                 let alert = config.alerts.iter().find(|a| a.id == d.alert_id);
+                // A reminder of an incident that is over is never sent.
+                let stale_reminder = d.reminder.as_ref().is_some_and(|r| {
+                    config.states.get(&d.check_id).is_none_or(|s| s.transition != r.of || s.acked.is_some())
+                });
                 let blocked = match alert {
                     None => Some("the alert was removed before delivery"),
                     Some(a) if a.disabled => Some("the alert was disabled before delivery"),
+                    Some(_) if stale_reminder => {
+                        Some("the check changed state or was acknowledged before the reminder was sent")
+                    }
                     Some(_) => None,
                 };
                 PendingRecord {
@@ -697,6 +704,7 @@ mod tests {
         config.deliveries.insert(
             "1.2/gone".into(),
             crate::config::Delivery {
+                reminder: None,
                 check_id: "c".into(),
                 alert_id: "gone".into(),
                 transition: "1.2".into(),

@@ -96,10 +96,46 @@ pub fn deliveries_for(config: &ClusterConfig, check: &Check, status: &CheckStatu
                 finished: None,
                 attempts: 0,
                 error: String::new(),
+                reminder: None,
             };
             (key(&status.transition, &alert.id), record)
         })
         .collect()
+}
+
+/// Reminders due now: for each check that is DOWN and not acknowledged,
+/// and each of its effective alerts with a `repeat`, the current slot
+/// (`(now - since) / repeat`, from 1) if it is later than the last one
+/// committed. Only the current slot: a master that was away for several
+/// sends one, not a burst. A wall-clock step moves a slot, never repeats
+/// one (the committed `reminded` slot only grows).
+pub fn reminders_due(config: &ClusterConfig, now: Timestamp) -> Vec<crate::config::ReminderDue> {
+    let repeating: Vec<&Alert> = config.alerts.iter().filter(|a| a.repeat.is_some() && !a.disabled).collect();
+    if repeating.is_empty() {
+        return Vec::new();
+    }
+    let checks: std::collections::HashMap<&str, &Check> = config.checks.iter().map(|c| (c.id.as_str(), &**c)).collect();
+    let mut due = Vec::new();
+    for (check_id, status) in &config.states {
+        if status.state != CheckState::Down || status.acked.is_some() {
+            continue;
+        }
+        let Some(check) = checks.get(check_id.as_str()).filter(|c| !c.disabled) else { continue };
+        let elapsed = now.unix_millis().saturating_sub(status.since.unix_millis());
+        for alert in effective_alerts(config, check) {
+            let Some(repeat) = alert.repeat.filter(|r| !r.is_zero()) else { continue };
+            let slot = (elapsed / repeat.as_millis().max(1) as u64).min(u64::from(u32::MAX)) as u32;
+            if slot >= 1 && slot > status.reminded.get(&alert.id).copied().unwrap_or(0) {
+                due.push(crate::config::ReminderDue {
+                    check_id: check_id.clone(),
+                    alert_id: alert.id.clone(),
+                    of: status.transition.clone(),
+                    slot,
+                });
+            }
+        }
+    }
+    due
 }
 
 /// The delay before retry number `attempt` (1 = the first retry), with
@@ -135,6 +171,7 @@ mod tests {
 
     fn alert(id: &str, default: bool, disabled: bool) -> Alert {
         Alert {
+            repeat: None,
             id: id.into(),
             name: format!("n-{id}"),
             kind: "webhook".into(),
@@ -200,6 +237,8 @@ mod tests {
         assert_eq!(verb(CheckState::Unknown, CheckState::Up), "UP");
         let mut config = config_with(vec![alert("d", true, false)]);
         let status = CheckStatus {
+            acked: None,
+            reminded: Default::default(),
             state: CheckState::Up,
             from: CheckState::Unknown,
             since: Timestamp::from_unix_millis(5),
@@ -223,5 +262,79 @@ mod tests {
         assert_eq!(backoff(30, 0.5), BACKOFF_MAX);
         assert_eq!(backoff(1, 0.0), Duration::from_millis(1600));
         assert_eq!(backoff(1, 1.0), Duration::from_millis(2400));
+    }
+
+    #[test]
+    fn reminders_come_once_per_slot_only_while_down_and_not_acknowledged() {
+        use crate::config::{Mutation, Stamp};
+        use crate::consensus::ConfigId;
+        let mut config = config_with(vec![alert("d", true, false)]);
+        config.alerts[0].repeat = Some(Duration::from_secs(1800));
+        std::sync::Arc::make_mut(&mut config.checks).push(std::sync::Arc::new(check(&[], &[])));
+        let t0 = 1_000_000u64;
+        let down = CheckStatus {
+            state: CheckState::Down,
+            from: CheckState::Up,
+            since: Timestamp::from_unix_millis(t0),
+            transition: "2.5".into(),
+            ok: 0,
+            failing: 3,
+            total: 3,
+            detail: "status 503".into(),
+            reminded: Default::default(),
+            acked: None,
+        };
+        config.states.insert("c1".into(), down);
+        let at = |minutes: u64| Timestamp::from_unix_millis(t0 + minutes * 60_000);
+        assert!(reminders_due(&config, at(29)).is_empty(), "not before the first slot");
+        let due = reminders_due(&config, at(30));
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].slot, due[0].of.as_str(), due[0].alert_id.as_str()), (1, "2.5", "d"));
+        let stamp =
+            |v| Stamp { id: ConfigId { term: 2, version: v }, at: at(30), by: crate::NodeId::from_bytes([1; 16]) };
+        let reminded = Mutation::RecordReminders { reminders: due.clone() }.apply(&config, &stamp(6)).unwrap();
+        let record = &reminded.deliveries["2.6/d"];
+        assert_eq!(record.reminder.as_ref().map(|r| (r.of.as_str(), r.slot)), Some(("2.5", 1)));
+        assert_eq!(record.status, crate::config::DeliveryStatus::Pending);
+        assert!(reminders_due(&reminded, at(59)).is_empty(), "slot 1 is taken");
+        let again = Mutation::RecordReminders { reminders: due.clone() }.apply(&reminded, &stamp(7));
+        assert!(again.unwrap_err().contains("stale"), "a slot is committed once, whoever proposes it");
+        // Away for hours: the current slot only, not a burst.
+        let late = reminders_due(&reminded, at(200));
+        assert_eq!(late.iter().map(|d| d.slot).collect::<Vec<_>>(), vec![6]);
+        // Acknowledged: none.
+        let acked = Mutation::Acknowledge {
+            check: "web".into(),
+            reason: "on it".into(),
+            by: crate::NodeId::from_bytes([2; 16]),
+        }
+        .apply(&reminded, &stamp(7))
+        .unwrap();
+        assert_eq!(acked.states["c1"].acked.as_ref().unwrap().reason, "on it");
+        assert!(reminders_due(&acked, at(200)).is_empty());
+        assert!(Mutation::RecordReminders { reminders: late.clone() }.apply(&acked, &stamp(8)).is_err());
+        let twice = Mutation::Acknowledge {
+            check: "web".into(),
+            reason: String::new(),
+            by: crate::NodeId::from_bytes([2; 16]),
+        };
+        assert!(twice.apply(&acked, &stamp(8)).unwrap_err().contains("acknowledged already"));
+        // A pending reminder of an incident that is over is blocked, not sent.
+        let view = CommittedView::of(&acked);
+        assert_eq!(view.pending.len(), 1);
+        assert!(view.pending[0].blocked.is_some(), "acknowledged before it was sent");
+        let mut recovered = reminded.clone();
+        let state = recovered.states.get_mut("c1").unwrap();
+        state.state = CheckState::Up;
+        state.transition = "2.9".into();
+        assert!(reminders_due(&recovered, at(300)).is_empty(), "never after RECOVERED");
+        assert!(CommittedView::of(&recovered).pending[0].blocked.is_some());
+        assert!(Mutation::RecordReminders { reminders: late }.apply(&recovered, &stamp(10)).is_err());
+        let up = Mutation::Acknowledge {
+            check: "web".into(),
+            reason: String::new(),
+            by: crate::NodeId::from_bytes([2; 16]),
+        };
+        assert!(up.apply(&recovered, &stamp(10)).unwrap_err().contains("is not DOWN"));
     }
 }

@@ -114,6 +114,19 @@ pub struct Delivery {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// A reminder that the check is still DOWN: of which transition, and
+    /// which slot (1 = the first reminder, `repeat` after the DOWN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reminder: Option<Reminder>,
+}
+
+/// What a reminder record reminds of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reminder {
+    /// The DOWN transition it belongs to.
+    pub of: String,
+    pub slot: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,6 +156,25 @@ pub struct CheckStatus {
     pub total: u32,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// While DOWN: the last reminder slot committed, per alert id
+    /// ([`crate::alerting::reminders_due`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reminded: BTreeMap<String, u32>,
+    /// Someone acknowledged this incident (`qu alert ack`): no more
+    /// reminders for it. A new transition starts without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<Ack>,
+}
+
+/// An acknowledgement of a check's current incident.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    pub at: Timestamp,
+    /// The node the operator asked on.
+    pub by: NodeId,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// Cluster-wide timers and thresholds. Defaults match the seed (1 s, 4 s,
@@ -377,6 +409,14 @@ pub struct Alert {
     /// quorum, a member dead, and their recovery (`--cluster-events`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cluster_events: bool,
+    /// Remind every `repeat` while a check stays DOWN (unset: never).
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Duration>,
+}
+
+impl Alert {
+    /// The shortest reminder interval.
+    pub const REPEAT_MIN: Duration = Duration::from_secs(1);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -657,6 +697,12 @@ impl ClusterConfig {
             if !names.insert(alert.name.as_str()) {
                 problems.push(format!("alerts[{i}].name: `{}` is used twice", alert.name));
             }
+            if let Some(repeat) = alert.repeat
+                && !(Alert::REPEAT_MIN..=Duration::from_secs(7 * 86_400)).contains(&repeat)
+            {
+                problems
+                    .push(format!("alerts[{i}].repeat: {} is outside 1s..7days", humantime::format_duration(repeat)));
+            }
             if !self.has_sink_plugin(&alert.kind) {
                 problems.push(format!(
                     "alerts[{i}].type: unknown sink `{}` (built in: {}; or a sink plugin listed in plugins)",
@@ -857,6 +903,7 @@ mod tests {
         let mut config = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(1_790_000_000_000));
         config.peers.push(peer(2));
         config.alerts.push(Alert {
+            repeat: None,
             id: "a1".into(),
             name: "oncall".into(),
             kind: "webhook".into(),

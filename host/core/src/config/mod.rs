@@ -20,11 +20,12 @@ pub use checks::{
     BUILT_IN_CHECK_PLUGINS, BUILT_IN_SINK_PLUGINS, HttpSpec, NATIVE_TYPES, NativeSpec, REDIRECTS_MAX, StatusMatcher,
 };
 pub use cluster::{
-    Alert, Check, CheckStatus, ClusterConfig, ContentStamp, Delivery, DeliveryStatus, MemberStatus, Peer, PluginEntry,
-    PluginKind, PluginLimits, Settings,
+    Ack, Alert, Check, CheckStatus, ClusterConfig, ContentStamp, Delivery, DeliveryStatus, MemberStatus, Peer,
+    PluginEntry, PluginKind, PluginLimits, Reminder, Settings,
 };
 pub use mutation::{
-    AlertChanges, CheckChanges, DeliveryResult, MemberChange, Mutation, SETTING_KEYS, Stamp, Transition, merge_settings,
+    AlertChanges, CheckChanges, DeliveryResult, MemberChange, Mutation, ReminderDue, SETTING_KEYS, Stamp, Transition,
+    merge_settings,
 };
 pub use node::{DEFAULT_BIND, DEFAULT_PORT, NodeConfig, NodeOverrides, SECRET_BITS_MIN, secret_bits, secret_problem};
 pub use render::{Renderer, content_hash};

@@ -10,7 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Alert, Check, CheckStatus, ClusterConfig, DeliveryStatus, MemberStatus, Peer, PluginEntry, Settings, Timestamp,
+    Alert, Check, CheckStatus, ClusterConfig, Delivery, DeliveryStatus, MemberStatus, Peer, PluginEntry, Settings,
+    Timestamp,
 };
 use crate::NodeId;
 use crate::consensus::ConfigId;
@@ -108,6 +109,30 @@ pub enum Mutation {
     RecordMembers {
         changes: Vec<MemberChange>,
     },
+    /// The master commits reminders that checks are still DOWN
+    /// ([`crate::alerting::reminders_due`]), a delivery record each. One
+    /// whose check is no longer DOWN in that transition, is acknowledged,
+    /// or whose slot was committed already, is skipped.
+    RecordReminders {
+        reminders: Vec<ReminderDue>,
+    },
+    /// `qu alert ack`: no more reminders for the check's current incident.
+    Acknowledge {
+        check: String,
+        reason: String,
+        /// The node the operator asked on.
+        by: NodeId,
+    },
+}
+
+/// A reminder due: of alert `alert_id`, for check `check_id`'s DOWN
+/// transition `of`, slot `slot` (1 = the first, `repeat` after the DOWN).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReminderDue {
+    pub check_id: String,
+    pub alert_id: String,
+    pub of: String,
+    pub slot: u32,
 }
 
 /// One member announced dead or back.
@@ -129,6 +154,9 @@ pub struct AlertChanges {
     pub body_template: Option<String>,
     #[serde(default)]
     pub cluster_events: Option<bool>,
+    /// `Some(ZERO)` turns reminders off.
+    #[serde(default, with = "humantime_serde")]
+    pub repeat: Option<Duration>,
 }
 
 /// How one delivery ended.
@@ -181,6 +209,8 @@ impl Mutation {
             | Mutation::RecordTransitions { .. }
             | Mutation::FinishDeliveries { .. }
             | Mutation::RecordMembers { .. }
+            | Mutation::RecordReminders { .. }
+            | Mutation::Acknowledge { .. }
             // A check goes with its states and delivery records; nothing
             // else refers to checks.
             | Mutation::RemoveCheck { .. } => Scope::Nothing,
@@ -212,6 +242,8 @@ impl Mutation {
                 | Mutation::RecordTransitions { .. }
                 | Mutation::FinishDeliveries { .. }
                 | Mutation::RecordMembers { .. }
+                | Mutation::RecordReminders { .. }
+                | Mutation::Acknowledge { .. }
         )
     }
 
@@ -252,6 +284,8 @@ impl Mutation {
                 .map(|c| format!("node {} {}", c.node_id, if c.down { "dead" } else { "back" }))
                 .collect::<Vec<_>>()
                 .join(", "),
+            Mutation::RecordReminders { reminders } => format!("{} reminder(s)", reminders.len()),
+            Mutation::Acknowledge { check, .. } => format!("acknowledge check {check}"),
         }
     }
 
@@ -280,6 +314,8 @@ impl Mutation {
             Mutation::FinishDeliveries { results } => finish_deliveries(current, &mut next, results, stamp)?,
             Mutation::RemovePlugin { name } => remove_plugin(current, &mut next, name)?,
             Mutation::RecordMembers { changes } => record_members(current, &mut next, changes, stamp)?,
+            Mutation::RecordReminders { reminders } => record_reminders(current, &mut next, reminders, stamp)?,
+            Mutation::Acknowledge { check, reason, by } => acknowledge(current, &mut next, check, reason, *by, stamp)?,
         }
         // What operators own keeps the stamp of its last change, which the
         // operator's file shows and a hand edit is based on.
@@ -491,6 +527,73 @@ fn record_members(
     }
     Ok(())
 }
+fn record_reminders(
+    current: &ClusterConfig,
+    next: &mut ClusterConfig,
+    reminders: &[ReminderDue],
+    stamp: &Stamp,
+) -> Result<(), String> {
+    let mut applied = 0;
+    for due in reminders {
+        let Some(status) = current.states.get(&due.check_id) else { continue };
+        let slot_taken =
+            next.states.get(&due.check_id).and_then(|s| s.reminded.get(&due.alert_id)).copied().unwrap_or(0);
+        let alert_repeats = current.alerts.iter().any(|a| a.id == due.alert_id && a.repeat.is_some() && !a.disabled);
+        if status.state != CheckState::Down
+            || status.transition != due.of
+            || status.acked.is_some()
+            || slot_taken >= due.slot
+            || !alert_repeats
+        {
+            continue;
+        }
+        let transition = crate::alerting::transition_id(stamp.id, applied);
+        let record = Delivery {
+            check_id: due.check_id.clone(),
+            alert_id: due.alert_id.clone(),
+            transition: transition.clone(),
+            from: CheckState::Down,
+            to: CheckState::Down,
+            status: DeliveryStatus::Pending,
+            created: stamp.at,
+            finished: None,
+            attempts: 0,
+            error: String::new(),
+            reminder: Some(super::Reminder { of: due.of.clone(), slot: due.slot }),
+        };
+        next.deliveries.insert(crate::alerting::key(&transition, &due.alert_id), record);
+        if let Some(state) = next.states.get_mut(&due.check_id) {
+            state.reminded.insert(due.alert_id.clone(), due.slot);
+        }
+        applied += 1;
+    }
+    if applied == 0 {
+        return Err("every reminder is stale (the check changed, was acknowledged, or was reminded already)".into());
+    }
+    Ok(())
+}
+fn acknowledge(
+    current: &ClusterConfig,
+    next: &mut ClusterConfig,
+    check: &str,
+    reason: &str,
+    by: NodeId,
+    stamp: &Stamp,
+) -> Result<(), String> {
+    let index = check_index(current, check)?;
+    let check = &current.checks[index];
+    let Some(status) = current.states.get(&check.id).filter(|s| s.state == CheckState::Down) else {
+        return Err(format!("check {} is not DOWN: there is no incident to acknowledge", check.name));
+    };
+    if let Some(ack) = &status.acked {
+        return Err(format!("check {}'s incident was acknowledged already, at {}", check.name, ack.at));
+    }
+    let ack = super::Ack { at: stamp.at, by, reason: reason.chars().take(500).collect() };
+    if let Some(state) = next.states.get_mut(&check.id) {
+        state.acked = Some(ack);
+    }
+    Ok(())
+}
 fn add_plugin(current: &ClusterConfig, next: &mut ClusterConfig, plugin: &PluginEntry) -> Result<(), String> {
     if let Some(existing) = next.plugins.iter_mut().find(|p| p.name == plugin.name) {
         if existing.kind != plugin.kind {
@@ -620,6 +723,9 @@ impl AlertChanges {
         }
         if let Some(cluster_events) = self.cluster_events {
             alert.cluster_events = cluster_events;
+        }
+        if let Some(repeat) = self.repeat {
+            alert.repeat = (!repeat.is_zero()).then_some(repeat);
         }
     }
 }
@@ -819,6 +925,8 @@ mod tests {
         Transition {
             check_id: id.to_string(),
             status: CheckStatus {
+                acked: None,
+                reminded: Default::default(),
                 state: crate::monitor::CheckState::Down,
                 from: crate::monitor::CheckState::Unknown,
                 since: Timestamp::from_unix_millis(0),
@@ -883,6 +991,7 @@ mod tests {
     fn an_edit_clears_alert_lists_with_an_empty_list_and_one_that_changes_nothing_is_refused() {
         let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
         let alert = Alert {
+            repeat: None,
             id: "a-pager".into(),
             name: "pager".into(),
             kind: "webhook".into(),
@@ -975,6 +1084,8 @@ mod tests {
         let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
         let one = Mutation::AddCheck { check: Box::new(check("web")) }.apply(&base, &stamp(2)).unwrap();
         let status = |from, state| CheckStatus {
+            acked: None,
+            reminded: Default::default(),
             state,
             from,
             since: Timestamp::from_unix_millis(0),
@@ -1044,6 +1155,7 @@ mod tests {
         use crate::monitor::CheckState;
         let base = ClusterConfig::bootstrap(peer(1), Timestamp::from_unix_millis(0));
         let alert = |id: &str, default: bool| Alert {
+            repeat: None,
             id: id.into(),
             name: format!("n-{id}"),
             kind: "webhook".into(),

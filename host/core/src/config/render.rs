@@ -337,6 +337,8 @@ mod tests {
 
     fn state(i: usize, detail: &str) -> CheckStatus {
         CheckStatus {
+            acked: None,
+            reminded: Default::default(),
             state: if i.is_multiple_of(2) { CheckState::Down } else { CheckState::Up },
             from: CheckState::Unknown,
             since: Timestamp::from_unix_millis(1_700_000_000_000 + i as u64),
@@ -350,6 +352,7 @@ mod tests {
 
     fn delivery(i: usize, error: &str) -> Delivery {
         Delivery {
+            reminder: None,
             check_id: format!("c{i:05}"),
             alert_id: "a1".into(),
             transition: format!("3.{i}"),

@@ -170,7 +170,8 @@ fn names(cluster: &ClusterConfig, key: &str) -> (String, String, &'static str) {
     let alert =
         cluster.alerts.iter().find(|a| a.id == record.alert_id).map_or(record.alert_id.clone(), |a| a.name.clone());
     let check = crate::alerts::subject_name(cluster, &record.check_id);
-    (alert, check, qu_core::alerting::verb(record.from, record.to))
+    let verb = if record.reminder.is_some() { "REMINDER" } else { qu_core::alerting::verb(record.from, record.to) };
+    (alert, check, verb)
 }
 
 fn log_decision(cx: &Context<'_>, key: &str, attempt: u32, decision: &Decision, error: &str) {

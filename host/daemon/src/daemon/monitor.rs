@@ -88,11 +88,27 @@ impl Daemon {
                     failing: proposal.failing,
                     total: proposal.total,
                     detail: proposal.detail,
+                    reminded: Default::default(),
+                    acked: None,
                 },
             })
             .collect();
         if !transitions.is_empty() {
             self.queue.push_back((Mutation::RecordTransitions { transitions }, Waiter::Internal));
+        }
+        self.remind();
+    }
+
+    /// The master commits the reminders that are due (one batch at a time:
+    /// none while one is queued or in flight).
+    fn remind(&mut self) {
+        let pending = |m: &Mutation| matches!(m, Mutation::RecordReminders { .. });
+        if self.queue.iter().any(|(m, _)| pending(m)) || self.inflight.as_ref().is_some_and(|p| pending(&p.mutation)) {
+            return;
+        }
+        let reminders = qu_core::alerting::reminders_due(&self.cluster, self.wall());
+        if !reminders.is_empty() && self.queue.len() < QUEUED_MUTATIONS_MAX / 2 {
+            self.queue.push_back((Mutation::RecordReminders { reminders }, Waiter::Internal));
         }
     }
 }

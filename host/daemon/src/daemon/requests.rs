@@ -43,6 +43,7 @@ impl Daemon {
             }
             ControlRequest::AlertEdit { alert, changes } => return self.alert_edit(alert, changes, reply),
             ControlRequest::AlertRemove { alert } => Mutation::RemoveAlert { alert },
+            ControlRequest::AlertAck { check, reason } => Mutation::Acknowledge { check, reason, by: self.me() },
             ControlRequest::PluginRemove { name } => Mutation::RemovePlugin { name },
             ControlRequest::PluginAdd { name, path, allow, memory_mib, timeout } => {
                 return self.plugin_add(name, path, allow, memory_mib, timeout, reply);

@@ -190,6 +190,9 @@ impl Daemon {
                     alerts: effective_alerts(&self.cluster, c, false),
                     default_alerts: effective_alerts(&self.cluster, c, true),
                     detail,
+                    acked: self.cluster.states.get(&c.id).and_then(|s| s.acked.as_ref()).map(|a| {
+                        crate::status::AckView { at: a.at.to_string(), by: a.by.to_string(), reason: a.reason.clone() }
+                    }),
                 }
             })
             .collect()
@@ -231,6 +234,8 @@ impl Daemon {
                     subject_template: a.subject_template.clone(),
                     body_template: a.body_template.clone(),
                     cluster_events: a.cluster_events,
+                    repeat: a.repeat.map(|r| humantime::format_duration(r).to_string()),
+                    repeat_secs: a.repeat.map(crate::status::seconds),
                     pending,
                     last,
                 }
