@@ -376,6 +376,14 @@ impl Registry {
                 kind: entry
                     .map(|e| format!("{:?}", e.kind).to_lowercase())
                     .or_else(|| plugin.as_ref().map(|p| p.kind.as_str().to_string()))
+                    // A built-in not loaded yet: its kind is known all the same.
+                    .or_else(|| {
+                        let config = qu_core::config::BUILT_IN_CHECK_PLUGINS.contains(&name).then_some("check");
+                        config
+                            .or_else(|| qu_core::config::BUILT_IN_SINK_PLUGINS.contains(&name).then_some("sink"))
+                            .filter(|_| built_in)
+                            .map(str::to_string)
+                    })
                     .unwrap_or_default(),
                 version: plugin.as_ref().map(|p| p.info.version.clone()).unwrap_or_default(),
                 sha256: entry.map(|e| e.sha256.clone()).unwrap_or(sha),
