@@ -42,6 +42,8 @@ fn target() -> Target {
 fn checks(count: usize, target: &str, interval: Duration) -> Vec<Check> {
     (0..count)
         .map(|i| Check {
+            rounds_down: None,
+            rounds_up: None,
             id: format!("c{i:07x}"),
             name: format!("port-{i}"),
             kind: "tcp".into(),

@@ -251,6 +251,8 @@ async fn scale(report: &mut Report, count: usize) {
             serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         for i in 0..checks {
             std::sync::Arc::make_mut(&mut config.checks).push(std::sync::Arc::new(qu_core::config::Check {
+                rounds_down: None,
+                rounds_up: None,
                 id: format!("c{i:07x}"),
                 name: format!("port-{i}"),
                 kind: "tcp".into(),

@@ -340,3 +340,53 @@ fn help_offers_only_what_each_command_takes() {
         assert_eq!(node.qu(args).status.code(), Some(2), "qu {args:?}");
     }
 }
+
+/// Per-check hysteresis on 3 nodes: on the same target, a check that must
+/// see 6 rounds goes DOWN well after one that needs 1, and with
+/// `--rounds-up 1` comes back after one round; the others keep the
+/// cluster's `hysteresis`.
+#[test]
+fn a_checks_own_rounds_override_the_clusters_hysteresis() {
+    let cluster = qu_tests::Cluster::new(3, "2m");
+    let target = qu_tests::http_target();
+    let master = cluster.wait_converged();
+    let node = &cluster.nodes[master];
+    let add = |name: &str, extra: &[&str]| {
+        let mut args = vec!["check", "add", "http", name, &target.url, "--interval", "1s", "--timeout", "500ms"];
+        args.extend_from_slice(extra);
+        node.qu_ok(&args);
+    };
+    add("fast", &["--rounds-down", "1"]);
+    add("slow", &["--rounds-down", "6", "--rounds-up", "1"]);
+    add("plain", &[]);
+    let list: serde_json::Value = serde_json::from_str(&node.qu_ok(&["check", "list", "--json"])).unwrap();
+    let rounds = |name: &str| {
+        let c = list.as_array().unwrap().iter().find(|c| c["name"] == name).unwrap();
+        (c["rounds_down"].as_u64().unwrap(), c["rounds_up"].as_u64().unwrap())
+    };
+    assert_eq!((rounds("fast"), rounds("slow"), rounds("plain")), ((1, 2), (6, 1), (2, 2)));
+    let state = |name: &str| -> String {
+        let status = node.status_json();
+        status["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    qu_tests::eventually(Duration::from_secs(20), "all up", || {
+        ["fast", "slow", "plain"].iter().all(|c| state(c) == "up").then_some(())
+    });
+    target.up.store(false, Ordering::SeqCst);
+    qu_tests::eventually(Duration::from_secs(20), "fast and plain down", || {
+        (state("fast") == "down" && state("plain") == "down").then_some(())
+    });
+    assert_eq!(state("slow"), "up", "six rounds have not passed yet");
+    qu_tests::eventually(Duration::from_secs(30), "slow down", || (state("slow") == "down").then_some(()));
+    target.up.store(true, Ordering::SeqCst);
+    qu_tests::eventually(Duration::from_secs(20), "slow back up", || (state("slow") == "up").then_some(()));
+    node.qu_ok(&["check", "edit", "slow", "--rounds-down", "0"]);
+    let list: serde_json::Value = serde_json::from_str(&node.qu_ok(&["check", "list", "--json"])).unwrap();
+    let slow = list.as_array().unwrap().iter().find(|c| c["name"] == "slow").unwrap().clone();
+    assert_eq!(slow["rounds_down"], 2, "0 goes back to the cluster's hysteresis");
+    let refused = node.qu_err(&["check", "edit", "slow", "--rounds-down", "101"]);
+    assert!(refused.contains("rounds_down: 101 is outside 1..=100"), "{refused}");
+}

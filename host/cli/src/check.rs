@@ -131,6 +131,12 @@ pub struct CheckFlags {
     /// Default alerts not to notify for this check (comma-separated; '' clears the list on edit).
     #[arg(long, value_delimiter = ',')]
     suppress: Option<Vec<String>>,
+    /// Rounds a DOWN verdict must hold before it commits, for this check (1-100; 0 on edit: the cluster's hysteresis).
+    #[arg(long, value_name = "N")]
+    rounds_down: Option<u32>,
+    /// Rounds an UP verdict must hold before it commits, for this check (1-100; 0 on edit: the cluster's hysteresis).
+    #[arg(long, value_name = "N")]
+    rounds_up: Option<u32>,
     /// Print JSON (the config version, and the id of a new check) instead of text.
     #[arg(long)]
     json: bool,
@@ -177,6 +183,8 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
                 alert_ids: flags.alerts.clone().unwrap_or_default(),
                 suppress_alert_ids: flags.suppress.clone().unwrap_or_default(),
                 disabled: false,
+                rounds_down: flags.rounds_down.filter(|n| *n > 0),
+                rounds_up: flags.rounds_up.filter(|n| *n > 0),
             };
             (ControlRequest::CheckAdd { check: Box::new(check) }, format!("added check {name}"), flags.json)
         }
@@ -188,6 +196,8 @@ pub fn run(command: CheckCommand) -> anyhow::Result<()> {
                 settings: flags.probe.settings()?,
                 alert_ids: flags.alerts.clone(),
                 suppress_alert_ids: flags.suppress.clone(),
+                rounds_down: flags.rounds_down,
+                rounds_up: flags.rounds_up,
             };
             (
                 ControlRequest::CheckEdit { check: check.clone(), changes: Box::new(changes) },

@@ -130,6 +130,8 @@ fn run_in(root: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     for check in &checks {
         let (name, kind, target) = (check[0], check[1], check[2]);
         let spec = qu_core::config::Check {
+            rounds_down: None,
+            rounds_up: None,
             id: String::new(),
             name: name.into(),
             kind: kind.into(),

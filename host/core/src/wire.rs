@@ -152,6 +152,8 @@ mod tests {
     #[test]
     fn forwarded_changes_round_trip_with_empty_fields() {
         let check = crate::config::Check {
+            rounds_down: None,
+            rounds_up: None,
             id: "c1".into(),
             name: "web".into(),
             kind: "http".into(),

@@ -297,6 +297,8 @@ pub fn subject_name(config: &ClusterConfig, subject: &str) -> String {
 /// `qu-cluster`, so a receiver can tell it from a check's transition.
 pub fn cluster_subject(id: String, name: String, target: String) -> Check {
     Check {
+        rounds_down: None,
+        rounds_up: None,
         id,
         name,
         kind: alerting::cluster::CLUSTER_EVENT_TYPE.to_string(),

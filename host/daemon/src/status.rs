@@ -172,6 +172,11 @@ pub struct CheckListItem {
     pub disabled: bool,
     /// The committed state: `up`, `down` or `unknown`.
     pub state: String,
+    /// Rounds to go DOWN and to come back UP: its own, or the cluster's.
+    #[serde(default)]
+    pub rounds_down: u32,
+    #[serde(default)]
+    pub rounds_up: u32,
 }
 
 // As for `SettingsView`.

@@ -192,6 +192,8 @@ mod tests {
 
     fn check(alert_ids: &[&str], suppress: &[&str]) -> Check {
         Check {
+            rounds_down: None,
+            rounds_up: None,
             id: "c1".into(),
             name: "web".into(),
             kind: "http".into(),

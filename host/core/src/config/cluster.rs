@@ -372,6 +372,13 @@ pub struct Check {
     pub suppress_alert_ids: Vec<String>,
     #[serde(default)]
     pub disabled: bool,
+    /// Consecutive rounds a DOWN verdict must hold before it commits, for
+    /// this check (unset: `settings.hysteresis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds_down: Option<u32>,
+    /// The same for coming back UP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rounds_up: Option<u32>,
 }
 
 impl Check {
@@ -763,6 +770,13 @@ impl ClusterConfig {
         if check.target.trim().is_empty() {
             problems.push(format!("{}.target: empty", at()));
         }
+        for (field, rounds) in [("rounds_down", check.rounds_down), ("rounds_up", check.rounds_up)] {
+            if let Some(n) = rounds
+                && (n == 0 || n > Settings::HYSTERESIS_MAX)
+            {
+                problems.push(format!("{}.{field}: {n} is outside 1..={}", at(), Settings::HYSTERESIS_MAX));
+            }
+        }
         if check.interval < Check::INTERVAL_MIN {
             problems.push(format!(
                 "{}.interval: {} is shorter than 1s",
@@ -915,6 +929,8 @@ mod tests {
             cluster_events: false,
         });
         std::sync::Arc::make_mut(&mut config.checks).push(Arc::new(Check {
+            rounds_down: None,
+            rounds_up: None,
             id: "c1".into(),
             name: "homepage".into(),
             kind: "http".into(),

@@ -186,6 +186,11 @@ pub struct CheckChanges {
     pub settings: std::collections::BTreeMap<String, String>,
     pub alert_ids: Option<Vec<String>>,
     pub suppress_alert_ids: Option<Vec<String>>,
+    /// `Some(0)` goes back to `settings.hysteresis`.
+    #[serde(default)]
+    pub rounds_down: Option<u32>,
+    #[serde(default)]
+    pub rounds_up: Option<u32>,
 }
 
 /// What the master stamps on every version it makes (replicated with the
@@ -443,6 +448,12 @@ fn edit_check(
     }
     if let Some(suppress) = suppress {
         edited.suppress_alert_ids = suppress;
+    }
+    if let Some(n) = changes.rounds_down {
+        edited.rounds_down = (n > 0).then_some(n);
+    }
+    if let Some(n) = changes.rounds_up {
+        edited.rounds_up = (n > 0).then_some(n);
     }
     if let Some(problem) = super::checks::head_with_body_match(&edited.kind, &edited.settings) {
         return Err(problem);
@@ -941,6 +952,8 @@ mod tests {
 
     fn check(name: &str) -> Check {
         Check {
+            rounds_down: None,
+            rounds_up: None,
             id: format!("id-{name}"),
             name: name.into(),
             kind: "http".into(),

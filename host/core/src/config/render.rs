@@ -322,6 +322,8 @@ mod tests {
 
     fn check(i: usize, odd: &str) -> Check {
         Check {
+            rounds_down: None,
+            rounds_up: None,
             id: format!("c{i:05}"),
             name: format!("port-{i}{odd}"),
             kind: "tcp".into(),

@@ -9,7 +9,7 @@ mod verdict;
 
 use serde::{Deserialize, Serialize};
 
-pub use verdict::{Proposal, Tally, Verdicts};
+pub use verdict::{Proposal, Rounds, Tally, Tracked, Verdicts};
 
 /// A check's state as the cluster decides it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -19,6 +19,8 @@ struct Received {
 
 #[derive(Debug, Clone)]
 struct Track {
+    /// This check's own hysteresis, if it has one.
+    rounds: Rounds,
     interval_ms: u64,
     latest: BTreeMap<NodeId, Received>,
     /// The committed state (from cluster.yaml).
@@ -47,6 +49,17 @@ pub struct Proposal {
     pub detail: String,
 }
 
+/// A check's own hysteresis: rounds to go DOWN and to come back UP
+/// (`None`: the cluster's `hysteresis`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rounds {
+    pub down: Option<u32>,
+    pub up: Option<u32>,
+}
+
+/// (check id, interval in ms, committed state, its own rounds).
+pub type Tracked = (String, u64, CheckState, Rounds);
+
 /// What the master knows about every check.
 #[derive(Debug, Clone, Default)]
 pub struct Verdicts {
@@ -66,11 +79,19 @@ impl Verdicts {
     /// from their committed state, removed ones are forgotten, a changed
     /// interval applies from the next round.
     pub fn sync(&mut self, checks: &[(String, u64, CheckState)]) {
-        let wanted: std::collections::BTreeSet<&str> = checks.iter().map(|(id, _, _)| id.as_str()).collect();
+        let with_rounds: Vec<Tracked> =
+            checks.iter().map(|(id, interval, state)| (id.clone(), *interval, *state, Rounds::default())).collect();
+        self.sync_with_rounds(&with_rounds);
+    }
+
+    /// [`Verdicts::sync`] with each check's own hysteresis.
+    pub fn sync_with_rounds(&mut self, checks: &[Tracked]) {
+        let wanted: std::collections::BTreeSet<&str> = checks.iter().map(|(id, _, _, _)| id.as_str()).collect();
         self.tracks.retain(|id, _| wanted.contains(id.as_str()));
-        for (id, interval_ms, committed) in checks {
+        for (id, interval_ms, committed, rounds) in checks {
             let interval_ms = (*interval_ms).max(1);
             let track = self.tracks.entry(id.clone()).or_insert_with(|| Track {
+                rounds: *rounds,
                 interval_ms,
                 latest: BTreeMap::new(),
                 committed: *committed,
@@ -80,6 +101,7 @@ impl Verdicts {
                 proposing: false,
             });
             track.interval_ms = interval_ms;
+            track.rounds = *rounds;
             if !track.proposing {
                 track.committed = *committed;
             }
@@ -160,7 +182,11 @@ impl Verdicts {
                 }
             };
             track.candidate = Some((verdict, rounds));
-            if rounds >= hysteresis.max(1) {
+            let needed = match verdict {
+                CheckState::Down => track.rounds.down,
+                _ => track.rounds.up,
+            };
+            if rounds >= needed.unwrap_or(hysteresis).max(1) {
                 let fresh = fresh_reports(track, members, now);
                 let wanted = if verdict == CheckState::Down { Outcome::Down } else { Outcome::Up };
                 let detail = fresh.iter().find(|r| r.outcome == wanted).map(|r| r.detail.clone()).unwrap_or_default();
@@ -405,5 +431,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_check_with_its_own_rounds_goes_down_and_comes_back_by_them() {
+        let mut v = Verdicts::default();
+        let rounds = Rounds { down: Some(4), up: Some(1) };
+        v.sync_with_rounds(&[("c".into(), INTERVAL, CheckState::Up, rounds)]);
+        let members = [node(1), node(2), node(3)];
+        let mut now = 0;
+        let mut went_down = None;
+        for round in 1..=6 {
+            now += INTERVAL;
+            for m in &members {
+                v.record(*m, &report(Outcome::Down), now);
+            }
+            if let Some(p) = v.evaluate(&members, 2, now).into_iter().next() {
+                went_down = Some((round, p.to));
+                break;
+            }
+        }
+        assert_eq!(went_down, Some((4, CheckState::Down)), "four rounds, not the cluster's two");
+        v.sync_with_rounds(&[("c".into(), INTERVAL, CheckState::Down, rounds)]);
+        v.settled("c", CheckState::Down);
+        now += INTERVAL;
+        for m in &members {
+            v.record(*m, &report(Outcome::Up), now);
+        }
+        let up = v.evaluate(&members, 2, now);
+        assert_eq!(up.len(), 1, "back up after one round");
+        assert_eq!(up[0].to, CheckState::Up);
     }
 }

@@ -5,14 +5,17 @@ use super::*;
 
 impl Daemon {
     pub(super) fn sync_verdicts(&mut self) {
-        let checks: Vec<(String, u64, CheckState)> = self
+        let checks: Vec<qu_core::monitor::Tracked> = self
             .cluster
             .checks
             .iter()
             .filter(|c| !c.disabled)
-            .map(|c| (c.id.clone(), c.interval.as_millis() as u64, self.cluster.check_state(&c.id)))
+            .map(|c| {
+                let rounds = qu_core::monitor::Rounds { down: c.rounds_down, up: c.rounds_up };
+                (c.id.clone(), c.interval.as_millis() as u64, self.cluster.check_state(&c.id), rounds)
+            })
             .collect();
-        self.verdicts.sync(&checks);
+        self.verdicts.sync_with_rounds(&checks);
     }
 
     /// Sends this node's latest results to the master (or, on the master,

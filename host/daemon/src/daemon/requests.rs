@@ -121,6 +121,8 @@ impl Daemon {
             return;
         };
         let check = qu_core::config::Check {
+            rounds_down: None,
+            rounds_up: None,
             id: "test".into(),
             name: "qu-alert-test".into(),
             kind: "test".into(),

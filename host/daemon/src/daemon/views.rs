@@ -30,6 +30,8 @@ impl Daemon {
                 suppressed: names(&c.suppress_alert_ids),
                 disabled: c.disabled,
                 state: self.cluster.check_state(&c.id).to_string(),
+                rounds_down: c.rounds_down.unwrap_or(self.cluster.settings.hysteresis),
+                rounds_up: c.rounds_up.unwrap_or(self.cluster.settings.hysteresis),
             })
             .collect()
     }
