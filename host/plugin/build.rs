@@ -4,31 +4,11 @@
 
 use std::fmt::Write;
 
-/// Plugins shipped inside `qu`.
-const BUILT_IN: &[&str] = &[
-    "dns",
-    "tls",
-    "webhook",
-    "discord",
-    "email",
-    "slack",
-    "teams",
-    "telegram",
-    "pagerduty",
-    "opsgenie",
-    "ntfy",
-    "gotify",
-    "pushover",
-    "matrix",
-    "mattermost",
-    "googlechat",
-];
-
 fn main() {
     let dir = qu_wasm_build::build_plugins();
     let mut code =
         String::from("/// Built-in plugins: (name, component bytes).\npub static BUILT_IN: &[(&str, &[u8])] = &[\n");
-    for name in BUILT_IN {
+    for name in qu_wasm_build::BUILT_IN_CHECKS.iter().chain(qu_wasm_build::BUILT_IN_SINKS) {
         // Every built-in is part of what `qu` promises: one that did not
         // come out of the build stops it, rather than shipping without it.
         let path = dir.join(format!("{name}.wasm"));

@@ -478,6 +478,19 @@ mod tests {
 
     use super::*;
 
+    /// The pure core's lists of built-ins (which validate `cluster.yaml`)
+    /// are what the binary embeds (qu_wasm_build's lists), kind for kind.
+    #[test]
+    fn the_cores_built_in_lists_are_what_is_embedded() {
+        let embedded: Vec<&str> = qu_plugin::BUILT_IN.iter().map(|(name, _)| *name).collect();
+        let core: Vec<&str> = qu_core::config::BUILT_IN_CHECK_PLUGINS
+            .iter()
+            .chain(qu_core::config::BUILT_IN_SINK_PLUGINS.iter())
+            .copied()
+            .collect();
+        assert_eq!(core, embedded);
+    }
+
     #[tokio::test]
     async fn start_up_removes_only_what_no_plugin_needs() {
         let dir = tempfile::tempdir().unwrap();

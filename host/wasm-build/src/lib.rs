@@ -8,28 +8,31 @@ use std::process::Command;
 /// The WebAssembly target plugins are built for.
 pub const TARGET: &str = "wasm32-wasip2";
 
+/// The check plugins shipped inside `qu` (`qu_core::config::BUILT_IN_CHECK_PLUGINS`
+/// says the same to the pure core; a test in qu-daemon keeps them equal).
+pub const BUILT_IN_CHECKS: &[&str] = &["dns", "tls"];
+/// The sinks shipped inside `qu` (`qu_core::config::BUILT_IN_SINK_PLUGINS`).
+pub const BUILT_IN_SINKS: &[&str] = &[
+    "webhook",
+    "discord",
+    "email",
+    "slack",
+    "teams",
+    "telegram",
+    "pagerduty",
+    "opsgenie",
+    "ntfy",
+    "gotify",
+    "pushover",
+    "matrix",
+    "mattermost",
+    "googlechat",
+];
+
 /// The plugins, by the SDK feature they use. Cargo unifies a dependency's
 /// features across the packages of one build, and the SDK allows one world
 /// per plugin, so check plugins and sinks are built in separate runs.
-pub const GROUPS: [&[&str]; 2] = [
-    &["dns", "tls", "http-json", "echo", "hostile"],
-    &[
-        "webhook",
-        "discord",
-        "email",
-        "slack",
-        "teams",
-        "telegram",
-        "pagerduty",
-        "opsgenie",
-        "ntfy",
-        "gotify",
-        "pushover",
-        "matrix",
-        "mattermost",
-        "googlechat",
-    ],
-];
+pub const GROUPS: [&[&str]; 2] = [&["dns", "tls", "http-json", "echo", "hostile"], BUILT_IN_SINKS];
 
 /// Builds every plugin (release) and returns the directory holding the
 /// `.wasm` components. Panics with a message naming the fix when the
