@@ -92,6 +92,9 @@ pub struct Metrics {
     probe_errors: Family<CheckLabels, Counter>,
     /// Probe series of checks seen, to drop those of removed checks.
     probed: BTreeSet<CheckLabels>,
+    /// Check names by id ([`Metrics::set_names`]), so a probe's labels cost
+    /// a lookup, not a scan of the checks.
+    names: std::collections::HashMap<String, String>,
     transitions: Counter,
     deliveries: Family<StatusLabels, Gauge>,
     delivery_attempts: Family<StatusLabels, Counter>,
@@ -136,6 +139,7 @@ impl Metrics {
             probes: Family::default(),
             probe_errors: Family::default(),
             probed: BTreeSet::new(),
+            names: Default::default(),
             transitions: Counter::default(),
             deliveries: Family::default(),
             delivery_attempts: Family::default(),
@@ -203,9 +207,15 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// One of this node's probes finished.
-    pub fn probed(&mut self, name: &str, report: &qu_core::monitor::Report) {
-        let labels = CheckLabels { check: name.to_string(), id: report.check_id.clone() };
+    /// The checks' names, by id (when the config changes).
+    pub fn set_names<'a>(&mut self, checks: impl Iterator<Item = (&'a str, &'a str)>) {
+        self.names = checks.map(|(id, name)| (id.to_string(), name.to_string())).collect();
+    }
+
+    /// One of this node's probes finished (of a check it knows by name).
+    pub fn probed(&mut self, report: &qu_core::monitor::Report) {
+        let Some(name) = self.names.get(&report.check_id) else { return };
+        let labels = CheckLabels { check: name.clone(), id: report.check_id.clone() };
         let up = report.outcome == qu_core::monitor::Outcome::Up;
         self.probe_seconds.get_or_create(&labels).observe(f64::from(report.latency_ms) / 1000.0);
         self.probes.get_or_create(&labels).inc();
@@ -309,7 +319,8 @@ mod tests {
             latency_ms: 12,
             detail: String::new(),
         };
-        metrics.probed("web", &report);
+        metrics.set_names([("c1", "web")].into_iter());
+        metrics.probed(&report);
         let checks = vec![("web".into(), "c1".into(), "down".into())];
         let open = metrics.render(Snapshot { role: "master", checks, ..Snapshot::default() });
         assert!(open.contains("# TYPE qu_probes counter\n"), "{open}");
@@ -333,7 +344,8 @@ mod tests {
             latency_ms: 3,
             detail: String::new(),
         };
-        metrics.probed("web", &report);
+        metrics.set_names([("c1", "web")].into_iter());
+        metrics.probed(&report);
         let with =
             metrics.render(Snapshot { checks: vec![("web".into(), "c1".into(), "up".into())], ..Snapshot::default() });
         assert!(with.contains("qu_check_state{check=\"web\",id=\"c1\",state=\"up\"} 1"), "{with}");

@@ -201,7 +201,7 @@ impl Daemon {
         }
         if probing_changed {
             self.plugins.sync(&self.cluster, self.peer_connections());
-            self.schedule.send_replace(Arc::new(scheduler::scheduled(&self.cluster)));
+            self.reschedule();
             // The checks the master judges. (Committed states change only
             // through its own transitions, which `proposal_done` settles,
             // and a new master syncs them all when it takes over.)

@@ -430,7 +430,7 @@ pub async fn run(
         daemon.plugins.runtime().set_peer_port(addr.port());
     }
 
-    daemon.schedule.send_replace(Arc::new(scheduler::scheduled(&daemon.cluster)));
+    daemon.reschedule();
     daemon.plugins.sync(&daemon.cluster, daemon.peer_connections());
     let (finished, mut rounds) = mpsc::channel(scheduler::FINISHED_MAX);
     let scheduler_task = tokio::spawn(scheduler::run(

@@ -4,6 +4,13 @@
 use super::*;
 
 impl Daemon {
+    /// What the scheduler probes (and `/metrics` names its probes by),
+    /// from the applied config: at start and whenever the checks change.
+    pub(super) fn reschedule(&mut self) {
+        self.schedule.send_replace(Arc::new(scheduler::scheduled(&self.cluster)));
+        self.metrics.set_names(self.cluster.checks.iter().map(|c| (c.id.as_str(), c.name.as_str())));
+    }
+
     pub(super) fn sync_verdicts(&mut self) {
         let checks: Vec<qu_core::monitor::Tracked> = self
             .cluster
@@ -52,9 +59,7 @@ impl Daemon {
             scheduler::Round::Probed(report, lateness) => (report, lateness),
         };
         self.probes_run += 1;
-        if let Some(check) = self.cluster.checks.iter().find(|c| c.id == report.check_id) {
-            self.metrics.probed(&check.name, &report);
-        }
+        self.metrics.probed(&report);
         if self.lateness_us.len() >= LATENESS_WINDOW {
             self.lateness_us.pop_front();
         }
